@@ -1,0 +1,31 @@
+# Everything here runs on a fresh machine with only Go installed: tools are
+# pinned and fetched through the Go module proxy by `go run`.
+GO         ?= go
+STATICCHECK = honnef.co/go/tools/cmd/staticcheck@v0.8.2
+BENCHSTAT   = golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da
+
+.PHONY: build demo test check bench fuzz
+
+build:
+	$(GO) build -o bin/corral .
+
+# A rate-limited origin, a herd of 200 pollers, with and without corral.
+demo:
+	$(GO) run . -demo
+
+# Unit, integration and fuzz-seed tests, with the race detector.
+test:
+	$(GO) test -race -count=1 ./...
+
+check:
+	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+
+# Load comparisons; compare two runs with: go run $(BENCHSTAT) old.txt new.txt
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./bench | tee bench.txt
+	$(GO) run $(BENCHSTAT) bench.txt
+
+fuzz:
+	$(GO) test ./freshness -run '^$$' -fuzz FuzzEvaluate -fuzztime 60s

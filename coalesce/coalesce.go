@@ -1,0 +1,110 @@
+// Package coalesce runs at most one fetch per key at a time and hands its
+// result to every caller that asked for that key while it ran. The fetch
+// belongs to no caller: a caller that gives up leaves it running for the
+// others, and only the group's timeout ends it early.
+package coalesce
+
+import (
+	"context"
+	"fmt"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/singleflight"
+)
+
+// Group coalesces fetches by key. The zero Group is ready to use and puts
+// no time limit on a fetch.
+type Group[V any] struct {
+	// Timeout bounds each fetch, however many callers wait on it.
+	Timeout time.Duration
+
+	sf         singleflight.Group
+	mu         sync.Mutex
+	refreshing map[string]bool // keys with a background refresh running
+	wg         sync.WaitGroup  // background refreshes
+}
+
+// Fetch produces the value for one key. Its context carries the values of
+// the caller that started the flight but none of its cancellation.
+type Fetch[V any] func(ctx context.Context) (V, error)
+
+// Do returns the result of the fetch for key, starting one unless a fetch for
+// key is already running, in which case it waits for that one instead and
+// reports shared. If ctx ends first, Do returns ctx.Err() at once and the
+// fetch goes on for whoever else waits, or for nobody.
+func (g *Group[V]) Do(ctx context.Context, key string, fetch Fetch[V]) (v V, shared bool, err error) {
+	ch := g.sf.DoChan(key, g.run(ctx, fetch))
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return v, r.Shared, r.Err
+		}
+		return r.Val.(V), r.Shared, nil
+	case <-ctx.Done():
+		return v, false, ctx.Err()
+	}
+}
+
+// Refresh starts fetch for key in the background and returns at once. It
+// reports false, and does nothing, when a refresh of key is already running.
+// A Do for key while the refresh runs waits for it rather than fetching
+// again, and a refresh that starts while a Do's fetch runs joins that fetch.
+func (g *Group[V]) Refresh(ctx context.Context, key string, fetch Fetch[V]) bool {
+	g.mu.Lock()
+	if g.refreshing[key] {
+		g.mu.Unlock()
+		return false
+	}
+	if g.refreshing == nil {
+		g.refreshing = make(map[string]bool)
+	}
+	g.refreshing[key] = true
+	g.wg.Add(1)
+	g.mu.Unlock()
+
+	run := g.run(ctx, fetch)
+	go func() {
+		defer g.wg.Done()
+		g.sf.Do(key, run) //nolint:errcheck // the fetch reports its own outcome
+		g.mu.Lock()
+		delete(g.refreshing, key)
+		g.mu.Unlock()
+	}()
+	return true
+}
+
+// Wait blocks until every background refresh started so far has finished.
+func (g *Group[V]) Wait() { g.wg.Wait() }
+
+// run wraps fetch so that it runs on a context detached from the caller,
+// bounded by the group's timeout, and so that a panic becomes an error:
+// singleflight re-panics a DoChan panic on a fresh goroutine, which would
+// take the whole process down.
+func (g *Group[V]) run(ctx context.Context, fetch Fetch[V]) func() (any, error) {
+	return func() (v any, err error) {
+		fctx := context.WithoutCancel(ctx)
+		if g.Timeout > 0 {
+			var cancel context.CancelFunc
+			fctx, cancel = context.WithTimeout(fctx, g.Timeout)
+			defer cancel()
+		}
+		defer func() {
+			if p := recover(); p != nil {
+				v, err = nil, &PanicError{Value: p, Stack: debug.Stack()}
+			}
+		}()
+		return fetch(fctx)
+	}
+}
+
+// PanicError is the error a fetch that panicked returns to its callers.
+type PanicError struct {
+	Value any
+	Stack []byte
+}
+
+func (e *PanicError) Error() string {
+	return fmt.Sprintf("coalesce: fetch panicked: %v", e.Value)
+}

@@ -1,0 +1,323 @@
+// Package freshness decides, from headers and times alone, whether a shared
+// cache may store a response (RFC 9111 section 3), for how long it is fresh
+// (section 4.2), and whether a stored copy may be served stale (RFC 5861).
+// It does no I/O and never reads the clock: every moment is an argument.
+package freshness
+
+import (
+	"math"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Policy holds the operator's choices for what the headers leave open.
+// The zero Policy follows the RFCs alone.
+type Policy struct {
+	// DefaultTTL is the lifetime of a heuristically cacheable response that
+	// has no explicit expiration (RFC 9111 section 4.2.2). Zero means the
+	// RFC's heuristic: a tenth of the time since Last-Modified.
+	DefaultTTL time.Duration
+
+	// DefaultSWR and DefaultSIE are the stale-while-revalidate and
+	// stale-if-error windows for responses that do not carry their own.
+	DefaultSWR, DefaultSIE time.Duration
+
+	// HeuristicMax caps a lifetime computed from Last-Modified.
+	// Zero means one day.
+	HeuristicMax time.Duration
+}
+
+// Exchange is one request and the response headers the origin sent back.
+type Exchange struct {
+	Method        string
+	RequestHeader http.Header
+	Status        int
+	Header        http.Header
+	RequestTime   time.Time // when the request was sent
+	ResponseTime  time.Time // when the response headers arrived
+}
+
+// Reasons a response cannot be stored. They appear in Cache-Status details.
+const (
+	ReasonMethod         = "method"       // only GET responses are stored
+	ReasonStatus         = "status"       // 1xx, 206, 304: not a complete response
+	ReasonErrorStatus    = "error-status" // 429, 500, 502, 503, 504: never kept as the answer
+	ReasonRequestNoStore = "request-no-store"
+	ReasonNoStore        = "no-store"
+	ReasonPrivate        = "private"
+	ReasonAuthorization  = "authorization" // RFC 9111 section 3.5
+	ReasonSetCookie      = "set-cookie"    // meant for one client
+	ReasonVaryStar       = "vary-star"
+	ReasonNoFreshness    = "no-freshness" // no explicit lifetime, status not heuristically cacheable
+)
+
+// Decision is what the cache may do with one response.
+type Decision struct {
+	// Storable is true when a shared cache may store the response.
+	// Reason says why not, otherwise it is empty.
+	Storable bool
+	Reason   string
+
+	// Shareable is true when the response may be handed to the other
+	// clients whose requests were collapsed into the one that fetched it:
+	// when it is storable, or when it is an error status that says
+	// nothing about who asked (a 503 to a herd is one 503, not a reason
+	// to send the herd upstream one by one).
+	Shareable bool
+
+	// Lifetime is the freshness lifetime (section 4.2.1); InitialAge is the
+	// corrected initial age at ResponseTime (section 4.2.3).
+	Lifetime     time.Duration
+	InitialAge   time.Duration
+	ResponseTime time.Time
+
+	// StaleWhileRevalidate and StaleIfError are the RFC 5861 windows
+	// past Lifetime.
+	StaleWhileRevalidate, StaleIfError time.Duration
+
+	// NoStale forbids serving the response once stale, even on error:
+	// must-revalidate, proxy-revalidate and s-maxage (sections 5.2.2.2,
+	// 5.2.2.8, 5.2.2.10).
+	NoStale bool
+
+	// NoCache requires validation with the origin before every reuse
+	// (section 5.2.2.4).
+	NoCache bool
+
+	// StripFields are header fields named by a qualified private or
+	// no-cache: the cache stores the response without them
+	// (sections 5.2.2.4, 5.2.2.7).
+	StripFields []string
+
+	// Malformed lists Cache-Control directives that did not parse.
+	Malformed []string
+}
+
+// State is what a stored response is good for at a given moment.
+type State int
+
+const (
+	Fresh                State = iota // serve it
+	StaleWhileRevalidate              // serve it, refresh in the background
+	StaleIfError                      // revalidate; serve it only if the origin fails
+	Expired                           // revalidate; it may not be served
+)
+
+var stateNames = [...]string{"fresh", "stale-while-revalidate", "stale-if-error", "expired"}
+
+func (s State) String() string { return stateNames[s] }
+
+// heuristicStatus lists the status codes that are heuristically cacheable
+// (RFC 9110 section 15.1). 206 is among them, but corral stores only
+// complete responses.
+var heuristicStatus = map[int]bool{
+	200: true, 203: true, 204: true, 300: true, 301: true, 308: true,
+	404: true, 405: true, 410: true, 414: true, 501: true,
+}
+
+// errorStatus lists the answers of an origin in trouble. Corral never
+// stores them, whatever their headers say: a cached 503 would go on
+// failing clients after the origin recovered.
+var errorStatus = map[int]bool{429: true, 500: true, 502: true, 503: true, 504: true}
+
+// Evaluate decides what a shared cache may do with the response in x.
+func (p Policy) Evaluate(x Exchange) Decision {
+	cc := ParseResponse(x.Header)
+	d := Decision{
+		ResponseTime: x.ResponseTime,
+		InitialAge:   initialAge(x),
+		Malformed:    cc.Malformed,
+		NoStale:      cc.MustRevalidate || cc.ProxyRevalidate || cc.SMaxAge != unset,
+		NoCache:      cc.NoCache && cc.NoCacheFields == nil,
+	}
+	if cc.Private {
+		d.StripFields = append(d.StripFields, cc.PrivateFields...)
+	}
+	if cc.NoCache {
+		d.StripFields = append(d.StripFields, cc.NoCacheFields...)
+	}
+	d.Reason = p.unstorable(x, cc, d.StripFields)
+	d.Storable = d.Reason == ""
+	d.Shareable = d.Storable || d.Reason == ReasonErrorStatus
+
+	lifetime, explicit := explicitLifetime(x, cc)
+	if !explicit && (heuristicStatus[x.Status] || cc.Public) {
+		lifetime = p.heuristic(x)
+	}
+	d.Lifetime = lifetime
+	if !d.NoStale {
+		d.StaleWhileRevalidate = seconds(cc.StaleWhileRevalidate, p.DefaultSWR)
+		d.StaleIfError = seconds(cc.StaleIfError, p.DefaultSIE)
+	}
+	return d
+}
+
+// unstorable returns why a shared cache must not store the response
+// (RFC 9111 section 3), or "" when it may.
+func (p Policy) unstorable(x Exchange, cc Directives, stripped []string) string {
+	reqCC := ParseRequest(x.RequestHeader)
+	switch {
+	case x.Method != http.MethodGet:
+		return ReasonMethod
+	case x.Status < 200 || x.Status == http.StatusPartialContent || x.Status == http.StatusNotModified:
+		return ReasonStatus
+	case reqCC.NoStore:
+		return ReasonRequestNoStore
+	case cc.NoStore:
+		return ReasonNoStore
+	case cc.Private && cc.PrivateFields == nil:
+		return ReasonPrivate
+	case x.RequestHeader.Get("Authorization") != "" && !cc.Public && !cc.MustRevalidate && cc.SMaxAge == unset:
+		return ReasonAuthorization
+	case len(x.Header.Values("Set-Cookie")) > 0 && !contains(stripped, "Set-Cookie"):
+		return ReasonSetCookie
+	case hasVaryStar(x.Header):
+		return ReasonVaryStar
+	}
+	if errorStatus[x.Status] {
+		return ReasonErrorStatus
+	}
+	if _, explicit := explicitLifetime(x, cc); !explicit && !cc.Public && !heuristicStatus[x.Status] {
+		return ReasonNoFreshness
+	}
+	return ""
+}
+
+// explicitLifetime is the lifetime the response states (RFC 9111 section
+// 4.2.1): s-maxage, then max-age, then Expires minus Date. An invalid
+// Expires, or more than one, means already expired.
+func explicitLifetime(x Exchange, cc Directives) (time.Duration, bool) {
+	switch {
+	case cc.SMaxAge != unset:
+		return time.Duration(cc.SMaxAge) * time.Second, true
+	case cc.MaxAge != unset:
+		return time.Duration(cc.MaxAge) * time.Second, true
+	}
+	exp := x.Header.Values("Expires")
+	if len(exp) == 0 {
+		return 0, false
+	}
+	expires, err := http.ParseTime(exp[0])
+	if err != nil || len(exp) > 1 {
+		return 0, true
+	}
+	return max(expires.Sub(date(x)), 0), true
+}
+
+// heuristic is the lifetime of a response without an explicit one
+// (RFC 9111 section 4.2.2): the operator's default if set, else a tenth of
+// the time since Last-Modified, capped.
+func (p Policy) heuristic(x Exchange) time.Duration {
+	if p.DefaultTTL > 0 {
+		return p.DefaultTTL
+	}
+	lm, err := http.ParseTime(x.Header.Get("Last-Modified"))
+	if err != nil {
+		return 0
+	}
+	limit := p.HeuristicMax
+	if limit <= 0 {
+		limit = 24 * time.Hour
+	}
+	return min(max(date(x).Sub(lm)/10, 0), limit).Truncate(time.Second)
+}
+
+// initialAge is corrected_initial_age (RFC 9111 section 4.2.3).
+func initialAge(x Exchange) time.Duration {
+	apparent := max(x.ResponseTime.Sub(date(x)), 0)
+	delay := max(x.ResponseTime.Sub(x.RequestTime), 0)
+	return max(apparent, ageValue(x.Header)+delay)
+}
+
+// date is the response's Date, or the time it arrived when Date is missing
+// or invalid (RFC 9110 section 6.6.1).
+func date(x Exchange) time.Time {
+	if t, err := http.ParseTime(x.Header.Get("Date")); err == nil {
+		return t
+	}
+	return x.ResponseTime
+}
+
+// ageValue parses the Age header (RFC 9111 section 5.1); an invalid value
+// is ignored, a huge one saturates.
+func ageValue(h http.Header) time.Duration {
+	v := strings.TrimSpace(h.Get("Age"))
+	n, err := strconv.ParseUint(v, 10, 32)
+	if err != nil {
+		if ne, ok := err.(*strconv.NumError); ok && ne.Err == strconv.ErrRange {
+			return math.MaxInt32 * time.Second
+		}
+		return 0
+	}
+	return time.Duration(min(n, math.MaxInt32)) * time.Second
+}
+
+func hasVaryStar(h http.Header) bool {
+	for _, v := range h.Values("Vary") {
+		for _, f := range splitList(v) {
+			if f == "*" {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func seconds(directive int, fallback time.Duration) time.Duration {
+	if directive == unset {
+		return fallback
+	}
+	return time.Duration(directive) * time.Second
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if strings.EqualFold(v, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// Age is the response's current age at now (RFC 9111 section 4.2.3).
+func (d Decision) Age(now time.Time) time.Duration {
+	return d.InitialAge + max(now.Sub(d.ResponseTime), 0)
+}
+
+// TTL is the remaining freshness lifetime at now; negative once stale.
+func (d Decision) TTL(now time.Time) time.Duration {
+	return d.Lifetime - d.Age(now)
+}
+
+// State says what a stored response is good for at now.
+func (d Decision) State(now time.Time) State {
+	if d.NoCache {
+		return Expired
+	}
+	stale := -d.TTL(now)
+	switch {
+	case stale < 0:
+		return Fresh
+	case d.NoStale:
+		return Expired
+	case stale < d.StaleWhileRevalidate:
+		return StaleWhileRevalidate
+	case stale < d.StaleIfError:
+		return StaleIfError
+	}
+	return Expired
+}
+
+// UsableOnError reports whether the response may stand in for an origin
+// error at now (RFC 5861 section 4).
+func (d Decision) UsableOnError(now time.Time) bool {
+	return !d.NoStale && !d.NoCache && -d.TTL(now) < d.StaleIfError
+}
+
+// Until is the moment after which the response is good for nothing,
+// not even stale: a store may drop it then.
+func (d Decision) Until() time.Time {
+	return d.ResponseTime.Add(d.Lifetime - d.InitialAge + max(d.StaleWhileRevalidate, d.StaleIfError))
+}

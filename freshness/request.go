@@ -1,0 +1,53 @@
+package freshness
+
+import (
+	"math"
+	"net/http"
+	"strings"
+
+	"github.com/pquerna/cachecontrol/cacheobject"
+)
+
+// RequestDirectives is a client's Cache-Control (RFC 9111 section 5.2.1),
+// read one directive at a time like Directives. A malformed directive is
+// dropped.
+type RequestDirectives struct {
+	NoCache, NoStore, OnlyIfCached bool
+	MaxAge, MinFresh, StaleIfError int // seconds; -1 when absent
+	MaxStale                       int // seconds; -1 when absent, MaxInt32 for a bare max-stale
+}
+
+// ParseRequest reads every Cache-Control field line of h, and Pragma:
+// no-cache when there is no Cache-Control (RFC 9111 section 5.4).
+func ParseRequest(h http.Header) RequestDirectives {
+	d := RequestDirectives{MaxAge: unset, MinFresh: unset, StaleIfError: unset, MaxStale: unset}
+	lines := h.Values("Cache-Control")
+	for _, line := range lines {
+		for _, piece := range splitList(line) {
+			cd, err := cacheobject.ParseRequestCacheControl(piece)
+			if err != nil {
+				continue
+			}
+			d.NoCache = d.NoCache || cd.NoCache
+			d.NoStore = d.NoStore || cd.NoStore
+			d.OnlyIfCached = d.OnlyIfCached || cd.OnlyIfCached
+			d.MaxAge = merge(d.MaxAge, int(cd.MaxAge))
+			d.MinFresh = merge(d.MinFresh, int(cd.MinFresh))
+			d.StaleIfError = merge(d.StaleIfError, int(cd.StaleIfError))
+			if cd.MaxStaleSet {
+				d.MaxStale = math.MaxInt32
+			}
+			d.MaxStale = merge(d.MaxStale, int(cd.MaxStale))
+		}
+	}
+	if len(lines) == 0 {
+		for _, v := range h.Values("Pragma") {
+			for _, p := range splitList(v) {
+				if strings.EqualFold(p, "no-cache") {
+					d.NoCache = true
+				}
+			}
+		}
+	}
+	return d
+}

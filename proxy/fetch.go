@@ -1,0 +1,185 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"corral/freshness"
+)
+
+// errTooLarge ends a fetch whose body would not fit in MaxObjectBytes.
+var errTooLarge = errors.New("response body larger than the object limit")
+
+// fetched is the outcome of one upstream exchange, shared by every client
+// that waited on it.
+type fetched struct {
+	entry  *Entry
+	status int  // what the origin answered: 304 for a revalidation, 0 when no call was needed
+	stored bool // entry went into the store
+
+	// own is entry's header before the fields named by a qualified private
+	// or no-cache were removed: for the client whose request it answers.
+	own http.Header
+}
+
+// fetch asks the origin for the resource of in, revalidating stale when it
+// has validators, and stores the answer when it may. It buffers at most
+// MaxObjectBytes of body.
+func (p *Proxy) fetch(ctx context.Context, in *http.Request, key string, stale *Entry) (*fetched, error) {
+	// Two requests can both miss, then run their flights one after the
+	// other: the second flight starts just after the first one stored its
+	// answer. Look again before calling the origin.
+	if cur, _ := p.lookup(key, in.Header); cur != nil && cur != stale && !cur.Pass &&
+		cur.Decision.State(p.now()) == freshness.Fresh {
+		return &fetched{entry: cur, own: cur.Header}, nil
+	}
+
+	out, err := http.NewRequestWithContext(ctx, http.MethodGet, p.upstreamURL(in), nil)
+	if err != nil {
+		return nil, err
+	}
+	out.Header = in.Header.Clone()
+	removeHopHeaders(out.Header)
+	for _, f := range sharedFetchDrops {
+		out.Header.Del(f)
+	}
+	out.Header.Add("Via", via)
+	if stale != nil {
+		if v := stale.Header.Get("ETag"); v != "" {
+			out.Header.Set("If-None-Match", v)
+		}
+		if v := stale.Header.Get("Last-Modified"); v != "" {
+			out.Header.Set("If-Modified-Since", v)
+		}
+	}
+
+	p.stats.UpstreamRequests.Add(1)
+	reqTime := p.now()
+	resp, err := p.transport.RoundTrip(out)
+	if err != nil {
+		p.stats.UpstreamErrors.Add(1)
+		return nil, err
+	}
+	defer resp.Body.Close()
+	respTime := p.now()
+
+	if resp.StatusCode == http.StatusNotModified && stale != nil {
+		e, own := p.revalidated(in.Header, stale, resp.Header, reqTime, respTime)
+		return &fetched{entry: e, own: own, status: resp.StatusCode, stored: p.put(key, e)}, nil
+	}
+
+	if resp.ContentLength > p.maxObject {
+		return nil, errTooLarge
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, p.maxObject+1))
+	if err != nil {
+		p.stats.UpstreamErrors.Add(1)
+		return nil, fmt.Errorf("reading upstream body: %w", err)
+	}
+	if int64(len(body)) > p.maxObject {
+		return nil, errTooLarge
+	}
+	e, own := p.newEntry(in.Header, resp.StatusCode, resp.Header, body, reqTime, respTime)
+	return &fetched{entry: e, own: own, status: resp.StatusCode, stored: p.put(key, e)}, nil
+}
+
+// newEntry builds the Entry for a response. own is the header as the
+// origin sent it, for the client that asked; the Entry's header loses the
+// fields that may not be shared.
+func (p *Proxy) newEntry(reqHeader http.Header, status int, header http.Header, body []byte, reqTime, respTime time.Time) (e *Entry, own http.Header) {
+	own = header.Clone()
+	removeHopHeaders(own)
+	d := p.policy.Evaluate(freshness.Exchange{
+		Method:        http.MethodGet,
+		RequestHeader: reqHeader,
+		Status:        status,
+		Header:        own,
+		RequestTime:   reqTime,
+		ResponseTime:  respTime,
+	})
+	own.Del("Content-Length") // set from the body when served
+	own.Del("Age")            // computed when served
+	if own.Get("Date") == "" {
+		own.Set("Date", respTime.UTC().Format(http.TimeFormat))
+	}
+	h := own
+	if len(d.StripFields) > 0 {
+		h = own.Clone()
+		for _, f := range d.StripFields {
+			h.Del(f)
+		}
+	}
+	e = &Entry{Status: status, Header: h, Body: body, Decision: d, Vary: varyNames(h)}
+	if len(e.Vary) > 0 {
+		e.VaryKey = varyKey(e.Vary, reqHeader)
+	}
+	return e, own
+}
+
+// revalidated merges a 304's header into the stale entry it validated
+// (RFC 9111 section 4.3.4) and returns the refreshed Entry.
+func (p *Proxy) revalidated(reqHeader http.Header, stale *Entry, header http.Header, reqTime, respTime time.Time) (*Entry, http.Header) {
+	update := header.Clone()
+	removeHopHeaders(update)
+	for _, f := range notUpdatedBy304 {
+		update.Del(f)
+	}
+	merged := stale.Header.Clone()
+	for k, v := range update {
+		merged[k] = v
+	}
+	return p.newEntry(reqHeader, stale.Status, merged, stale.Body, reqTime, respTime)
+}
+
+// put stores e under key (or under its variant key, with a Vary marker at
+// key) when its decision allows, and reports whether it did.
+func (p *Proxy) put(key string, e *Entry) bool {
+	if !e.Decision.Storable {
+		return false
+	}
+	ttl := e.Decision.Until().Sub(p.now())
+	if e.Header.Get("ETag") != "" || e.Header.Get("Last-Modified") != "" {
+		// Past its stale windows the entry still saves a body transfer
+		// when the origin answers a conditional request with 304.
+		ttl += validatorGrace
+	}
+	if ttl <= 0 {
+		return false
+	}
+	if len(e.Vary) == 0 {
+		p.store.Set(key, e, ttl)
+		return true
+	}
+	p.store.Set(key, &Entry{Vary: e.Vary}, ttl)
+	p.store.Set(variantKey(key, e.VaryKey), e, ttl)
+	return true
+}
+
+// validatorGrace is how long an entry with validators is kept past the
+// last moment it could be served, for revalidation.
+const validatorGrace = time.Minute
+
+func variantKey(key, varyKey string) string { return key + "\x00" + varyKey }
+
+// lookup returns what the store holds for a request to key with header h,
+// following a Vary marker to the variant, and the key it was found under.
+func (p *Proxy) lookup(key string, h http.Header) (*Entry, string) {
+	e, ok := p.store.Get(key)
+	if !ok {
+		return nil, key
+	}
+	if e.Status != 0 || e.Pass {
+		return e, key
+	}
+	vk := variantKey(key, varyKey(e.Vary, h))
+	v, _ := p.store.Get(vk)
+	return v, vk
+}
+
+func (p *Proxy) upstreamURL(r *http.Request) string {
+	return p.upstream.Scheme + "://" + p.upstream.Host + p.upstreamPath + r.URL.RequestURI()
+}

@@ -1,0 +1,126 @@
+package proxy
+
+import (
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// clock is a settable clock for Config.Now.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newClock() *clock { return &clock{t: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)} }
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// origin is an httptest origin that counts the requests it receives and
+// stamps Date from the test's clock, so that ages come out as the test
+// says.
+type origin struct {
+	*httptest.Server
+	requests atomic.Int64
+	handler  atomic.Pointer[http.HandlerFunc]
+}
+
+func newOrigin(t *testing.T, clk *clock, h http.HandlerFunc) *origin {
+	t.Helper()
+	o := &origin{}
+	o.set(h)
+	o.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		o.requests.Add(1)
+		w.Header().Set("Date", clk.Now().Format(http.TimeFormat))
+		(*o.handler.Load())(w, r)
+	}))
+	t.Cleanup(o.Close)
+	return o
+}
+
+func (o *origin) set(h http.HandlerFunc) { o.handler.Store(&h) }
+
+func (o *origin) count() int64 { return o.requests.Load() }
+
+// newTestProxy returns a Proxy in front of o on clk, with cfg's other
+// fields as given.
+func newTestProxy(t *testing.T, o *origin, clk *clock, cfg Config) *Proxy {
+	t.Helper()
+	u, err := url.Parse(o.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Upstream = u
+	cfg.Now = clk.Now
+	tr := newTransport(time.Minute)
+	cfg.Transport = tr
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	p, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		p.Wait()
+		tr.CloseIdleConnections()
+	})
+	return p
+}
+
+// response is what a client saw, reduced to what the tests compare.
+type response struct {
+	Status      int
+	Body        string
+	CacheStatus string
+	Age         string
+}
+
+func get(p http.Handler, path string, hdr ...string) (response, http.Header) {
+	return do(p, http.MethodGet, path, hdr...)
+}
+
+func do(p http.Handler, method, path string, hdr ...string) (response, http.Header) {
+	req := httptest.NewRequest(method, path, nil)
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Add(hdr[i], hdr[i+1])
+	}
+	rec := httptest.NewRecorder()
+	p.ServeHTTP(rec, req)
+	res := rec.Result()
+	body, _ := io.ReadAll(res.Body)
+	return response{
+		Status:      res.StatusCode,
+		Body:        string(body),
+		CacheStatus: res.Header.Get("Cache-Status"),
+		Age:         res.Header.Get("Age"),
+	}, res.Header
+}
+
+// wait receives from ch or fails the test after a generous deadline.
+func wait[T any](t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(10 * time.Second):
+		t.Fatalf("timed out waiting for %s", what)
+		panic("unreachable")
+	}
+}

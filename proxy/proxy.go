@@ -1,0 +1,371 @@
+// Package proxy is corral's HTTP frontend: a handler in front of one
+// upstream that stores what RFC 9111 lets a shared cache store, asks the
+// origin at most once per key at a time, and serves stale responses while
+// it revalidates them, so that a herd of pollers costs the origin about one
+// request per key per freshness lifetime.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"corral/coalesce"
+	"corral/freshness"
+)
+
+// via is corral's pseudonym in Via headers (RFC 9110 section 7.6.3) and
+// its cache name in Cache-Status (RFC 9211).
+const via = "1.1 corral"
+
+// Config configures a Proxy. Only Upstream is required.
+type Config struct {
+	// Upstream is the origin every request goes to.
+	Upstream *url.URL
+
+	// Store holds cached responses. Nil means an in-memory store of
+	// CacheBytes.
+	Store Store
+
+	// CacheBytes is the in-memory store's budget. Zero means 256 MiB.
+	CacheBytes int64
+
+	// MaxObjectBytes is the largest body that is stored. Zero means 8 MiB.
+	MaxObjectBytes int64
+
+	// UpstreamTimeout bounds one exchange with the origin, body included,
+	// however many clients wait on it. Zero means 30s.
+	UpstreamTimeout time.Duration
+
+	// PassTTL is how long a key whose response could not be shared is
+	// sent upstream without coalescing. Zero means 10s.
+	PassTTL time.Duration
+
+	// Policy holds the operator's freshness defaults.
+	Policy freshness.Policy
+
+	// Transport makes upstream requests. Nil means a transport tuned for
+	// one origin.
+	Transport http.RoundTripper
+
+	// Now is the clock. Nil means time.Now.
+	Now func() time.Time
+
+	// Logger receives warnings about upstream failures. Nil means
+	// slog.Default().
+	Logger *slog.Logger
+}
+
+// Proxy is a caching reverse proxy for one upstream.
+type Proxy struct {
+	upstream     *url.URL
+	upstreamPath string
+	store        Store
+	maxObject    int64
+	passTTL      time.Duration
+	policy       freshness.Policy
+	transport    http.RoundTripper
+	now          func() time.Time
+	log          *slog.Logger
+	flights      coalesce.Group[*fetched]
+	pass         *httputil.ReverseProxy
+	stats        Stats
+}
+
+// New returns a Proxy for cfg.
+func New(cfg Config) (*Proxy, error) {
+	u := cfg.Upstream
+	if u == nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("upstream must be an absolute http or https URL, got %q", u.String())
+	}
+	p := &Proxy{
+		upstream:     u,
+		upstreamPath: strings.TrimSuffix(u.Path, "/"),
+		store:        cfg.Store,
+		maxObject:    orDefault(cfg.MaxObjectBytes, 8<<20),
+		passTTL:      orDefault(cfg.PassTTL, 10*time.Second),
+		policy:       cfg.Policy,
+		transport:    cfg.Transport,
+		now:          cfg.Now,
+		log:          cfg.Logger,
+	}
+	p.flights.Timeout = orDefault(cfg.UpstreamTimeout, 30*time.Second)
+	if p.store == nil {
+		p.store = NewMemory(orDefault(cfg.CacheBytes, 256<<20))
+	}
+	if p.transport == nil {
+		p.transport = newTransport(p.flights.Timeout)
+	}
+	if p.now == nil {
+		p.now = time.Now
+	}
+	if p.log == nil {
+		p.log = slog.Default()
+	}
+	p.pass = &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(u)
+			pr.SetXForwarded()
+			pr.Out.Header.Add("Via", via)
+		},
+		Transport:      p.transport,
+		ModifyResponse: p.modifyPassed,
+		ErrorHandler:   p.passError,
+	}
+	return p, nil
+}
+
+func orDefault[T int64 | time.Duration](v, def T) T {
+	if v <= 0 {
+		return def
+	}
+	return v
+}
+
+func newTransport(timeout time.Duration) *http.Transport {
+	return &http.Transport{
+		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:          512,
+		MaxIdleConnsPerHost:   512,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   5 * time.Second,
+		ResponseHeaderTimeout: timeout,
+		ExpectContinueTimeout: time.Second,
+		// The cache stores what the origin sent, encoding included,
+		// and varies on Accept-Encoding as the origin says.
+		DisableCompression: true,
+		ForceAttemptHTTP2:  true,
+	}
+}
+
+// Stats returns the proxy's counters.
+func (p *Proxy) Stats() *Stats { return &p.stats }
+
+// Wait blocks until the background refreshes started so far have finished.
+func (p *Proxy) Wait() { p.flights.Wait() }
+
+// ServeHTTP answers r from the cache when it can, and otherwise from the
+// origin: lookup, then serve, serve-and-refresh, or fetch.
+func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	p.stats.Requests.Add(1)
+	if fwd, detail := bypass(r); fwd != "" {
+		p.passThrough(w, r, fwd, detail)
+		return
+	}
+	key := r.URL.RequestURI()
+	for attempt := 0; ; attempt++ {
+		e, vkey := p.lookup(key, r.Header)
+		now := p.now()
+		if e != nil && e.Pass {
+			p.passThrough(w, r, "miss", "uncacheable")
+			return
+		}
+		fwd := "uri-miss"
+		if e != nil {
+			switch e.Decision.State(now) {
+			case freshness.Fresh:
+				p.stats.Hits.Add(1)
+				p.serve(w, r, e, e.Header, cacheStatus{hit: true, ttl: e.Decision.TTL(now), hasTTL: true}, now)
+				return
+			case freshness.StaleWhileRevalidate:
+				p.stats.StaleHits.Add(1)
+				p.serve(w, r, e, e.Header, cacheStatus{hit: true, ttl: e.Decision.TTL(now), hasTTL: true, detail: "stale-while-revalidate"}, now)
+				p.refresh(r, key, p.flightKey(r, vkey), e)
+				return
+			}
+			fwd = "stale"
+		} else if vkey != key {
+			fwd = "vary-miss"
+		}
+		if !p.fetchAndServe(w, r, key, vkey, e, fwd, attempt > 0) {
+			return
+		}
+		// The shared answer was for another variant: look again, now
+		// that the store knows what the response varies on.
+	}
+}
+
+// fetchAndServe waits for the coalesced fetch of r's key and serves its
+// outcome. It reports true when the outcome was a response for another
+// variant, which r should look up again.
+func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, key, vkey string, stale *Entry, fwd string, retried bool) (again bool) {
+	// The closure below runs only for the caller that starts the flight.
+	// It records that, so the leader alone may receive a response that
+	// turns out to be meant for its own request only.
+	leader := false
+	f, shared, err := p.flights.Do(r.Context(), p.flightKey(r, vkey), func(ctx context.Context) (*fetched, error) {
+		leader = true
+		return p.fetch(ctx, r, key, stale)
+	})
+	now := p.now()
+	if err != nil {
+		if r.Context().Err() != nil {
+			return false // the client left; the flight goes on without it
+		}
+		p.serveError(w, r, stale, err, fwd, now)
+		return false
+	}
+	if shared && !leader {
+		p.stats.Coalesced.Add(1)
+	}
+	e := f.entry
+	st := cacheStatus{fwd: fwd, fwdStatus: f.status, stored: f.stored, collapsed: shared && !leader}
+	if f.stored {
+		st.ttl, st.hasTTL = e.Decision.TTL(now), true
+	}
+	switch {
+	case leader && !e.Decision.Shareable:
+		st.detail = e.Decision.Reason
+		p.markPass(key, e)
+		p.serve(w, r, e, f.own, st, now)
+	case !e.Decision.Shareable:
+		// Meant for the leader's request alone: fetch our own.
+		p.passThrough(w, r, "miss", e.Decision.Reason)
+	case len(e.Vary) > 0 && e.VaryKey != varyKey(e.Vary, r.Header):
+		if retried {
+			p.passThrough(w, r, "vary-miss", "")
+			return false
+		}
+		return true
+	case isServerError(e.Status) && stale != nil && stale.Decision.UsableOnError(now):
+		p.serveStaleOnError(w, r, stale, f.status, now)
+	default:
+		if !f.stored {
+			st.detail = e.Decision.Reason
+		}
+		h := e.Header
+		if leader {
+			h = f.own
+		}
+		if f.status == 0 { // another flight had just stored it
+			st = cacheStatus{hit: true, ttl: e.Decision.TTL(now), hasTTL: true, collapsed: true}
+		}
+		p.serve(w, r, e, h, st, now)
+	}
+	return false
+}
+
+// flightKey is the coalescing key of r: its variant key, and for requests
+// with credentials the credentials too, so that a request never waits on
+// an answer fetched with someone else's.
+func (p *Proxy) flightKey(r *http.Request, vkey string) string {
+	if auth := r.Header.Get("Authorization"); auth != "" {
+		return vkey + "\x00" + auth
+	}
+	return vkey
+}
+
+// refresh revalidates stale in the background, once per key at a time,
+// and not again before a failed refresh's back-off has passed.
+func (p *Proxy) refresh(r *http.Request, key, flightKey string, stale *Entry) {
+	now := p.now()
+	if now.UnixNano() < stale.refreshAt.Load() {
+		return
+	}
+	started := p.flights.Refresh(r.Context(), flightKey, func(ctx context.Context) (*fetched, error) {
+		f, err := p.fetch(ctx, r, key, stale)
+		if err != nil || isServerError(f.entry.Status) {
+			// Keep serving the stale entry; ask again after a pause.
+			stale.refreshAt.Store(p.now().Add(refreshBackoff).UnixNano())
+			p.log.Warn("background refresh failed", "key", key, "err", err)
+		}
+		return f, err
+	})
+	if started {
+		p.stats.Refreshes.Add(1)
+	}
+}
+
+// refreshBackoff is the pause after a failed background refresh.
+const refreshBackoff = time.Second
+
+// markPass remembers, for PassTTL, that key's responses cannot be shared.
+func (p *Proxy) markPass(key string, e *Entry) {
+	p.store.Set(key, &Entry{Pass: true}, p.passTTL)
+	p.log.Debug("response not shareable; passing key", "key", key, "reason", e.Decision.Reason)
+}
+
+// bypass returns why r goes straight upstream without the cache, as a
+// Cache-Status fwd and detail, or "" when the cache handles it.
+func bypass(r *http.Request) (fwd, detail string) {
+	switch {
+	case r.Method != http.MethodGet && r.Method != http.MethodHead:
+		return "method", ""
+	case r.Header.Get("Range") != "":
+		return "bypass", "range"
+	case r.Header.Get("Upgrade") != "":
+		return "bypass", "upgrade"
+	}
+	return "", ""
+}
+
+func isServerError(status int) bool {
+	switch status {
+	case http.StatusInternalServerError, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+		return true
+	}
+	return false
+}
+
+// serve writes e to w with header h, which is copied: the stored header
+// is never handed to a client.
+func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, e *Entry, h http.Header, st cacheStatus, now time.Time) {
+	out := w.Header()
+	copyHeader(out, h)
+	if st.hit || st.fwdStatus == 0 || st.detail == "stale-if-error" {
+		out["Age"] = []string{strconv.FormatInt(int64(e.Decision.Age(now)/time.Second), 10)}
+	}
+	out["Via"] = append(out["Via"], via)
+	out["Cache-Status"] = []string{st.String()}
+	if bodyAllowed(e.Status) {
+		out["Content-Length"] = []string{strconv.Itoa(len(e.Body))}
+	}
+	w.WriteHeader(e.Status)
+	if r.Method != http.MethodHead && bodyAllowed(e.Status) {
+		w.Write(e.Body) //nolint:errcheck // the client may have gone
+	}
+}
+
+func bodyAllowed(status int) bool {
+	return status >= 200 && status != http.StatusNoContent && status != http.StatusNotModified
+}
+
+// serveStaleOnError serves stale in place of an origin failure
+// (RFC 5861 section 4).
+func (p *Proxy) serveStaleOnError(w http.ResponseWriter, r *http.Request, stale *Entry, fwdStatus int, now time.Time) {
+	p.stats.StaleOnError.Add(1)
+	p.serve(w, r, stale, stale.Header, cacheStatus{fwd: "stale", fwdStatus: fwdStatus, ttl: stale.Decision.TTL(now), hasTTL: true, detail: "stale-if-error"}, now)
+}
+
+// serveError answers a failed fetch: with the stale entry where it may
+// stand in, otherwise 504 for a timeout and 502 for anything else.
+func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, stale *Entry, err error, fwd string, now time.Time) {
+	if errors.Is(err, errTooLarge) {
+		p.markPass(r.URL.RequestURI(), &Entry{Decision: freshness.Decision{Reason: "too-large"}})
+		p.passThrough(w, r, "miss", "too-large")
+		return
+	}
+	if stale != nil && stale.Decision.UsableOnError(now) {
+		p.serveStaleOnError(w, r, stale, 0, now)
+		return
+	}
+	status, detail := http.StatusBadGateway, "upstream-error"
+	if errors.Is(err, context.DeadlineExceeded) {
+		status, detail = http.StatusGatewayTimeout, "upstream-timeout"
+	}
+	p.log.Warn("upstream fetch failed", "path", r.URL.Path, "err", err)
+	h := w.Header()
+	h.Set("Cache-Status", cacheStatus{fwd: fwd, detail: detail}.String())
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Add("Via", via)
+	w.WriteHeader(status)
+	fmt.Fprintln(w, http.StatusText(status))
+}

@@ -1,0 +1,108 @@
+package proxy
+
+import (
+	"math"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/maypok86/otter/v2"
+
+	"corral/freshness"
+)
+
+// Entry is one stored response. Once stored it is never modified: serving
+// copies its header, and a revalidation stores a new Entry.
+type Entry struct {
+	Status int
+	Header http.Header // hop-by-hop and private fields already removed
+	Body   []byte
+
+	// Decision is what freshness said when the response arrived.
+	Decision freshness.Decision
+
+	// Vary holds the canonical names of the request fields the response
+	// varies on, and VaryKey the request's normalised values of them.
+	// An Entry with Status 0 is a Vary marker: stored under the URI, it
+	// says that the responses live under their variant keys.
+	Vary    []string
+	VaryKey string
+
+	// Pass marks a key whose last response could not be shared: until
+	// the Entry expires, requests for it go upstream each on its own
+	// instead of queueing behind a flight (Varnish's hit-for-miss).
+	Pass bool
+
+	// refreshAt is when, in Unix nanoseconds, a background refresh may
+	// next start; set after a failed refresh so that a struggling origin
+	// is not asked again on every stale hit.
+	refreshAt atomic.Int64
+}
+
+// size estimates the bytes e holds, for the store's budget.
+func (e *Entry) size() int {
+	n := 256 + len(e.Body) + len(e.VaryKey)
+	for k, vs := range e.Header {
+		n += len(k) + 16
+		for _, v := range vs {
+			n += len(v) + 16
+		}
+	}
+	for _, v := range e.Vary {
+		n += len(v) + 16
+	}
+	return n
+}
+
+// Store holds entries by key. Implementations must be safe for concurrent
+// use and must not modify an Entry.
+type Store interface {
+	Get(key string) (*Entry, bool)
+	// Set stores e under key for at most ttl.
+	Set(key string, e *Entry, ttl time.Duration)
+	Delete(key string)
+}
+
+// Memory is an in-memory Store bounded in bytes, with otter's W-TinyLFU
+// policy: a flood of one-off keys cannot push out the entries in use.
+type Memory struct {
+	c *otter.Cache[string, item]
+}
+
+type item struct {
+	e   *Entry
+	ttl time.Duration
+}
+
+// NewMemory returns a Memory store that keeps its entries, keys included,
+// within maxBytes.
+func NewMemory(maxBytes int64) *Memory {
+	return &Memory{c: otter.Must(&otter.Options[string, item]{
+		MaximumWeight: uint64(max(maxBytes, 1)),
+		Weigher: func(key string, it item) uint32 {
+			return uint32(min(len(key)+it.e.size(), math.MaxUint32))
+		},
+		ExpiryCalculator: otter.ExpiryWritingFunc(func(en otter.Entry[string, item]) time.Duration {
+			return en.Value.ttl
+		}),
+	})}
+}
+
+func (m *Memory) Get(key string) (*Entry, bool) {
+	it, ok := m.c.GetIfPresent(key)
+	return it.e, ok
+}
+
+func (m *Memory) Set(key string, e *Entry, ttl time.Duration) {
+	if ttl > 0 {
+		m.c.Set(key, item{e, ttl})
+	}
+}
+
+func (m *Memory) Delete(key string) { m.c.Invalidate(key) }
+
+// Bytes is the weight the store holds now.
+func (m *Memory) Bytes() int64 { return int64(m.c.WeightedSize()) }
+
+// Len is the number of entries the store holds now.
+func (m *Memory) Len() int { return m.c.EstimatedSize() }
