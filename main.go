@@ -119,7 +119,15 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "corral: shutdown:", err)
 		return 1
 	}
-	p.Wait()
+	// Let background refreshes finish too, within the same deadline.
+	refreshed := make(chan struct{})
+	go func() { p.Wait(); close(refreshed) }()
+	select {
+	case <-refreshed:
+	case <-sctx.Done():
+		fmt.Fprintln(stderr, "corral: shutdown: background refreshes still running at the deadline")
+		return 1
+	}
 	return 0
 }
 

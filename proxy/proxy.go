@@ -272,10 +272,24 @@ func (p *Proxy) refresh(r *http.Request, key, flightKey string, stale *Entry) {
 	}
 	started := p.flights.Refresh(r.Context(), flightKey, func(ctx context.Context) (*fetched, error) {
 		f, err := p.fetch(ctx, r, key, stale)
-		if err != nil || isServerError(f.entry.Status) {
-			// Keep serving the stale entry; ask again after a pause.
+		switch {
+		case err != nil || isServerError(f.entry.Status):
+			// Keep serving the stale entry; ask again after a pause,
+			// longer if the origin said how long.
+			pause := refreshBackoff
+			if err == nil {
+				pause = max(pause, retryAfter(f.entry.Header.Get("Retry-After"), p.now()))
+			}
+			stale.refreshAt.Store(p.now().Add(pause).UnixNano())
+			p.log.Warn("background refresh failed", "key", key, "status", statusOf(f), "err", err, "retry_in", pause)
+		case !f.entry.Decision.Shareable:
+			// The origin no longer lets this be shared: stop serving
+			// the stale copy.
+			p.markPass(key, f.entry)
+		case !f.stored && f.status != 0:
+			// Nothing worth keeping came back (max-age=0 without
+			// validators, say): do not ask again on every stale hit.
 			stale.refreshAt.Store(p.now().Add(refreshBackoff).UnixNano())
-			p.log.Warn("background refresh failed", "key", key, "err", err)
 		}
 		return f, err
 	})
@@ -284,8 +298,34 @@ func (p *Proxy) refresh(r *http.Request, key, flightKey string, stale *Entry) {
 	}
 }
 
-// refreshBackoff is the pause after a failed background refresh.
-const refreshBackoff = time.Second
+// refreshBackoff is the shortest pause after a failed background refresh;
+// maxRetryAfter caps the pause an origin's Retry-After can ask for.
+const (
+	refreshBackoff = time.Second
+	maxRetryAfter  = 5 * time.Minute
+)
+
+// retryAfter parses Retry-After (RFC 9110 section 10.2.3), delay-seconds
+// or an HTTP-date, into a pause from now; zero when absent or invalid.
+func retryAfter(v string, now time.Time) time.Duration {
+	if v == "" {
+		return 0
+	}
+	var d time.Duration
+	if secs, err := strconv.ParseUint(v, 10, 32); err == nil {
+		d = time.Duration(secs) * time.Second
+	} else if t, err := http.ParseTime(v); err == nil {
+		d = t.Sub(now)
+	}
+	return min(max(d, 0), maxRetryAfter)
+}
+
+func statusOf(f *fetched) int {
+	if f == nil {
+		return 0
+	}
+	return f.entry.Status
+}
 
 // markPass remembers, for PassTTL, that key's responses cannot be shared.
 func (p *Proxy) markPass(key string, e *Entry) {

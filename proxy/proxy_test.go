@@ -546,3 +546,59 @@ func TestAuthorizedResponsesAreNotSharedWithoutPublic(t *testing.T) {
 		t.Errorf("Cache-Status %q, want %q", a.CacheStatus, want)
 	}
 }
+
+func TestFailedRefreshBacksOffAsRetryAfterSays(t *testing.T) {
+	clk := newClock()
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "max-age=1, stale-while-revalidate=600")
+		io.WriteString(w, "good")
+	})
+	p := newTestProxy(t, o, clk, Config{})
+	get(p, "/x")
+	o.set(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Retry-After", "30")
+		w.WriteHeader(http.StatusServiceUnavailable)
+	})
+	clk.Advance(2 * time.Second)
+	if r, _ := get(p, "/x"); r.Body != "good" {
+		t.Fatalf("stale hit got %q, want the stale body", r.Body)
+	}
+	p.Wait() // the refresh got its 503
+
+	for _, step := range []time.Duration{0, 10 * time.Second, 19 * time.Second} {
+		clk.Advance(step)
+		if r, _ := get(p, "/x"); r.Body != "good" {
+			t.Fatalf("stale hit during back-off got %q, want the stale body", r.Body)
+		}
+		p.Wait()
+	}
+	if c := o.count(); c != 2 {
+		t.Errorf("origin saw %d requests within Retry-After, want 2: no refresh before it passed", c)
+	}
+	clk.Advance(2 * time.Second) // 31s after the 503
+	get(p, "/x")
+	p.Wait()
+	if c := o.count(); c != 3 {
+		t.Errorf("origin saw %d requests after Retry-After passed, want 3: one new refresh", c)
+	}
+}
+
+func TestRefreshThatTurnsPrivateStopsStaleServing(t *testing.T) {
+	clk := newClock()
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "max-age=1, stale-while-revalidate=600")
+		io.WriteString(w, "public")
+	})
+	p := newTestProxy(t, o, clk, Config{})
+	get(p, "/x")
+	o.set(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "private")
+		io.WriteString(w, "mine")
+	})
+	clk.Advance(2 * time.Second)
+	get(p, "/x") // stale hit; the refresh learns the answer is private now
+	p.Wait()
+	if r, _ := get(p, "/x"); r.Body != "mine" {
+		t.Errorf("after a private refresh got %q, want the origin's own answer, not the stale copy", r.Body)
+	}
+}
