@@ -54,6 +54,14 @@ func newOrigin(t *testing.T, clk *clock, h http.HandlerFunc) *origin {
 	return o
 }
 
+// answer is an origin handler that sends cacheControl and body.
+func answer(cacheControl, body string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", cacheControl)
+		io.WriteString(w, body)
+	}
+}
+
 func (o *origin) set(h http.HandlerFunc) { o.handler.Store(&h) }
 
 func (o *origin) count() int64 { return o.requests.Load() }

@@ -49,6 +49,21 @@ func herd(t *testing.T, p http.Handler, n int, path string, hdr func(i int) []st
 	return out
 }
 
+// releaseWhenEntered returns a channel for herd's entered and closes
+// release once n clients are inside the handler: the origin, holding its
+// answer until release, then meets the whole herd in one flight rather
+// than a stored entry.
+func releaseWhenEntered(n int, release chan struct{}) chan struct{} {
+	entered := make(chan struct{}, n)
+	go func() {
+		for range n {
+			<-entered
+		}
+		close(release)
+	}()
+	return entered
+}
+
 func TestColdHerdMakesOneUpstreamRequest(t *testing.T) {
 	clk := newClock()
 	release := make(chan struct{})
@@ -60,15 +75,7 @@ func TestColdHerdMakesOneUpstreamRequest(t *testing.T) {
 	p := newTestProxy(t, o, clk, Config{})
 
 	const n = 1000
-	entered := make(chan struct{}, n)
-	go func() {
-		// Every client is inside the handler before the origin answers,
-		// so the herd meets one flight in progress, not a stored entry.
-		for range n {
-			<-entered
-		}
-		close(release)
-	}()
+	entered := releaseWhenEntered(n, release)
 	got := herd(t, p, n, "/api/stats", nil, entered)
 
 	if c := o.count(); c != 1 {
@@ -163,13 +170,7 @@ func TestPastStaleWindowHerdCoalescesIntoOneFetch(t *testing.T) {
 	clk.Advance(12 * time.Second) // past max-age and the stale window
 
 	const n = 300
-	entered := make(chan struct{}, n)
-	go func() {
-		for range n {
-			<-entered
-		}
-		close(release)
-	}()
+	entered := releaseWhenEntered(n, release)
 	got := herd(t, p, n, "/api/stats", nil, entered)
 	for i, r := range got {
 		if r.Status != 200 || r.Body != "v2" {
@@ -274,10 +275,7 @@ func TestResetMidBodyStoresNothing(t *testing.T) {
 	if r.Status != http.StatusBadGateway {
 		t.Errorf("client got %d, want 502 for a body cut short", r.Status)
 	}
-	o.set(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Cache-Control", "max-age=60")
-		io.WriteString(w, "whole")
-	})
+	o.set(answer("max-age=60", "whole"))
 	if r, _ := get(p, "/x"); r.Body != "whole" {
 		t.Errorf("after the reset got %q, want the whole new body: the partial one was stored", r.Body)
 	}
@@ -303,10 +301,7 @@ func TestMalformedCacheControl(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			clk := newClock()
-			o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
-				w.Header().Set("Cache-Control", tt.cacheControl)
-				io.WriteString(w, "body")
-			})
+			o := newOrigin(t, clk, answer(tt.cacheControl, "body"))
 			p := newTestProxy(t, o, clk, Config{})
 			first, _ := get(p, "/x")
 			second, _ := get(p, "/x")
@@ -335,13 +330,7 @@ func TestUnshareableResponseIsNeverShared(t *testing.T) {
 		io.WriteString(w, "hello "+user)
 	})
 	p := newTestProxy(t, o, clk, Config{})
-	entered := make(chan struct{}, n)
-	go func() {
-		for range n {
-			<-entered
-		}
-		close(release)
-	}()
+	entered := releaseWhenEntered(n, release)
 	user := func(i int) []string { return []string{"X-User", fmt.Sprint("u", i)} }
 	got := herd(t, p, n, "/me", user, entered)
 	for i, r := range got {
@@ -476,13 +465,7 @@ func TestVariantsAreCoalescedSeparately(t *testing.T) {
 		io.WriteString(w, "encoding="+r.Header.Get("Accept-Encoding"))
 	})
 	p := newTestProxy(t, o, clk, Config{})
-	entered := make(chan struct{}, n)
-	go func() {
-		for range n {
-			<-entered
-		}
-		close(release)
-	}()
+	entered := releaseWhenEntered(n, release)
 	enc := func(i int) string { return []string{"gzip", "br"}[i%2] }
 	got := herd(t, p, n, "/x", func(i int) []string { return []string{"Accept-Encoding", enc(i)} }, entered)
 	for i, r := range got {
@@ -511,10 +494,7 @@ func TestStaleIfErrorServesStoredOnOriginFailure(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			clk := newClock()
-			o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
-				w.Header().Set("Cache-Control", tt.cacheControl)
-				io.WriteString(w, "good")
-			})
+			o := newOrigin(t, clk, answer(tt.cacheControl, "good"))
 			p := newTestProxy(t, o, clk, Config{})
 			get(p, "/x")
 			clk.Advance(5 * time.Second)
@@ -549,10 +529,7 @@ func TestAuthorizedResponsesAreNotSharedWithoutPublic(t *testing.T) {
 
 func TestFailedRefreshBacksOffAsRetryAfterSays(t *testing.T) {
 	clk := newClock()
-	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Cache-Control", "max-age=1, stale-while-revalidate=600")
-		io.WriteString(w, "good")
-	})
+	o := newOrigin(t, clk, answer("max-age=1, stale-while-revalidate=600", "good"))
 	p := newTestProxy(t, o, clk, Config{})
 	get(p, "/x")
 	o.set(func(w http.ResponseWriter, r *http.Request) {
@@ -585,16 +562,10 @@ func TestFailedRefreshBacksOffAsRetryAfterSays(t *testing.T) {
 
 func TestRefreshThatTurnsPrivateStopsStaleServing(t *testing.T) {
 	clk := newClock()
-	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Cache-Control", "max-age=1, stale-while-revalidate=600")
-		io.WriteString(w, "public")
-	})
+	o := newOrigin(t, clk, answer("max-age=1, stale-while-revalidate=600", "public"))
 	p := newTestProxy(t, o, clk, Config{})
 	get(p, "/x")
-	o.set(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Cache-Control", "private")
-		io.WriteString(w, "mine")
-	})
+	o.set(answer("private", "mine"))
 	clk.Advance(2 * time.Second)
 	get(p, "/x") // stale hit; the refresh learns the answer is private now
 	p.Wait()
