@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -571,5 +573,22 @@ func TestRefreshThatTurnsPrivateStopsStaleServing(t *testing.T) {
 	p.Wait()
 	if r, _ := get(p, "/x"); r.Body != "mine" {
 		t.Errorf("after a private refresh got %q, want the origin's own answer, not the stale copy", r.Body)
+	}
+}
+
+type panickyTransport struct{}
+
+func (panickyTransport) RoundTrip(*http.Request) (*http.Response, error) { panic("transport bug") }
+
+func TestPanicInFetchIsAnErrorNotACrash(t *testing.T) {
+	u, _ := url.Parse("http://127.0.0.1:1")
+	p, err := New(Config{Upstream: u, Transport: panickyTransport{}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range herd(t, p, 20, "/x", nil, nil) {
+		if r.Status != http.StatusBadGateway {
+			t.Fatalf("got %d, want 502 from a fetch that panicked", r.Status)
+		}
 	}
 }
