@@ -43,6 +43,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		defaultTTL      = fs.Duration("default-ttl", 0, "freshness lifetime for cacheable responses that carry none (0: RFC 9111 heuristic only)")
 		defaultSWR      = fs.Duration("default-stale-while-revalidate", 0, "stale-while-revalidate window for responses that carry none (0: off)")
 		defaultSIE      = fs.Duration("default-stale-if-error", 0, "stale-if-error window for responses that carry none (0: off)")
+		requestNoCache  = fs.String("request-no-cache", "revalidate", "what a client's Cache-Control: no-cache, max-age=0 or Pragma: no-cache does: revalidate (one coalesced upstream request, not one per client) or ignore (answer from the cache)")
 		shutdownTimeout = fs.Duration("shutdown-timeout", 10*time.Second, "how long to let in-flight requests finish after SIGINT or SIGTERM")
 		demo            = fs.Bool("demo", false, "run the demo: a rate-limited origin, a herd of pollers, with and without corral")
 		demoClients     = fs.Int("demo-clients", 200, "number of polling clients in the demo")
@@ -61,7 +62,13 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		return 2
 	}
 
+	noCache, ok := map[string]proxy.RequestNoCache{"revalidate": proxy.RequestNoCacheRevalidate, "ignore": proxy.RequestNoCacheIgnore}[*requestNoCache]
+	if !ok {
+		fmt.Fprintf(stderr, "corral: -request-no-cache: want revalidate or ignore, got %q\n", *requestNoCache)
+		return 2
+	}
 	cfg := proxy.Config{
+		RequestNoCache:  noCache,
 		CacheBytes:      int64(cacheBytes),
 		MaxObjectBytes:  int64(maxObjectBytes),
 		UpstreamTimeout: *upstreamTimeout,

@@ -42,7 +42,7 @@ func TestHelpExplainsEveryFlag(t *testing.T) {
 	for _, flag := range []string{
 		"-listen", "-upstream", "-cache-bytes", "-max-object-bytes", "-upstream-timeout",
 		"-default-ttl", "-default-stale-while-revalidate", "-default-stale-if-error",
-		"-pass-ttl", "-shutdown-timeout", "-demo",
+		"-pass-ttl", "-request-no-cache", "-shutdown-timeout", "-demo",
 	} {
 		if !strings.Contains(stderr.String(), "  "+flag+" ") && !strings.Contains(stderr.String(), "  "+flag+"\n") {
 			t.Errorf("-h does not explain %s:\n%s", flag, stderr.String())
@@ -58,6 +58,14 @@ func TestBadSizeFlagExitsTwo(t *testing.T) {
 	code := run(context.Background(), []string{"-upstream", "http://127.0.0.1:1", "-cache-bytes", "lots"}, &stderr)
 	if code != 2 || !strings.Contains(stderr.String(), `invalid value "lots" for flag -cache-bytes`) {
 		t.Errorf("exit %d, stderr %q: want 2 naming the flag", code, stderr.String())
+	}
+}
+
+func TestBadRequestNoCacheExitsTwo(t *testing.T) {
+	var stderr bytes.Buffer
+	code := run(context.Background(), []string{"-upstream", "http://127.0.0.1:1", "-request-no-cache", "sometimes"}, &stderr)
+	if want := "corral: -request-no-cache: want revalidate or ignore, got \"sometimes\"\n"; code != 2 || stderr.String() != want {
+		t.Errorf("exit %d, stderr %q: want 2 and %q", code, stderr.String(), want)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"math"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/pquerna/cachecontrol/cacheobject"
 )
@@ -50,4 +51,36 @@ func ParseRequest(h http.Header) RequestDirectives {
 		}
 	}
 	return d
+}
+
+// StateFor is State as a client's request directives narrow or widen it
+// (RFC 9111 section 5.2.1): max-age and min-fresh ask for a younger
+// response, max-stale accepts an older one where the response allows
+// stale use at all. no-cache is left to the caller, which decides how far
+// to honour it.
+func (d Decision) StateFor(now time.Time, req RequestDirectives) State {
+	s := d.State(now)
+	age, ttl := d.Age(now), d.TTL(now)
+	switch {
+	case req.MaxAge != unset && age > time.Duration(req.MaxAge)*time.Second:
+		return Expired
+	case req.MinFresh != unset && ttl < time.Duration(req.MinFresh)*time.Second:
+		return Expired
+	case s != Fresh && req.MaxStale != unset && !d.NoStale && !d.NoCache &&
+		-ttl <= time.Duration(req.MaxStale)*time.Second:
+		return StaleWhileRevalidate
+	}
+	return s
+}
+
+// UsableOnErrorFor is UsableOnError with the window widened to the
+// request's own stale-if-error (RFC 5861 section 4) when it has one.
+func (d Decision) UsableOnErrorFor(now time.Time, req RequestDirectives) bool {
+	if req.StaleIfError != unset {
+		w := time.Duration(req.StaleIfError) * time.Second
+		if !d.NoStale && !d.NoCache && -d.TTL(now) < max(w, d.StaleIfError) {
+			return true
+		}
+	}
+	return d.UsableOnError(now)
 }

@@ -69,7 +69,7 @@ func (p *Proxy) fetch(ctx context.Context, in *http.Request, key string, stale *
 
 	if resp.StatusCode == http.StatusNotModified && stale != nil {
 		e, own := p.revalidated(in.Header, stale, resp.Header, reqTime, respTime)
-		return &fetched{entry: e, own: own, status: resp.StatusCode, stored: p.put(key, e)}, nil
+		return &fetched{entry: e, own: own, status: resp.StatusCode, stored: p.put(key, e, reqTime)}, nil
 	}
 
 	if resp.ContentLength > p.maxObject {
@@ -84,7 +84,7 @@ func (p *Proxy) fetch(ctx context.Context, in *http.Request, key string, stale *
 		return nil, errTooLarge
 	}
 	e, own := p.newEntry(in.Header, resp.StatusCode, resp.Header, body, reqTime, respTime)
-	return &fetched{entry: e, own: own, status: resp.StatusCode, stored: p.put(key, e)}, nil
+	return &fetched{entry: e, own: own, status: resp.StatusCode, stored: p.put(key, e, reqTime)}, nil
 }
 
 // newEntry builds the Entry for a response. own is the header as the
@@ -135,10 +135,11 @@ func (p *Proxy) revalidated(reqHeader http.Header, stale *Entry, header http.Hea
 	return p.newEntry(reqHeader, stale.Status, merged, stale.Body, reqTime, respTime)
 }
 
-// put stores e under key (or under its variant key, with a Vary marker at
-// key) when its decision allows, and reports whether it did.
-func (p *Proxy) put(key string, e *Entry) bool {
-	if !e.Decision.Storable {
+// put stores e, fetched by a request sent at reqTime, under key (or under
+// its variant key, with a Vary marker at key) when its decision allows and
+// key was not invalidated since, and reports whether it did.
+func (p *Proxy) put(key string, e *Entry, reqTime time.Time) bool {
+	if !e.Decision.Storable || p.tombstones.since(key, reqTime) {
 		return false
 	}
 	ttl := e.Decision.Until().Sub(p.now())

@@ -39,15 +39,19 @@ func removeHopHeaders(h http.Header) {
 	}
 }
 
-// sharedFetchDrops are request fields that never go upstream on a fetch
-// made for many clients: the answer must be the full, plain response that
-// the cache can store and then tailor to each client (conditionals and
-// ranges are answered from the stored copy), not one client's view of it.
-var sharedFetchDrops = []string{
+// tailoring are the request fields that make a request conditional
+// (RFC 9110 section 13) or partial (section 14). The cache answers them
+// from the stored response.
+var tailoring = []string{
 	"If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since", "If-Range",
 	"Range",
-	"Cache-Control", "Pragma",
 }
+
+// sharedFetchDrops are request fields that never go upstream on a fetch
+// made for many clients: the answer must be the full, plain response that
+// the cache can store and then tailor to each client, not one client's
+// view of it.
+var sharedFetchDrops = append(slices.Clip(tailoring), "Cache-Control", "Pragma")
 
 // notUpdatedBy304 are stored fields a 304 must not replace (RFC 9111
 // section 3.2): the stored body is kept, so the fields that describe it

@@ -6,6 +6,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -52,6 +53,10 @@ type Config struct {
 	// Policy holds the operator's freshness defaults.
 	Policy freshness.Policy
 
+	// RequestNoCache says what a client's no-cache or max-age=0 does.
+	// The zero value revalidates, coalesced.
+	RequestNoCache RequestNoCache
+
 	// Transport makes upstream requests. Nil means a transport tuned for
 	// one origin.
 	Transport http.RoundTripper
@@ -66,18 +71,20 @@ type Config struct {
 
 // Proxy is a caching reverse proxy for one upstream.
 type Proxy struct {
-	upstream     *url.URL
-	upstreamPath string
-	store        Store
-	maxObject    int64
-	passTTL      time.Duration
-	policy       freshness.Policy
-	transport    http.RoundTripper
-	now          func() time.Time
-	log          *slog.Logger
-	flights      coalesce.Group[*fetched]
-	pass         *httputil.ReverseProxy
-	stats        Stats
+	upstream       *url.URL
+	upstreamPath   string
+	store          Store
+	maxObject      int64
+	passTTL        time.Duration
+	policy         freshness.Policy
+	requestNoCache RequestNoCache
+	transport      http.RoundTripper
+	now            func() time.Time
+	log            *slog.Logger
+	flights        coalesce.Group[*fetched]
+	pass           *httputil.ReverseProxy
+	stats          Stats
+	tombstones     tombstones // recent invalidations, against late write-backs
 }
 
 // New returns a Proxy for cfg.
@@ -87,17 +94,19 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, fmt.Errorf("upstream must be an absolute http or https URL, got %q", u.String())
 	}
 	p := &Proxy{
-		upstream:     u,
-		upstreamPath: strings.TrimSuffix(u.Path, "/"),
-		store:        cfg.Store,
-		maxObject:    orDefault(cfg.MaxObjectBytes, 8<<20),
-		passTTL:      orDefault(cfg.PassTTL, 10*time.Second),
-		policy:       cfg.Policy,
-		transport:    cfg.Transport,
-		now:          cfg.Now,
-		log:          cfg.Logger,
+		upstream:       u,
+		upstreamPath:   strings.TrimSuffix(u.Path, "/"),
+		store:          cfg.Store,
+		maxObject:      orDefault(cfg.MaxObjectBytes, 8<<20),
+		passTTL:        orDefault(cfg.PassTTL, 10*time.Second),
+		policy:         cfg.Policy,
+		requestNoCache: cfg.RequestNoCache,
+		transport:      cfg.Transport,
+		now:            cfg.Now,
+		log:            cfg.Logger,
 	}
 	p.flights.Timeout = orDefault(cfg.UpstreamTimeout, 30*time.Second)
+	p.tombstones.keep = p.flights.Timeout
 	if p.store == nil {
 		p.store = NewMemory(orDefault(cfg.CacheBytes, 256<<20))
 	}
@@ -160,6 +169,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.passThrough(w, r, fwd, detail)
 		return
 	}
+	req, forced := p.requestDirectives(r)
 	key := r.URL.RequestURI()
 	for attempt := 0; ; attempt++ {
 		e, vkey := p.lookup(key, r.Header)
@@ -170,22 +180,39 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		fwd := "uri-miss"
 		if e != nil {
-			switch e.Decision.State(now) {
-			case freshness.Fresh:
+			switch state := e.Decision.StateFor(now, req); {
+			case forced:
+				fwd = "request" // the client asked for a revalidated answer
+			case state == freshness.Fresh:
 				p.stats.Hits.Add(1)
 				p.serve(w, r, e, e.Header, cacheStatus{hit: true, ttl: e.Decision.TTL(now), hasTTL: true}, now)
 				return
-			case freshness.StaleWhileRevalidate:
+			case state == freshness.StaleWhileRevalidate:
 				p.stats.StaleHits.Add(1)
 				p.serve(w, r, e, e.Header, cacheStatus{hit: true, ttl: e.Decision.TTL(now), hasTTL: true, detail: "stale-while-revalidate"}, now)
 				p.refresh(r, key, p.flightKey(r, vkey), e)
 				return
+			default:
+				fwd = "stale"
 			}
-			fwd = "stale"
 		} else if vkey != key {
 			fwd = "vary-miss"
 		}
-		if !p.fetchAndServe(w, r, key, vkey, e, fwd, attempt > 0) {
+		switch {
+		case req.OnlyIfCached:
+			// RFC 9111 section 5.2.1.7: nothing usable is stored.
+			p.serveStatus(w, http.StatusGatewayTimeout, cacheStatus{detail: "only-if-cached"})
+			return
+		case r.Header.Get("Range") != "":
+			p.passThrough(w, r, fwd, "range")
+			return
+		case req.NoStore && e == nil:
+			// The answer may not be stored (RFC 9111 section 5.2.1.5),
+			// so it could not be shared with a herd either.
+			p.passThrough(w, r, fwd, "request-no-store")
+			return
+		}
+		if !p.fetchAndServe(w, r, req, key, vkey, e, fwd, attempt > 0) {
 			return
 		}
 		// The shared answer was for another variant: look again, now
@@ -193,10 +220,41 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// requestDirectives reads r's Cache-Control and Pragma, and reports
+// whether they force a revalidation of whatever is stored. Under
+// RequestNoCacheIgnore, no-cache and max-age (what a reload button
+// sends) are dropped: the shield holds.
+func (p *Proxy) requestDirectives(r *http.Request) (req freshness.RequestDirectives, forced bool) {
+	if r.Header.Get("Cache-Control") == "" && r.Header.Get("Pragma") == "" {
+		return noDirectives, false // the common case, without parsing
+	}
+	req = freshness.ParseRequest(r.Header)
+	if p.requestNoCache == RequestNoCacheIgnore {
+		req.NoCache, req.MaxAge = false, noDirectives.MaxAge
+	}
+	return req, req.NoCache || req.MaxAge == 0
+}
+
+var noDirectives = freshness.ParseRequest(nil)
+
+// RequestNoCache says what a client's no-cache, Pragma: no-cache or
+// max-age=0 does.
+type RequestNoCache int
+
+const (
+	// RequestNoCacheRevalidate revalidates the stored response with the
+	// origin before answering, coalesced like any fetch: a herd of
+	// reloads costs one upstream request at a time, not one each.
+	RequestNoCacheRevalidate RequestNoCache = iota
+	// RequestNoCacheIgnore answers from the cache as if the directives
+	// were absent (RFC 9111 section 5.2.1 lets a cache do so).
+	RequestNoCacheIgnore
+)
+
 // fetchAndServe waits for the coalesced fetch of r's key and serves its
 // outcome. It reports true when the outcome was a response for another
 // variant, which r should look up again.
-func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, key, vkey string, stale *Entry, fwd string, retried bool) (again bool) {
+func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, key, vkey string, stale *Entry, fwd string, retried bool) (again bool) {
 	// The closure below runs only for the caller that starts the flight.
 	// It records that, so the leader alone may receive a response that
 	// turns out to be meant for its own request only.
@@ -210,7 +268,7 @@ func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, key, vkey 
 		if r.Context().Err() != nil {
 			return false // the client left; the flight goes on without it
 		}
-		p.serveError(w, r, stale, err, fwd, now)
+		p.serveError(w, r, req, stale, err, fwd, now)
 		return false
 	}
 	if shared && !leader {
@@ -235,7 +293,7 @@ func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, key, vkey 
 			return false
 		}
 		return true
-	case isServerError(e.Status) && stale != nil && stale.Decision.UsableOnError(now):
+	case isServerError(e.Status) && stale != nil && stale.Decision.UsableOnErrorFor(now, req):
 		p.serveStaleOnError(w, r, stale, f.status, now)
 	default:
 		if !f.stored {
@@ -339,8 +397,6 @@ func bypass(r *http.Request) (fwd, detail string) {
 	switch {
 	case r.Method != http.MethodGet && r.Method != http.MethodHead:
 		return "method", ""
-	case r.Header.Get("Range") != "":
-		return "bypass", "range"
 	case r.Header.Get("Upgrade") != "":
 		return "bypass", "upgrade"
 	}
@@ -360,11 +416,23 @@ func isServerError(status int) bool {
 func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, e *Entry, h http.Header, st cacheStatus, now time.Time) {
 	out := w.Header()
 	copyHeader(out, h)
-	if st.hit || st.fwdStatus == 0 || st.detail == "stale-if-error" {
-		out["Age"] = []string{strconv.FormatInt(int64(e.Decision.Age(now)/time.Second), 10)}
+	// Age goes on whatever the cache served, and on fetched responses
+	// that arrived with an age of their own (RFC 9111 section 5.1).
+	if age := e.Decision.Age(now) / time.Second; st.hit || st.fwdStatus == 0 || st.detail == "stale-if-error" || age > 0 {
+		out["Age"] = []string{strconv.FormatInt(int64(age), 10)}
 	}
 	out["Via"] = append(out["Via"], via)
 	out["Cache-Status"] = []string{st.String()}
+	if e.Status == http.StatusOK && conditionalOrRange(r.Header) {
+		// Preconditions (RFC 9110 section 13) and ranges (section 14)
+		// against the stored response, as net/http's file server does.
+		if _, ok := out["Content-Type"]; !ok {
+			out["Content-Type"] = nil // keep ServeContent from sniffing one
+		}
+		modtime, _ := http.ParseTime(h.Get("Last-Modified"))
+		http.ServeContent(w, r, "", modtime, bytes.NewReader(e.Body))
+		return
+	}
 	if bodyAllowed(e.Status) {
 		out["Content-Length"] = []string{strconv.Itoa(len(e.Body))}
 	}
@@ -372,6 +440,17 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, e *Entry, h http.H
 	if r.Method != http.MethodHead && bodyAllowed(e.Status) {
 		w.Write(e.Body) //nolint:errcheck // the client may have gone
 	}
+}
+
+// conditionalOrRange reports whether h makes a request conditional or
+// partial, so that the stored response must be tailored to it.
+func conditionalOrRange(h http.Header) bool {
+	for _, f := range tailoring {
+		if _, ok := h[f]; ok {
+			return true
+		}
+	}
+	return false
 }
 
 func bodyAllowed(status int) bool {
@@ -387,13 +466,13 @@ func (p *Proxy) serveStaleOnError(w http.ResponseWriter, r *http.Request, stale 
 
 // serveError answers a failed fetch: with the stale entry where it may
 // stand in, otherwise 504 for a timeout and 502 for anything else.
-func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, stale *Entry, err error, fwd string, now time.Time) {
+func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, stale *Entry, err error, fwd string, now time.Time) {
 	if errors.Is(err, errTooLarge) {
 		p.markPass(r.URL.RequestURI(), &Entry{Decision: freshness.Decision{Reason: "too-large"}})
 		p.passThrough(w, r, "miss", "too-large")
 		return
 	}
-	if stale != nil && stale.Decision.UsableOnError(now) {
+	if stale != nil && stale.Decision.UsableOnErrorFor(now, req) {
 		p.serveStaleOnError(w, r, stale, 0, now)
 		return
 	}
@@ -402,8 +481,13 @@ func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, stale *Entry,
 		status, detail = http.StatusGatewayTimeout, "upstream-timeout"
 	}
 	p.log.Warn("upstream fetch failed", "path", r.URL.Path, "err", err)
+	p.serveStatus(w, status, cacheStatus{fwd: fwd, detail: detail})
+}
+
+// serveStatus answers with status and its text, for errors corral makes.
+func (p *Proxy) serveStatus(w http.ResponseWriter, status int, st cacheStatus) {
 	h := w.Header()
-	h.Set("Cache-Status", cacheStatus{fwd: fwd, detail: detail}.String())
+	h.Set("Cache-Status", st.String())
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	h.Add("Via", via)
 	w.WriteHeader(status)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -68,27 +69,83 @@ type Stats struct {
 
 type passKey struct{}
 
+// passed is what a passed-through request carries to ModifyResponse.
+type passed struct {
+	st   cacheStatus
+	host string // the Host the client asked
+	uri  string // the client's request URI
+}
+
 // passThrough sends r upstream on its own, streaming the answer back; the
-// answer is neither stored nor shared. fwd is its Cache-Status reason.
+// answer is neither stored nor shared. fwd and detail go to Cache-Status.
 func (p *Proxy) passThrough(w http.ResponseWriter, r *http.Request, fwd string, detail string) {
 	p.stats.Passed.Add(1)
-	st := cacheStatus{fwd: fwd, detail: detail}
-	p.pass.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), passKey{}, st)))
+	info := passed{st: cacheStatus{fwd: fwd, detail: detail}, host: r.Host, uri: r.URL.RequestURI()}
+	p.pass.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), passKey{}, info)))
 }
 
 func (p *Proxy) modifyPassed(resp *http.Response) error {
-	st, _ := resp.Request.Context().Value(passKey{}).(cacheStatus)
+	info, _ := resp.Request.Context().Value(passKey{}).(passed)
+	if !safeMethod(resp.Request.Method) && resp.StatusCode >= 200 && resp.StatusCode < 400 {
+		p.invalidate(info, resp.Header)
+	}
+	st := info.st
 	st.fwdStatus = resp.StatusCode
 	resp.Header.Add("Via", via)
 	resp.Header.Set("Cache-Status", st.String())
 	return nil
 }
 
+// forget drops what is stored under key, and keeps any fetch for key that
+// is under way from storing its answer.
+func (p *Proxy) forget(key string) {
+	p.tombstones.add(key, p.now())
+	p.store.Delete(key)
+}
+
+// safeMethod reports whether m is safe (RFC 9110 section 9.2.1): only
+// unsafe methods invalidate.
+func safeMethod(m string) bool {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	return false
+}
+
+// invalidate drops what is stored for the target of a successful unsafe
+// request, and for its Location and Content-Location when they are on the
+// same origin (RFC 9111 section 4.4).
+func (p *Proxy) invalidate(info passed, h http.Header) {
+	p.forget(info.uri)
+	base := &url.URL{Scheme: "http", Host: info.host, Path: "/"}
+	for _, f := range []string{"Location", "Content-Location"} {
+		v := h.Get(f)
+		if v == "" {
+			continue
+		}
+		u, err := base.Parse(v)
+		if err != nil {
+			continue
+		}
+		switch {
+		case strings.EqualFold(u.Host, info.host):
+			p.forget(u.RequestURI())
+		case strings.EqualFold(u.Host, p.upstream.Host) && strings.HasPrefix(u.Path, p.upstreamPath):
+			// The origin named itself: map its URL back to ours.
+			u.Path = strings.TrimPrefix(u.Path, p.upstreamPath)
+			u.RawPath = ""
+			p.forget(u.RequestURI())
+		}
+	}
+}
+
 func (p *Proxy) passError(w http.ResponseWriter, r *http.Request, err error) {
 	if r.Context().Err() != nil {
 		return // the client left
 	}
-	st, _ := r.Context().Value(passKey{}).(cacheStatus)
+	info, _ := r.Context().Value(passKey{}).(passed)
+	st := info.st
 	status := http.StatusBadGateway
 	if errors.Is(err, context.DeadlineExceeded) {
 		status, st.detail = http.StatusGatewayTimeout, "upstream-timeout"

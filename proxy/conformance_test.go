@@ -1,0 +1,456 @@
+package proxy
+
+import (
+	stdcmp "cmp"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+)
+
+// A conformance case is a script: the origin's answers, in order (the
+// last one repeats), and the client's steps, each with what the client
+// must see and how many requests the origin must have had by then.
+
+type answerSpec struct {
+	status int // 0 means 200
+	header []string
+	body   string
+}
+
+type step struct {
+	advance time.Duration
+	method  string // GET when empty
+	path    string // /r when empty
+	header  []string
+
+	want     wantSpec
+	upstream int64 // origin requests after the step, refreshes included
+	// sent are fields the origin must have received on its latest request
+	// ("" means absent).
+	sent map[string]string
+}
+
+type wantSpec struct {
+	Status int
+	Body   string
+	// Header lists fields to compare; "" means the field must be absent.
+	Header map[string]string
+}
+
+type conformanceCase struct {
+	name    string
+	cfg     Config
+	answers []answerSpec
+	steps   []step
+}
+
+func runConformance(t *testing.T, tests []conformanceCase) {
+	t.Helper()
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clk := newClock()
+			var (
+				mu   sync.Mutex
+				n    int
+				last http.Header
+			)
+			o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+				mu.Lock()
+				a := tt.answers[min(n, len(tt.answers)-1)]
+				n++
+				last = r.Header.Clone()
+				mu.Unlock()
+				for i := 0; i+1 < len(a.header); i += 2 {
+					w.Header().Add(a.header[i], a.header[i+1])
+				}
+				w.WriteHeader(stdcmp.Or(a.status, 200))
+				io.WriteString(w, a.body)
+			})
+			p := newTestProxy(t, o, clk, tt.cfg)
+			for i, s := range tt.steps {
+				clk.Advance(s.advance)
+				req := httptest.NewRequest(stdcmp.Or(s.method, "GET"), stdcmp.Or(s.path, "/r"), nil)
+				for j := 0; j+1 < len(s.header); j += 2 {
+					req.Header.Add(s.header[j], s.header[j+1])
+				}
+				rec := httptest.NewRecorder()
+				p.ServeHTTP(rec, req)
+				p.Wait()
+				got := wantSpec{Status: rec.Code, Body: rec.Body.String(), Header: map[string]string{}}
+				for f := range s.want.Header {
+					got.Header[f] = strings.Join(rec.Header().Values(f), ", ")
+				}
+				if diff := cmp.Diff(s.want, got, cmpopts.EquateEmpty()); diff != "" {
+					t.Errorf("step %d (-want +got):\n%s", i, diff)
+				}
+				if c := o.count(); c != s.upstream {
+					t.Errorf("step %d: origin has had %d requests, want %d", i, c, s.upstream)
+				}
+				mu.Lock()
+				for f, v := range s.sent {
+					if got := last.Get(f); got != v {
+						t.Errorf("step %d: origin received %s %q, want %q", i, f, got, v)
+					}
+				}
+				mu.Unlock()
+			}
+		})
+	}
+}
+
+func hdr(kv ...string) map[string]string {
+	m := map[string]string{}
+	for i := 0; i+1 < len(kv); i += 2 {
+		m[kv[i]] = kv[i+1]
+	}
+	return m
+}
+
+func ok(body string, kv ...string) wantSpec {
+	return wantSpec{Status: 200, Body: body, Header: hdr(kv...)}
+}
+
+func TestConformanceValidation(t *testing.T) {
+	runConformance(t, []conformanceCase{{
+		name: "RFC 9111 4.3.1: a stale entry with an ETag is revalidated with If-None-Match, and a 304 refreshes it",
+		answers: []answerSpec{
+			{header: []string{"Cache-Control", "max-age=1", "ETag", `"a"`}, body: "v1"},
+			{status: 304, header: []string{"Cache-Control", "max-age=60", "ETag", `"a"`}},
+		},
+		steps: []step{
+			{want: ok("v1"), upstream: 1},
+			{advance: 5 * time.Second, want: ok("v1", "Cache-Status", "corral; fwd=stale; fwd-status=304; stored; ttl=60", "Content-Length", "2"),
+				upstream: 2, sent: hdr("If-None-Match", `"a"`)},
+			{advance: 30 * time.Second, want: ok("v1", "Cache-Status", "corral; hit; ttl=30", "Age", "30"), upstream: 2},
+		},
+	}, {
+		name: "RFC 9111 4.3.1: Last-Modified is sent back as If-Modified-Since",
+		answers: []answerSpec{
+			{header: []string{"Cache-Control", "max-age=1", "Last-Modified", "Mon, 23 Nov 2026 12:00:00 GMT"}, body: "v1"},
+			{status: 304, header: []string{"Cache-Control", "max-age=60"}},
+		},
+		steps: []step{
+			{want: ok("v1"), upstream: 1},
+			{advance: 5 * time.Second, want: ok("v1"), upstream: 2, sent: hdr("If-Modified-Since", "Mon, 23 Nov 2026 12:00:00 GMT")},
+		},
+	}, {
+		name: "RFC 9111 4.3.4: a 304 updates stored fields but not the body or its length",
+		answers: []answerSpec{
+			{header: []string{"Cache-Control", "max-age=1", "ETag", `"a"`, "X-Version", "1"}, body: "hello"},
+			{status: 304, header: []string{"Cache-Control", "max-age=60", "ETag", `"a"`, "X-Version", "2", "Content-Length", "999"}},
+		},
+		steps: []step{
+			{want: ok("hello", "X-Version", "1"), upstream: 1},
+			{advance: 5 * time.Second, want: ok("hello", "X-Version", "2", "Content-Length", "5", "Cache-Control", "max-age=60"), upstream: 2},
+			{want: ok("hello", "X-Version", "2", "Content-Length", "5"), upstream: 2},
+		},
+	}, {
+		name: "RFC 9111 4.3.2: a client's If-None-Match is answered 304 from a fresh entry",
+		answers: []answerSpec{
+			{header: []string{"Cache-Control", "max-age=60", "ETag", `"a"`}, body: "v1"},
+		},
+		steps: []step{
+			{want: ok("v1"), upstream: 1},
+			{header: []string{"If-None-Match", `"a"`}, want: wantSpec{Status: 304, Header: hdr("ETag", `"a"`, "Cache-Status", "corral; hit; ttl=60")}, upstream: 1},
+			{header: []string{"If-None-Match", `W/"a"`}, want: wantSpec{Status: 304}, upstream: 1},
+			{header: []string{"If-None-Match", `"b"`}, want: ok("v1"), upstream: 1},
+		},
+	}, {
+		name: "RFC 9111 4.3.2: a client's If-Modified-Since is answered from Last-Modified",
+		answers: []answerSpec{
+			{header: []string{"Cache-Control", "max-age=60", "Last-Modified", "Mon, 23 Nov 2026 12:00:00 GMT"}, body: "v1"},
+		},
+		steps: []step{
+			{header: []string{"If-Modified-Since", "Tue, 24 Nov 2026 12:00:00 GMT"}, want: wantSpec{Status: 304}, upstream: 1,
+				sent: hdr("If-Modified-Since", "")},
+			{header: []string{"If-Modified-Since", "Sun, 22 Nov 2026 12:00:00 GMT"}, want: ok("v1"), upstream: 1},
+		},
+	}})
+}
+
+func TestConformanceVary(t *testing.T) {
+	vary := []answerSpec{{header: []string{"Cache-Control", "max-age=60", "Vary", "Accept-Encoding"}, body: "x"}}
+	runConformance(t, []conformanceCase{{
+		name:    "RFC 9111 4.1: each variant is stored on its own",
+		answers: vary,
+		steps: []step{
+			{header: []string{"Accept-Encoding", "gzip"}, want: ok("x"), upstream: 1},
+			{header: []string{"Accept-Encoding", "br"}, want: ok("x", "Cache-Status", "corral; fwd=vary-miss; fwd-status=200; stored; ttl=60"), upstream: 2},
+			{header: []string{"Accept-Encoding", "gzip"}, want: ok("x", "Cache-Status", "corral; hit; ttl=60"), upstream: 2},
+			{want: ok("x"), upstream: 3}, // no Accept-Encoding is a variant too
+		},
+	}, {
+		name:    "RFC 9111 4.1: values differing only in white space and line folding match",
+		answers: vary,
+		steps: []step{
+			{header: []string{"Accept-Encoding", "gzip,  br"}, want: ok("x"), upstream: 1},
+			{header: []string{"Accept-Encoding", "gzip", "Accept-Encoding", "br"}, want: ok("x", "Cache-Status", "corral; hit; ttl=60"), upstream: 1},
+		},
+	}, {
+		name:    "RFC 9111 4.1: Vary: * is never served from the cache",
+		answers: []answerSpec{{header: []string{"Cache-Control", "max-age=60", "Vary", "*"}, body: "x"}},
+		steps: []step{
+			{want: ok("x"), upstream: 1},
+			{want: ok("x"), upstream: 2},
+		},
+	}})
+}
+
+func TestConformanceSharedCacheRules(t *testing.T) {
+	runConformance(t, []conformanceCase{{
+		name:    "RFC 9111 5.2.2.7: private with field names: stored without them",
+		answers: []answerSpec{{header: []string{"Cache-Control", `max-age=60, private="X-Secret"`, "X-Secret", "s3"}, body: "x"}},
+		steps: []step{
+			{want: ok("x", "X-Secret", "s3"), upstream: 1},
+			{want: ok("x", "X-Secret", "", "Cache-Status", "corral; hit; ttl=60"), upstream: 1},
+		},
+	}, {
+		name:    "RFC 9111 5.2.2.5: no-store is not stored",
+		answers: []answerSpec{{header: []string{"Cache-Control", "max-age=60, no-store"}, body: "x"}},
+		steps: []step{
+			{want: ok("x", "Cache-Status", "corral; fwd=uri-miss; fwd-status=200; detail=no-store"), upstream: 1},
+			{want: ok("x"), upstream: 2},
+		},
+	}, {
+		name: "RFC 9111 5.2.2.4: no-cache is stored but revalidated before every use",
+		answers: []answerSpec{
+			{header: []string{"Cache-Control", "max-age=60, no-cache", "ETag", `"a"`}, body: "x"},
+			{status: 304, header: []string{"Cache-Control", "max-age=60, no-cache", "ETag", `"a"`}},
+		},
+		steps: []step{
+			{want: ok("x"), upstream: 1},
+			{want: ok("x", "Cache-Status", "corral; fwd=stale; fwd-status=304; stored; ttl=60"), upstream: 2, sent: hdr("If-None-Match", `"a"`)},
+			{want: ok("x"), upstream: 3},
+		},
+	}, {
+		name:    "RFC 9111 5.2.2.10: s-maxage overrides max-age for a shared cache",
+		answers: []answerSpec{{header: []string{"Cache-Control", "max-age=1, s-maxage=60"}, body: "x"}},
+		steps: []step{
+			{want: ok("x"), upstream: 1},
+			{advance: 30 * time.Second, want: ok("x", "Age", "30"), upstream: 1},
+		},
+	}, {
+		name:    "RFC 9111 3.5: a response to an authorized request is shared when public",
+		answers: []answerSpec{{header: []string{"Cache-Control", "public, max-age=60"}, body: "x"}},
+		steps: []step{
+			{header: []string{"Authorization", "Bearer a"}, want: ok("x"), upstream: 1},
+			{want: ok("x", "Cache-Status", "corral; hit; ttl=60"), upstream: 1},
+		},
+	}, {
+		name:    "RFC 9111 3.5: and when s-maxage allows it",
+		answers: []answerSpec{{header: []string{"Cache-Control", "s-maxage=60"}, body: "x"}},
+		steps: []step{
+			{header: []string{"Authorization", "Bearer a"}, want: ok("x"), upstream: 1},
+			{want: ok("x"), upstream: 1},
+		},
+	}, {
+		name:    "Set-Cookie responses are never shared",
+		answers: []answerSpec{{header: []string{"Cache-Control", "public, max-age=60", "Set-Cookie", "s=1"}, body: "x"}},
+		steps: []step{
+			{want: ok("x", "Set-Cookie", "s=1", "Cache-Status", "corral; fwd=uri-miss; fwd-status=200; detail=set-cookie"), upstream: 1},
+			{want: ok("x"), upstream: 2},
+		},
+	}, {
+		name:    "RFC 9110 15.1: 404 is heuristically cacheable (with Last-Modified)",
+		answers: []answerSpec{{status: 404, header: []string{"Last-Modified", "Wed, 25 Nov 2026 02:00:00 GMT"}, body: "none"}},
+		steps: []step{
+			{want: wantSpec{Status: 404, Body: "none", Header: hdr("Cache-Status", "corral; fwd=uri-miss; fwd-status=404; stored; ttl=3600")}, upstream: 1},
+			{want: wantSpec{Status: 404, Body: "none"}, upstream: 1},
+		},
+	}, {
+		name:    "RFC 9111 3: 403 is stored only with explicit freshness",
+		answers: []answerSpec{{status: 403, header: []string{"Last-Modified", "Wed, 25 Nov 2026 02:00:00 GMT"}, body: "no"}},
+		steps: []step{
+			{want: wantSpec{Status: 403, Body: "no", Header: hdr("Cache-Status", "corral; fwd=uri-miss; fwd-status=403; detail=no-freshness")}, upstream: 1},
+			{want: wantSpec{Status: 403, Body: "no"}, upstream: 2},
+		},
+	}, {
+		name:    "RFC 9111 3: 403 with max-age is stored",
+		answers: []answerSpec{{status: 403, header: []string{"Cache-Control", "max-age=60"}, body: "no"}},
+		steps: []step{
+			{want: wantSpec{Status: 403, Body: "no"}, upstream: 1},
+			{want: wantSpec{Status: 403, Body: "no"}, upstream: 1},
+		},
+	}})
+}
+
+func TestConformanceFreshness(t *testing.T) {
+	runConformance(t, []conformanceCase{{
+		name:    "RFC 9111 5.3: an invalid Expires means already expired",
+		answers: []answerSpec{{header: []string{"Expires", "0"}, body: "x"}},
+		steps: []step{
+			{want: ok("x"), upstream: 1},
+			{want: ok("x"), upstream: 2},
+		},
+	}, {
+		name:    "RFC 9111 4.2.1: Expires minus Date",
+		answers: []answerSpec{{header: []string{"Expires", "Wed, 25 Nov 2026 12:01:00 GMT"}, body: "x"}},
+		steps: []step{
+			{want: ok("x", "Cache-Status", "corral; fwd=uri-miss; fwd-status=200; stored; ttl=60"), upstream: 1},
+			{advance: 59 * time.Second, want: ok("x"), upstream: 1},
+			{advance: time.Second, want: ok("x"), upstream: 2},
+		},
+	}, {
+		name:    "RFC 9111 4.2.3: an upstream Age counts against the lifetime",
+		answers: []answerSpec{{header: []string{"Cache-Control", "max-age=60", "Age", "50"}, body: "x"}},
+		steps: []step{
+			{want: ok("x", "Age", "50", "Cache-Status", "corral; fwd=uri-miss; fwd-status=200; stored; ttl=10"), upstream: 1},
+			{advance: 5 * time.Second, want: ok("x", "Age", "55"), upstream: 1},
+			{advance: 5 * time.Second, want: ok("x"), upstream: 2},
+		},
+	}, {
+		name:    "RFC 9110 5.3: Cache-Control field lines are combined",
+		answers: []answerSpec{{header: []string{"Cache-Control", "max-age=60", "Cache-Control", "private"}, body: "x"}},
+		steps: []step{
+			{want: ok("x"), upstream: 1},
+			{want: ok("x"), upstream: 2},
+		},
+	}, {
+		name:    "RFC 9110 6.6.1: Date is preserved",
+		answers: []answerSpec{{header: []string{"Cache-Control", "max-age=60"}, body: "x"}},
+		steps: []step{
+			{want: ok("x", "Date", "Wed, 25 Nov 2026 12:00:00 GMT"), upstream: 1},
+			{advance: 10 * time.Second, want: ok("x", "Date", "Wed, 25 Nov 2026 12:00:00 GMT", "Age", "10", "Via", "1.1 corral"), upstream: 1},
+		},
+	}})
+}
+
+func TestConformanceStale(t *testing.T) {
+	failing := []answerSpec{
+		{header: []string{"Cache-Control", "max-age=1"}, body: "good"},
+		{status: 500, body: "bad"},
+	}
+	runConformance(t, []conformanceCase{{
+		name:    "RFC 5861 4: stale-if-error on the request",
+		answers: failing,
+		steps: []step{
+			{want: ok("good"), upstream: 1},
+			{advance: 10 * time.Second, header: []string{"Cache-Control", "stale-if-error=60"},
+				want: ok("good", "Cache-Status", "corral; fwd=stale; fwd-status=500; ttl=-9; detail=stale-if-error"), upstream: 2},
+			{header: []string{"Cache-Control", "stale-if-error=5"}, want: wantSpec{Status: 500, Body: "bad"}, upstream: 3},
+			{want: wantSpec{Status: 500, Body: "bad"}, upstream: 4},
+		},
+	}, {
+		name:    "RFC 5861 3: a 503 during a background refresh keeps the stale entry in service",
+		answers: []answerSpec{{header: []string{"Cache-Control", "max-age=1, stale-while-revalidate=60"}, body: "good"}, {status: 503, header: []string{"Retry-After", "20"}}},
+		steps: []step{
+			{want: ok("good"), upstream: 1},
+			{advance: 5 * time.Second, want: ok("good"), upstream: 2},
+			{advance: 10 * time.Second, want: ok("good"), upstream: 2}, // within Retry-After: no new attempt
+			{advance: 11 * time.Second, want: ok("good"), upstream: 3},
+		},
+	}})
+}
+
+func TestConformanceInvalidation(t *testing.T) {
+	cached := answerSpec{header: []string{"Cache-Control", "max-age=60"}, body: "x"}
+	runConformance(t, []conformanceCase{{
+		name:    "RFC 9111 4.4: a successful POST invalidates its target",
+		answers: []answerSpec{cached},
+		steps: []step{
+			{want: ok("x"), upstream: 1},
+			{method: "POST", want: wantSpec{Status: 200, Body: "x"}, upstream: 2},
+			{advance: time.Second, want: ok("x", "Cache-Status", "corral; fwd=uri-miss; fwd-status=200; stored; ttl=60"), upstream: 3},
+		},
+	}, {
+		name:    "RFC 9111 4.4: and the same-origin Location and Content-Location",
+		answers: []answerSpec{cached, cached, {status: 201, header: []string{"Location", "/r", "Content-Location", "http://example.com/s"}}, cached},
+		steps: []step{
+			{want: ok("x"), upstream: 1},
+			{path: "/s", want: ok("x"), upstream: 2},
+			{method: "PUT", path: "/new", want: wantSpec{Status: 201}, upstream: 3},
+			{advance: time.Second, want: ok("x"), upstream: 4},
+			{path: "/s", want: ok("x"), upstream: 5},
+		},
+	}, {
+		name:    "RFC 9111 4.4: a failed DELETE invalidates nothing",
+		answers: []answerSpec{cached, {status: 500}},
+		steps: []step{
+			{want: ok("x"), upstream: 1},
+			{method: "DELETE", want: wantSpec{Status: 500}, upstream: 2},
+			{want: ok("x", "Cache-Status", "corral; hit; ttl=60"), upstream: 2},
+		},
+	}})
+}
+
+func TestConformanceRequestDirectives(t *testing.T) {
+	cached := []answerSpec{{header: []string{"Cache-Control", "max-age=60", "ETag", `"a"`}, body: "x"}}
+	reload := func(kv ...string) []step {
+		return []step{
+			{want: ok("x"), upstream: 1},
+			{header: kv, want: ok("x"), upstream: 2, sent: hdr("If-None-Match", `"a"`, "Cache-Control", "", "Pragma", "")},
+		}
+	}
+	runConformance(t, []conformanceCase{
+		{name: "RFC 9111 5.2.1.4: no-cache revalidates (default)", answers: cached, steps: reload("Cache-Control", "no-cache")},
+		{name: "RFC 9111 5.2.1.1: max-age=0 revalidates (default)", answers: cached, steps: reload("Cache-Control", "max-age=0")},
+		{name: "RFC 9111 5.4: Pragma: no-cache revalidates (default)", answers: cached, steps: reload("Pragma", "no-cache")},
+		{
+			name: "-request-no-cache=ignore: a reload is a hit", cfg: Config{RequestNoCache: RequestNoCacheIgnore}, answers: cached,
+			steps: []step{
+				{want: ok("x"), upstream: 1},
+				{header: []string{"Cache-Control", "no-cache"}, want: ok("x", "Cache-Status", "corral; hit; ttl=60"), upstream: 1},
+				{header: []string{"Cache-Control", "max-age=0"}, want: ok("x"), upstream: 1},
+				{header: []string{"Pragma", "no-cache"}, want: ok("x"), upstream: 1},
+			},
+		}, {
+			name: "RFC 9111 5.2.1.7: only-if-cached answers 504 on a miss", answers: cached,
+			steps: []step{
+				{header: []string{"Cache-Control", "only-if-cached"}, want: wantSpec{Status: 504, Body: "Gateway Timeout\n"}, upstream: 0},
+				{want: ok("x"), upstream: 1},
+				{header: []string{"Cache-Control", "only-if-cached"}, want: ok("x"), upstream: 1},
+			},
+		}, {
+			name: "RFC 9111 5.2.1.3: min-fresh asks for a longer remaining life", answers: cached,
+			steps: []step{
+				{want: ok("x"), upstream: 1},
+				{advance: 40 * time.Second, header: []string{"Cache-Control", "min-fresh=10"}, want: ok("x"), upstream: 1},
+				{header: []string{"Cache-Control", "min-fresh=30"}, want: ok("x"), upstream: 2},
+			},
+		}, {
+			name: "RFC 9111 5.2.1.2: max-stale accepts a stale response", answers: []answerSpec{{header: []string{"Cache-Control", "max-age=1"}, body: "x"}},
+			steps: []step{
+				{want: ok("x"), upstream: 1},
+				{advance: 5 * time.Second, header: []string{"Cache-Control", "max-stale=10"}, want: ok("x", "Cache-Status", "corral; hit; ttl=-4; detail=stale-while-revalidate"), upstream: 2},
+			},
+		}, {
+			name: "RFC 9111 5.2.1.2: but not when the response says must-revalidate", answers: []answerSpec{{header: []string{"Cache-Control", "max-age=1, must-revalidate"}, body: "x"}},
+			steps: []step{
+				{want: ok("x"), upstream: 1},
+				{advance: 5 * time.Second, header: []string{"Cache-Control", "max-stale=10"}, want: ok("x", "Cache-Status", "corral; fwd=stale; fwd-status=200; stored; ttl=1"), upstream: 2},
+			},
+		},
+	})
+}
+
+func TestConformanceRangeAndHead(t *testing.T) {
+	cached := []answerSpec{{header: []string{"Cache-Control", "max-age=60", "Content-Type", "text/plain"}, body: "hello world"}}
+	runConformance(t, []conformanceCase{{
+		name: "RFC 9110 14.2: a Range is served from the stored full response", answers: cached,
+		steps: []step{
+			{want: ok("hello world"), upstream: 1},
+			{header: []string{"Range", "bytes=0-4"}, want: wantSpec{Status: 206, Body: "hello", Header: hdr("Content-Range", "bytes 0-4/11", "Content-Type", "text/plain")}, upstream: 1},
+			{header: []string{"Range", "bytes=20-"}, want: wantSpec{Status: 416, Body: "invalid range: failed to overlap\n"}, upstream: 1},
+		},
+	}, {
+		name: "a Range with nothing stored goes upstream as it is", answers: cached,
+		steps: []step{
+			{header: []string{"Range", "bytes=0-4"}, want: ok("hello world", "Cache-Status", "corral; fwd=uri-miss; fwd-status=200; detail=range"),
+				upstream: 1, sent: hdr("Range", "bytes=0-4")},
+		},
+	}, {
+		name: "RFC 9110 9.3.2: HEAD is answered from a stored GET", answers: cached,
+		steps: []step{
+			{want: ok("hello world"), upstream: 1},
+			{method: "HEAD", want: ok("", "Content-Length", strconv.Itoa(len("hello world"))), upstream: 1},
+		},
+	}})
+}
