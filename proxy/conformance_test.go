@@ -402,6 +402,13 @@ func TestConformanceRequestDirectives(t *testing.T) {
 				{header: []string{"Pragma", "no-cache"}, want: ok("x"), upstream: 1},
 			},
 		}, {
+			name: "RFC 9111 5.2.1.5: a no-store request goes upstream alone and leaves the cache to others", answers: cached,
+			steps: []step{
+				{header: []string{"Cache-Control", "no-store"}, want: ok("x", "Cache-Status", "corral; fwd=uri-miss; fwd-status=200; detail=request-no-store"), upstream: 1},
+				{want: ok("x", "Cache-Status", "corral; fwd=uri-miss; fwd-status=200; stored; ttl=60"), upstream: 2},
+				{header: []string{"Cache-Control", "no-store"}, want: ok("x", "Cache-Status", "corral; hit; ttl=60"), upstream: 2},
+			},
+		}, {
 			name: "RFC 9111 5.2.1.7: only-if-cached answers 504 on a miss", answers: cached,
 			steps: []step{
 				{header: []string{"Cache-Control", "only-if-cached"}, want: wantSpec{Status: 504, Body: "Gateway Timeout\n"}, upstream: 0},

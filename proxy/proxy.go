@@ -206,7 +206,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		case r.Header.Get("Range") != "":
 			p.passThrough(w, r, fwd, "range")
 			return
-		case req.NoStore && e == nil:
+		case req.NoStore:
 			// The answer may not be stored (RFC 9111 section 5.2.1.5),
 			// so it could not be shared with a herd either.
 			p.passThrough(w, r, fwd, "request-no-store")
@@ -282,7 +282,11 @@ func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshn
 	switch {
 	case leader && !e.Decision.Shareable:
 		st.detail = e.Decision.Reason
-		p.markPass(key, e)
+		if e.Decision.Reason != freshness.ReasonAuthorization {
+			// The resource itself is not shareable. (An answer to
+			// credentials says nothing about the next client's.)
+			p.markPass(key, e)
+		}
 		p.serve(w, r, e, f.own, st, now)
 	case !e.Decision.Shareable:
 		// Meant for the leader's request alone: fetch our own.

@@ -527,6 +527,16 @@ func TestAuthorizedResponsesAreNotSharedWithoutPublic(t *testing.T) {
 	if want := "corral; fwd=uri-miss; fwd-status=200; detail=authorization"; a.CacheStatus != want {
 		t.Errorf("Cache-Status %q, want %q", a.CacheStatus, want)
 	}
+
+	// Anonymous clients still share one cached answer: credentials made
+	// the answers above private, not the resource.
+	get(p, "/me")
+	if anon, _ := get(p, "/me"); anon.Body != "for " || !strings.Contains(anon.CacheStatus, "hit") {
+		t.Errorf("anonymous client got %q (%s), want a cached answer", anon.Body, anon.CacheStatus)
+	}
+	if c := o.count(); c != 3 {
+		t.Errorf("origin saw %d requests, want 3", c)
+	}
 }
 
 func TestFailedRefreshBacksOffAsRetryAfterSays(t *testing.T) {
