@@ -34,7 +34,11 @@ func ParseRequest(h http.Header) RequestDirectives {
 			d.OnlyIfCached = d.OnlyIfCached || cd.OnlyIfCached
 			d.MaxAge = merge(d.MaxAge, int(cd.MaxAge))
 			d.MinFresh = merge(d.MinFresh, int(cd.MinFresh))
-			d.StaleIfError = merge(d.StaleIfError, int(cd.StaleIfError))
+			if name, _, _ := strings.Cut(piece, "="); strings.EqualFold(strings.TrimSpace(name), "stale-if-error") {
+				// cacheobject leaves StaleIfError at 0, not -1, when the
+				// directive is absent.
+				d.StaleIfError = merge(d.StaleIfError, int(cd.StaleIfError))
+			}
 			if cd.MaxStaleSet {
 				d.MaxStale = math.MaxInt32
 			}

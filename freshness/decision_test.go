@@ -1,0 +1,212 @@
+package freshness
+
+import (
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+)
+
+var t0 = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+
+func header(kv ...string) http.Header {
+	h := http.Header{}
+	for i := 0; i+1 < len(kv); i += 2 {
+		h.Add(kv[i], kv[i+1])
+	}
+	return h
+}
+
+// exchange is a GET answered at t0 with Date t0 unless kv sets one.
+func exchange(status int, kv ...string) Exchange {
+	h := header(kv...)
+	if h.Get("Date") == "" {
+		h.Set("Date", t0.Format(http.TimeFormat))
+	}
+	return Exchange{Method: "GET", RequestHeader: http.Header{}, Status: status, Header: h, RequestTime: t0, ResponseTime: t0}
+}
+
+// verdict is the part of a Decision the table compares.
+type verdict struct {
+	Storable, Shareable bool
+	Reason              string
+	Lifetime, Age       time.Duration
+	SWR, SIE            time.Duration
+	NoStale, NoCache    bool
+	Strip               []string
+}
+
+func verdictOf(d Decision) verdict {
+	return verdict{d.Storable, d.Shareable, d.Reason, d.Lifetime, d.InitialAge, d.StaleWhileRevalidate, d.StaleIfError, d.NoStale, d.NoCache, d.StripFields}
+}
+
+func TestEvaluate(t *testing.T) {
+	withAuth := func(x Exchange) Exchange { x.RequestHeader.Set("Authorization", "Bearer x"); return x }
+	tests := []struct {
+		name   string
+		policy Policy
+		x      Exchange
+		want   verdict
+	}{
+		{"RFC 9111 4.2.1: max-age", Policy{}, exchange(200, "Cache-Control", "max-age=60"),
+			verdict{Storable: true, Shareable: true, Lifetime: time.Minute}},
+		{"RFC 9111 4.2.1: s-maxage beats max-age and forbids stale (5.2.2.10)", Policy{}, exchange(200, "Cache-Control", "max-age=1, s-maxage=60, stale-while-revalidate=5"),
+			verdict{Storable: true, Shareable: true, Lifetime: time.Minute, NoStale: true}},
+		{"RFC 9111 4.2.1: max-age beats Expires", Policy{}, exchange(200, "Cache-Control", "max-age=5", "Expires", t0.Add(time.Hour).Format(http.TimeFormat)),
+			verdict{Storable: true, Shareable: true, Lifetime: 5 * time.Second}},
+		{"RFC 9111 4.2.1: Expires minus Date", Policy{}, exchange(200, "Expires", t0.Add(time.Hour).Format(http.TimeFormat)),
+			verdict{Storable: true, Shareable: true, Lifetime: time.Hour}},
+		{"RFC 9111 5.3: invalid Expires is already expired, but storable", Policy{}, exchange(200, "Expires", "0"),
+			verdict{Storable: true, Shareable: true}},
+		{"RFC 9111 4.2.2: heuristic is 10% of Date minus Last-Modified", Policy{}, exchange(200, "Last-Modified", t0.Add(-10*time.Hour).Format(http.TimeFormat)),
+			verdict{Storable: true, Shareable: true, Lifetime: time.Hour}},
+		{"RFC 9111 4.2.2: heuristic capped", Policy{HeuristicMax: 30 * time.Minute}, exchange(200, "Last-Modified", t0.Add(-10*time.Hour).Format(http.TimeFormat)),
+			verdict{Storable: true, Shareable: true, Lifetime: 30 * time.Minute}},
+		{"RFC 9111 4.2.2: operator default TTL replaces the heuristic", Policy{DefaultTTL: 5 * time.Second}, exchange(200, "Last-Modified", t0.Add(-10*time.Hour).Format(http.TimeFormat)),
+			verdict{Storable: true, Shareable: true, Lifetime: 5 * time.Second}},
+		{"RFC 9111 4.2.2: but never explicit freshness", Policy{DefaultTTL: 5 * time.Second}, exchange(200, "Cache-Control", "max-age=60"),
+			verdict{Storable: true, Shareable: true, Lifetime: time.Minute}},
+		{"RFC 9111 3: 403 without explicit freshness is not storable", Policy{DefaultTTL: 5 * time.Second}, exchange(403),
+			verdict{Reason: ReasonNoFreshness}},
+		{"RFC 9111 3: 404 is heuristically cacheable", Policy{}, exchange(404, "Last-Modified", t0.Add(-10*time.Hour).Format(http.TimeFormat)),
+			verdict{Storable: true, Shareable: true, Lifetime: time.Hour}},
+		{"RFC 9111 3: 206 is not stored", Policy{}, exchange(206, "Cache-Control", "max-age=60"),
+			verdict{Reason: ReasonStatus, Lifetime: time.Minute}},
+		{"error statuses are never stored but are shared with a herd", Policy{}, exchange(503, "Cache-Control", "max-age=60"),
+			verdict{Reason: ReasonErrorStatus, Shareable: true, Lifetime: time.Minute}},
+		{"RFC 9111 5.2.2.5: no-store", Policy{}, exchange(200, "Cache-Control", "max-age=60, no-store"),
+			verdict{Reason: ReasonNoStore, Lifetime: time.Minute}},
+		{"RFC 9111 5.2.2.7: private", Policy{}, exchange(200, "Cache-Control", "max-age=60, private"),
+			verdict{Reason: ReasonPrivate, Lifetime: time.Minute}},
+		{"RFC 9111 5.2.2.7: private with field names strips them", Policy{}, exchange(200, "Cache-Control", `max-age=60, private="Set-Cookie, X-User"`, "Set-Cookie", "a=1"),
+			verdict{Storable: true, Shareable: true, Lifetime: time.Minute, Strip: []string{"Set-Cookie", "X-User"}}},
+		{"RFC 9111 5.2.2.4: no-cache is stored but always revalidated", Policy{}, exchange(200, "Cache-Control", "max-age=60, no-cache"),
+			verdict{Storable: true, Shareable: true, Lifetime: time.Minute, NoCache: true}},
+		{"Set-Cookie is never shared", Policy{}, exchange(200, "Cache-Control", "public, max-age=60", "Set-Cookie", "a=1"),
+			verdict{Reason: ReasonSetCookie, Lifetime: time.Minute}},
+		{"RFC 9111 3.5: Authorization without public", Policy{}, withAuth(exchange(200, "Cache-Control", "max-age=60")),
+			verdict{Reason: ReasonAuthorization, Lifetime: time.Minute}},
+		{"RFC 9111 3.5: Authorization with public", Policy{}, withAuth(exchange(200, "Cache-Control", "public, max-age=60")),
+			verdict{Storable: true, Shareable: true, Lifetime: time.Minute}},
+		{"RFC 9111 3.5: Authorization with must-revalidate", Policy{}, withAuth(exchange(200, "Cache-Control", "max-age=60, must-revalidate")),
+			verdict{Storable: true, Shareable: true, Lifetime: time.Minute, NoStale: true}},
+		{"RFC 9111 4.1: Vary: *", Policy{}, exchange(200, "Cache-Control", "max-age=60", "Vary", "Accept, *"),
+			verdict{Reason: ReasonVaryStar, Lifetime: time.Minute}},
+		{"RFC 5861: stale windows", Policy{}, exchange(200, "Cache-Control", "max-age=1, stale-while-revalidate=10, stale-if-error=60"),
+			verdict{Storable: true, Shareable: true, Lifetime: time.Second, SWR: 10 * time.Second, SIE: time.Minute}},
+		{"operator stale windows apply when the response has none", Policy{DefaultSWR: 5 * time.Second, DefaultSIE: time.Hour}, exchange(200, "Cache-Control", "max-age=1, stale-if-error=60"),
+			verdict{Storable: true, Shareable: true, Lifetime: time.Second, SWR: 5 * time.Second, SIE: time.Minute}},
+		{"RFC 9111 5.2.2.2: must-revalidate forbids stale windows", Policy{DefaultSWR: 5 * time.Second}, exchange(200, "Cache-Control", "max-age=1, must-revalidate, stale-if-error=60"),
+			verdict{Storable: true, Shareable: true, Lifetime: time.Second, NoStale: true}},
+		{"RFC 9110 5.3: field lines are combined", Policy{}, exchange(200, "Cache-Control", "max-age=60", "Cache-Control", "private"),
+			verdict{Reason: ReasonPrivate, Lifetime: time.Minute}},
+		{"RFC 9111 4.2.1: conflicting max-age is stale", Policy{}, exchange(200, "Cache-Control", "max-age=60, max-age=10"),
+			verdict{Storable: true, Shareable: true}},
+		{"malformed max-age does not hide private", Policy{}, exchange(200, "Cache-Control", "max-age=abc, private"),
+			verdict{Reason: ReasonPrivate}},
+		{"malformed private field list is unqualified private", Policy{}, exchange(200, "Cache-Control", `max-age=60, private="Set-Cookie`),
+			verdict{Reason: ReasonPrivate, Lifetime: time.Minute}},
+		{"malformed public is dropped", Policy{}, withAuth(exchange(200, "Cache-Control", "public=yes, max-age=60")),
+			verdict{Reason: ReasonAuthorization, Lifetime: time.Minute}},
+		{"RFC 9111 4.2.3: Age and response delay make the initial age", Policy{}, func() Exchange {
+			x := exchange(200, "Cache-Control", "max-age=60", "Age", "10")
+			x.RequestTime = t0.Add(-2 * time.Second)
+			return x
+		}(), verdict{Storable: true, Shareable: true, Lifetime: time.Minute, Age: 12 * time.Second}},
+		{"RFC 9111 4.2.3: apparent age from an old Date", Policy{}, exchange(200, "Cache-Control", "max-age=60", "Date", t0.Add(-30*time.Second).Format(http.TimeFormat)),
+			verdict{Storable: true, Shareable: true, Lifetime: time.Minute, Age: 30 * time.Second}},
+		{"RFC 9111 5.1: an invalid Age is ignored", Policy{}, exchange(200, "Cache-Control", "max-age=60", "Age", "-5"),
+			verdict{Storable: true, Shareable: true, Lifetime: time.Minute}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := verdictOf(tt.policy.Evaluate(tt.x))
+			if diff := cmp.Diff(tt.want, got, cmpopts.EquateEmpty(), cmpopts.SortSlices(func(a, b string) bool { return a < b })); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestState(t *testing.T) {
+	d := Policy{}.Evaluate(exchange(200, "Cache-Control", "max-age=10, stale-while-revalidate=5, stale-if-error=20"))
+	tests := []struct {
+		name  string
+		at    time.Duration
+		want  State
+		onErr bool
+	}{
+		{"RFC 9111 4.2: fresh while age < lifetime", 9 * time.Second, Fresh, true},
+		{"RFC 9111 4.2: stale once age == lifetime", 10 * time.Second, StaleWhileRevalidate, true},
+		{"RFC 5861 3: last moment of stale-while-revalidate", 14 * time.Second, StaleWhileRevalidate, true},
+		{"RFC 5861 4: past it, stale-if-error only", 15 * time.Second, StaleIfError, true},
+		{"RFC 5861 4: past both", 30 * time.Second, Expired, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			now := t0.Add(tt.at)
+			if got := d.State(now); got != tt.want {
+				t.Errorf("State at +%s = %s, want %s", tt.at, got, tt.want)
+			}
+			if got := d.UsableOnError(now); got != tt.onErr {
+				t.Errorf("UsableOnError at +%s = %v, want %v", tt.at, got, tt.onErr)
+			}
+		})
+	}
+	if got, want := d.Until(), t0.Add(30*time.Second); !got.Equal(want) {
+		t.Errorf("Until = %s, want %s: the end of the longer stale window", got, want)
+	}
+}
+
+func TestStateFor(t *testing.T) {
+	d := Policy{}.Evaluate(exchange(200, "Cache-Control", "max-age=10"))
+	strict := Policy{}.Evaluate(exchange(200, "Cache-Control", "max-age=10, must-revalidate"))
+	tests := []struct {
+		name string
+		d    Decision
+		at   time.Duration
+		cc   string
+		want State
+	}{
+		{"RFC 9111 5.2.1.1: max-age older than asked", d, 5 * time.Second, "max-age=3", Expired},
+		{"RFC 9111 5.2.1.1: max-age young enough", d, 5 * time.Second, "max-age=6", Fresh},
+		{"RFC 9111 5.2.1.3: min-fresh not met", d, 5 * time.Second, "min-fresh=6", Expired},
+		{"RFC 9111 5.2.1.3: min-fresh met", d, 5 * time.Second, "min-fresh=5", Fresh},
+		{"RFC 9111 5.2.1.2: max-stale accepts stale", d, 15 * time.Second, "max-stale=5", StaleWhileRevalidate},
+		{"RFC 9111 5.2.1.2: beyond max-stale", d, 16 * time.Second, "max-stale=5", Expired},
+		{"RFC 9111 5.2.1.2: bare max-stale accepts any staleness", d, time.Hour, "max-stale", StaleWhileRevalidate},
+		{"RFC 9111 5.2.2.2: max-stale never overrides must-revalidate", strict, 15 * time.Second, "max-stale=60", Expired},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req := ParseRequest(header("Cache-Control", tt.cc))
+			if got := tt.d.StateFor(t0.Add(tt.at), req); got != tt.want {
+				t.Errorf("StateFor(+%s, %q) = %s, want %s", tt.at, tt.cc, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestParseRequest(t *testing.T) {
+	tests := []struct {
+		name string
+		h    http.Header
+		want RequestDirectives
+	}{
+		{"RFC 9111 5.4: Pragma: no-cache without Cache-Control", header("Pragma", "no-cache"),
+			RequestDirectives{NoCache: true, MaxAge: -1, MinFresh: -1, StaleIfError: -1, MaxStale: -1}},
+		{"RFC 9111 5.4: Cache-Control wins over Pragma", header("Pragma", "no-cache", "Cache-Control", "max-age=5"),
+			RequestDirectives{MaxAge: 5, MinFresh: -1, StaleIfError: -1, MaxStale: -1}},
+		{"RFC 9111 5.2.1: a malformed directive is dropped, the rest kept", header("Cache-Control", "max-age=x, only-if-cached, stale-if-error=30"),
+			RequestDirectives{OnlyIfCached: true, MaxAge: -1, MinFresh: -1, StaleIfError: 30, MaxStale: -1}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if diff := cmp.Diff(tt.want, ParseRequest(tt.h)); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+}
