@@ -1,0 +1,199 @@
+package coalesce
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// within fails the test if ch does not deliver before a generous deadline.
+func within[T any](t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(10 * time.Second):
+		t.Fatalf("timed out waiting for %s", what)
+		panic("unreachable")
+	}
+}
+
+func TestOneFetchPerKeyWhileItRuns(t *testing.T) {
+	var g Group[string]
+	var fetches atomic.Int32
+	started := make(chan struct{})
+	release := make(chan struct{})
+	fetch := func(context.Context) (string, error) {
+		if fetches.Add(1) == 1 {
+			close(started)
+		}
+		<-release
+		return "v", nil
+	}
+
+	// The first caller's fetch is held open; every caller after it finds
+	// the flight in progress and must join it.
+	first := make(chan string, 1)
+	go func() {
+		v, _, _ := g.Do(context.Background(), "k", fetch)
+		first <- v
+	}()
+	within(t, started, "the first fetch")
+
+	const n = 500
+	var wg sync.WaitGroup
+	results := make([]string, n)
+	shared := make([]bool, n)
+	joined := make(chan struct{}, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i], shared[i], _ = g.Do(joinCtx{context.Background(), joined}, "k", fetch)
+		}()
+	}
+	for range n {
+		within(t, joined, "callers to join the flight")
+	}
+	close(release)
+	wg.Wait()
+
+	if got := within(t, first, "the first caller"); got != "v" {
+		t.Errorf("first caller got %q", got)
+	}
+	if f := fetches.Load(); f != 1 {
+		t.Errorf("%d fetches for one key, want 1", f)
+	}
+	for i := range n {
+		if results[i] != "v" || !shared[i] {
+			t.Fatalf("caller %d got %q shared=%v, want the shared v", i, results[i], shared[i])
+		}
+	}
+}
+
+func TestCallerLeavingDoesNotCancelTheFetch(t *testing.T) {
+	var g Group[string]
+	release := make(chan struct{})
+	fetchErr := make(chan error, 1)
+	started := make(chan struct{})
+	fetch := func(ctx context.Context) (string, error) {
+		close(started)
+		<-release
+		fetchErr <- ctx.Err()
+		return "v", nil
+	}
+	ctx, cancel := context.WithCancel(context.WithValue(context.Background(), ctxKey{}, "trace-1"))
+	left := make(chan error, 1)
+	go func() {
+		_, _, err := g.Do(ctx, "k", func(fctx context.Context) (string, error) {
+			if fctx.Value(ctxKey{}) != "trace-1" {
+				return "", errors.New("caller's values lost")
+			}
+			return fetch(fctx)
+		})
+		left <- err
+	}()
+	within(t, started, "the fetch")
+	stayed := make(chan string, 1)
+	joined := make(chan struct{}, 1)
+	go func() {
+		v, _, _ := g.Do(joinCtx{context.Background(), joined}, "k", fetch)
+		stayed <- v
+	}()
+	within(t, joined, "the second caller to join")
+	cancel()
+	if err := within(t, left, "the leaving caller"); !errors.Is(err, context.Canceled) {
+		t.Errorf("leaving caller got %v, want context.Canceled", err)
+	}
+	close(release)
+	if err := within(t, fetchErr, "the fetch to finish"); err != nil {
+		t.Errorf("fetch's context ended with %v when its first caller left", err)
+	}
+	if v := within(t, stayed, "the remaining caller"); v != "v" {
+		t.Errorf("remaining caller got %q, want v", v)
+	}
+}
+
+type ctxKey struct{}
+
+// joinCtx reports when Do selects on it: Do does so only after
+// singleflight has taken the call, so by then the caller is in the flight.
+type joinCtx struct {
+	context.Context
+	joined chan<- struct{}
+}
+
+func (c joinCtx) Done() <-chan struct{} {
+	c.joined <- struct{}{}
+	return c.Context.Done()
+}
+
+func TestTimeoutBoundsAHungFetch(t *testing.T) {
+	g := Group[string]{Timeout: 50 * time.Millisecond}
+	exited := make(chan struct{})
+	_, _, err := g.Do(context.Background(), "k", func(ctx context.Context) (string, error) {
+		defer close(exited)
+		<-ctx.Done()
+		return "", ctx.Err()
+	})
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("got %v, want DeadlineExceeded", err)
+	}
+	within(t, exited, "the hung fetch to return")
+}
+
+func TestPanicBecomesAnError(t *testing.T) {
+	var g Group[string]
+	_, _, err := g.Do(context.Background(), "k", func(context.Context) (string, error) { panic("boom") })
+	var pe *PanicError
+	if !errors.As(err, &pe) || pe.Value != "boom" {
+		t.Fatalf("got %v, want a PanicError carrying boom", err)
+	}
+	v, _, err := g.Do(context.Background(), "k", func(context.Context) (string, error) { return "ok", nil })
+	if v != "ok" || err != nil {
+		t.Errorf("after the panic got %q, %v; want the key usable again", v, err)
+	}
+}
+
+func TestRefreshIsOncePerKeyAndSharedWithDo(t *testing.T) {
+	var g Group[string]
+	var fetches atomic.Int32
+	started := make(chan struct{})
+	release := make(chan struct{})
+	fetch := func(context.Context) (string, error) {
+		if fetches.Add(1) == 1 {
+			close(started)
+		}
+		<-release
+		return "fresh", nil
+	}
+	if !g.Refresh(context.Background(), "k", fetch) {
+		t.Fatal("first Refresh did not start")
+	}
+	within(t, started, "the refresh")
+	if g.Refresh(context.Background(), "k", fetch) {
+		t.Error("second Refresh started while the first ran")
+	}
+	got := make(chan string, 1)
+	joined := make(chan struct{}, 1)
+	go func() {
+		v, _, _ := g.Do(joinCtx{context.Background(), joined}, "k", fetch)
+		got <- v
+	}()
+	within(t, joined, "Do to join the refresh")
+	close(release)
+	if v := within(t, got, "Do during the refresh"); v != "fresh" {
+		t.Errorf("Do got %q, want the refresh's value", v)
+	}
+	g.Wait()
+	if f := fetches.Load(); f != 1 {
+		t.Errorf("%d fetches, want 1: Do joined the refresh", f)
+	}
+	if !g.Refresh(context.Background(), "k", func(context.Context) (string, error) { return "", nil }) {
+		t.Error("Refresh after the first finished did not start")
+	}
+	g.Wait()
+}
