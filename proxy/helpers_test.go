@@ -100,6 +100,8 @@ type response struct {
 	Age         string
 }
 
+func newRequest(method, path string) *http.Request { return httptest.NewRequest(method, path, nil) }
+
 func get(p http.Handler, path string, hdr ...string) (response, http.Header) {
 	return do(p, http.MethodGet, path, hdr...)
 }

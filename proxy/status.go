@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"io"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -71,16 +72,20 @@ type passKey struct{}
 
 // passed is what a passed-through request carries to ModifyResponse.
 type passed struct {
-	st   cacheStatus
-	host string // the Host the client asked
-	uri  string // the client's request URI
+	st        cacheStatus
+	host      string      // the Host the client asked
+	uri       string      // the client's request URI
+	reqHeader http.Header // the client's request header
+	reqTime   time.Time
 }
 
-// passThrough sends r upstream on its own, streaming the answer back; the
-// answer is neither stored nor shared. fwd and detail go to Cache-Status.
+// passThrough sends r upstream on its own and streams the answer back,
+// never to another client. A complete GET answer that turns out storable
+// is stored on the way, so that a URL marked uncacheable becomes cacheable
+// again as soon as the origin says so. fwd and detail go to Cache-Status.
 func (p *Proxy) passThrough(w http.ResponseWriter, r *http.Request, fwd string, detail string) {
 	p.stats.Passed.Add(1)
-	info := passed{st: cacheStatus{fwd: fwd, detail: detail}, host: r.Host, uri: r.URL.RequestURI()}
+	info := passed{st: cacheStatus{fwd: fwd, detail: detail}, host: r.Host, uri: r.URL.RequestURI(), reqHeader: r.Header, reqTime: p.now()}
 	p.pass.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), passKey{}, info)))
 }
 
@@ -89,11 +94,56 @@ func (p *Proxy) modifyPassed(resp *http.Response) error {
 	if !safeMethod(resp.Request.Method) && resp.StatusCode >= 200 && resp.StatusCode < 400 {
 		p.invalidate(info, resp.Header)
 	}
+	if resp.Request.Method == http.MethodGet && info.reqHeader.Get("Range") == "" {
+		p.storeOnTheWay(resp, info)
+	}
 	st := info.st
 	st.fwdStatus = resp.StatusCode
 	resp.Header.Add("Via", via)
 	resp.Header.Set("Cache-Status", st.String())
 	return nil
+}
+
+// storeOnTheWay wraps resp's body so that, when the client has read all
+// of it, the response is stored if the cache may store it. It holds at
+// most MaxObjectBytes: past that it lets go and the body only streams.
+func (p *Proxy) storeOnTheWay(resp *http.Response, info passed) {
+	header, respTime := resp.Header.Clone(), p.now()
+	e, _ := p.newEntry(info.reqHeader, resp.StatusCode, header, nil, info.reqTime, respTime)
+	if !e.Decision.Storable || resp.ContentLength > p.maxObject {
+		return
+	}
+	resp.Body = &teeBody{ReadCloser: resp.Body, limit: p.maxObject, done: func(body []byte) {
+		e, _ := p.newEntry(info.reqHeader, resp.StatusCode, header, body, info.reqTime, respTime)
+		p.put(info.uri, e, info.reqTime)
+	}}
+}
+
+// teeBody keeps a copy of what is read through it, up to limit, and
+// hands the copy to done at a clean end of the body. A body cut short
+// never reaches done.
+type teeBody struct {
+	io.ReadCloser
+	limit int64
+	buf   []byte
+	over  bool
+	done  func(body []byte)
+}
+
+func (t *teeBody) Read(b []byte) (int, error) {
+	n, err := t.ReadCloser.Read(b)
+	if !t.over {
+		if int64(len(t.buf)+n) > t.limit {
+			t.over, t.buf = true, nil
+		} else {
+			t.buf = append(t.buf, b[:n]...)
+		}
+	}
+	if err == io.EOF && !t.over && t.done != nil {
+		t.done(t.buf)
+		t.done = nil
+	}
+	return n, err
 }
 
 // forget drops what is stored under key, and keeps any fetch for key that
