@@ -224,10 +224,15 @@ func (p Policy) heuristic(x Exchange) time.Duration {
 	return min(max(date(x).Sub(lm)/10, 0), limit).Truncate(time.Second)
 }
 
+// maxAge is the largest age corral reckons with: 2^31 seconds, the
+// delta-seconds ceiling of RFC 9111 section 1.2.2. Capping keeps a Date in
+// year 0 from overflowing the sums below into a negative, "fresh" age.
+const maxAge = math.MaxInt32 * time.Second
+
 // initialAge is corrected_initial_age (RFC 9111 section 4.2.3).
 func initialAge(x Exchange) time.Duration {
-	apparent := max(x.ResponseTime.Sub(date(x)), 0)
-	delay := max(x.ResponseTime.Sub(x.RequestTime), 0)
+	apparent := min(max(x.ResponseTime.Sub(date(x)), 0), maxAge)
+	delay := min(max(x.ResponseTime.Sub(x.RequestTime), 0), maxAge)
 	return max(apparent, ageValue(x.Header)+delay)
 }
 
@@ -247,11 +252,11 @@ func ageValue(h http.Header) time.Duration {
 	n, err := strconv.ParseUint(v, 10, 32)
 	if err != nil {
 		if ne, ok := err.(*strconv.NumError); ok && ne.Err == strconv.ErrRange {
-			return math.MaxInt32 * time.Second
+			return maxAge
 		}
 		return 0
 	}
-	return time.Duration(min(n, math.MaxInt32)) * time.Second
+	return min(time.Duration(n)*time.Second, maxAge)
 }
 
 func hasVaryStar(h http.Header) bool {
@@ -283,7 +288,7 @@ func contains(list []string, s string) bool {
 
 // Age is the response's current age at now (RFC 9111 section 4.2.3).
 func (d Decision) Age(now time.Time) time.Duration {
-	return d.InitialAge + max(now.Sub(d.ResponseTime), 0)
+	return d.InitialAge + min(max(now.Sub(d.ResponseTime), 0), maxAge)
 }
 
 // TTL is the remaining freshness lifetime at now; negative once stale.
