@@ -57,27 +57,29 @@ func (p *Proxy) fetch(ctx context.Context, in *http.Request, key string, stale *
 		}
 	}
 
-	p.stats.UpstreamRequests.Add(1)
 	reqTime := p.now()
+	defer func(start time.Time) { p.metrics.upstream.Observe(time.Since(start).Seconds()) }(time.Now())
 	resp, err := p.transport.RoundTrip(out)
 	if err != nil {
-		p.stats.UpstreamErrors.Add(1)
+		p.stats.upstream(0, err)
 		return nil, err
 	}
 	defer resp.Body.Close()
 	respTime := p.now()
 
 	if resp.StatusCode == http.StatusNotModified && stale != nil {
+		p.stats.upstream(resp.StatusCode, nil)
 		e, own := p.revalidated(in.Header, stale, resp.Header, reqTime, respTime)
 		return &fetched{entry: e, own: own, status: resp.StatusCode, stored: p.put(key, e, reqTime)}, nil
 	}
 
 	if resp.ContentLength > p.maxObject {
+		p.stats.upstream(resp.StatusCode, nil)
 		return nil, errTooLarge
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, p.maxObject+1))
+	p.stats.upstream(resp.StatusCode, err)
 	if err != nil {
-		p.stats.UpstreamErrors.Add(1)
 		return nil, fmt.Errorf("reading upstream body: %w", err)
 	}
 	if int64(len(body)) > p.maxObject {

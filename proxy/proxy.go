@@ -84,6 +84,7 @@ type Proxy struct {
 	flights        coalesce.Group[*fetched]
 	pass           *httputil.ReverseProxy
 	stats          Stats
+	metrics        *Metrics
 	tombstones     tombstones // recent invalidations, against late write-backs
 }
 
@@ -107,6 +108,7 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	p.flights.Timeout = orDefault(cfg.UpstreamTimeout, 30*time.Second)
 	p.tombstones.keep = p.flights.Timeout
+	p.metrics = newMetrics(p)
 	if p.store == nil {
 		p.store = NewMemory(orDefault(cfg.CacheBytes, 256<<20))
 	}
@@ -165,6 +167,7 @@ func (p *Proxy) Wait() { p.flights.Wait() }
 // origin: lookup, then serve, serve-and-refresh, or fetch.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p.stats.Requests.Add(1)
+	defer func(start time.Time) { p.metrics.client.Observe(time.Since(start).Seconds()) }(time.Now())
 	if fwd, detail := bypass(r); fwd != "" {
 		p.passThrough(w, r, fwd, detail)
 		return
@@ -271,9 +274,6 @@ func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshn
 		p.serveError(w, r, req, stale, err, fwd, now)
 		return false
 	}
-	if shared && !leader {
-		p.stats.Coalesced.Add(1)
-	}
 	e := f.entry
 	st := cacheStatus{fwd: fwd, fwdStatus: f.status, stored: f.stored, collapsed: shared && !leader}
 	if f.stored {
@@ -281,6 +281,7 @@ func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshn
 	}
 	switch {
 	case leader && !e.Decision.Shareable:
+		p.stats.Misses.Add(1)
 		st.detail = e.Decision.Reason
 		if e.Decision.Reason != freshness.ReasonAuthorization {
 			// The resource itself is not shareable. (An answer to
@@ -307,8 +308,16 @@ func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshn
 		if leader {
 			h = f.own
 		}
-		if f.status == 0 { // another flight had just stored it
+		switch {
+		case f.status == 0: // another flight had just stored it
+			p.stats.Hits.Add(1)
 			st = cacheStatus{hit: true, ttl: e.Decision.TTL(now), hasTTL: true, collapsed: true}
+		case !leader:
+			p.stats.Coalesced.Add(1)
+		case f.status == http.StatusNotModified:
+			p.stats.Revalidated.Add(1)
+		default:
+			p.stats.Misses.Add(1)
 		}
 		p.serve(w, r, e, h, st, now)
 	}
@@ -484,6 +493,7 @@ func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, req freshness
 	if errors.Is(err, context.DeadlineExceeded) {
 		status, detail = http.StatusGatewayTimeout, "upstream-timeout"
 	}
+	p.stats.Errors.Add(1)
 	p.log.Warn("upstream fetch failed", "path", r.URL.Path, "err", err)
 	p.serveStatus(w, status, cacheStatus{fwd: fwd, detail: detail})
 }

@@ -8,7 +8,6 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 )
 
@@ -55,19 +54,6 @@ func (s cacheStatus) String() string {
 	return b.String()
 }
 
-// Stats counts what the proxy did. Every field only grows.
-type Stats struct {
-	Requests         atomic.Int64 // client requests
-	Hits             atomic.Int64 // served fresh from the store
-	StaleHits        atomic.Int64 // served stale while a background refresh ran
-	StaleOnError     atomic.Int64 // served stale in place of an origin failure
-	Coalesced        atomic.Int64 // answered by a flight another request started
-	Passed           atomic.Int64 // sent upstream on their own, uncached
-	Refreshes        atomic.Int64 // background refreshes started
-	UpstreamRequests atomic.Int64 // cache fetches sent to the origin (passed requests not included)
-	UpstreamErrors   atomic.Int64 // cache fetches that got no complete answer
-}
-
 type passKey struct{}
 
 // passed is what a passed-through request carries to ModifyResponse.
@@ -91,6 +77,7 @@ func (p *Proxy) passThrough(w http.ResponseWriter, r *http.Request, fwd string, 
 
 func (p *Proxy) modifyPassed(resp *http.Response) error {
 	info, _ := resp.Request.Context().Value(passKey{}).(passed)
+	p.stats.upstream(resp.StatusCode, nil)
 	if !safeMethod(resp.Request.Method) && resp.StatusCode >= 200 && resp.StatusCode < 400 {
 		p.invalidate(info, resp.Header)
 	}
@@ -196,6 +183,7 @@ func (p *Proxy) passError(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	info, _ := r.Context().Value(passKey{}).(passed)
 	st := info.st
+	p.stats.upstream(0, err)
 	status := http.StatusBadGateway
 	if errors.Is(err, context.DeadlineExceeded) {
 		status, st.detail = http.StatusGatewayTimeout, "upstream-timeout"

@@ -66,7 +66,8 @@ type Store interface {
 // Memory is an in-memory Store bounded in bytes, with otter's W-TinyLFU
 // policy: a flood of one-off keys cannot push out the entries in use.
 type Memory struct {
-	c *otter.Cache[string, item]
+	c         *otter.Cache[string, item]
+	evictions atomic.Int64
 }
 
 type item struct {
@@ -77,7 +78,8 @@ type item struct {
 // NewMemory returns a Memory store that keeps its entries, keys included,
 // within maxBytes.
 func NewMemory(maxBytes int64) *Memory {
-	return &Memory{c: otter.Must(&otter.Options[string, item]{
+	m := &Memory{}
+	m.c = otter.Must(&otter.Options[string, item]{
 		MaximumWeight: uint64(max(maxBytes, 1)),
 		Weigher: func(key string, it item) uint32 {
 			return uint32(min(len(key)+it.e.size(), math.MaxUint32))
@@ -85,7 +87,13 @@ func NewMemory(maxBytes int64) *Memory {
 		ExpiryCalculator: otter.ExpiryWritingFunc(func(en otter.Entry[string, item]) time.Duration {
 			return en.Value.ttl
 		}),
-	})}
+		OnAtomicDeletion: func(e otter.DeletionEvent[string, item]) {
+			if e.Cause == otter.CauseOverflow {
+				m.evictions.Add(1)
+			}
+		},
+	})
+	return m
 }
 
 func (m *Memory) Get(key string) (*Entry, bool) {
@@ -103,6 +111,9 @@ func (m *Memory) Delete(key string) { m.c.Invalidate(key) }
 
 // Bytes is the weight the store holds now.
 func (m *Memory) Bytes() int64 { return int64(m.c.WeightedSize()) }
+
+// Evictions is how many entries the budget has pushed out so far.
+func (m *Memory) Evictions() int64 { return m.evictions.Load() }
 
 // Len is the number of entries the store holds now.
 func (m *Memory) Len() int { return m.c.EstimatedSize() }

@@ -1,0 +1,77 @@
+package proxy
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics exports the proxy's Stats, its store's size and its latency
+// histograms to Prometheus. Labels are outcomes and result classes only,
+// never a URL or a key.
+type Metrics struct {
+	p        *Proxy
+	client   prometheus.Histogram
+	upstream prometheus.Histogram
+}
+
+var latencyBuckets = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
+
+func newMetrics(p *Proxy) *Metrics {
+	return &Metrics{
+		p: p,
+		client: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "corral_request_duration_seconds", Help: "Time to answer a client, body included.", Buckets: latencyBuckets,
+		}),
+		upstream: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "corral_upstream_duration_seconds", Help: "Time of an upstream exchange, body included.", Buckets: latencyBuckets,
+		}),
+	}
+}
+
+// Metrics returns the proxy's Prometheus collector, to register where the
+// operator serves metrics.
+func (p *Proxy) Metrics() *Metrics { return p.metrics }
+
+var (
+	descRequests  = prometheus.NewDesc("corral_requests_total", "Client requests by cache outcome.", []string{"outcome"}, nil)
+	descUpstream  = prometheus.NewDesc("corral_upstream_requests_total", "Upstream exchanges by result.", []string{"result"}, nil)
+	descRefreshes = prometheus.NewDesc("corral_background_refreshes_total", "Background revalidations started.", nil, nil)
+	descEvictions = prometheus.NewDesc("corral_evictions_total", "Entries the memory budget pushed out.", nil, nil)
+	descBytes     = prometheus.NewDesc("corral_stored_bytes", "Bytes the store accounts for, keys and headers included.", nil, nil)
+	descEntries   = prometheus.NewDesc("corral_stored_entries", "Entries in the store.", nil, nil)
+)
+
+func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descRequests, descUpstream, descRefreshes, descEvictions, descBytes, descEntries} {
+		ch <- d
+	}
+	m.client.Describe(ch)
+	m.upstream.Describe(ch)
+}
+
+func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
+	s := &m.p.stats
+	counter := func(d *prometheus.Desc, v int64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	for outcome, v := range map[string]int64{
+		"hit": s.Hits.Load(), "stale": s.StaleHits.Load(), "miss": s.Misses.Load(),
+		"revalidated": s.Revalidated.Load(), "coalesced": s.Coalesced.Load(),
+		"stale_if_error": s.StaleOnError.Load(), "bypass": s.Passed.Load(), "error": s.Errors.Load(),
+	} {
+		counter(descRequests, v, outcome)
+	}
+	for result, v := range map[string]int64{
+		"2xx": s.Upstream2xx.Load(), "3xx": s.Upstream3xx.Load(), "4xx": s.Upstream4xx.Load(), "5xx": s.Upstream5xx.Load(),
+		"timeout": s.UpstreamTimeouts.Load(), "error": s.UpstreamErrors.Load(),
+	} {
+		counter(descUpstream, v, result)
+	}
+	counter(descRefreshes, s.Refreshes.Load())
+	if mem, ok := m.p.store.(*Memory); ok {
+		counter(descEvictions, mem.Evictions())
+		ch <- prometheus.MustNewConstMetric(descBytes, prometheus.GaugeValue, float64(mem.Bytes()))
+		ch <- prometheus.MustNewConstMetric(descEntries, prometheus.GaugeValue, float64(mem.Len()))
+	}
+	m.client.Collect(ch)
+	m.upstream.Collect(ch)
+}

@@ -1,0 +1,55 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+)
+
+// Stats counts what the proxy did. Every field only grows. Each client
+// request is counted once in Requests and once in exactly one outcome.
+type Stats struct {
+	Requests atomic.Int64 // client requests
+
+	// Outcomes.
+	Hits         atomic.Int64 // served fresh from the store
+	StaleHits    atomic.Int64 // served stale while a background refresh ran
+	Misses       atomic.Int64 // fetched from the origin by this request's flight
+	Revalidated  atomic.Int64 // a stored response the origin confirmed with 304
+	Coalesced    atomic.Int64 // answered by a flight another request started
+	StaleOnError atomic.Int64 // served stale in place of an origin failure
+	Passed       atomic.Int64 // sent upstream on their own (bypass, uncacheable)
+	Errors       atomic.Int64 // answered 502 or 504 by corral
+
+	Refreshes atomic.Int64 // background refreshes started
+
+	// Upstream exchanges, shared fetches and passed requests alike, by
+	// result.
+	Upstream2xx, Upstream3xx, Upstream4xx, Upstream5xx atomic.Int64
+	UpstreamTimeouts                                   atomic.Int64
+	UpstreamErrors                                     atomic.Int64 // connection errors, bodies cut short
+}
+
+// UpstreamRequests is the number of upstream exchanges of every result.
+func (s *Stats) UpstreamRequests() int64 {
+	return s.Upstream2xx.Load() + s.Upstream3xx.Load() + s.Upstream4xx.Load() + s.Upstream5xx.Load() +
+		s.UpstreamTimeouts.Load() + s.UpstreamErrors.Load()
+}
+
+// upstream counts one upstream exchange that ended with status or err.
+func (s *Stats) upstream(status int, err error) {
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		s.UpstreamTimeouts.Add(1)
+	case err != nil:
+		s.UpstreamErrors.Add(1)
+	case status >= 500:
+		s.Upstream5xx.Add(1)
+	case status >= 400:
+		s.Upstream4xx.Add(1)
+	case status >= 300:
+		s.Upstream3xx.Add(1)
+	default:
+		s.Upstream2xx.Add(1)
+	}
+}
