@@ -23,7 +23,8 @@ type Group[V any] struct {
 	sf         singleflight.Group
 	mu         sync.Mutex
 	refreshing map[string]bool // keys with a background refresh running
-	wg         sync.WaitGroup  // background refreshes
+	running    int             // callers whose fetch has not delivered yet
+	idle       chan struct{}   // closed when running drops to zero
 }
 
 // Fetch produces the value for one key. Its context carries the values of
@@ -35,14 +36,23 @@ type Fetch[V any] func(ctx context.Context) (V, error)
 // reports shared. If ctx ends first, Do returns ctx.Err() at once and the
 // fetch goes on for whoever else waits, or for nobody.
 func (g *Group[V]) Do(ctx context.Context, key string, fetch Fetch[V]) (v V, shared bool, err error) {
+	// Each caller counts as running until its flight has delivered, even
+	// after it left: singleflight delivers only once the fetch returned,
+	// so Wait outlasts every fetch without knowing which caller led it.
+	g.begin()
 	ch := g.sf.DoChan(key, g.run(ctx, fetch))
 	select {
 	case r := <-ch:
+		g.end()
 		if r.Err != nil {
 			return v, r.Shared, r.Err
 		}
 		return r.Val.(V), r.Shared, nil
 	case <-ctx.Done():
+		go func() {
+			<-ch
+			g.end()
+		}()
 		return v, false, ctx.Err()
 	}
 }
@@ -61,22 +71,56 @@ func (g *Group[V]) Refresh(ctx context.Context, key string, fetch Fetch[V]) bool
 		g.refreshing = make(map[string]bool)
 	}
 	g.refreshing[key] = true
-	g.wg.Add(1)
+	g.running++
 	g.mu.Unlock()
 
 	run := g.run(ctx, fetch)
 	go func() {
-		defer g.wg.Done()
 		g.sf.Do(key, run) //nolint:errcheck // the fetch reports its own outcome
 		g.mu.Lock()
 		delete(g.refreshing, key)
 		g.mu.Unlock()
+		g.end()
 	}()
 	return true
 }
 
-// Wait blocks until every background refresh started so far has finished.
-func (g *Group[V]) Wait() { g.wg.Wait() }
+func (g *Group[V]) begin() {
+	g.mu.Lock()
+	g.running++
+	g.mu.Unlock()
+}
+
+func (g *Group[V]) end() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.running--
+	if g.running == 0 && g.idle != nil {
+		close(g.idle)
+		g.idle = nil
+	}
+}
+
+// Wait blocks until every fetch started so far, in the foreground or the
+// background, has finished, or until ctx ends, and then returns ctx.Err().
+func (g *Group[V]) Wait(ctx context.Context) error {
+	g.mu.Lock()
+	if g.running == 0 {
+		g.mu.Unlock()
+		return nil
+	}
+	if g.idle == nil {
+		g.idle = make(chan struct{})
+	}
+	idle := g.idle
+	g.mu.Unlock()
+	select {
+	case <-idle:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
 
 // run wraps fetch so that it runs on a context detached from the caller,
 // bounded by the group's timeout, and so that a panic becomes an error:

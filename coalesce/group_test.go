@@ -188,12 +188,12 @@ func TestRefreshIsOncePerKeyAndSharedWithDo(t *testing.T) {
 	if v := within(t, got, "Do during the refresh"); v != "fresh" {
 		t.Errorf("Do got %q, want the refresh's value", v)
 	}
-	g.Wait()
+	g.Wait(context.Background()) //nolint:errcheck // no deadline
 	if f := fetches.Load(); f != 1 {
 		t.Errorf("%d fetches, want 1: Do joined the refresh", f)
 	}
 	if !g.Refresh(context.Background(), "k", func(context.Context) (string, error) { return "", nil }) {
 		t.Error("Refresh after the first finished did not start")
 	}
-	g.Wait()
+	g.Wait(context.Background()) //nolint:errcheck // no deadline
 }
