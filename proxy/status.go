@@ -133,11 +133,31 @@ func (t *teeBody) Read(b []byte) (int, error) {
 	return n, err
 }
 
-// forget drops what is stored under key, and keeps any fetch for key that
-// is under way from storing its answer.
-func (p *Proxy) forget(key string) {
-	p.tombstones.add(key, p.now())
-	p.store.Delete(key)
+// Purge drops what is stored for the request URI uri (path and query),
+// or with prefix for every URI that starts with uri ("" for all), and
+// keeps the fetches for them already under way from storing their
+// answers afterwards. It reports how many entries it dropped.
+func (p *Proxy) Purge(uri string, prefix bool) int {
+	n := 0
+	p.tombstones.forget(uri, prefix, p.now(), func() {
+		if prefix {
+			n = p.store.DeletePrefix(uri)
+			return
+		}
+		e, ok := p.store.Get(uri)
+		if !ok {
+			return
+		}
+		if e.Status == 0 && !e.Pass {
+			// A Vary marker: its variants must go too, or a later
+			// marker would lead to them again.
+			n = p.store.DeletePrefix(uri + "\x00")
+		}
+		p.store.Delete(uri)
+		n++
+	})
+	p.stats.Purged.Add(int64(n))
+	return n
 }
 
 // safeMethod reports whether m is safe (RFC 9110 section 9.2.1): only
@@ -154,7 +174,7 @@ func safeMethod(m string) bool {
 // request, and for its Location and Content-Location when they are on the
 // same origin (RFC 9111 section 4.4).
 func (p *Proxy) invalidate(info passed, h http.Header) {
-	p.forget(info.uri)
+	p.Purge(info.uri, false)
 	base := &url.URL{Scheme: "http", Host: info.host, Path: "/"}
 	for _, f := range []string{"Location", "Content-Location"} {
 		v := h.Get(f)
@@ -167,12 +187,12 @@ func (p *Proxy) invalidate(info passed, h http.Header) {
 		}
 		switch {
 		case strings.EqualFold(u.Host, info.host):
-			p.forget(u.RequestURI())
+			p.Purge(u.RequestURI(), false)
 		case strings.EqualFold(u.Host, p.upstream.Host) && strings.HasPrefix(u.Path, p.upstreamPath):
 			// The origin named itself: map its URL back to ours.
 			u.Path = strings.TrimPrefix(u.Path, p.upstreamPath)
 			u.RawPath = ""
-			p.forget(u.RequestURI())
+			p.Purge(u.RequestURI(), false)
 		}
 	}
 }
@@ -183,6 +203,12 @@ func (p *Proxy) passError(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	info, _ := r.Context().Value(passKey{}).(passed)
 	st := info.st
+	var busy *busyError
+	if errors.As(err, &busy) {
+		st.detail = "upstream-busy"
+		p.serveBusy(w, busy, st)
+		return
+	}
 	p.stats.upstream(0, err)
 	status := http.StatusBadGateway
 	if errors.Is(err, context.DeadlineExceeded) {

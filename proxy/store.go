@@ -3,6 +3,7 @@ package proxy
 import (
 	"math"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -61,6 +62,9 @@ type Store interface {
 	// Set stores e under key for at most ttl.
 	Set(key string, e *Entry, ttl time.Duration)
 	Delete(key string)
+	// DeletePrefix drops every entry whose key starts with prefix, all
+	// of them for "", and reports how many it dropped.
+	DeletePrefix(prefix string) int
 }
 
 // Memory is an in-memory Store bounded in bytes, with otter's W-TinyLFU
@@ -108,6 +112,18 @@ func (m *Memory) Set(key string, e *Entry, ttl time.Duration) {
 }
 
 func (m *Memory) Delete(key string) { m.c.Invalidate(key) }
+
+func (m *Memory) DeletePrefix(prefix string) int {
+	n := 0
+	for k := range m.c.Keys() {
+		if strings.HasPrefix(k, prefix) {
+			if _, ok := m.c.Invalidate(k); ok {
+				n++
+			}
+		}
+	}
+	return n
+}
 
 // Bytes is the weight the store holds now.
 func (m *Memory) Bytes() int64 { return int64(m.c.WeightedSize()) }

@@ -1,42 +1,68 @@
 package proxy
 
 import (
+	"strings"
 	"sync"
 	"time"
 )
 
-// tombstones remember when keys were invalidated, for as long as a fetch
-// that started earlier could still be running, so that such a fetch does
-// not write the old response back after the invalidation.
+// tombstones remember when keys, or every key under a prefix, were
+// invalidated, for as long as a fetch that started earlier could still be
+// running, so that such a fetch does not write the old response back
+// after the invalidation.
+//
+// The check and the write it guards must be one step, or a purge could
+// fall between them: store takes the read lock around both, forget takes
+// the write lock around recording and deleting.
 type tombstones struct {
 	keep time.Duration // a fetch's longest life: the upstream timeout
 
-	mu sync.Mutex
-	m  map[string]time.Time
+	mu       sync.RWMutex
+	keys     map[string]time.Time
+	prefixes map[string]time.Time // "" stands for every key
 }
 
-// add records that key was invalidated at now.
-func (t *tombstones) add(key string, now time.Time) {
+// forget records that key, or every key starting with it when prefix is
+// true, was invalidated at now, and calls drop while no store can run.
+func (t *tombstones) forget(key string, prefix bool, now time.Time, drop func()) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.m == nil {
-		t.m = make(map[string]time.Time)
+	m := &t.keys
+	if prefix {
+		m = &t.prefixes
 	}
-	if len(t.m) >= 1024 {
+	if *m == nil {
+		*m = make(map[string]time.Time)
+	}
+	if len(*m) >= 1024 {
 		// No fetch outlives keep, so older tombstones guard nothing.
-		for k, at := range t.m {
+		for k, at := range *m {
 			if now.Sub(at) > t.keep {
-				delete(t.m, k)
+				delete(*m, k)
 			}
 		}
 	}
-	t.m[key] = now
+	(*m)[key] = now
+	drop()
 }
 
-// since reports whether key was invalidated at or after start.
-func (t *tombstones) since(key string, start time.Time) bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	at, ok := t.m[key]
-	return ok && !at.Before(start)
+// store calls set unless key was invalidated at or after start, or start
+// is so long ago that the tombstones that could say so are gone. It
+// reports whether it called set.
+func (t *tombstones) store(key string, start, now time.Time, set func()) bool {
+	if now.Sub(start) > t.keep {
+		return false
+	}
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	if at, ok := t.keys[key]; ok && !at.Before(start) {
+		return false
+	}
+	for p, at := range t.prefixes {
+		if !at.Before(start) && strings.HasPrefix(key, p) {
+			return false
+		}
+	}
+	set()
+	return true
 }
