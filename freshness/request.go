@@ -88,3 +88,9 @@ func (d Decision) UsableOnErrorFor(now time.Time, req RequestDirectives) bool {
 	}
 	return d.UsableOnError(now)
 }
+
+// UsableDisconnected reports whether the response may be served stale,
+// however old, while the cache cannot reach the origin (RFC 9111 section
+// 4.2.4): unless it forbids stale use (must-revalidate, proxy-revalidate,
+// s-maxage) or requires validation before every use (no-cache).
+func (d Decision) UsableDisconnected() bool { return !d.NoStale && !d.NoCache }

@@ -58,8 +58,11 @@ func (p *Proxy) fetch(ctx context.Context, in *http.Request, key string, stale *
 	}
 
 	reqTime := p.now()
-	defer func(start time.Time) { p.metrics.upstream.Observe(time.Since(start).Seconds()) }(time.Now())
-	resp, err := p.transport.RoundTrip(out)
+	resp, err := p.guard.RoundTrip(out)
+	var busy *busyError
+	if errors.As(err, &busy) {
+		return nil, err // never sent: not an upstream exchange
+	}
 	if err != nil {
 		p.stats.upstream(0, err)
 		return nil, err
@@ -141,10 +144,11 @@ func (p *Proxy) revalidated(reqHeader http.Header, stale *Entry, header http.Hea
 // its variant key, with a Vary marker at key) when its decision allows and
 // key was not invalidated since, and reports whether it did.
 func (p *Proxy) put(key string, e *Entry, reqTime time.Time) bool {
-	if !e.Decision.Storable || p.tombstones.since(key, reqTime) {
+	if !e.Decision.Storable {
 		return false
 	}
-	ttl := e.Decision.Until().Sub(p.now())
+	now := p.now()
+	ttl := e.Decision.Until().Sub(now)
 	if e.Header.Get("ETag") != "" || e.Header.Get("Last-Modified") != "" {
 		// Past its stale windows the entry still saves a body transfer
 		// when the origin answers a conditional request with 304.
@@ -153,13 +157,32 @@ func (p *Proxy) put(key string, e *Entry, reqTime time.Time) bool {
 	if ttl <= 0 {
 		return false
 	}
-	if len(e.Vary) == 0 {
-		p.store.Set(key, e, ttl)
-		return true
+	defer p.warnEvictions(now)
+	return p.tombstones.store(key, reqTime, now, func() {
+		if len(e.Vary) == 0 {
+			p.store.Set(key, e, ttl)
+			return
+		}
+		p.store.Set(key, &Entry{Vary: e.Vary}, ttl)
+		p.store.Set(variantKey(key, e.VaryKey), e, ttl)
+	})
+}
+
+// warnEvictions logs, at most once a minute, that the memory budget is
+// pushing entries out: a sign that -cache-bytes is too small for the
+// working set.
+func (p *Proxy) warnEvictions(now time.Time) {
+	mem, ok := p.store.(*Memory)
+	if !ok {
+		return
 	}
-	p.store.Set(key, &Entry{Vary: e.Vary}, ttl)
-	p.store.Set(variantKey(key, e.VaryKey), e, ttl)
-	return true
+	n, seen := mem.Evictions(), p.evictionsWarned.Load()
+	last := p.evictionWarnAt.Load()
+	if n == seen || now.UnixNano()-last < int64(time.Minute) || !p.evictionWarnAt.CompareAndSwap(last, now.UnixNano()) {
+		return
+	}
+	p.evictionsWarned.Store(n)
+	p.log.Warn("cache full: evicting entries to stay within -cache-bytes", "evicted", n-seen, "stored_bytes", mem.Bytes())
 }
 
 // validatorGrace is how long an entry with validators is kept past the

@@ -38,10 +38,14 @@ var (
 	descEvictions = prometheus.NewDesc("corral_evictions_total", "Entries the memory budget pushed out.", nil, nil)
 	descBytes     = prometheus.NewDesc("corral_stored_bytes", "Bytes the store accounts for, keys and headers included.", nil, nil)
 	descEntries   = prometheus.NewDesc("corral_stored_entries", "Entries in the store.", nil, nil)
+	descThrottled = prometheus.NewDesc("corral_upstream_throttled_total", "Upstream requests the guard turned away: caps full or the origin's Retry-After running.", nil, nil)
+	descInflight  = prometheus.NewDesc("corral_upstream_inflight", "Upstream requests in flight.", nil, nil)
+	descQueued    = prometheus.NewDesc("corral_upstream_queued", "Upstream requests waiting for the rate or in-flight cap.", nil, nil)
+	descPurged    = prometheus.NewDesc("corral_purged_entries_total", "Entries dropped by purges and by unsafe requests.", nil, nil)
 )
 
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descRequests, descUpstream, descRefreshes, descEvictions, descBytes, descEntries} {
+	for _, d := range []*prometheus.Desc{descRequests, descUpstream, descRefreshes, descEvictions, descBytes, descEntries, descThrottled, descInflight, descQueued, descPurged} {
 		ch <- d
 	}
 	m.client.Describe(ch)
@@ -56,7 +60,8 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	for outcome, v := range map[string]int64{
 		"hit": s.Hits.Load(), "stale": s.StaleHits.Load(), "miss": s.Misses.Load(),
 		"revalidated": s.Revalidated.Load(), "coalesced": s.Coalesced.Load(),
-		"stale_if_error": s.StaleOnError.Load(), "bypass": s.Passed.Load(), "error": s.Errors.Load(),
+		"stale_if_error": s.StaleOnError.Load(), "stale_busy": s.StaleOnBusy.Load(),
+		"bypass": s.Passed.Load(), "error": s.Errors.Load(), "busy": s.Busy.Load(),
 	} {
 		counter(descRequests, v, outcome)
 	}
@@ -67,6 +72,11 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		counter(descUpstream, v, result)
 	}
 	counter(descRefreshes, s.Refreshes.Load())
+	counter(descPurged, s.Purged.Load())
+	g := m.p.guard
+	counter(descThrottled, g.throttled.Load())
+	ch <- prometheus.MustNewConstMetric(descInflight, prometheus.GaugeValue, float64(g.inflight.Load()))
+	ch <- prometheus.MustNewConstMetric(descQueued, prometheus.GaugeValue, float64(g.queued.Load()))
 	if mem, ok := m.p.store.(*Memory); ok {
 		counter(descEvictions, mem.Evictions())
 		ch <- prometheus.MustNewConstMetric(descBytes, prometheus.GaugeValue, float64(mem.Bytes()))

@@ -17,6 +17,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"corral/coalesce"
@@ -57,6 +58,19 @@ type Config struct {
 	// The zero value revalidates, coalesced.
 	RequestNoCache RequestNoCache
 
+	// UpstreamMaxRPS caps the requests sent upstream per second, across
+	// all keys. Zero means no cap.
+	UpstreamMaxRPS float64
+
+	// UpstreamMaxInflight caps the upstream requests in flight at once.
+	// Zero means no cap.
+	UpstreamMaxInflight int
+
+	// UpstreamMaxQueue bounds the upstream requests that wait for the
+	// caps above; past it, and while the origin's Retry-After runs,
+	// clients get a stale response or 503. Zero means 1000.
+	UpstreamMaxQueue int
+
 	// Transport makes upstream requests. Nil means a transport tuned for
 	// one origin.
 	Transport http.RoundTripper
@@ -79,13 +93,18 @@ type Proxy struct {
 	policy         freshness.Policy
 	requestNoCache RequestNoCache
 	transport      http.RoundTripper
+	guard          *guard // wraps transport
 	now            func() time.Time
 	log            *slog.Logger
+	logRequests    bool // a line per request, at debug level
 	flights        coalesce.Group[*fetched]
 	pass           *httputil.ReverseProxy
 	stats          Stats
 	metrics        *Metrics
 	tombstones     tombstones // recent invalidations, against late write-backs
+
+	evictionsWarned atomic.Int64 // evictions counted by the last warning
+	evictionWarnAt  atomic.Int64 // Unix nanoseconds of that warning
 }
 
 // New returns a Proxy for cfg.
@@ -118,16 +137,19 @@ func New(cfg Config) (*Proxy, error) {
 	if p.now == nil {
 		p.now = time.Now
 	}
+	p.guard = newGuard(p.transport, cfg.UpstreamMaxRPS, cfg.UpstreamMaxInflight, int(orDefault(int64(cfg.UpstreamMaxQueue), 1000)), p.now,
+		func(d time.Duration) { p.metrics.upstream.Observe(d.Seconds()) })
 	if p.log == nil {
 		p.log = slog.Default()
 	}
+	p.logRequests = p.log.Enabled(context.Background(), slog.LevelDebug)
 	p.pass = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(u)
 			pr.SetXForwarded()
 			pr.Out.Header.Add("Via", via)
 		},
-		Transport:      p.transport,
+		Transport:      p.guard,
 		ModifyResponse: p.modifyPassed,
 		ErrorHandler:   p.passError,
 	}
@@ -160,14 +182,39 @@ func newTransport(timeout time.Duration) *http.Transport {
 // Stats returns the proxy's counters.
 func (p *Proxy) Stats() *Stats { return &p.stats }
 
-// Wait blocks until the background refreshes started so far have finished.
-func (p *Proxy) Wait() { p.flights.Wait() }
+// Wait blocks until the fetches started so far, background refreshes
+// included, have finished.
+func (p *Proxy) Wait() { p.flights.Wait(context.Background()) } //nolint:errcheck // no deadline
+
+// Shutdown waits, until ctx ends, for the fetches under way to finish,
+// background refreshes and those whose clients left included, then closes
+// the idle upstream connections. Call it once the server in front has
+// stopped handing the proxy requests.
+func (p *Proxy) Shutdown(ctx context.Context) error {
+	err := p.flights.Wait(ctx)
+	if t, ok := p.transport.(interface{ CloseIdleConnections() }); ok {
+		t.CloseIdleConnections()
+	}
+	if err != nil {
+		return fmt.Errorf("fetches still running at the deadline: %w", err)
+	}
+	return nil
+}
 
 // ServeHTTP answers r from the cache when it can, and otherwise from the
 // origin: lookup, then serve, serve-and-refresh, or fetch.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p.stats.Requests.Add(1)
-	defer func(start time.Time) { p.metrics.client.Observe(time.Since(start).Seconds()) }(time.Now())
+	start := time.Now()
+	if p.logRequests {
+		lw := &loggedWriter{ResponseWriter: w, status: http.StatusOK}
+		w = lw
+		defer func() {
+			p.log.Debug("request", "method", r.Method, "uri", r.URL.RequestURI(), "status", lw.status,
+				"bytes", lw.bytes, "cache_status", lw.Header().Get("Cache-Status"), "duration", time.Since(start))
+		}()
+	}
+	defer func() { p.metrics.client.Observe(time.Since(start).Seconds()) }()
 	if fwd, detail := bypass(r); fwd != "" {
 		p.passThrough(w, r, fwd, detail)
 		return
@@ -346,9 +393,12 @@ func (p *Proxy) refresh(r *http.Request, key, flightKey string, stale *Entry) {
 		switch {
 		case err != nil || isServerError(f.entry.Status):
 			// Keep serving the stale entry; ask again after a pause,
-			// longer if the origin said how long.
+			// longer if the origin, or the guard, said how long.
 			pause := refreshBackoff
-			if err == nil {
+			var busy *busyError
+			if errors.As(err, &busy) {
+				pause = max(pause, busy.retryAfter)
+			} else if err == nil {
 				pause = max(pause, retryAfter(f.entry.Header.Get("Retry-After"), p.now()))
 			}
 			stale.refreshAt.Store(p.now().Add(pause).UnixNano())
@@ -485,6 +535,18 @@ func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, req freshness
 		p.passThrough(w, r, "miss", "too-large")
 		return
 	}
+	var busy *busyError
+	if errors.As(err, &busy) {
+		// corral held the request back to spare the origin: as good as
+		// disconnected from it.
+		if stale != nil && stale.Decision.UsableDisconnected() {
+			p.stats.StaleOnBusy.Add(1)
+			p.serve(w, r, stale, stale.Header, cacheStatus{hit: true, ttl: stale.Decision.TTL(now), hasTTL: true, detail: "upstream-busy"}, now)
+			return
+		}
+		p.serveBusy(w, busy, cacheStatus{fwd: fwd, detail: "upstream-busy"})
+		return
+	}
 	if stale != nil && stale.Decision.UsableOnErrorFor(now, req) {
 		p.serveStaleOnError(w, r, stale, 0, now)
 		return
@@ -496,6 +558,14 @@ func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, req freshness
 	p.stats.Errors.Add(1)
 	p.log.Warn("upstream fetch failed", "path", r.URL.Path, "err", err)
 	p.serveStatus(w, status, cacheStatus{fwd: fwd, detail: detail})
+}
+
+// serveBusy answers 503 with the guard's Retry-After.
+func (p *Proxy) serveBusy(w http.ResponseWriter, busy *busyError, st cacheStatus) {
+	p.stats.Busy.Add(1)
+	secs := (busy.retryAfter + time.Second - 1) / time.Second
+	w.Header().Set("Retry-After", strconv.FormatInt(int64(secs), 10))
+	p.serveStatus(w, http.StatusServiceUnavailable, st)
 }
 
 // serveStatus answers with status and its text, for errors corral makes.

@@ -20,8 +20,11 @@ type Stats struct {
 	StaleOnError atomic.Int64 // served stale in place of an origin failure
 	Passed       atomic.Int64 // sent upstream on their own (bypass, uncacheable)
 	Errors       atomic.Int64 // answered 502 or 504 by corral
+	StaleOnBusy  atomic.Int64 // served stale while the upstream guard held requests back
+	Busy         atomic.Int64 // answered 503 by corral: the upstream guard held the request back
 
 	Refreshes atomic.Int64 // background refreshes started
+	Purged    atomic.Int64 // entries dropped by purges and unsafe requests
 
 	// Upstream exchanges, shared fetches and passed requests alike, by
 	// result.

@@ -1,0 +1,165 @@
+package proxy
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Admin serves an operator's endpoints for a Proxy, on a listener of its
+// own, never the public one:
+//
+//	GET  /healthz                the process is up
+//	GET  /readyz                 it can serve: not draining, and the upstream reachable or something cached
+//	GET  /metrics                Prometheus metrics
+//	POST /purge?url=/api/stats   drop one URL (all its variants)
+//	POST /purge?prefix=/api/     drop every URL that starts with the prefix
+//	POST /purge?all=1            drop everything
+//
+// With a token, /metrics and /purge require "Authorization: Bearer <token>";
+// the health endpoints never do, so that probes need no secret.
+type Admin struct {
+	p        *Proxy
+	token    string
+	mux      *http.ServeMux
+	draining atomic.Bool
+}
+
+// NewAdmin returns the admin handler for p, guarded by token if it is not
+// empty.
+func NewAdmin(p *Proxy, token string) *Admin {
+	a := &Admin{p: p, token: token, mux: http.NewServeMux()}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(p.Metrics(), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	a.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	a.mux.HandleFunc("GET /readyz", a.ready)
+	a.mux.Handle("GET /metrics", a.guarded(promhttp.HandlerFor(reg, promhttp.HandlerOpts{})))
+	a.mux.Handle("POST /purge", a.guarded(http.HandlerFunc(a.purge)))
+	return a
+}
+
+func (a *Admin) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.mux.ServeHTTP(w, r) }
+
+// Drain makes /readyz fail from now on, so that load balancers stop
+// sending clients while the server shuts down.
+func (a *Admin) Drain() { a.draining.Store(true) }
+
+func (a *Admin) ready(w http.ResponseWriter, r *http.Request) {
+	err := errDraining
+	if !a.draining.Load() {
+		err = a.p.Ready(r.Context())
+	}
+	if err != nil {
+		http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	fmt.Fprintln(w, "ready")
+}
+
+var errDraining = fmt.Errorf("shutting down")
+
+// guarded requires the bearer token, when there is one, before h.
+func (a *Admin) guarded(h http.Handler) http.Handler {
+	if a.token == "" {
+		return h
+	}
+	want := []byte("Bearer " + a.token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="corral admin"`)
+			http.Error(w, "missing or wrong bearer token", http.StatusUnauthorized)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// purge takes exactly one of url, prefix or all. A url or prefix may be a
+// path with query, or an absolute URL, whose path and query are used.
+func (a *Admin) purge(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	var (
+		target string
+		prefix bool
+		given  int
+	)
+	for _, name := range []string{"url", "prefix", "all"} {
+		if q.Has(name) {
+			given++
+		}
+	}
+	switch {
+	case given != 1:
+		http.Error(w, "give exactly one of url=, prefix= or all=1", http.StatusBadRequest)
+		return
+	case q.Has("all"):
+		prefix = true
+	default:
+		raw := q.Get("url")
+		if q.Has("prefix") {
+			raw, prefix = q.Get("prefix"), true
+		}
+		u, err := url.Parse(raw)
+		if err != nil || (u.Path == "" && !prefix) || (!u.IsAbs() && !strings.HasPrefix(raw, "/")) {
+			http.Error(w, fmt.Sprintf("%q is not a URL path (such as /api/stats) or an absolute URL", raw), http.StatusBadRequest)
+			return
+		}
+		target = u.RequestURI()
+	}
+	n := a.p.Purge(target, prefix)
+	a.p.log.Info("purged", "target", target, "prefix", prefix, "entries", n)
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(struct { //nolint:errcheck // the client may have gone
+		Purged int `json:"purged"`
+	}{n})
+}
+
+// Ready reports why the proxy cannot serve, or nil when it can: the
+// upstream answered lately or accepts a connection now, or the store holds
+// responses it could serve stale.
+func (p *Proxy) Ready(ctx context.Context) error {
+	if last := p.guard.lastAnswer.Load(); last != 0 && p.now().Sub(time.Unix(0, last)) < readyRecent {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, readyDialTimeout)
+	defer cancel()
+	conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", hostPort(p.upstream))
+	if err == nil {
+		conn.Close()
+		return nil
+	}
+	if s, ok := p.store.(interface{ Len() int }); ok && s.Len() > 0 {
+		return nil
+	}
+	return fmt.Errorf("upstream unreachable (%v) and nothing cached", err)
+}
+
+// readyRecent is how recent an upstream answer must be to count as proof
+// of reachability; readyDialTimeout bounds the probe made otherwise.
+const (
+	readyRecent      = 10 * time.Second
+	readyDialTimeout = time.Second
+)
+
+func hostPort(u *url.URL) string {
+	if u.Port() != "" {
+		return u.Host
+	}
+	if u.Scheme == "https" {
+		return net.JoinHostPort(u.Hostname(), "443")
+	}
+	return net.JoinHostPort(u.Hostname(), "80")
+}

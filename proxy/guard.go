@@ -1,0 +1,173 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// guard is the RoundTripper every upstream request goes through, shared
+// fetches and passed-through requests alike. It keeps corral from
+// amplifying an origin's trouble: it caps the request rate and the
+// requests in flight across all keys, lets at most maxQueue requests wait
+// for their turn, and after a 429 or 503 with Retry-After sends nothing
+// until the origin said it may. Whatever it turns away fails at once with
+// a *busyError, which the proxy answers with a stale response or a 503.
+type guard struct {
+	next     http.RoundTripper
+	limiter  *rate.Limiter // nil: no rate cap
+	slots    chan struct{} // nil: no cap on requests in flight
+	maxQueue int64
+	now      func() time.Time
+	observe  func(time.Duration) // how long each exchange took, body included
+
+	queued     atomic.Int64 // requests waiting for a token or a slot
+	inflight   atomic.Int64 // requests sent and not yet finished
+	holdUntil  atomic.Int64 // Unix nanoseconds: the origin asked for quiet until then
+	throttled  atomic.Int64 // requests turned away
+	lastAnswer atomic.Int64 // Unix nanoseconds: when the origin last answered at all
+}
+
+// busyError is what the guard answers instead of sending a request.
+type busyError struct {
+	retryAfter time.Duration // when the client might try again
+	why        string
+}
+
+func (e *busyError) Error() string {
+	return fmt.Sprintf("upstream request not sent: %s (retry after %s)", e.why, e.retryAfter)
+}
+
+// newGuard returns a guard in front of next. A zero rps or inflight puts
+// no cap on that dimension; maxQueue bounds the waiters when either is set.
+func newGuard(next http.RoundTripper, rps float64, inflight, maxQueue int, now func() time.Time, observe func(time.Duration)) *guard {
+	g := &guard{next: next, maxQueue: int64(maxQueue), now: now, observe: observe}
+	if rps > 0 {
+		// A burst of one spaces requests 1/rps apart, so that no
+		// window of a second holds more than rps of them.
+		g.limiter = rate.NewLimiter(rate.Limit(rps), 1)
+	}
+	if inflight > 0 {
+		g.slots = make(chan struct{}, inflight)
+	}
+	return g
+}
+
+func (g *guard) RoundTrip(req *http.Request) (*http.Response, error) {
+	if wait := time.Duration(g.holdUntil.Load() - g.now().UnixNano()); wait > 0 {
+		return nil, g.turnAway(wait, "the origin asked for a pause")
+	}
+	if err := g.admit(req.Context()); err != nil {
+		return nil, err
+	}
+	g.inflight.Add(1)
+	start := time.Now()
+	done := func() {
+		g.observe(time.Since(start))
+		g.done()
+	}
+	resp, err := g.next.RoundTrip(req)
+	if err != nil {
+		done()
+		return nil, err
+	}
+	g.lastAnswer.Store(g.now().UnixNano())
+	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
+		if d := retryAfter(resp.Header.Get("Retry-After"), g.now()); d > 0 {
+			g.hold(d)
+		}
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		// An upgraded connection lives on its own terms; its body must
+		// stay the connection itself for ReverseProxy.
+		done()
+		return resp, nil
+	}
+	resp.Body = &doneBody{ReadCloser: resp.Body, done: done}
+	return resp, nil
+}
+
+// admit waits for a slot and a token, unless maxQueue requests already
+// wait, or the wait would outlast ctx.
+func (g *guard) admit(ctx context.Context) error {
+	if g.limiter == nil && g.slots == nil {
+		return nil
+	}
+	if g.queued.Add(1) > g.maxQueue {
+		g.queued.Add(-1)
+		return g.turnAway(g.queueDelay(), "too many upstream requests queued")
+	}
+	defer g.queued.Add(-1)
+	if g.slots != nil {
+		select {
+		case g.slots <- struct{}{}:
+		case <-ctx.Done():
+			return g.turnAway(g.queueDelay(), "no upstream slot free in time")
+		}
+	}
+	if g.limiter != nil {
+		// Wait fails at once when the token would come after ctx's
+		// deadline: the request is turned away rather than kept.
+		if err := g.limiter.Wait(ctx); err != nil {
+			g.release()
+			return g.turnAway(g.queueDelay(), "upstream rate cap reached")
+		}
+	}
+	return nil
+}
+
+func (g *guard) release() {
+	if g.slots != nil {
+		<-g.slots
+	}
+}
+
+func (g *guard) done() {
+	g.inflight.Add(-1)
+	g.release()
+}
+
+// hold stops requests for d, or until a later hold ends.
+func (g *guard) hold(d time.Duration) {
+	until := g.now().Add(d).UnixNano()
+	for {
+		cur := g.holdUntil.Load()
+		if cur >= until || g.holdUntil.CompareAndSwap(cur, until) {
+			return
+		}
+	}
+}
+
+// queueDelay estimates when a request turned away now might get through.
+func (g *guard) queueDelay() time.Duration {
+	if g.limiter == nil {
+		return time.Second
+	}
+	secs := float64(g.queued.Load()+1) / float64(g.limiter.Limit())
+	return time.Duration(math.Min(secs, maxRetryAfter.Seconds()) * float64(time.Second))
+}
+
+func (g *guard) turnAway(retry time.Duration, why string) error {
+	g.throttled.Add(1)
+	return &busyError{retryAfter: max(retry, time.Second), why: why}
+}
+
+// doneBody calls done once, when the body is closed.
+type doneBody struct {
+	io.ReadCloser
+	once sync.Once
+	done func()
+}
+
+func (b *doneBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.once.Do(b.done)
+	return err
+}
