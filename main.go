@@ -32,7 +32,9 @@ func main() {
 // returns the exit code: 0 after a clean shutdown, 2 for bad flags.
 func run(ctx context.Context, args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("corral", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	// A bad value gets one line from run below, not the flag package's
+	// line followed by the whole usage.
+	fs.SetOutput(io.Discard)
 	var (
 		listen          = fs.String("listen", ":8080", "address to serve clients on")
 		upstream        = fs.String("upstream", "", "origin URL every request goes to, e.g. http://stats.internal:9000 (required)")
@@ -51,15 +53,36 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	)
 	fs.Var(&cacheBytes, "cache-bytes", "memory budget of the cache: bodies, headers and keys (e.g. 256MiB)")
 	fs.Var(&maxObjectBytes, "max-object-bytes", "largest response body that is cached (e.g. 8MiB)")
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: corral -upstream URL [flags]\n\nA caching reverse proxy that shields one HTTP origin from herds of pollers.\n\nFlags:")
-		fs.PrintDefaults()
-	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(stderr, "usage: corral -upstream URL [flags]\n\nA caching reverse proxy that shields one HTTP origin from herds of pollers.\n\nFlags:")
+			fs.SetOutput(stderr)
+			fs.PrintDefaults()
 			return 0
 		}
+		fmt.Fprintln(stderr, "corral:", err)
 		return 2
+	}
+
+	// Ranges the flag types cannot express.
+	for _, c := range []struct {
+		name string
+		ok   bool
+		want string
+	}{
+		{"upstream-timeout", *upstreamTimeout > 0, "positive"},
+		{"shutdown-timeout", *shutdownTimeout > 0, "positive"},
+		{"pass-ttl", *passTTL >= 0, "zero or more"},
+		{"default-ttl", *defaultTTL >= 0, "zero or more"},
+		{"default-stale-while-revalidate", *defaultSWR >= 0, "zero or more"},
+		{"default-stale-if-error", *defaultSIE >= 0, "zero or more"},
+		{"demo-clients", *demoClients > 0, "positive"},
+		{"demo-duration", *demoDuration > 0, "positive"},
+	} {
+		if !c.ok {
+			fmt.Fprintf(stderr, "corral: -%s: must be %s, got %s\n", c.name, c.want, fs.Lookup(c.name).Value)
+			return 2
+		}
 	}
 
 	noCache, ok := map[string]proxy.RequestNoCache{"revalidate": proxy.RequestNoCacheRevalidate, "ignore": proxy.RequestNoCacheIgnore}[*requestNoCache]
@@ -186,7 +209,7 @@ func (b *byteSize) Set(s string) error {
 	}
 	n, err := strconv.ParseInt(num, 10, 64)
 	if err != nil || n <= 0 || n > (1<<62)/mult {
-		return fmt.Errorf("want a positive size such as 512MiB, got %q", s)
+		return errors.New("want a positive size such as 512MiB")
 	}
 	*b = byteSize(n * mult)
 	return nil

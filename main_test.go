@@ -53,19 +53,40 @@ func TestHelpExplainsEveryFlag(t *testing.T) {
 	}
 }
 
-func TestBadSizeFlagExitsTwo(t *testing.T) {
-	var stderr bytes.Buffer
-	code := run(context.Background(), []string{"-upstream", "http://127.0.0.1:1", "-cache-bytes", "lots"}, &stderr)
-	if code != 2 || !strings.Contains(stderr.String(), `invalid value "lots" for flag -cache-bytes`) {
-		t.Errorf("exit %d, stderr %q: want 2 naming the flag", code, stderr.String())
+func TestBadFlagValueExitsTwoWithOneLine(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"size", []string{"-cache-bytes", "lots"}, `corral: invalid value "lots" for flag -cache-bytes: want a positive size such as 512MiB` + "\n"},
+		{"zero size", []string{"-max-object-bytes", "0"}, `corral: invalid value "0" for flag -max-object-bytes: want a positive size such as 512MiB` + "\n"},
+		{"duration", []string{"-upstream-timeout", "soon"}, `corral: invalid value "soon" for flag -upstream-timeout: parse error` + "\n"},
+		{"bool", []string{"-demo=maybe"}, `corral: invalid boolean value "maybe" for -demo: parse error` + "\n"},
+		{"unknown flag", []string{"-upstreams", "http://origin"}, "corral: flag provided but not defined: -upstreams\n"},
+		{"no value", []string{"-upstream"}, "corral: flag needs an argument: -upstream\n"},
+		{"negative timeout", []string{"-upstream-timeout", "-1s"}, "corral: -upstream-timeout: must be positive, got -1s\n"},
+		{"zero timeout", []string{"-upstream-timeout", "0"}, "corral: -upstream-timeout: must be positive, got 0s\n"},
+		{"zero shutdown", []string{"-shutdown-timeout", "0s"}, "corral: -shutdown-timeout: must be positive, got 0s\n"},
+		{"negative pass-ttl", []string{"-pass-ttl", "-1ms"}, "corral: -pass-ttl: must be zero or more, got -1ms\n"},
+		{"negative ttl", []string{"-default-ttl", "-1m"}, "corral: -default-ttl: must be zero or more, got -1m0s\n"},
+		{"negative swr", []string{"-default-stale-while-revalidate", "-1s"}, "corral: -default-stale-while-revalidate: must be zero or more, got -1s\n"},
+		{"negative sie", []string{"-default-stale-if-error", "-1s"}, "corral: -default-stale-if-error: must be zero or more, got -1s\n"},
+		{"no demo clients", []string{"-demo", "-demo-clients", "0"}, "corral: -demo-clients: must be positive, got 0\n"},
+		{"no demo duration", []string{"-demo", "-demo-duration", "0s"}, "corral: -demo-duration: must be positive, got 0s\n"},
+		{"request-no-cache", []string{"-request-no-cache", "sometimes"}, `corral: -request-no-cache: want revalidate or ignore, got "sometimes"` + "\n"},
 	}
-}
-
-func TestBadRequestNoCacheExitsTwo(t *testing.T) {
-	var stderr bytes.Buffer
-	code := run(context.Background(), []string{"-upstream", "http://127.0.0.1:1", "-request-no-cache", "sometimes"}, &stderr)
-	if want := "corral: -request-no-cache: want revalidate or ignore, got \"sometimes\"\n"; code != 2 || stderr.String() != want {
-		t.Errorf("exit %d, stderr %q: want 2 and %q", code, stderr.String(), want)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stderr bytes.Buffer
+			args := append([]string{"-upstream", "http://127.0.0.1:1"}, tt.args...)
+			if code := run(context.Background(), args, &stderr); code != 2 {
+				t.Errorf("exit code %d, want 2", code)
+			}
+			if diff := cmp.Diff(tt.want, stderr.String()); diff != "" {
+				t.Errorf("stderr (-want +got):\n%s", diff)
+			}
+		})
 	}
 }
 
