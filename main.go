@@ -25,12 +25,13 @@ import (
 )
 
 func main() {
-	os.Exit(run(context.Background(), os.Args[1:], os.Stderr))
+	os.Exit(run(context.Background(), os.Args[1:], os.Stderr, os.LookupEnv))
 }
 
-// run parses args, serves until ctx ends or SIGINT/SIGTERM arrives, and
+// run parses args, then takes every flag they leave out from its CORRAL_
+// variable in getenv, serves until ctx ends or SIGINT/SIGTERM arrives, and
 // returns the exit code: 0 after a clean shutdown, 2 for bad flags.
-func run(ctx context.Context, args []string, stderr io.Writer) int {
+func run(ctx context.Context, args []string, stderr io.Writer, getenv func(string) (string, bool)) int {
 	fs := flag.NewFlagSet("corral", flag.ContinueOnError)
 	// A bad value gets one line from run below, not the flag package's
 	// line followed by the whole usage.
@@ -55,13 +56,24 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	fs.Var(&maxObjectBytes, "max-object-bytes", "largest response body that is cached (e.g. 8MiB)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(stderr, "usage: corral -upstream URL [flags]\n\nA caching reverse proxy that shields one HTTP origin from herds of pollers.\n\nFlags:")
-			fs.SetOutput(stderr)
-			fs.PrintDefaults()
+			fmt.Fprintln(stderr, "usage: corral -upstream URL [flags]\n\nA caching reverse proxy that shields one HTTP origin from herds of pollers.\nEvery flag can also be set by the environment variable named after it; a flag beats the variable.\n\nFlags:")
+			printFlags(stderr, fs)
 			return 0
 		}
 		fmt.Fprintln(stderr, "corral:", err)
 		return 2
+	}
+	fromEnv, err := setFromEnv(fs, getenv)
+	if err != nil {
+		fmt.Fprintln(stderr, "corral:", err)
+		return 2
+	}
+	// named is how errors name a flag: with its variable if that set it.
+	named := func(name string) string {
+		if fromEnv[name] {
+			return envName(name) + " (-" + name + ")"
+		}
+		return "-" + name
 	}
 
 	// Ranges the flag types cannot express.
@@ -80,14 +92,14 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		{"demo-duration", *demoDuration > 0, "positive"},
 	} {
 		if !c.ok {
-			fmt.Fprintf(stderr, "corral: -%s: must be %s, got %s\n", c.name, c.want, fs.Lookup(c.name).Value)
+			fmt.Fprintf(stderr, "corral: %s: must be %s, got %s\n", named(c.name), c.want, fs.Lookup(c.name).Value)
 			return 2
 		}
 	}
 
 	noCache, ok := map[string]proxy.RequestNoCache{"revalidate": proxy.RequestNoCacheRevalidate, "ignore": proxy.RequestNoCacheIgnore}[*requestNoCache]
 	if !ok {
-		fmt.Fprintf(stderr, "corral: -request-no-cache: want revalidate or ignore, got %q\n", *requestNoCache)
+		fmt.Fprintf(stderr, "corral: %s: want revalidate or ignore, got %q\n", named("request-no-cache"), *requestNoCache)
 		return 2
 	}
 	cfg := proxy.Config{
@@ -116,7 +128,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 
 	u, err := parseUpstream(*upstream)
 	if err != nil {
-		fmt.Fprintln(stderr, "corral: -upstream:", err)
+		fmt.Fprintf(stderr, "corral: %s: %v\n", named("upstream"), err)
 		return 2
 	}
 	cfg.Upstream = u
