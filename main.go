@@ -25,14 +25,17 @@ import (
 )
 
 func main() {
-	os.Exit(run(context.Background(), os.Args[1:], os.Stderr))
+	os.Exit(run(context.Background(), os.Args[1:], os.Stderr, os.LookupEnv))
 }
 
-// run parses args, serves until ctx ends or SIGINT/SIGTERM arrives, and
+// run parses args, then takes every flag they leave out from its CORRAL_
+// variable in getenv, serves until ctx ends or SIGINT/SIGTERM arrives, and
 // returns the exit code: 0 after a clean shutdown, 2 for bad flags.
-func run(ctx context.Context, args []string, stderr io.Writer) int {
+func run(ctx context.Context, args []string, stderr io.Writer, getenv func(string) (string, bool)) int {
 	fs := flag.NewFlagSet("corral", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	// A bad value gets one line from run below, not the flag package's
+	// line followed by the whole usage.
+	fs.SetOutput(io.Discard)
 	var (
 		listen          = fs.String("listen", ":8080", "address to serve clients on")
 		upstream        = fs.String("upstream", "", "origin URL every request goes to, e.g. http://stats.internal:9000 (required)")
@@ -51,20 +54,52 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	)
 	fs.Var(&cacheBytes, "cache-bytes", "memory budget of the cache: bodies, headers and keys (e.g. 256MiB)")
 	fs.Var(&maxObjectBytes, "max-object-bytes", "largest response body that is cached (e.g. 8MiB)")
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: corral -upstream URL [flags]\n\nA caching reverse proxy that shields one HTTP origin from herds of pollers.\n\nFlags:")
-		fs.PrintDefaults()
-	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(stderr, "usage: corral -upstream URL [flags]\n\nA caching reverse proxy that shields one HTTP origin from herds of pollers.\nEvery flag can also be set by the environment variable named after it; a flag beats the variable.\n\nFlags:")
+			printFlags(stderr, fs)
 			return 0
 		}
+		fmt.Fprintln(stderr, "corral:", err)
 		return 2
+	}
+	fromEnv, err := setFromEnv(fs, getenv)
+	if err != nil {
+		fmt.Fprintln(stderr, "corral:", err)
+		return 2
+	}
+	// named is how errors name a flag: with its variable if that set it.
+	named := func(name string) string {
+		if fromEnv[name] {
+			return envName(name) + " (-" + name + ")"
+		}
+		return "-" + name
+	}
+
+	// Ranges the flag types cannot express.
+	for _, c := range []struct {
+		name string
+		ok   bool
+		want string
+	}{
+		{"upstream-timeout", *upstreamTimeout > 0, "positive"},
+		{"shutdown-timeout", *shutdownTimeout > 0, "positive"},
+		{"pass-ttl", *passTTL >= 0, "zero or more"},
+		{"default-ttl", *defaultTTL >= 0, "zero or more"},
+		{"default-stale-while-revalidate", *defaultSWR >= 0, "zero or more"},
+		{"default-stale-if-error", *defaultSIE >= 0, "zero or more"},
+		{"demo-clients", *demoClients > 0, "positive"},
+		{"demo-duration", *demoDuration > 0, "positive"},
+	} {
+		if !c.ok {
+			fmt.Fprintf(stderr, "corral: %s: must be %s, got %s\n", named(c.name), c.want, fs.Lookup(c.name).Value)
+			return 2
+		}
 	}
 
 	noCache, ok := map[string]proxy.RequestNoCache{"revalidate": proxy.RequestNoCacheRevalidate, "ignore": proxy.RequestNoCacheIgnore}[*requestNoCache]
 	if !ok {
-		fmt.Fprintf(stderr, "corral: -request-no-cache: want revalidate or ignore, got %q\n", *requestNoCache)
+		fmt.Fprintf(stderr, "corral: %s: want revalidate or ignore, got %q\n", named("request-no-cache"), *requestNoCache)
 		return 2
 	}
 	cfg := proxy.Config{
@@ -93,7 +128,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 
 	u, err := parseUpstream(*upstream)
 	if err != nil {
-		fmt.Fprintln(stderr, "corral: -upstream:", err)
+		fmt.Fprintf(stderr, "corral: %s: %v\n", named("upstream"), err)
 		return 2
 	}
 	cfg.Upstream = u
@@ -186,7 +221,7 @@ func (b *byteSize) Set(s string) error {
 	}
 	n, err := strconv.ParseInt(num, 10, 64)
 	if err != nil || n <= 0 || n > (1<<62)/mult {
-		return fmt.Errorf("want a positive size such as 512MiB, got %q", s)
+		return errors.New("want a positive size such as 512MiB")
 	}
 	*b = byteSize(n * mult)
 	return nil

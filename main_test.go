@@ -3,8 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -24,7 +28,7 @@ func TestBadUpstreamExitsTwoWithOneLine(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var stderr bytes.Buffer
-			if code := run(context.Background(), tt.args, &stderr); code != 2 {
+			if code := run(context.Background(), tt.args, &stderr, noEnv); code != 2 {
 				t.Errorf("exit code %d, want 2", code)
 			}
 			if diff := cmp.Diff(tt.want, stderr.String()); diff != "" {
@@ -36,7 +40,7 @@ func TestBadUpstreamExitsTwoWithOneLine(t *testing.T) {
 
 func TestHelpExplainsEveryFlag(t *testing.T) {
 	var stderr bytes.Buffer
-	if code := run(context.Background(), []string{"-h"}, &stderr); code != 0 {
+	if code := run(context.Background(), []string{"-h"}, &stderr, noEnv); code != 0 {
 		t.Errorf("-h exit code %d, want 0", code)
 	}
 	for _, flag := range []string{
@@ -53,19 +57,169 @@ func TestHelpExplainsEveryFlag(t *testing.T) {
 	}
 }
 
-func TestBadSizeFlagExitsTwo(t *testing.T) {
+// noEnv is an empty environment, so tests do not see the one they run in.
+func noEnv(string) (string, bool) { return "", false }
+
+func TestHelpNamesEveryFlagsVariable(t *testing.T) {
+	// Every variable run looks up is one flag's; with no flags given and
+	// no upstream it looks up all of them and stops.
+	var looked []string
+	lookup := func(name string) (string, bool) {
+		looked = append(looked, name)
+		return "", false
+	}
+	if code := run(context.Background(), nil, io.Discard, lookup); code != 2 {
+		t.Fatalf("exit code %d without -upstream, want 2", code)
+	}
+	for _, v := range []string{"CORRAL_UPSTREAM", "CORRAL_UPSTREAM_TIMEOUT", "CORRAL_CACHE_BYTES", "CORRAL_DEMO"} {
+		if !slices.Contains(looked, v) {
+			t.Errorf("run never looks up %s; it looked up %v", v, looked)
+		}
+	}
+
 	var stderr bytes.Buffer
-	code := run(context.Background(), []string{"-upstream", "http://127.0.0.1:1", "-cache-bytes", "lots"}, &stderr)
-	if code != 2 || !strings.Contains(stderr.String(), `invalid value "lots" for flag -cache-bytes`) {
-		t.Errorf("exit %d, stderr %q: want 2 naming the flag", code, stderr.String())
+	run(context.Background(), []string{"-h"}, &stderr, noEnv)
+	var listed []string
+	for _, m := range regexp.MustCompile(`\(env (CORRAL_\w+)\)\n`).FindAllStringSubmatch(stderr.String(), -1) {
+		listed = append(listed, m[1])
+	}
+	if diff := cmp.Diff(looked, listed); diff != "" {
+		t.Errorf("variables in -h (-looked up +listed):\n%s\n%s", diff, stderr.String())
+	}
+	for _, v := range looked {
+		flag := "-" + strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(v, "CORRAL_")), "_", "-")
+		if !regexp.MustCompile(`(?m)^  ` + flag + `( \w+)?\n.*\(env ` + v + `\)$`).MatchString(stderr.String()) {
+			t.Errorf("-h does not list %s next to %s:\n%s", v, flag, stderr.String())
+		}
 	}
 }
 
-func TestBadRequestNoCacheExitsTwo(t *testing.T) {
-	var stderr bytes.Buffer
-	code := run(context.Background(), []string{"-upstream", "http://127.0.0.1:1", "-request-no-cache", "sometimes"}, &stderr)
-	if want := "corral: -request-no-cache: want revalidate or ignore, got \"sometimes\"\n"; code != 2 || stderr.String() != want {
-		t.Errorf("exit %d, stderr %q: want 2 and %q", code, stderr.String(), want)
+func TestBadFlagValueExitsTwoWithOneLine(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"size", []string{"-cache-bytes", "lots"}, `corral: invalid value "lots" for flag -cache-bytes: want a positive size such as 512MiB` + "\n"},
+		{"zero size", []string{"-max-object-bytes", "0"}, `corral: invalid value "0" for flag -max-object-bytes: want a positive size such as 512MiB` + "\n"},
+		{"duration", []string{"-upstream-timeout", "soon"}, `corral: invalid value "soon" for flag -upstream-timeout: parse error` + "\n"},
+		{"bool", []string{"-demo=maybe"}, `corral: invalid boolean value "maybe" for -demo: parse error` + "\n"},
+		{"unknown flag", []string{"-upstreams", "http://origin"}, "corral: flag provided but not defined: -upstreams\n"},
+		{"no value", []string{"-upstream"}, "corral: flag needs an argument: -upstream\n"},
+		{"negative timeout", []string{"-upstream-timeout", "-1s"}, "corral: -upstream-timeout: must be positive, got -1s\n"},
+		{"zero timeout", []string{"-upstream-timeout", "0"}, "corral: -upstream-timeout: must be positive, got 0s\n"},
+		{"zero shutdown", []string{"-shutdown-timeout", "0s"}, "corral: -shutdown-timeout: must be positive, got 0s\n"},
+		{"negative pass-ttl", []string{"-pass-ttl", "-1ms"}, "corral: -pass-ttl: must be zero or more, got -1ms\n"},
+		{"negative ttl", []string{"-default-ttl", "-1m"}, "corral: -default-ttl: must be zero or more, got -1m0s\n"},
+		{"negative swr", []string{"-default-stale-while-revalidate", "-1s"}, "corral: -default-stale-while-revalidate: must be zero or more, got -1s\n"},
+		{"negative sie", []string{"-default-stale-if-error", "-1s"}, "corral: -default-stale-if-error: must be zero or more, got -1s\n"},
+		{"no demo clients", []string{"-demo", "-demo-clients", "0"}, "corral: -demo-clients: must be positive, got 0\n"},
+		{"no demo duration", []string{"-demo", "-demo-duration", "0s"}, "corral: -demo-duration: must be positive, got 0s\n"},
+		{"request-no-cache", []string{"-request-no-cache", "sometimes"}, `corral: -request-no-cache: want revalidate or ignore, got "sometimes"` + "\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stderr bytes.Buffer
+			args := append([]string{"-upstream", "http://127.0.0.1:1"}, tt.args...)
+			if code := run(context.Background(), args, &stderr, noEnv); code != 2 {
+				t.Errorf("exit code %d, want 2", code)
+			}
+			if diff := cmp.Diff(tt.want, stderr.String()); diff != "" {
+				t.Errorf("stderr (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestEnvironment(t *testing.T) {
+	tests := []struct {
+		name     string
+		args     []string
+		env      map[string]string
+		wantCode int
+		want     string
+	}{
+		{
+			name:     "sets a flag",
+			env:      map[string]string{"CORRAL_UPSTREAM": "http://127.0.0.1:1", "CORRAL_LISTEN": "127.0.0.1:99999"},
+			wantCode: 1,
+			want:     "corral: listen tcp: address 99999: invalid port\n",
+		},
+		{
+			name:     "flag beats variable",
+			args:     []string{"-upstream", "ftp://from-flag"},
+			env:      map[string]string{"CORRAL_UPSTREAM": "ftp://from-env"},
+			wantCode: 2,
+			want:     `corral: -upstream: "ftp://from-flag" must be an absolute http:// or https:// URL` + "\n",
+		},
+		{
+			name:     "flag set, its bad variable unread",
+			args:     []string{"-cache-bytes", "1MiB", "-request-no-cache", "sometimes"},
+			env:      map[string]string{"CORRAL_CACHE_BYTES": "lots", "CORRAL_UPSTREAM": "http://127.0.0.1:1"},
+			wantCode: 2,
+			want:     `corral: -request-no-cache: want revalidate or ignore, got "sometimes"` + "\n",
+		},
+		{
+			name:     "bad size",
+			env:      map[string]string{"CORRAL_CACHE_BYTES": "lots"},
+			wantCode: 2,
+			want:     `corral: CORRAL_CACHE_BYTES: invalid value "lots" for -cache-bytes: want a positive size such as 512MiB` + "\n",
+		},
+		{
+			name:     "bad bool",
+			env:      map[string]string{"CORRAL_DEMO": "maybe"},
+			wantCode: 2,
+			want:     `corral: CORRAL_DEMO: invalid value "maybe" for -demo: parse error` + "\n",
+		},
+		{
+			name:     "bool as ParseBool reads it",
+			env:      map[string]string{"CORRAL_DEMO": "F", "CORRAL_UPSTREAM": "ftp://origin"},
+			wantCode: 2,
+			want:     `corral: CORRAL_UPSTREAM (-upstream): "ftp://origin" must be an absolute http:// or https:// URL` + "\n",
+		},
+		{
+			name:     "empty is a value",
+			env:      map[string]string{"CORRAL_UPSTREAM_TIMEOUT": ""},
+			wantCode: 2,
+			want:     `corral: CORRAL_UPSTREAM_TIMEOUT: invalid value "" for -upstream-timeout: parse error` + "\n",
+		},
+		{
+			name:     "out of range",
+			env:      map[string]string{"CORRAL_UPSTREAM": "http://127.0.0.1:1", "CORRAL_UPSTREAM_TIMEOUT": "-1s"},
+			wantCode: 2,
+			want:     "corral: CORRAL_UPSTREAM_TIMEOUT (-upstream-timeout): must be positive, got -1s\n",
+		},
+		{
+			name:     "not one of",
+			env:      map[string]string{"CORRAL_UPSTREAM": "http://127.0.0.1:1", "CORRAL_REQUEST_NO_CACHE": "sometimes"},
+			wantCode: 2,
+			want:     `corral: CORRAL_REQUEST_NO_CACHE (-request-no-cache): want revalidate or ignore, got "sometimes"` + "\n",
+		},
+		{
+			name:     "other names ignored",
+			env:      map[string]string{"UPSTREAM": "http://127.0.0.1:1", "corral_upstream": "http://127.0.0.1:1", "CORRAL_CACHE": "lots"},
+			wantCode: 2,
+			want:     "corral: -upstream: missing; give the origin's URL, e.g. -upstream http://127.0.0.1:9000\n",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			// A case that fails to apply its variables may start serving;
+			// the deadline ends it.
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			getenv := func(name string) (string, bool) {
+				v, ok := tt.env[name]
+				return v, ok
+			}
+			var stderr bytes.Buffer
+			if code := run(ctx, tt.args, &stderr, getenv); code != tt.wantCode {
+				t.Errorf("exit code %d, want %d", code, tt.wantCode)
+			}
+			if diff := cmp.Diff(tt.want, stderr.String()); diff != "" {
+				t.Errorf("stderr (-want +got):\n%s", diff)
+			}
+		})
 	}
 }
 
@@ -101,7 +255,7 @@ func TestShutdownOnSignalExitsZero(t *testing.T) {
 	done := make(chan int, 1)
 	var stderr bytes.Buffer
 	go func() {
-		done <- run(ctx, []string{"-listen", "127.0.0.1:0", "-upstream", "http://127.0.0.1:1"}, &stderr)
+		done <- run(ctx, []string{"-listen", "127.0.0.1:0", "-upstream", "http://127.0.0.1:1"}, &stderr, noEnv)
 	}()
 	cancel() // what SIGTERM does through signal.NotifyContext
 	if code := <-done; code != 0 {
