@@ -97,7 +97,7 @@ func (g *guard) RoundTrip(req *http.Request) (*http.Response, error) {
 // admit waits for a slot and a token, unless maxQueue requests already
 // wait, or the wait would outlast ctx.
 func (g *guard) admit(ctx context.Context) error {
-	if g.limiter == nil && g.slots == nil {
+	if (g.limiter == nil && g.slots == nil) || g.tryAdmit() {
 		return nil
 	}
 	if g.queued.Add(1) > g.maxQueue {
@@ -121,6 +121,22 @@ func (g *guard) admit(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// tryAdmit takes a slot and a token if both are there now.
+func (g *guard) tryAdmit() bool {
+	if g.slots != nil {
+		select {
+		case g.slots <- struct{}{}:
+		default:
+			return false
+		}
+	}
+	if g.limiter != nil && !g.limiter.Allow() {
+		g.release()
+		return false
+	}
+	return true
 }
 
 func (g *guard) release() {

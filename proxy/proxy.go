@@ -68,7 +68,8 @@ type Config struct {
 
 	// UpstreamMaxQueue bounds the upstream requests that wait for the
 	// caps above; past it, and while the origin's Retry-After runs,
-	// clients get a stale response or 503. Zero means 1000.
+	// clients get a stale response or 503. Zero means none wait: a
+	// request that finds a cap reached is turned away at once.
 	UpstreamMaxQueue int
 
 	// Transport makes upstream requests. Nil means a transport tuned for
@@ -88,6 +89,7 @@ type Proxy struct {
 	upstream       *url.URL
 	upstreamPath   string
 	store          Store
+	ownStore       *Memory // the store New made, which Shutdown stops
 	maxObject      int64
 	passTTL        time.Duration
 	policy         freshness.Policy
@@ -129,7 +131,8 @@ func New(cfg Config) (*Proxy, error) {
 	p.tombstones.keep = p.flights.Timeout
 	p.metrics = newMetrics(p)
 	if p.store == nil {
-		p.store = NewMemory(orDefault(cfg.CacheBytes, 256<<20))
+		p.ownStore = NewMemory(orDefault(cfg.CacheBytes, 256<<20))
+		p.store = p.ownStore
 	}
 	if p.transport == nil {
 		p.transport = newTransport(p.flights.Timeout)
@@ -137,7 +140,7 @@ func New(cfg Config) (*Proxy, error) {
 	if p.now == nil {
 		p.now = time.Now
 	}
-	p.guard = newGuard(p.transport, cfg.UpstreamMaxRPS, cfg.UpstreamMaxInflight, int(orDefault(int64(cfg.UpstreamMaxQueue), 1000)), p.now,
+	p.guard = newGuard(p.transport, cfg.UpstreamMaxRPS, cfg.UpstreamMaxInflight, cfg.UpstreamMaxQueue, p.now,
 		func(d time.Duration) { p.metrics.upstream.Observe(d.Seconds()) })
 	if p.log == nil {
 		p.log = slog.Default()
@@ -188,12 +191,15 @@ func (p *Proxy) Wait() { p.flights.Wait(context.Background()) } //nolint:errchec
 
 // Shutdown waits, until ctx ends, for the fetches under way to finish,
 // background refreshes and those whose clients left included, then closes
-// the idle upstream connections. Call it once the server in front has
+// the idle upstream connections and stops the store New made. Call it once the server in front has
 // stopped handing the proxy requests.
 func (p *Proxy) Shutdown(ctx context.Context) error {
 	err := p.flights.Wait(ctx)
 	if t, ok := p.transport.(interface{ CloseIdleConnections() }); ok {
 		t.CloseIdleConnections()
+	}
+	if p.ownStore != nil {
+		p.ownStore.Close()
 	}
 	if err != nil {
 		return fmt.Errorf("fetches still running at the deadline: %w", err)

@@ -131,5 +131,8 @@ func (m *Memory) Bytes() int64 { return int64(m.c.WeightedSize()) }
 // Evictions is how many entries the budget has pushed out so far.
 func (m *Memory) Evictions() int64 { return m.evictions.Load() }
 
+// Close stops the store's background cleanup; entries stay readable.
+func (m *Memory) Close() { m.c.StopAllGoroutines() }
+
 // Len is the number of entries the store holds now.
 func (m *Memory) Len() int { return m.c.EstimatedSize() }

@@ -1,0 +1,498 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// admin sends method path to a's handler with the given Authorization
+// header and returns the status and body.
+func admin(a http.Handler, method, path, auth string) (int, string) {
+	req := httptest.NewRequest(method, path, nil)
+	if auth != "" {
+		req.Header.Set("Authorization", auth)
+	}
+	rec := httptest.NewRecorder()
+	a.ServeHTTP(rec, req)
+	return rec.Code, rec.Body.String()
+}
+
+// scrape returns the corral_ samples of a's /metrics, keyed by name and
+// labels as the exposition format writes them.
+func scrape(t *testing.T, a http.Handler) map[string]float64 {
+	t.Helper()
+	code, body := admin(a, http.MethodGet, "/metrics", "")
+	if code != http.StatusOK {
+		t.Fatalf("/metrics answered %d: %s", code, body)
+	}
+	out := map[string]float64{}
+	sc := bufio.NewScanner(strings.NewReader(body))
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, "corral_") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			t.Fatalf("bad sample %q", line)
+		}
+		out[line[:i]] = v
+	}
+	return out
+}
+
+// pick returns the samples of m whose key starts with prefix.
+func pick(m map[string]float64, prefix string) map[string]float64 {
+	out := map[string]float64{}
+	for k, v := range m {
+		if strings.HasPrefix(k, prefix) {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+func TestMetricsCountKnownTraffic(t *testing.T) {
+	clk := newClock()
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/private":
+			w.Header().Set("Cache-Control", "private")
+		case "/down":
+			w.WriteHeader(http.StatusServiceUnavailable)
+		default:
+			w.Header().Set("Cache-Control", "max-age=60")
+		}
+		io.WriteString(w, "body")
+	})
+	p := newTestProxy(t, o, clk, Config{})
+	a := NewAdmin(p, "")
+
+	get(p, "/a")                                    // miss
+	get(p, "/a")                                    // hit
+	get(p, "/a")                                    // hit
+	do(p, http.MethodPost, "/a")                    // bypass; drops /a
+	get(p, "/a")                                    // miss
+	get(p, "/private")                              // miss, marks /private uncacheable
+	get(p, "/private")                              // bypass
+	get(p, "/down")                                 // miss: the shared 503
+	clk.Advance(2 * time.Minute)                    // /a is stale, without stale windows
+	get(p, "/a", "Cache-Control", "only-if-cached") // nothing usable: 504 by corral, not counted upstream
+
+	got := scrape(t, a)
+	want := map[string]float64{
+		`corral_requests_total{outcome="hit"}`:             2,
+		`corral_requests_total{outcome="miss"}`:            4,
+		`corral_requests_total{outcome="bypass"}`:          2,
+		`corral_requests_total{outcome="stale"}`:           0,
+		`corral_requests_total{outcome="revalidated"}`:     0,
+		`corral_requests_total{outcome="coalesced"}`:       0,
+		`corral_requests_total{outcome="stale_if_error"}`:  0,
+		`corral_requests_total{outcome="stale_busy"}`:      0,
+		`corral_requests_total{outcome="error"}`:           0,
+		`corral_requests_total{outcome="busy"}`:            0,
+		`corral_upstream_requests_total{result="2xx"}`:     5,
+		`corral_upstream_requests_total{result="3xx"}`:     0,
+		`corral_upstream_requests_total{result="4xx"}`:     0,
+		`corral_upstream_requests_total{result="5xx"}`:     1,
+		`corral_upstream_requests_total{result="timeout"}`: 0,
+		`corral_upstream_requests_total{result="error"}`:   0,
+		`corral_purged_entries_total`:                      1,
+		`corral_background_refreshes_total`:                0,
+		`corral_upstream_throttled_total`:                  0,
+	}
+	for _, prefix := range []string{"corral_requests_total", "corral_upstream_requests_total", "corral_purged", "corral_background", "corral_upstream_throttled"} {
+		for k, v := range pick(got, prefix) {
+			if _, ok := want[k]; !ok {
+				want[k] = v // a new label: shown in the diff below only if asserted
+			}
+		}
+	}
+	gotCounters := map[string]float64{}
+	for k := range want {
+		gotCounters[k] = got[k]
+	}
+	if diff := cmp.Diff(want, gotCounters); diff != "" {
+		t.Errorf("counters after known traffic (-want +got):\n%s", diff)
+	}
+	if n := got["corral_request_duration_seconds_count"]; n != 9 {
+		t.Errorf("client latency histogram counted %v requests, want 9", n)
+	}
+	if n := got["corral_upstream_duration_seconds_count"]; n != 6 {
+		t.Errorf("upstream latency histogram counted %v exchanges, want 6", n)
+	}
+	if o.count() != 6 {
+		t.Errorf("origin saw %d requests, want 6", o.count())
+	}
+}
+
+func TestPurgeDuringFetchLeavesNoWriteBack(t *testing.T) {
+	tests := []struct {
+		name  string
+		purge string
+	}{
+		{"one URL", "/purge?url=/a"},
+		{"absolute URL", "/purge?url=http://corral.example/a"},
+		{"prefix", "/purge?prefix=/"},
+		{"everything", "/purge?all=1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clk := newClock()
+			arrived, release := make(chan struct{}), make(chan struct{})
+			o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+				arrived <- struct{}{}
+				<-release
+				w.Header().Set("Cache-Control", "max-age=60")
+				io.WriteString(w, "old")
+			})
+			p := newTestProxy(t, o, clk, Config{})
+			a := NewAdmin(p, "")
+
+			first := make(chan response)
+			go func() { r, _ := get(p, "/a"); first <- r }()
+			wait(t, arrived, "the fetch to reach the origin")
+			if code, body := admin(a, http.MethodPost, tt.purge, ""); code != http.StatusOK {
+				t.Fatalf("purge answered %d: %s", code, body)
+			}
+			close(release)
+			if got := wait(t, first, "the first answer"); got.Body != "old" || strings.Contains(got.CacheStatus, "stored") {
+				t.Errorf("in-flight fetch answered %+v; want its body, not stored", got)
+			}
+
+			o.set(answer("max-age=60", "new"))
+			clk.Advance(time.Second) // a fetch that starts after the purge
+			got, _ := get(p, "/a")
+			want := response{Status: 200, Body: "new", CacheStatus: "corral; fwd=uri-miss; fwd-status=200; stored; ttl=60"}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("after the purge (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestPurgeEndpoint(t *testing.T) {
+	clk := newClock()
+	o := newOrigin(t, clk, answer("max-age=60", "x"))
+	p := newTestProxy(t, o, clk, Config{})
+	a := NewAdmin(p, "s3cret")
+	const auth = "Bearer s3cret"
+	for _, path := range []string{"/api/a", "/api/a?x=1", "/api/b", "/other"} {
+		get(p, path)
+	}
+
+	tests := []struct {
+		name     string
+		method   string
+		path     string
+		auth     string
+		wantCode int
+		wantBody string
+	}{
+		{"no token", http.MethodPost, "/purge?all=1", "", 401, "missing or wrong bearer token\n"},
+		{"wrong token", http.MethodPost, "/purge?all=1", "Bearer guess", 401, "missing or wrong bearer token\n"},
+		{"nothing named", http.MethodPost, "/purge", auth, 400, "give exactly one of url=, prefix= or all=1\n"},
+		{"two named", http.MethodPost, "/purge?url=/a&all=1", auth, 400, "give exactly one of url=, prefix= or all=1\n"},
+		{"not a path", http.MethodPost, "/purge?url=api/a", auth, 400, `"api/a" is not a URL path (such as /api/stats) or an absolute URL` + "\n"},
+		{"GET is not a purge", http.MethodGet, "/purge?all=1", auth, 405, "Method Not Allowed\n"},
+		{"one URL, query included", http.MethodPost, "/purge?url=" + "/api/a%3Fx%3D1", auth, 200, `{"purged":1}` + "\n"},
+		{"prefix", http.MethodPost, "/purge?prefix=/api/", auth, 200, `{"purged":2}` + "\n"},
+		{"gone already", http.MethodPost, "/purge?url=/api/b", auth, 200, `{"purged":0}` + "\n"},
+		{"everything", http.MethodPost, "/purge?all=1", auth, 200, `{"purged":1}` + "\n"},
+		{"health needs no token", http.MethodGet, "/healthz", "", 200, "ok\n"},
+		{"metrics need the token", http.MethodGet, "/metrics", "", 401, "missing or wrong bearer token\n"},
+	}
+	for _, tt := range tests {
+		code, body := admin(a, tt.method, tt.path, tt.auth)
+		if diff := cmp.Diff([]any{tt.wantCode, tt.wantBody}, []any{code, body}); diff != "" {
+			t.Errorf("%s: %s %s (-want +got):\n%s", tt.name, tt.method, tt.path, diff)
+		}
+	}
+	before := o.count()
+	get(p, "/other")
+	if o.count() != before+1 {
+		t.Errorf("/other was served from the cache after purging everything")
+	}
+}
+
+func TestReadiness(t *testing.T) {
+	clk := newClock()
+	o := newOrigin(t, clk, answer("max-age=60", "x"))
+	p := newTestProxy(t, o, clk, Config{})
+	a := NewAdmin(p, "")
+	if code, body := admin(a, http.MethodGet, "/readyz", ""); code != 200 {
+		t.Errorf("origin up: /readyz %d %q, want 200", code, body)
+	}
+	o.Close() // refuses connections from now on
+	if code, body := admin(a, http.MethodGet, "/readyz", ""); code != 503 || !strings.Contains(body, "upstream unreachable") {
+		t.Errorf("origin down, nothing cached: /readyz %d %q, want 503 saying why", code, body)
+	}
+
+	o2 := newOrigin(t, clk, answer("max-age=60", "x"))
+	p2 := newTestProxy(t, o2, clk, Config{})
+	a2 := NewAdmin(p2, "")
+	get(p2, "/x")
+	o2.Close()
+	clk.Advance(time.Minute) // the last answer is old news
+	if code, body := admin(a2, http.MethodGet, "/readyz", ""); code != 200 {
+		t.Errorf("origin down, a response cached: /readyz %d %q, want 200", code, body)
+	}
+	a2.Drain()
+	if code, body := admin(a2, http.MethodGet, "/readyz", ""); code != 503 || body != "not ready: shutting down\n" {
+		t.Errorf("draining: /readyz %d %q, want 503", code, body)
+	}
+	if code, _ := admin(a2, http.MethodGet, "/healthz", ""); code != 200 {
+		t.Errorf("draining: /healthz %d, want 200: the process is still up", code)
+	}
+}
+
+// TestUpstreamRateCapAcrossKeys sends 1,000 cold keys at once through a
+// proxy capped at 5 requests a second with room for 10 to wait: the origin
+// must never see more than 5 in a second, and every client turned away
+// must get a 503 with Retry-After, at once.
+func TestUpstreamRateCapAcrossKeys(t *testing.T) {
+	const (
+		rps   = 5
+		queue = 10
+		keys  = 1000
+	)
+	clk := newClock()
+	var (
+		mu       sync.Mutex
+		arrivals []time.Time
+	)
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		arrivals = append(arrivals, time.Now())
+		mu.Unlock()
+		w.Header().Set("Cache-Control", "max-age=60")
+		io.WriteString(w, r.URL.Path)
+	})
+	p := newTestProxy(t, o, clk, Config{UpstreamMaxRPS: rps, UpstreamMaxQueue: queue})
+
+	start := make(chan struct{})
+	type result struct {
+		status     int
+		retryAfter string
+	}
+	results := make([]result, keys)
+	var wg sync.WaitGroup
+	for i := range keys {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			r, h := get(p, "/k/"+strconv.Itoa(i))
+			results[i] = result{r.Status, h.Get("Retry-After")}
+		}()
+	}
+	close(start)
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	wait(t, done, "the 1,000 requests")
+
+	ok, busy := 0, 0
+	for _, r := range results {
+		switch {
+		case r.status == http.StatusOK:
+			ok++
+		case r.status == http.StatusServiceUnavailable && r.retryAfter != "" && r.retryAfter != "0":
+			busy++
+		default:
+			t.Errorf("client got %d with Retry-After %q; want 200, or 503 with Retry-After", r.status, r.retryAfter)
+		}
+	}
+	if ok != int(o.count()) || ok > 1+queue || ok+busy != keys {
+		t.Errorf("%d answered 200, %d turned away, origin saw %d; want at most %d through, the rest turned away", ok, busy, o.count(), 1+queue)
+	}
+	// Requests leave 1/rps apart; allow 100ms for the scheduler and
+	// loopback between leaving and arriving. A limiter that lets a burst
+	// through puts many within milliseconds.
+	slices.SortFunc(arrivals, func(a, b time.Time) int { return a.Compare(b) })
+	for i := 0; i+rps < len(arrivals); i++ {
+		if d := arrivals[i+rps].Sub(arrivals[i]); d < time.Second-100*time.Millisecond {
+			t.Errorf("origin saw %d requests within %s (arrivals %d to %d); the cap is %d a second", rps+1, d, i, i+rps, rps)
+		}
+	}
+}
+
+func TestInflightCapTurnsAwayAtOnce(t *testing.T) {
+	clk := newClock()
+	arrived, release := make(chan struct{}), make(chan struct{})
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			arrived <- struct{}{}
+			<-release
+		}
+		w.Header().Set("Cache-Control", "max-age=60")
+		io.WriteString(w, "x")
+	})
+	p := newTestProxy(t, o, clk, Config{UpstreamMaxInflight: 1})
+	slow := make(chan response)
+	go func() { r, _ := get(p, "/slow"); slow <- r }()
+	wait(t, arrived, "the slow fetch")
+
+	got, h := get(p, "/other")
+	want := response{Status: 503, Body: "Service Unavailable\n", CacheStatus: "corral; fwd=uri-miss; detail=upstream-busy"}
+	if diff := cmp.Diff(want, got); diff != "" || h.Get("Retry-After") != "1" {
+		t.Errorf("second request while the only slot is taken (-want +got):\n%s\nRetry-After %q", diff, h.Get("Retry-After"))
+	}
+	close(release)
+	if r := wait(t, slow, "the slow answer"); r.Status != 200 {
+		t.Errorf("slow request got %d", r.Status)
+	}
+	if got, _ := get(p, "/other"); got.Status != 200 {
+		t.Errorf("with the slot free again, got %d, want 200", got.Status)
+	}
+}
+
+func TestOriginRetryAfterHoldsEveryKey(t *testing.T) {
+	clk := newClock()
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/limited":
+			w.Header().Set("Retry-After", "30")
+			w.WriteHeader(http.StatusTooManyRequests)
+			return
+		case "/strict":
+			w.Header().Set("Cache-Control", "max-age=1, must-revalidate")
+		default:
+			w.Header().Set("Cache-Control", "max-age=1")
+		}
+		io.WriteString(w, "stored "+r.URL.Path)
+	})
+	p := newTestProxy(t, o, clk, Config{})
+	get(p, "/stale")
+	get(p, "/strict")
+	get(p, "/limited") // the origin asks for 30 s of quiet
+	clk.Advance(5 * time.Second)
+	before := o.count()
+
+	tests := []struct {
+		name       string
+		path       string
+		want       response
+		retryAfter string
+	}{
+		{"RFC 9111 4.2.4: stale served while held back", "/stale",
+			response{Status: 200, Body: "stored /stale", Age: "5", CacheStatus: "corral; hit; ttl=-4; detail=upstream-busy"}, ""},
+		{"RFC 9111 5.2.2.2: must-revalidate is not served stale", "/strict",
+			response{Status: 503, Body: "Service Unavailable\n", CacheStatus: "corral; fwd=stale; detail=upstream-busy"}, "25"},
+		{"a miss is turned away for what is left of the pause", "/cold",
+			response{Status: 503, Body: "Service Unavailable\n", CacheStatus: "corral; fwd=uri-miss; detail=upstream-busy"}, "25"},
+	}
+	for _, tt := range tests {
+		got, h := get(p, tt.path)
+		if diff := cmp.Diff(tt.want, got); diff != "" || h.Get("Retry-After") != tt.retryAfter {
+			t.Errorf("%s (-want +got):\n%s\nRetry-After %q, want %q", tt.name, diff, h.Get("Retry-After"), tt.retryAfter)
+		}
+	}
+	if got, h := do(p, http.MethodPost, "/form"); got.Status != 503 || h.Get("Retry-After") != "25" {
+		t.Errorf("POST during the pause: %d, Retry-After %q; want 503 and 25", got.Status, h.Get("Retry-After"))
+	}
+	if o.count() != before {
+		t.Errorf("origin saw %d requests during its pause, want none", o.count()-before)
+	}
+	clk.Advance(30 * time.Second)
+	if got, _ := get(p, "/cold"); got.Status != 200 || o.count() != before+1 {
+		t.Errorf("after the pause: %d, origin saw %d; want 200 and one request", got.Status, o.count()-before)
+	}
+}
+
+func TestRequestLogAtDebug(t *testing.T) {
+	clk := newClock()
+	o := newOrigin(t, clk, answer("max-age=60", "hello"))
+	var buf bytes.Buffer
+	var mu sync.Mutex
+	log := slog.New(slog.NewJSONHandler(lockedWriter{&mu, &buf}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	p := newTestProxy(t, o, clk, Config{Logger: log})
+	get(p, "/a?b=1")
+	get(p, "/a?b=1")
+
+	mu.Lock()
+	defer mu.Unlock()
+	type line struct {
+		Msg, Method, URI, CacheStatus string `json:",omitempty"`
+		Status, Bytes                 int
+	}
+	var got []line
+	dec := json.NewDecoder(&buf)
+	for dec.More() {
+		var m map[string]any
+		if err := dec.Decode(&m); err != nil {
+			t.Fatal(err)
+		}
+		if m["msg"] != "request" {
+			continue
+		}
+		got = append(got, line{Msg: "request", Method: m["method"].(string), URI: m["uri"].(string),
+			CacheStatus: m["cache_status"].(string), Status: int(m["status"].(float64)), Bytes: int(m["bytes"].(float64))})
+	}
+	want := []line{
+		{"request", "GET", "/a?b=1", "corral; fwd=uri-miss; fwd-status=200; stored; ttl=60", 200, 5},
+		{"request", "GET", "/a?b=1", "corral; hit; ttl=60", 200, 5},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("request log lines (-want +got):\n%s", diff)
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(b)
+}
+
+func TestShutdownWaitsForAbandonedFetch(t *testing.T) {
+	clk := newClock()
+	arrived, release := make(chan struct{}), make(chan struct{})
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		arrived <- struct{}{}
+		<-release
+		w.Header().Set("Cache-Control", "max-age=60")
+		io.WriteString(w, "late")
+	})
+	p := newTestProxy(t, o, clk, Config{})
+	ctx, cancel := context.WithCancel(context.Background())
+	left := make(chan struct{})
+	go func() {
+		p.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, "/a", nil).WithContext(ctx))
+		close(left)
+	}()
+	wait(t, arrived, "the fetch")
+	cancel()
+	wait(t, left, "the client to leave")
+
+	short, cancelShort := context.WithTimeout(context.Background(), 10*time.Millisecond)
+	defer cancelShort()
+	if err := p.Shutdown(short); err == nil {
+		t.Errorf("Shutdown returned nil while a fetch still ran")
+	}
+	close(release)
+	if err := p.Shutdown(context.Background()); err != nil {
+		t.Errorf("Shutdown after the fetch ended: %v", err)
+	}
+	if got, _ := get(p, "/a"); got.Body != "late" || got.CacheStatus != "corral; hit; ttl=60" {
+		t.Errorf("the abandoned fetch's answer was not stored: %+v", got)
+	}
+}
