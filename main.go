@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -32,12 +33,160 @@ func main() {
 // variable in getenv, serves until ctx ends or SIGINT/SIGTERM arrives, and
 // returns the exit code: 0 after a clean shutdown, 2 for bad flags.
 func run(ctx context.Context, args []string, stderr io.Writer, getenv func(string) (string, bool)) int {
+	c, code := parseFlags(args, stderr, getenv)
+	if c == nil {
+		return code
+	}
+	log := slog.New(c.logHandler(stderr))
+	c.proxy.Logger = log
+
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	if c.demo {
+		// The demo's own origin is noisy by design; keep its warnings out.
+		c.proxy.Logger = slog.New(slog.DiscardHandler)
+		if err := bench.Demo(ctx, os.Stdout, c.demoClients, c.demoDuration, c.proxy); err != nil {
+			fmt.Fprintln(stderr, "corral: demo:", err)
+			return 1
+		}
+		return 0
+	}
+
+	p, err := proxy.New(c.proxy)
+	if err != nil {
+		fmt.Fprintln(stderr, "corral:", err)
+		return 2
+	}
+	servers := []*server{{name: "listen", addr: c.listen, handler: p}}
+	var admin *proxy.Admin
+	if c.adminListen != "" {
+		admin = proxy.NewAdmin(p, c.adminToken)
+		servers = append(servers, &server{name: "admin-listen", addr: c.adminListen, handler: admin})
+	}
+	// Bind every listener before serving on any: a port in use fails the
+	// start, and once /readyz answers, the public port accepts.
+	for _, s := range servers {
+		if err := s.listen(); err != nil {
+			fmt.Fprintf(stderr, "corral: -%s: %v\n", s.name, err)
+			closeAll(servers)
+			return 1
+		}
+	}
+	errc := make(chan error, len(servers))
+	for _, s := range servers {
+		go func() { errc <- s.serve() }()
+		log.Info("serving", "flag", s.name, "addr", s.ln.Addr().String())
+	}
+	log.Info("corral started", "upstream", c.proxy.Upstream.String())
+
+	select {
+	case err := <-errc:
+		fmt.Fprintln(stderr, "corral:", err)
+		closeAll(servers)
+		return 1
+	case <-ctx.Done():
+	}
+
+	// Shut down in order, all within one deadline: fail readiness, stop
+	// accepting and finish the requests under way, let the fetches and
+	// background refreshes finish, then close the admin listener.
+	log.Info("shutting down", "timeout", c.shutdownTimeout)
+	sctx, cancel := context.WithTimeout(context.Background(), c.shutdownTimeout)
+	defer cancel()
+	if admin != nil {
+		admin.Drain()
+	}
+	code = 0
+	fail := func(what string, err error) {
+		fmt.Fprintf(stderr, "corral: shutdown: %s: %v\n", what, err)
+		code = 1
+	}
+	if err := servers[0].srv.Shutdown(sctx); err != nil {
+		fail("requests still running", err)
+	}
+	if err := p.Shutdown(sctx); err != nil {
+		fail("upstream", err)
+	}
+	for _, s := range servers[1:] {
+		if err := s.srv.Shutdown(sctx); err != nil {
+			fail(s.name, err)
+		}
+	}
+	closeAll(servers)
+	return code
+}
+
+// server is one listener and the HTTP server on it.
+type server struct {
+	name    string // its flag
+	addr    string
+	handler http.Handler
+	ln      net.Listener
+	srv     *http.Server
+}
+
+func (s *server) listen() (err error) {
+	s.ln, err = net.Listen("tcp", s.addr)
+	s.srv = &http.Server{
+		Handler:           s.handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       120 * time.Second,
+	}
+	return err
+}
+
+func (s *server) serve() error {
+	if err := s.srv.Serve(s.ln); !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("-%s: %w", s.name, err)
+	}
+	return nil
+}
+
+// closeAll ends what shutdown left open: a server still running after the
+// deadline, or listeners bound before a failed start.
+func closeAll(servers []*server) {
+	for _, s := range servers {
+		if s.srv != nil {
+			s.srv.Close() //nolint:errcheck // nothing more to do
+		}
+		if s.ln != nil {
+			s.ln.Close() //nolint:errcheck // closed already after Serve
+		}
+	}
+}
+
+// config is what the flags say.
+type config struct {
+	proxy           proxy.Config
+	listen          string
+	adminListen     string
+	adminToken      string
+	logLevel        slog.Level
+	logJSON         bool
+	shutdownTimeout time.Duration
+	demo            bool
+	demoClients     int
+	demoDuration    time.Duration
+}
+
+func (c *config) logHandler(w io.Writer) slog.Handler {
+	opts := &slog.HandlerOptions{Level: c.logLevel}
+	if c.logJSON {
+		return slog.NewJSONHandler(w, opts)
+	}
+	return slog.NewTextHandler(w, opts)
+}
+
+// parseFlags reads args and the environment into a config. On -h or an
+// error it prints to stderr and returns nil with the exit code.
+func parseFlags(args []string, stderr io.Writer, getenv func(string) (string, bool)) (*config, int) {
 	fs := flag.NewFlagSet("corral", flag.ContinueOnError)
-	// A bad value gets one line from run below, not the flag package's
-	// line followed by the whole usage.
+	// A bad value gets one line from below, not the flag package's line
+	// followed by the whole usage.
 	fs.SetOutput(io.Discard)
 	var (
-		listen          = fs.String("listen", ":8080", "address to serve clients on")
+		c               config
 		upstream        = fs.String("upstream", "", "origin URL every request goes to, e.g. http://stats.internal:9000 (required)")
 		cacheBytes      = byteSize(256 << 20)
 		maxObjectBytes  = byteSize(8 << 20)
@@ -47,130 +196,121 @@ func run(ctx context.Context, args []string, stderr io.Writer, getenv func(strin
 		defaultSWR      = fs.Duration("default-stale-while-revalidate", 0, "stale-while-revalidate window for responses that carry none (0: off)")
 		defaultSIE      = fs.Duration("default-stale-if-error", 0, "stale-if-error window for responses that carry none (0: off)")
 		requestNoCache  = fs.String("request-no-cache", "revalidate", "what a client's Cache-Control: no-cache, max-age=0 or Pragma: no-cache does: revalidate (one coalesced upstream request, not one per client) or ignore (answer from the cache)")
-		shutdownTimeout = fs.Duration("shutdown-timeout", 10*time.Second, "how long to let in-flight requests finish after SIGINT or SIGTERM")
-		demo            = fs.Bool("demo", false, "run the demo: a rate-limited origin, a herd of pollers, with and without corral")
-		demoClients     = fs.Int("demo-clients", 200, "number of polling clients in the demo")
-		demoDuration    = fs.Duration("demo-duration", 10*time.Second, "how long each half of the demo polls")
+		maxRPS          = fs.Float64("upstream-max-rps", 0, "most requests a second sent upstream, across all URLs (0: no cap)")
+		maxInflight     = fs.Int("upstream-max-inflight", 0, "most upstream requests in flight at once (0: no cap)")
+		maxQueue        = fs.Int("upstream-max-queue", 1000, "most upstream requests waiting for the caps above; past it clients get stale or 503 with Retry-After")
+		logLevel        = fs.String("log-level", "info", "debug (a line per request), info, warn or error")
+		logFormat       = fs.String("log-format", "text", "text or json")
 	)
-	fs.Var(&cacheBytes, "cache-bytes", "memory budget of the cache: bodies, headers and keys (e.g. 256MiB)")
-	fs.Var(&maxObjectBytes, "max-object-bytes", "largest response body that is cached (e.g. 8MiB)")
+	fs.StringVar(&c.listen, "listen", ":8080", "address to serve clients on")
+	fs.StringVar(&c.adminListen, "admin-listen", "127.0.0.1:9091", "address of the admin listener: /metrics, /healthz, /readyz, /purge (empty: none); a non-loopback address needs -admin-token")
+	fs.StringVar(&c.adminToken, "admin-token", "", "bearer token that /metrics and /purge on the admin listener require")
+	fs.Var(&cacheBytes, "cache-bytes", "memory budget of the cache, a `size` such as 256MiB or 1GiB: bodies, headers and keys count")
+	fs.Var(&maxObjectBytes, "max-object-bytes", "largest response body that is cached, a `size` such as 8MiB; larger ones stream through")
+	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long to let in-flight requests and upstream fetches finish after SIGINT or SIGTERM")
+	fs.BoolVar(&c.demo, "demo", false, "run the demo: a rate-limited origin, a herd of pollers, with and without corral")
+	fs.IntVar(&c.demoClients, "demo-clients", 200, "number of polling clients in the demo")
+	fs.DurationVar(&c.demoDuration, "demo-duration", 10*time.Second, "how long each half of the demo polls")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintln(stderr, "usage: corral -upstream URL [flags]\n\nA caching reverse proxy that shields one HTTP origin from herds of pollers.\nEvery flag can also be set by the environment variable named after it; a flag beats the variable.\n\nFlags:")
 			printFlags(stderr, fs)
-			return 0
+			return nil, 0
 		}
 		fmt.Fprintln(stderr, "corral:", err)
-		return 2
+		return nil, 2
 	}
 	fromEnv, err := setFromEnv(fs, getenv)
 	if err != nil {
 		fmt.Fprintln(stderr, "corral:", err)
-		return 2
+		return nil, 2
 	}
-	// named is how errors name a flag: with its variable if that set it.
-	named := func(name string) string {
+	// bad prints one line naming the flag, with its variable if that set it.
+	bad := func(name, format string, a ...any) (*config, int) {
 		if fromEnv[name] {
-			return envName(name) + " (-" + name + ")"
+			name = envName(name) + " (-" + name + ")"
+		} else {
+			name = "-" + name
 		}
-		return "-" + name
+		fmt.Fprintf(stderr, "corral: %s: %s\n", name, fmt.Sprintf(format, a...))
+		return nil, 2
 	}
 
 	// Ranges the flag types cannot express.
-	for _, c := range []struct {
+	for _, r := range []struct {
 		name string
 		ok   bool
 		want string
 	}{
 		{"upstream-timeout", *upstreamTimeout > 0, "positive"},
-		{"shutdown-timeout", *shutdownTimeout > 0, "positive"},
+		{"shutdown-timeout", c.shutdownTimeout > 0, "positive"},
 		{"pass-ttl", *passTTL >= 0, "zero or more"},
 		{"default-ttl", *defaultTTL >= 0, "zero or more"},
 		{"default-stale-while-revalidate", *defaultSWR >= 0, "zero or more"},
 		{"default-stale-if-error", *defaultSIE >= 0, "zero or more"},
-		{"demo-clients", *demoClients > 0, "positive"},
-		{"demo-duration", *demoDuration > 0, "positive"},
+		{"upstream-max-rps", *maxRPS >= 0, "zero or more"},
+		{"upstream-max-inflight", *maxInflight >= 0, "zero or more"},
+		{"upstream-max-queue", *maxQueue >= 0, "zero or more"},
+		{"demo-clients", c.demoClients > 0, "positive"},
+		{"demo-duration", c.demoDuration > 0, "positive"},
 	} {
-		if !c.ok {
-			fmt.Fprintf(stderr, "corral: %s: must be %s, got %s\n", named(c.name), c.want, fs.Lookup(c.name).Value)
-			return 2
+		if !r.ok {
+			return bad(r.name, "must be %s, got %s", r.want, fs.Lookup(r.name).Value)
 		}
 	}
 
 	noCache, ok := map[string]proxy.RequestNoCache{"revalidate": proxy.RequestNoCacheRevalidate, "ignore": proxy.RequestNoCacheIgnore}[*requestNoCache]
 	if !ok {
-		fmt.Fprintf(stderr, "corral: %s: want revalidate or ignore, got %q\n", named("request-no-cache"), *requestNoCache)
-		return 2
+		return bad("request-no-cache", "want revalidate or ignore, got %q", *requestNoCache)
 	}
-	cfg := proxy.Config{
-		RequestNoCache:  noCache,
-		CacheBytes:      int64(cacheBytes),
-		MaxObjectBytes:  int64(maxObjectBytes),
-		UpstreamTimeout: *upstreamTimeout,
-		PassTTL:         *passTTL,
+	if err := c.logLevel.UnmarshalText([]byte(*logLevel)); err != nil {
+		return bad("log-level", "want debug, info, warn or error, got %q", *logLevel)
 	}
-	cfg.Policy.DefaultTTL = *defaultTTL
-	cfg.Policy.DefaultSWR = *defaultSWR
-	cfg.Policy.DefaultSIE = *defaultSIE
-
-	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-
-	if *demo {
-		// The demo's own origin is noisy by design; keep its warnings out.
-		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-		if err := bench.Demo(ctx, os.Stdout, *demoClients, *demoDuration, cfg); err != nil {
-			fmt.Fprintln(stderr, "corral: demo:", err)
-			return 1
-		}
-		return 0
+	switch *logFormat {
+	case "text":
+	case "json":
+		c.logJSON = true
+	default:
+		return bad("log-format", "want text or json, got %q", *logFormat)
 	}
-
+	if c.adminListen != "" && c.adminToken == "" && !loopback(c.adminListen) {
+		return bad("admin-listen", "%q is reachable from other hosts; set -admin-token, or listen on a loopback address such as 127.0.0.1:9091", c.adminListen)
+	}
+	c.proxy = proxy.Config{
+		RequestNoCache:      noCache,
+		CacheBytes:          int64(cacheBytes),
+		MaxObjectBytes:      int64(maxObjectBytes),
+		UpstreamTimeout:     *upstreamTimeout,
+		PassTTL:             *passTTL,
+		UpstreamMaxRPS:      *maxRPS,
+		UpstreamMaxInflight: *maxInflight,
+		UpstreamMaxQueue:    *maxQueue,
+	}
+	c.proxy.Policy.DefaultTTL = *defaultTTL
+	c.proxy.Policy.DefaultSWR = *defaultSWR
+	c.proxy.Policy.DefaultSIE = *defaultSIE
+	if c.demo {
+		return &c, 0
+	}
 	u, err := parseUpstream(*upstream)
 	if err != nil {
-		fmt.Fprintf(stderr, "corral: %s: %v\n", named("upstream"), err)
-		return 2
+		return bad("upstream", "%v", err)
 	}
-	cfg.Upstream = u
-	p, err := proxy.New(cfg)
+	c.proxy.Upstream = u
+	return &c, 0
+}
+
+// loopback reports whether addr (host:port) listens on loopback only.
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
-		fmt.Fprintln(stderr, "corral:", err)
-		return 2
+		return false
 	}
-
-	srv := &http.Server{
-		Addr:              *listen,
-		Handler:           p,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       120 * time.Second,
+	if host == "localhost" {
+		return true
 	}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.ListenAndServe() }()
-	slog.Info("corral listening", "listen", *listen, "upstream", u.String())
-
-	select {
-	case err := <-errc:
-		fmt.Fprintln(stderr, "corral:", err)
-		return 1
-	case <-ctx.Done():
-	}
-	slog.Info("shutting down", "timeout", *shutdownTimeout)
-	sctx, cancel := context.WithTimeout(context.Background(), *shutdownTimeout)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		fmt.Fprintln(stderr, "corral: shutdown:", err)
-		return 1
-	}
-	// Let background refreshes finish too, within the same deadline.
-	refreshed := make(chan struct{})
-	go func() { p.Wait(); close(refreshed) }()
-	select {
-	case <-refreshed:
-	case <-sctx.Done():
-		fmt.Fprintln(stderr, "corral: shutdown: background refreshes still running at the deadline")
-		return 1
-	}
-	return 0
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // parseUpstream accepts an absolute http or https URL with a host.

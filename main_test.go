@@ -47,6 +47,8 @@ func TestHelpExplainsEveryFlag(t *testing.T) {
 		"-listen", "-upstream", "-cache-bytes", "-max-object-bytes", "-upstream-timeout",
 		"-default-ttl", "-default-stale-while-revalidate", "-default-stale-if-error",
 		"-pass-ttl", "-request-no-cache", "-shutdown-timeout", "-demo",
+		"-admin-listen", "-admin-token", "-log-level", "-log-format",
+		"-upstream-max-rps", "-upstream-max-inflight", "-upstream-max-queue",
 	} {
 		if !strings.Contains(stderr.String(), "  "+flag+" ") && !strings.Contains(stderr.String(), "  "+flag+"\n") {
 			t.Errorf("-h does not explain %s:\n%s", flag, stderr.String())
@@ -116,6 +118,12 @@ func TestBadFlagValueExitsTwoWithOneLine(t *testing.T) {
 		{"no demo clients", []string{"-demo", "-demo-clients", "0"}, "corral: -demo-clients: must be positive, got 0\n"},
 		{"no demo duration", []string{"-demo", "-demo-duration", "0s"}, "corral: -demo-duration: must be positive, got 0s\n"},
 		{"request-no-cache", []string{"-request-no-cache", "sometimes"}, `corral: -request-no-cache: want revalidate or ignore, got "sometimes"` + "\n"},
+		{"negative rps", []string{"-upstream-max-rps", "-5"}, "corral: -upstream-max-rps: must be zero or more, got -5\n"},
+		{"negative inflight", []string{"-upstream-max-inflight", "-1"}, "corral: -upstream-max-inflight: must be zero or more, got -1\n"},
+		{"log level", []string{"-log-level", "loud"}, `corral: -log-level: want debug, info, warn or error, got "loud"` + "\n"},
+		{"log format", []string{"-log-format", "xml"}, `corral: -log-format: want text or json, got "xml"` + "\n"},
+		{"open admin without token", []string{"-admin-listen", ":9091"}, `corral: -admin-listen: ":9091" is reachable from other hosts; set -admin-token, or listen on a loopback address such as 127.0.0.1:9091` + "\n"},
+		{"admin on all addresses without token", []string{"-admin-listen", "0.0.0.0:9091"}, `corral: -admin-listen: "0.0.0.0:9091" is reachable from other hosts; set -admin-token, or listen on a loopback address such as 127.0.0.1:9091` + "\n"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -143,7 +151,7 @@ func TestEnvironment(t *testing.T) {
 			name:     "sets a flag",
 			env:      map[string]string{"CORRAL_UPSTREAM": "http://127.0.0.1:1", "CORRAL_LISTEN": "127.0.0.1:99999"},
 			wantCode: 1,
-			want:     "corral: listen tcp: address 99999: invalid port\n",
+			want:     "corral: -listen: listen tcp: address 99999: invalid port\n",
 		},
 		{
 			name:     "flag beats variable",
@@ -255,7 +263,7 @@ func TestShutdownOnSignalExitsZero(t *testing.T) {
 	done := make(chan int, 1)
 	var stderr bytes.Buffer
 	go func() {
-		done <- run(ctx, []string{"-listen", "127.0.0.1:0", "-upstream", "http://127.0.0.1:1"}, &stderr, noEnv)
+		done <- run(ctx, []string{"-listen", "127.0.0.1:0", "-admin-listen", "127.0.0.1:0", "-upstream", "http://127.0.0.1:1"}, &stderr, noEnv)
 	}()
 	cancel() // what SIGTERM does through signal.NotifyContext
 	if code := <-done; code != 0 {
