@@ -155,12 +155,7 @@ func TestPurgeDuringFetchLeavesNoWriteBack(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			clk := newClock()
 			arrived, release := make(chan struct{}), make(chan struct{})
-			o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
-				arrived <- struct{}{}
-				<-release
-				w.Header().Set("Cache-Control", "max-age=60")
-				io.WriteString(w, "old")
-			})
+			o := newOrigin(t, clk, holding(arrived, release, answer("max-age=60", "old")))
 			p := newTestProxy(t, o, clk, Config{})
 			a := NewAdmin(p, "")
 
@@ -334,13 +329,13 @@ func TestUpstreamRateCapAcrossKeys(t *testing.T) {
 func TestInflightCapTurnsAwayAtOnce(t *testing.T) {
 	clk := newClock()
 	arrived, release := make(chan struct{}), make(chan struct{})
+	hold := holding(arrived, release, answer("max-age=60", "x"))
 	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/slow" {
-			arrived <- struct{}{}
-			<-release
+			hold(w, r)
+			return
 		}
-		w.Header().Set("Cache-Control", "max-age=60")
-		io.WriteString(w, "x")
+		answer("max-age=60", "x")(w, r)
 	})
 	p := newTestProxy(t, o, clk, Config{UpstreamMaxInflight: 1})
 	slow := make(chan response)
@@ -466,12 +461,7 @@ func (l lockedWriter) Write(b []byte) (int, error) {
 func TestShutdownWaitsForAbandonedFetch(t *testing.T) {
 	clk := newClock()
 	arrived, release := make(chan struct{}), make(chan struct{})
-	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
-		arrived <- struct{}{}
-		<-release
-		w.Header().Set("Cache-Control", "max-age=60")
-		io.WriteString(w, "late")
-	})
+	o := newOrigin(t, clk, holding(arrived, release, answer("max-age=60", "late")))
 	p := newTestProxy(t, o, clk, Config{})
 	ctx, cancel := context.WithCancel(context.Background())
 	left := make(chan struct{})
@@ -494,5 +484,15 @@ func TestShutdownWaitsForAbandonedFetch(t *testing.T) {
 	}
 	if got, _ := get(p, "/a"); got.Body != "late" || got.CacheStatus != "corral; hit; ttl=60" {
 		t.Errorf("the abandoned fetch's answer was not stored: %+v", got)
+	}
+}
+
+// holding is an origin handler that signals arrived, waits for release to
+// close, then answers with h: a fetch the test can catch in flight.
+func holding(arrived chan<- struct{}, release <-chan struct{}, h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		arrived <- struct{}{}
+		<-release
+		h(w, r)
 	}
 }
