@@ -104,8 +104,9 @@ func TestMetricsCountKnownTraffic(t *testing.T) {
 		`corral_requests_total{outcome="coalesced"}`:       0,
 		`corral_requests_total{outcome="stale_if_error"}`:  0,
 		`corral_requests_total{outcome="stale_busy"}`:      0,
-		`corral_requests_total{outcome="error"}`:           0,
+		`corral_requests_total{outcome="error"}`:           1,
 		`corral_requests_total{outcome="busy"}`:            0,
+		`corral_requests_total{outcome="abandoned"}`:       0,
 		`corral_upstream_requests_total{result="2xx"}`:     5,
 		`corral_upstream_requests_total{result="3xx"}`:     0,
 		`corral_upstream_requests_total{result="4xx"}`:     0,
@@ -129,6 +130,13 @@ func TestMetricsCountKnownTraffic(t *testing.T) {
 	}
 	if diff := cmp.Diff(want, gotCounters); diff != "" {
 		t.Errorf("counters after known traffic (-want +got):\n%s", diff)
+	}
+	outcomes := 0.0
+	for _, v := range pick(got, "corral_requests_total") {
+		outcomes += v
+	}
+	if outcomes != 9 {
+		t.Errorf("outcomes add up to %v, want 9: each request counted once", outcomes)
 	}
 	if n := got["corral_request_duration_seconds_count"]; n != 9 {
 		t.Errorf("client latency histogram counted %v requests, want 9", n)

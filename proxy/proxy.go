@@ -257,6 +257,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case req.OnlyIfCached:
 			// RFC 9111 section 5.2.1.7: nothing usable is stored.
+			p.stats.Errors.Add(1)
 			p.serveStatus(w, http.StatusGatewayTimeout, cacheStatus{detail: "only-if-cached"})
 			return
 		case r.Header.Get("Range") != "":
@@ -322,6 +323,7 @@ func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshn
 	now := p.now()
 	if err != nil {
 		if r.Context().Err() != nil {
+			p.stats.Abandoned.Add(1)
 			return false // the client left; the flight goes on without it
 		}
 		p.serveError(w, r, req, stale, err, fwd, now)

@@ -19,7 +19,8 @@ type Stats struct {
 	Coalesced    atomic.Int64 // answered by a flight another request started
 	StaleOnError atomic.Int64 // served stale in place of an origin failure
 	Passed       atomic.Int64 // sent upstream on their own (bypass, uncacheable)
-	Errors       atomic.Int64 // answered 502 or 504 by corral
+	Errors       atomic.Int64 // answered 502 or 504 by corral (504 also for only-if-cached)
+	Abandoned    atomic.Int64 // the client left before its fetch ended
 	StaleOnBusy  atomic.Int64 // served stale while the upstream guard held requests back
 	Busy         atomic.Int64 // answered 503 by corral: the upstream guard held the request back
 
