@@ -130,6 +130,42 @@ func TestEvaluate(t *testing.T) {
 	}
 }
 
+// TestExpiresParsing mirrors cache-tests' expires-parse group: what an
+// Expires must look like to give a lifetime. An invalid one means already
+// expired (RFC 9111 section 5.3).
+func TestExpiresParsing(t *testing.T) {
+	tests := []struct {
+		id, expires string
+		want        time.Duration
+	}{
+		{"freshness-expires-future", "Wed, 25 Nov 2026 13:00:00 GMT", time.Hour},
+		{"freshness-expires-rfc850", "Wednesday, 25-Nov-26 13:00:00 GMT", time.Hour},
+		{"freshness-expires-ansi-c", "Wed Nov 25 13:00:00 2026", time.Hour},
+		{"freshness-expires-ansi-c, one-digit day", "Sun Dec  6 12:00:00 2026", 11 * 24 * time.Hour},
+		{"freshness-expires-wrong-case-weekday", "WED, 25 Nov 2026 13:00:00 GMT", time.Hour},
+		{"freshness-expires-wrong-case-month", "Wed, 25 NOV 2026 13:00:00 GMT", time.Hour},
+		{"freshness-expires-wrong-case-tz", "Wed, 25 Nov 2026 13:00:00 gMT", time.Hour},
+		{"freshness-expires-invalid-multiple-spaces", "Wed, 25  Nov  2026 13:00:00 GMT", 0},
+		{"freshness-expires-invalid-1-digit-hour", "Thu, 26 Nov 2026 3:00:00 GMT", 0},
+		{"freshness-expires-invalid-utc", "Wed, 25 Nov 2026 13:00:00 UTC", 0},
+		{"freshness-expires-invalid-aest", "Wed, 25 Nov 2026 13:00:00 AEST", 0},
+		{"RFC 850 date in another zone", "Wednesday, 25-Nov-26 13:00:00 PST", 0},
+		{"freshness-expires-invalid-2-digit-year", "Wed, 25 Nov 26 13:00:00 GMT", 0},
+		{"freshness-expires-invalid-no-comma", "Wed 25 Nov 2026 13:00:00 GMT", 0},
+		{"freshness-expires-invalid-date-dashes", "Wed, 25-Nov-2026 13:00:00 GMT", 0},
+		{"freshness-expires-invalid-time-periods", "Wed, 25 Nov 2026 13.00.00 GMT", 0},
+		{"freshness-expires-invalid", "0", 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.id, func(t *testing.T) {
+			d := Policy{}.Evaluate(exchange(200, "Expires", tt.expires))
+			if !d.Storable || d.Lifetime != tt.want {
+				t.Errorf("Expires %q: storable %v, lifetime %s; want storable, lifetime %s", tt.expires, d.Storable, d.Lifetime, tt.want)
+			}
+		})
+	}
+}
+
 func TestState(t *testing.T) {
 	d := Policy{}.Evaluate(exchange(200, "Cache-Control", "max-age=10, stale-while-revalidate=5, stale-if-error=20"))
 	tests := []struct {

@@ -199,8 +199,8 @@ func explicitLifetime(x Exchange, cc Directives) (time.Duration, bool) {
 	if len(exp) == 0 {
 		return 0, false
 	}
-	expires, err := http.ParseTime(exp[0])
-	if err != nil || len(exp) > 1 {
+	expires, ok := httpDate(exp[0])
+	if !ok || len(exp) > 1 {
 		return 0, true
 	}
 	return max(expires.Sub(date(x)), 0), true
@@ -213,8 +213,8 @@ func (p Policy) heuristic(x Exchange) time.Duration {
 	if p.DefaultTTL > 0 {
 		return p.DefaultTTL
 	}
-	lm, err := http.ParseTime(x.Header.Get("Last-Modified"))
-	if err != nil {
+	lm, ok := httpDate(x.Header.Get("Last-Modified"))
+	if !ok {
 		return 0
 	}
 	limit := p.HeuristicMax
@@ -239,10 +239,35 @@ func initialAge(x Exchange) time.Duration {
 // date is the response's Date, or the time it arrived when Date is missing
 // or invalid (RFC 9110 section 6.6.1).
 func date(x Exchange) time.Time {
-	if t, err := http.ParseTime(x.Header.Get("Date")); err == nil {
+	if t, ok := httpDate(x.Header.Get("Date")); ok {
 		return t
 	}
 	return x.ResponseTime
+}
+
+// httpDateLayouts are the three forms of HTTP-date a recipient must accept
+// (RFC 9110 section 5.6.7): IMF-fixdate, and the obsolete RFC 850 and
+// asctime forms.
+var httpDateLayouts = [...]string{http.TimeFormat, time.RFC850, time.ANSIC}
+
+// httpDate parses an HTTP-date. Unlike http.ParseTime it accepts only
+// what is one: time.Parse lets a run of spaces stand for one and a
+// one-digit hour for two, and an Expires like that is invalid, so already
+// expired (RFC 9111 section 5.3), not fresh for years. Letter case is
+// ignored: the moment "THU, 18 AUG 2050" names is not in doubt.
+func httpDate(v string) (time.Time, bool) {
+	upper := strings.ToUpper(v)
+	for _, layout := range httpDateLayouts {
+		t, err := time.Parse(layout, upper)
+		if err != nil || !strings.EqualFold(t.Format(layout), v) {
+			continue
+		}
+		if zone, _ := t.Zone(); layout == time.RFC850 && zone != "GMT" {
+			continue // time.Parse takes any zone abbreviation as UTC
+		}
+		return t.UTC(), true
+	}
+	return time.Time{}, false
 }
 
 // ageValue parses the Age header (RFC 9111 section 5.1); an invalid value

@@ -291,6 +291,14 @@ func TestConformanceFreshness(t *testing.T) {
 			{want: ok("x"), upstream: 2},
 		},
 	}, {
+		// cache-tests freshness-expires-invalid-multiple-spaces and -1-digit-hour.
+		name:    "RFC 9111 5.3: an Expires that only resembles an HTTP-date is invalid, so already expired",
+		answers: []answerSpec{{header: []string{"Expires", "Thu, 26  Nov  2026 12:00:00 GMT"}, body: "x"}},
+		steps: []step{
+			{want: ok("x", "Cache-Status", "corral; fwd=uri-miss; fwd-status=200"), upstream: 1},
+			{want: ok("x"), upstream: 2},
+		},
+	}, {
 		name:    "RFC 9111 4.2.1: Expires minus Date",
 		answers: []answerSpec{{header: []string{"Expires", "Wed, 25 Nov 2026 12:01:00 GMT"}, body: "x"}},
 		steps: []step{
