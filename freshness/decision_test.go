@@ -119,6 +119,13 @@ func TestEvaluate(t *testing.T) {
 			verdict{Storable: true, Shareable: true, Lifetime: time.Minute, Age: 30 * time.Second}},
 		{"RFC 9111 5.1: an invalid Age is ignored", Policy{}, exchange(200, "Cache-Control", "max-age=60", "Age", "-5"),
 			verdict{Storable: true, Shareable: true, Lifetime: time.Minute}},
+		// cache-tests age-parse-suffix, age-parse-prefix, age-parse-suffix-twoline.
+		{"RFC 9111 5.1: of an Age list on one line the first value counts", Policy{}, exchange(200, "Cache-Control", "max-age=3600", "Age", "7200, 0"),
+			verdict{Storable: true, Shareable: true, Lifetime: time.Hour, Age: 2 * time.Hour}},
+		{"RFC 9111 5.1: so 0, old is fresh", Policy{}, exchange(200, "Cache-Control", "max-age=3600", "Age", "0, 7200"),
+			verdict{Storable: true, Shareable: true, Lifetime: time.Hour}},
+		{"RFC 9111 5.1: and of several Age lines the first", Policy{}, exchange(200, "Cache-Control", "max-age=3600", "Age", "7200", "Age", "0"),
+			verdict{Storable: true, Shareable: true, Lifetime: time.Hour, Age: 2 * time.Hour}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -271,9 +271,11 @@ func httpDate(v string) (time.Time, bool) {
 }
 
 // ageValue parses the Age header (RFC 9111 section 5.1); an invalid value
-// is ignored, a huge one saturates.
+// is ignored, a huge one saturates. Age is a single value: of several
+// field lines, or of a list on one line, the first counts.
 func ageValue(h http.Header) time.Duration {
-	v := strings.TrimSpace(h.Get("Age"))
+	v, _, _ := strings.Cut(h.Get("Age"), ",")
+	v = strings.TrimSpace(v)
 	n, err := strconv.ParseUint(v, 10, 32)
 	if err != nil {
 		if ne, ok := err.(*strconv.NumError); ok && ne.Err == strconv.ErrRange {
