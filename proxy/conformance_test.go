@@ -213,6 +213,16 @@ func TestConformanceSharedCacheRules(t *testing.T) {
 			{want: ok("x", "X-Secret", "", "Cache-Status", "corral; hit; ttl=60"), upstream: 1},
 		},
 	}, {
+		// cache-tests headers-omit-headers-listed-in-Connection and
+		// headers-store-Proxy-Authentication-Info.
+		name: "RFC 9111 3.1: fields Connection names and proxy fields are not stored",
+		answers: []answerSpec{{header: []string{"Cache-Control", "max-age=60", "Connection", "a, b", "A", "1", "B", "2", "C", "3",
+			"Proxy-Authentication-Info", `nextnonce="x"`, "Proxy-Authenticate", "Basic"}, body: "x"}},
+		steps: []step{
+			{want: ok("x"), upstream: 1},
+			{want: ok("x", "A", "", "B", "", "C", "3", "Proxy-Authentication-Info", "", "Proxy-Authenticate", "", "Cache-Status", "corral; hit; ttl=60"), upstream: 1},
+		},
+	}, {
 		name:    "RFC 9111 5.2.2.5: no-store is not stored",
 		answers: []answerSpec{{header: []string{"Cache-Control", "max-age=60, no-store"}, body: "x"}},
 		steps: []step{
