@@ -46,6 +46,7 @@ const (
 	ReasonErrorStatus    = "error-status" // 429, 500, 502, 503, 504: never kept as the answer
 	ReasonRequestNoStore = "request-no-store"
 	ReasonNoStore        = "no-store"
+	ReasonMustUnderstand = "must-understand" // with a status corral does not know
 	ReasonPrivate        = "private"
 	ReasonAuthorization  = "authorization" // RFC 9111 section 3.5
 	ReasonSetCookie      = "set-cookie"    // meant for one client
@@ -117,6 +118,22 @@ var heuristicStatus = map[int]bool{
 	404: true, 405: true, 410: true, 414: true, 501: true,
 }
 
+// understood reports whether status is one RFC 9110 defines: corral
+// implements the caching rules of those, and of no other, so a response
+// with must-understand and any other status is not stored (RFC 9111
+// section 5.2.2.3).
+func understood(status int) bool {
+	switch {
+	case status >= 200 && status <= 206,
+		status >= 300 && status <= 308 && status != 306,
+		status >= 400 && status <= 417,
+		status == 421, status == 422, status == 426,
+		status >= 500 && status <= 505:
+		return true
+	}
+	return false
+}
+
 // errorStatus lists the answers of an origin in trouble. Corral never
 // stores them, whatever their headers say: a cached 503 would go on
 // failing clients after the origin recovered.
@@ -165,7 +182,12 @@ func (p Policy) unstorable(x Exchange, cc Directives, stripped []string) string 
 		return ReasonStatus
 	case reqCC.NoStore:
 		return ReasonRequestNoStore
-	case cc.NoStore:
+	case cc.MustUnderstand && !understood(x.Status):
+		return ReasonMustUnderstand
+	case cc.NoStore && !cc.MustUnderstand:
+		// must-understand asks a cache that knows the status code's
+		// caching rules to store the response despite no-store, which
+		// is there for caches that do not (section 5.2.2.3).
 		return ReasonNoStore
 	case cc.Private && cc.PrivateFields == nil:
 		return ReasonPrivate

@@ -230,6 +230,21 @@ func TestConformanceSharedCacheRules(t *testing.T) {
 			{want: ok("x"), upstream: 2},
 		},
 	}, {
+		// cache-tests status-200-must-understand and status-599-must-understand.
+		name:    "RFC 9111 5.2.2.3: must-understand stores a known status despite no-store",
+		answers: []answerSpec{{header: []string{"Cache-Control", "max-age=60, must-understand, no-store"}, body: "x"}},
+		steps: []step{
+			{want: ok("x", "Cache-Status", "corral; fwd=uri-miss; fwd-status=200; stored; ttl=60"), upstream: 1},
+			{want: ok("x", "Cache-Status", "corral; hit; ttl=60"), upstream: 1},
+		},
+	}, {
+		name:    "RFC 9111 5.2.2.3: but not a status corral does not know",
+		answers: []answerSpec{{status: 599, header: []string{"Cache-Control", "max-age=60, must-understand, no-store"}, body: "x"}},
+		steps: []step{
+			{want: wantSpec{Status: 599, Body: "x", Header: hdr("Cache-Status", "corral; fwd=uri-miss; fwd-status=599; detail=must-understand")}, upstream: 1},
+			{want: wantSpec{Status: 599, Body: "x"}, upstream: 2},
+		},
+	}, {
 		name: "RFC 9111 5.2.2.4: no-cache is stored but revalidated before every use",
 		answers: []answerSpec{
 			{header: []string{"Cache-Control", "max-age=60, no-cache", "ETag", `"a"`}, body: "x"},
