@@ -372,6 +372,19 @@ func TestConformanceStale(t *testing.T) {
 			{want: wantSpec{Status: 500, Body: "bad"}, upstream: 4},
 		},
 	}, {
+		// cache-tests stale-while-revalidate-window.
+		name: "RFC 5861 3: past the stale-while-revalidate window, what the refresh stored is used",
+		answers: []answerSpec{
+			{header: []string{"Cache-Control", "max-age=1, stale-while-revalidate=4", "ETag", `"abc"`}, body: "v1"},
+			{header: []string{"Cache-Control", "no-cache", "ETag", `"def"`}, body: "v2"},
+			{body: "v3"},
+		},
+		steps: []step{
+			{want: ok("v1"), upstream: 1},
+			{advance: 3 * time.Second, want: ok("v1", "Cache-Status", "corral; hit; ttl=-2; detail=stale-while-revalidate"), upstream: 2, sent: hdr("If-None-Match", `"abc"`)},
+			{advance: 3 * time.Second, want: ok("v3"), upstream: 3, sent: hdr("If-None-Match", `"def"`)},
+		},
+	}, {
 		name:    "RFC 5861 3: a 503 during a background refresh keeps the stale entry in service",
 		answers: []answerSpec{{header: []string{"Cache-Control", "max-age=1, stale-while-revalidate=60"}, body: "good"}, {status: 503, header: []string{"Retry-After", "20"}}},
 		steps: []step{
