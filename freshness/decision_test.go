@@ -84,6 +84,15 @@ func TestEvaluate(t *testing.T) {
 			verdict{Storable: true, Shareable: true, Lifetime: time.Minute, Strip: []string{"Set-Cookie", "X-User"}}},
 		{"RFC 9111 5.2.2.4: no-cache is stored but always revalidated", Policy{}, exchange(200, "Cache-Control", "max-age=60, no-cache"),
 			verdict{Storable: true, Shareable: true, Lifetime: time.Minute, NoCache: true}},
+		// cache-tests status-200-must-understand and status-599-must-understand.
+		{"RFC 9111 5.2.2.3: must-understand overrides no-store for a known status", Policy{}, exchange(200, "Cache-Control", "max-age=60, must-understand, no-store"),
+			verdict{Storable: true, Shareable: true, Lifetime: time.Minute}},
+		{"RFC 9111 5.2.2.3: but an unknown status is not stored", Policy{}, exchange(599, "Cache-Control", "max-age=60, must-understand, no-store"),
+			verdict{Reason: ReasonMustUnderstand, Lifetime: time.Minute}},
+		{"RFC 9111 3: must-understand alone keeps an unknown status out too", Policy{}, exchange(299, "Cache-Control", "max-age=60, must-understand"),
+			verdict{Reason: ReasonMustUnderstand, Lifetime: time.Minute}},
+		{"a malformed must-understand does not lift no-store", Policy{}, exchange(200, "Cache-Control", "max-age=60, must-understand=1, no-store"),
+			verdict{Reason: ReasonNoStore, Lifetime: time.Minute}},
 		{"Set-Cookie is never shared", Policy{}, exchange(200, "Cache-Control", "public, max-age=60", "Set-Cookie", "a=1"),
 			verdict{Reason: ReasonSetCookie, Lifetime: time.Minute}},
 		{"RFC 9111 3.5: Authorization without public", Policy{}, withAuth(exchange(200, "Cache-Control", "max-age=60")),
@@ -119,12 +128,55 @@ func TestEvaluate(t *testing.T) {
 			verdict{Storable: true, Shareable: true, Lifetime: time.Minute, Age: 30 * time.Second}},
 		{"RFC 9111 5.1: an invalid Age is ignored", Policy{}, exchange(200, "Cache-Control", "max-age=60", "Age", "-5"),
 			verdict{Storable: true, Shareable: true, Lifetime: time.Minute}},
+		// cache-tests age-parse-suffix, age-parse-prefix, age-parse-suffix-twoline.
+		{"RFC 9111 5.1: of an Age list on one line the first value counts", Policy{}, exchange(200, "Cache-Control", "max-age=3600", "Age", "7200, 0"),
+			verdict{Storable: true, Shareable: true, Lifetime: time.Hour, Age: 2 * time.Hour}},
+		{"RFC 9111 5.1: so 0, old is fresh", Policy{}, exchange(200, "Cache-Control", "max-age=3600", "Age", "0, 7200"),
+			verdict{Storable: true, Shareable: true, Lifetime: time.Hour}},
+		{"RFC 9111 5.1: and of several Age lines the first", Policy{}, exchange(200, "Cache-Control", "max-age=3600", "Age", "7200", "Age", "0"),
+			verdict{Storable: true, Shareable: true, Lifetime: time.Hour, Age: 2 * time.Hour}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			got := verdictOf(tt.policy.Evaluate(tt.x))
 			if diff := cmp.Diff(tt.want, got, cmpopts.EquateEmpty(), cmpopts.SortSlices(func(a, b string) bool { return a < b })); diff != "" {
 				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestExpiresParsing mirrors cache-tests' expires-parse group: what an
+// Expires must look like to give a lifetime. An invalid one means already
+// expired (RFC 9111 section 5.3).
+func TestExpiresParsing(t *testing.T) {
+	tests := []struct {
+		id, expires string
+		want        time.Duration
+	}{
+		{"freshness-expires-future", "Wed, 25 Nov 2026 13:00:00 GMT", time.Hour},
+		{"freshness-expires-rfc850", "Wednesday, 25-Nov-26 13:00:00 GMT", time.Hour},
+		{"freshness-expires-ansi-c", "Wed Nov 25 13:00:00 2026", time.Hour},
+		{"freshness-expires-ansi-c, one-digit day", "Sun Dec  6 12:00:00 2026", 11 * 24 * time.Hour},
+		{"freshness-expires-wrong-case-weekday", "WED, 25 Nov 2026 13:00:00 GMT", time.Hour},
+		{"freshness-expires-wrong-case-month", "Wed, 25 NOV 2026 13:00:00 GMT", time.Hour},
+		{"freshness-expires-wrong-case-tz", "Wed, 25 Nov 2026 13:00:00 gMT", time.Hour},
+		{"freshness-expires-invalid-multiple-spaces", "Wed, 25  Nov  2026 13:00:00 GMT", 0},
+		{"freshness-expires-invalid-1-digit-hour", "Thu, 26 Nov 2026 3:00:00 GMT", 0},
+		{"freshness-expires-invalid-utc", "Wed, 25 Nov 2026 13:00:00 UTC", 0},
+		{"freshness-expires-invalid-aest", "Wed, 25 Nov 2026 13:00:00 AEST", 0},
+		{"RFC 850 date in another zone", "Wednesday, 25-Nov-26 13:00:00 PST", 0},
+		{"freshness-expires-invalid-2-digit-year", "Wed, 25 Nov 26 13:00:00 GMT", 0},
+		{"freshness-expires-invalid-no-comma", "Wed 25 Nov 2026 13:00:00 GMT", 0},
+		{"freshness-expires-invalid-date-dashes", "Wed, 25-Nov-2026 13:00:00 GMT", 0},
+		{"freshness-expires-invalid-time-periods", "Wed, 25 Nov 2026 13.00.00 GMT", 0},
+		{"freshness-expires-invalid", "0", 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.id, func(t *testing.T) {
+			d := Policy{}.Evaluate(exchange(200, "Expires", tt.expires))
+			if !d.Storable || d.Lifetime != tt.want {
+				t.Errorf("Expires %q: storable %v, lifetime %s; want storable, lifetime %s", tt.expires, d.Storable, d.Lifetime, tt.want)
 			}
 		})
 	}

@@ -25,6 +25,7 @@ type Directives struct {
 	NoStore, NoCache, Private, Public  bool
 	MustRevalidate, ProxyRevalidate    bool
 	Immutable                          bool
+	MustUnderstand                     bool     // section 5.2.2.3
 	PrivateFields, NoCacheFields       []string // qualified forms, canonical names
 	MaxAge, SMaxAge                    int      // seconds; -1 when absent
 	StaleWhileRevalidate, StaleIfError int      // seconds; -1 when absent
@@ -72,6 +73,10 @@ func (d *Directives) add(piece string) {
 	d.MustRevalidate = d.MustRevalidate || cd.MustRevalidate
 	d.ProxyRevalidate = d.ProxyRevalidate || cd.ProxyRevalidate
 	d.Immutable = d.Immutable || cd.Immutable
+	// cacheobject keeps no record of must-understand. It takes no
+	// argument; one with an argument is malformed, and would let a
+	// response be stored that says no-store, so it does not count.
+	d.MustUnderstand = d.MustUnderstand || name == "must-understand" && !strings.Contains(piece, "=")
 	if cd.PrivatePresent {
 		if len(cd.Private) == 0 || (d.Private && d.PrivateFields == nil) {
 			d.PrivateFields = nil

@@ -46,6 +46,7 @@ const (
 	ReasonErrorStatus    = "error-status" // 429, 500, 502, 503, 504: never kept as the answer
 	ReasonRequestNoStore = "request-no-store"
 	ReasonNoStore        = "no-store"
+	ReasonMustUnderstand = "must-understand" // with a status corral does not know
 	ReasonPrivate        = "private"
 	ReasonAuthorization  = "authorization" // RFC 9111 section 3.5
 	ReasonSetCookie      = "set-cookie"    // meant for one client
@@ -117,6 +118,22 @@ var heuristicStatus = map[int]bool{
 	404: true, 405: true, 410: true, 414: true, 501: true,
 }
 
+// understood reports whether status is one RFC 9110 defines: corral
+// implements the caching rules of those, and of no other, so a response
+// with must-understand and any other status is not stored (RFC 9111
+// section 5.2.2.3).
+func understood(status int) bool {
+	switch {
+	case status >= 200 && status <= 206,
+		status >= 300 && status <= 308 && status != 306,
+		status >= 400 && status <= 417,
+		status == 421, status == 422, status == 426,
+		status >= 500 && status <= 505:
+		return true
+	}
+	return false
+}
+
 // errorStatus lists the answers of an origin in trouble. Corral never
 // stores them, whatever their headers say: a cached 503 would go on
 // failing clients after the origin recovered.
@@ -165,7 +182,12 @@ func (p Policy) unstorable(x Exchange, cc Directives, stripped []string) string 
 		return ReasonStatus
 	case reqCC.NoStore:
 		return ReasonRequestNoStore
-	case cc.NoStore:
+	case cc.MustUnderstand && !understood(x.Status):
+		return ReasonMustUnderstand
+	case cc.NoStore && !cc.MustUnderstand:
+		// must-understand asks a cache that knows the status code's
+		// caching rules to store the response despite no-store, which
+		// is there for caches that do not (section 5.2.2.3).
 		return ReasonNoStore
 	case cc.Private && cc.PrivateFields == nil:
 		return ReasonPrivate
@@ -199,8 +221,8 @@ func explicitLifetime(x Exchange, cc Directives) (time.Duration, bool) {
 	if len(exp) == 0 {
 		return 0, false
 	}
-	expires, err := http.ParseTime(exp[0])
-	if err != nil || len(exp) > 1 {
+	expires, ok := httpDate(exp[0])
+	if !ok || len(exp) > 1 {
 		return 0, true
 	}
 	return max(expires.Sub(date(x)), 0), true
@@ -213,8 +235,8 @@ func (p Policy) heuristic(x Exchange) time.Duration {
 	if p.DefaultTTL > 0 {
 		return p.DefaultTTL
 	}
-	lm, err := http.ParseTime(x.Header.Get("Last-Modified"))
-	if err != nil {
+	lm, ok := httpDate(x.Header.Get("Last-Modified"))
+	if !ok {
 		return 0
 	}
 	limit := p.HeuristicMax
@@ -239,16 +261,43 @@ func initialAge(x Exchange) time.Duration {
 // date is the response's Date, or the time it arrived when Date is missing
 // or invalid (RFC 9110 section 6.6.1).
 func date(x Exchange) time.Time {
-	if t, err := http.ParseTime(x.Header.Get("Date")); err == nil {
+	if t, ok := httpDate(x.Header.Get("Date")); ok {
 		return t
 	}
 	return x.ResponseTime
 }
 
+// httpDateLayouts are the three forms of HTTP-date a recipient must accept
+// (RFC 9110 section 5.6.7): IMF-fixdate, and the obsolete RFC 850 and
+// asctime forms.
+var httpDateLayouts = [...]string{http.TimeFormat, time.RFC850, time.ANSIC}
+
+// httpDate parses an HTTP-date. Unlike http.ParseTime it accepts only
+// what is one: time.Parse lets a run of spaces stand for one and a
+// one-digit hour for two, and an Expires like that is invalid, so already
+// expired (RFC 9111 section 5.3), not fresh for years. Letter case is
+// ignored: the moment "THU, 18 AUG 2050" names is not in doubt.
+func httpDate(v string) (time.Time, bool) {
+	upper := strings.ToUpper(v)
+	for _, layout := range httpDateLayouts {
+		t, err := time.Parse(layout, upper)
+		if err != nil || !strings.EqualFold(t.Format(layout), v) {
+			continue
+		}
+		if zone, _ := t.Zone(); layout == time.RFC850 && zone != "GMT" {
+			continue // time.Parse takes any zone abbreviation as UTC
+		}
+		return t.UTC(), true
+	}
+	return time.Time{}, false
+}
+
 // ageValue parses the Age header (RFC 9111 section 5.1); an invalid value
-// is ignored, a huge one saturates.
+// is ignored, a huge one saturates. Age is a single value: of several
+// field lines, or of a list on one line, the first counts.
 func ageValue(h http.Header) time.Duration {
-	v := strings.TrimSpace(h.Get("Age"))
+	v, _, _ := strings.Cut(h.Get("Age"), ",")
+	v = strings.TrimSpace(v)
 	n, err := strconv.ParseUint(v, 10, 32)
 	if err != nil {
 		if ne, ok := err.(*strconv.NumError); ok && ne.Err == strconv.ErrRange {

@@ -31,6 +31,7 @@ func FuzzEvaluate(f *testing.F) {
 		{"no-store=\"x", "", "", "", "", 200, false},
 		{"max-age=\"60\"", "", "", "", "", 500, false},
 		{"public, max-age=60", "", "", "", "", 206, true},
+		{"must-understand, no-store, max-age=60", "", "", "", "", 200, false},
 	}
 	for _, s := range seeds {
 		f.Add(s.cc, s.expires, s.date, s.age, s.lastModified, s.status, s.auth)
@@ -50,12 +51,14 @@ func FuzzEvaluate(f *testing.F) {
 		d := Policy{}.Evaluate(Exchange{Method: "GET", RequestHeader: req, Status: status, Header: h, RequestTime: now, ResponseTime: now})
 
 		// Without quoted strings, a directive is what stands between
-		// commas; no-store and a bare private must each forbid storing.
+		// commas; no-store (unless must-understand lifts it) and a bare
+		// private must each forbid storing.
 		if !strings.Contains(cc, `"`) {
+			mustUnderstand := strings.Contains(strings.ToLower(cc), "must-understand")
 			for _, piece := range strings.Split(cc, ",") {
 				name, _, hasArg := strings.Cut(strings.TrimSpace(piece), "=")
 				name = strings.ToLower(strings.TrimSpace(name))
-				if d.Storable && (name == "no-store" || name == "private" && !hasArg) {
+				if d.Storable && (name == "no-store" && !mustUnderstand || name == "private" && !hasArg) {
 					t.Errorf("Cache-Control %q says %s, yet storable", cc, name)
 				}
 			}

@@ -213,11 +213,36 @@ func TestConformanceSharedCacheRules(t *testing.T) {
 			{want: ok("x", "X-Secret", "", "Cache-Status", "corral; hit; ttl=60"), upstream: 1},
 		},
 	}, {
+		// cache-tests headers-omit-headers-listed-in-Connection and
+		// headers-store-Proxy-Authentication-Info.
+		name: "RFC 9111 3.1: fields Connection names and proxy fields are not stored",
+		answers: []answerSpec{{header: []string{"Cache-Control", "max-age=60", "Connection", "a, b", "A", "1", "B", "2", "C", "3",
+			"Proxy-Authentication-Info", `nextnonce="x"`, "Proxy-Authenticate", "Basic"}, body: "x"}},
+		steps: []step{
+			{want: ok("x"), upstream: 1},
+			{want: ok("x", "A", "", "B", "", "C", "3", "Proxy-Authentication-Info", "", "Proxy-Authenticate", "", "Cache-Status", "corral; hit; ttl=60"), upstream: 1},
+		},
+	}, {
 		name:    "RFC 9111 5.2.2.5: no-store is not stored",
 		answers: []answerSpec{{header: []string{"Cache-Control", "max-age=60, no-store"}, body: "x"}},
 		steps: []step{
 			{want: ok("x", "Cache-Status", "corral; fwd=uri-miss; fwd-status=200; detail=no-store"), upstream: 1},
 			{want: ok("x"), upstream: 2},
+		},
+	}, {
+		// cache-tests status-200-must-understand and status-599-must-understand.
+		name:    "RFC 9111 5.2.2.3: must-understand stores a known status despite no-store",
+		answers: []answerSpec{{header: []string{"Cache-Control", "max-age=60, must-understand, no-store"}, body: "x"}},
+		steps: []step{
+			{want: ok("x", "Cache-Status", "corral; fwd=uri-miss; fwd-status=200; stored; ttl=60"), upstream: 1},
+			{want: ok("x", "Cache-Status", "corral; hit; ttl=60"), upstream: 1},
+		},
+	}, {
+		name:    "RFC 9111 5.2.2.3: but not a status corral does not know",
+		answers: []answerSpec{{status: 599, header: []string{"Cache-Control", "max-age=60, must-understand, no-store"}, body: "x"}},
+		steps: []step{
+			{want: wantSpec{Status: 599, Body: "x", Header: hdr("Cache-Status", "corral; fwd=uri-miss; fwd-status=599; detail=must-understand")}, upstream: 1},
+			{want: wantSpec{Status: 599, Body: "x"}, upstream: 2},
 		},
 	}, {
 		name: "RFC 9111 5.2.2.4: no-cache is stored but revalidated before every use",
@@ -291,6 +316,14 @@ func TestConformanceFreshness(t *testing.T) {
 			{want: ok("x"), upstream: 2},
 		},
 	}, {
+		// cache-tests freshness-expires-invalid-multiple-spaces and -1-digit-hour.
+		name:    "RFC 9111 5.3: an Expires that only resembles an HTTP-date is invalid, so already expired",
+		answers: []answerSpec{{header: []string{"Expires", "Thu, 26  Nov  2026 12:00:00 GMT"}, body: "x"}},
+		steps: []step{
+			{want: ok("x", "Cache-Status", "corral; fwd=uri-miss; fwd-status=200"), upstream: 1},
+			{want: ok("x"), upstream: 2},
+		},
+	}, {
 		name:    "RFC 9111 4.2.1: Expires minus Date",
 		answers: []answerSpec{{header: []string{"Expires", "Wed, 25 Nov 2026 12:01:00 GMT"}, body: "x"}},
 		steps: []step{
@@ -337,6 +370,19 @@ func TestConformanceStale(t *testing.T) {
 				want: ok("good", "Cache-Status", "corral; fwd=stale; fwd-status=500; ttl=-9; detail=stale-if-error"), upstream: 2},
 			{header: []string{"Cache-Control", "stale-if-error=5"}, want: wantSpec{Status: 500, Body: "bad"}, upstream: 3},
 			{want: wantSpec{Status: 500, Body: "bad"}, upstream: 4},
+		},
+	}, {
+		// cache-tests stale-while-revalidate-window.
+		name: "RFC 5861 3: past the stale-while-revalidate window, what the refresh stored is used",
+		answers: []answerSpec{
+			{header: []string{"Cache-Control", "max-age=1, stale-while-revalidate=4", "ETag", `"abc"`}, body: "v1"},
+			{header: []string{"Cache-Control", "no-cache", "ETag", `"def"`}, body: "v2"},
+			{body: "v3"},
+		},
+		steps: []step{
+			{want: ok("v1"), upstream: 1},
+			{advance: 3 * time.Second, want: ok("v1", "Cache-Status", "corral; hit; ttl=-2; detail=stale-while-revalidate"), upstream: 2, sent: hdr("If-None-Match", `"abc"`)},
+			{advance: 3 * time.Second, want: ok("v3"), upstream: 3, sent: hdr("If-None-Match", `"def"`)},
 		},
 	}, {
 		name:    "RFC 5861 3: a 503 during a background refresh keeps the stale entry in service",

@@ -11,12 +11,15 @@ import (
 // The HTTP rules corral follows live here, one table each.
 
 // hopHeaders are hop-by-hop fields (RFC 9110 section 7.6.1): they describe
-// one connection and are never stored or forwarded.
+// one connection and are never stored or forwarded. The Proxy-* fields
+// speak to one proxy, which a shared cache must not store either
+// (RFC 9111 section 3.1).
 var hopHeaders = []string{
 	"Connection",
 	"Proxy-Connection", // non-standard, sent by old clients
 	"Keep-Alive",
 	"Proxy-Authenticate",
+	"Proxy-Authentication-Info",
 	"Proxy-Authorization",
 	"Te",
 	"Trailer",
