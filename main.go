@@ -91,7 +91,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, getenv func(strin
 	// Shut down in order, all within one deadline: fail readiness, stop
 	// accepting and finish the requests under way, let the fetches and
 	// background refreshes finish, then close the admin listener.
-	log.Info("shutting down", "timeout", c.shutdownTimeout)
+	log.Info("shutting down", "timeout", c.shutdownTimeout.String())
 	sctx, cancel := context.WithTimeout(context.Background(), c.shutdownTimeout)
 	defer cancel()
 	if admin != nil {
@@ -114,6 +114,9 @@ func run(ctx context.Context, args []string, stderr io.Writer, getenv func(strin
 		}
 	}
 	closeAll(servers)
+	if code == 0 {
+		log.Info("stopped")
+	}
 	return code
 }
 
