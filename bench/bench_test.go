@@ -111,11 +111,11 @@ func BenchmarkStampede(b *testing.B) {
 			rtt := roundTrip(ctx, client, ou+"/rtt")
 			var lat latencies
 			run := func(key string) {
-				start := make(chan struct{})
+				release := make(chan struct{})
 				var wg sync.WaitGroup
 				for range stampede {
 					wg.Go(func() {
-						<-start
+						<-release
 						began := time.Now()
 						ok := get(ctx, client, u+key)
 						d := time.Since(began)
@@ -126,7 +126,7 @@ func BenchmarkStampede(b *testing.B) {
 						lat.add([]time.Duration{d}, errs)
 					})
 				}
-				close(start)
+				close(release)
 				wg.Wait()
 			}
 			run("/warm") // open the connections outside the timing
