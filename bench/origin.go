@@ -21,6 +21,10 @@ type Origin struct {
 	CacheControl string  // sent with every 200
 	Body         []byte
 
+	// PathBody, when set, gives each path its own body in place of Body,
+	// so that a front mixing up keys shows in what clients receive.
+	PathBody func(path string) []byte
+
 	limiter  atomic.Pointer[rate.Limiter]
 	requests atomic.Int64
 	rejected atomic.Int64
@@ -49,13 +53,17 @@ func (o *Origin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	body := o.Body
+	if o.PathBody != nil {
+		body = o.PathBody(r.URL.Path)
+	}
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
-	h.Set("Content-Length", strconv.Itoa(len(o.Body)))
+	h.Set("Content-Length", strconv.Itoa(len(body)))
 	if o.CacheControl != "" {
 		h.Set("Cache-Control", o.CacheControl)
 	}
-	w.Write(o.Body) //nolint:errcheck
+	w.Write(body) //nolint:errcheck
 }
 
 func (o *Origin) allow() bool {

@@ -140,3 +140,14 @@ func TestUniqueKeyFloodStaysWithinBudget(t *testing.T) {
 		t.Errorf("store kept nothing")
 	}
 }
+
+func TestBytesCountsTheLatestWrite(t *testing.T) {
+	for i := range 100 {
+		m := NewMemory(1 << 20)
+		e := &Entry{Status: 200, Body: make([]byte, 100)}
+		m.Set("/k", e, time.Hour)
+		if got, want := m.Bytes(), int64(len("/k")+e.size()); got != want {
+			t.Fatalf("try %d: Bytes() = %d right after storing one entry, want %d", i, got, want)
+		}
+	}
+}

@@ -487,13 +487,24 @@ func isServerError(status int) bool {
 func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, e *Entry, h http.Header, st cacheStatus, now time.Time) {
 	out := w.Header()
 	copyHeader(out, h)
+	// The fields set below share one allocation; each gets a slice
+	// capped at its one value, so an append to one cannot reach another.
+	vals := make([]string, 4)
+	set := func(k, v string) {
+		vals[0] = v
+		out[k], vals = vals[:1:1], vals[1:]
+	}
 	// Age goes on whatever the cache served, and on fetched responses
 	// that arrived with an age of their own (RFC 9111 section 5.1).
 	if age := e.Decision.Age(now) / time.Second; st.hit || st.fwdStatus == 0 || st.detail == "stale-if-error" || age > 0 {
-		out["Age"] = []string{strconv.FormatInt(int64(age), 10)}
+		set("Age", strconv.FormatInt(int64(age), 10))
 	}
-	out["Via"] = append(out["Via"], via)
-	out["Cache-Status"] = []string{st.String()}
+	if vs := out["Via"]; len(vs) > 0 {
+		out["Via"] = append(vs, via) // vs is capped: this copies
+	} else {
+		set("Via", via)
+	}
+	set("Cache-Status", st.String())
 	if e.Status == http.StatusOK && conditionalOrRange(r.Header) {
 		// Preconditions (RFC 9110 section 13) and ranges (section 14)
 		// against the stored response, as net/http's file server does.
@@ -505,7 +516,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, e *Entry, h http.H
 		return
 	}
 	if bodyAllowed(e.Status) {
-		out["Content-Length"] = []string{strconv.Itoa(len(e.Body))}
+		set("Content-Length", strconv.Itoa(len(e.Body)))
 	}
 	w.WriteHeader(e.Status)
 	if r.Method != http.MethodHead && bodyAllowed(e.Status) {

@@ -25,6 +25,8 @@ type cacheStatus struct {
 
 func (s cacheStatus) String() string {
 	var b strings.Builder
+	b.Grow(64)       // one allocation for the common values
+	var num [20]byte // numbers are formatted here, not on the heap
 	b.WriteString("corral")
 	if s.hit {
 		b.WriteString("; hit")
@@ -35,7 +37,7 @@ func (s cacheStatus) String() string {
 	}
 	if s.fwdStatus != 0 {
 		b.WriteString("; fwd-status=")
-		b.WriteString(strconv.Itoa(s.fwdStatus))
+		b.Write(strconv.AppendInt(num[:0], int64(s.fwdStatus), 10))
 	}
 	if s.stored {
 		b.WriteString("; stored")
@@ -45,7 +47,7 @@ func (s cacheStatus) String() string {
 	}
 	if s.hasTTL {
 		b.WriteString("; ttl=")
-		b.WriteString(strconv.FormatInt(int64(s.ttl/time.Second), 10))
+		b.Write(strconv.AppendInt(num[:0], int64(s.ttl/time.Second), 10))
 	}
 	if s.detail != "" {
 		b.WriteString("; detail=")

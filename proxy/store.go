@@ -125,8 +125,14 @@ func (m *Memory) DeletePrefix(prefix string) int {
 	return n
 }
 
-// Bytes is the weight the store holds now.
-func (m *Memory) Bytes() int64 { return int64(m.c.WeightedSize()) }
+// Bytes is the weight the store holds now, the latest writes included.
+func (m *Memory) Bytes() int64 {
+	// otter applies writes to its policy, and to the weight, in batches,
+	// possibly on another goroutine: without CleanUp the entries just
+	// stored may not count yet.
+	m.c.CleanUp()
+	return int64(m.c.WeightedSize())
+}
 
 // Evictions is how many entries the budget has pushed out so far.
 func (m *Memory) Evictions() int64 { return m.evictions.Load() }
