@@ -21,6 +21,11 @@ type fetched struct {
 	status int  // what the origin answered: 304 for a revalidation, 0 when no call was needed
 	stored bool // entry went into the store
 
+	// again says, with no entry, that the URI turned out to vary while
+	// this flight waited to start: its waiters look up again and join
+	// their variant's flight instead.
+	again bool
+
 	// own is entry's header before the fields named by a qualified private
 	// or no-cache were removed: for the client whose request it answers.
 	own http.Header
@@ -29,13 +34,19 @@ type fetched struct {
 // fetch asks the origin for the resource of in, revalidating stale when it
 // has validators, and stores the answer when it may. It buffers at most
 // MaxObjectBytes of body.
-func (p *Proxy) fetch(ctx context.Context, in *http.Request, key string, stale *Entry) (*fetched, error) {
+func (p *Proxy) fetch(ctx context.Context, in *http.Request, key, vkey string, stale *Entry) (*fetched, error) {
 	// Two requests can both miss, then run their flights one after the
 	// other: the second flight starts just after the first one stored its
 	// answer. Look again before calling the origin.
-	if cur, _ := p.lookup(key, in.Header); cur != nil && cur != stale && !cur.Pass &&
-		cur.Decision.State(p.now()) == freshness.Fresh {
+	cur, vk := p.lookup(key, in.Header)
+	if cur != nil && cur != stale && !cur.Pass && cur.Decision.State(p.now()) == freshness.Fresh {
 		return &fetched{entry: cur, own: cur.Header}, nil
+	}
+	if vkey == key && vk != key {
+		// This flight is for the bare URI, but a response stored since
+		// says the URI varies: the variant's own flight may be running
+		// now, and a second upstream request for it must not.
+		return &fetched{again: true}, nil
 	}
 
 	out, err := http.NewRequestWithContext(ctx, http.MethodGet, p.upstreamURL(in), nil)

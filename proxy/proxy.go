@@ -246,7 +246,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			case state == freshness.StaleWhileRevalidate:
 				p.stats.StaleHits.Add(1)
 				p.serve(w, r, e, e.Header, cacheStatus{hit: true, ttl: e.Decision.TTL(now), hasTTL: true, detail: "stale-while-revalidate"}, now)
-				p.refresh(r, key, p.flightKey(r, vkey), e)
+				p.refresh(r, key, vkey, e)
 				return
 			default:
 				fwd = "stale"
@@ -318,7 +318,7 @@ func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshn
 	leader := false
 	f, shared, err := p.flights.Do(r.Context(), p.flightKey(r, vkey), func(ctx context.Context) (*fetched, error) {
 		leader = true
-		return p.fetch(ctx, r, key, stale)
+		return p.fetch(ctx, r, key, vkey, stale)
 	})
 	now := p.now()
 	if err != nil {
@@ -328,6 +328,13 @@ func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshn
 		}
 		p.serveError(w, r, req, stale, err, fwd, now)
 		return false
+	}
+	if f.again {
+		if retried {
+			p.passThrough(w, r, "vary-miss", "")
+			return false
+		}
+		return true
 	}
 	e := f.entry
 	st := cacheStatus{fwd: fwd, fwdStatus: f.status, stored: f.stored, collapsed: shared && !leader}
@@ -391,14 +398,16 @@ func (p *Proxy) flightKey(r *http.Request, vkey string) string {
 
 // refresh revalidates stale in the background, once per key at a time,
 // and not again before a failed refresh's back-off has passed.
-func (p *Proxy) refresh(r *http.Request, key, flightKey string, stale *Entry) {
+func (p *Proxy) refresh(r *http.Request, key, vkey string, stale *Entry) {
 	now := p.now()
 	if now.UnixNano() < stale.refreshAt.Load() {
 		return
 	}
-	started := p.flights.Refresh(r.Context(), flightKey, func(ctx context.Context) (*fetched, error) {
-		f, err := p.fetch(ctx, r, key, stale)
+	started := p.flights.Refresh(r.Context(), p.flightKey(r, vkey), func(ctx context.Context) (*fetched, error) {
+		f, err := p.fetch(ctx, r, key, vkey, stale)
 		switch {
+		case err == nil && f.again:
+			// The URI varies now; its variants refresh on their own.
 		case err != nil || isServerError(f.entry.Status):
 			// Keep serving the stale entry; ask again after a pause,
 			// longer if the origin, or the guard, said how long.
