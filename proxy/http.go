@@ -65,9 +65,10 @@ var notUpdatedBy304 = []string{
 
 // copyHeader copies src into dst with one allocation for all values, so
 // that what one client's handler does to its header never reaches the
-// stored copy or another client.
-func copyHeader(dst, src http.Header) {
-	n := 0
+// stored copy or another client. The allocation has room for extra more
+// values, which it returns.
+func copyHeader(dst, src http.Header, extra int) []string {
+	n := extra
 	for _, vs := range src {
 		n += len(vs)
 	}
@@ -77,6 +78,7 @@ func copyHeader(dst, src http.Header) {
 		dst[k] = all[:m:m]
 		all = all[m:]
 	}
+	return all
 }
 
 // varyNames returns the canonical field names of h's Vary, sorted.

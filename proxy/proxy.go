@@ -97,6 +97,7 @@ type Proxy struct {
 	transport      http.RoundTripper
 	guard          *guard // wraps transport
 	now            func() time.Time
+	fakeClock      bool // now is not time.Now
 	log            *slog.Logger
 	logRequests    bool // a line per request, at debug level
 	flights        coalesce.Group[*fetched]
@@ -140,6 +141,7 @@ func New(cfg Config) (*Proxy, error) {
 	if p.now == nil {
 		p.now = time.Now
 	}
+	p.fakeClock = cfg.Now != nil
 	p.guard = newGuard(p.transport, cfg.UpstreamMaxRPS, cfg.UpstreamMaxInflight, cfg.UpstreamMaxQueue, p.now,
 		func(d time.Duration) { p.metrics.upstream.Observe(d.Seconds()) })
 	if p.log == nil {
@@ -229,7 +231,10 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	key := r.URL.RequestURI()
 	for attempt := 0; ; attempt++ {
 		e, vkey := p.lookup(key, r.Header)
-		now := p.now()
+		now := start // one clock read for the hit path
+		if p.fakeClock || attempt > 0 {
+			now = p.now()
+		}
 		if e != nil && e.Pass {
 			p.passThrough(w, r, "miss", "uncacheable")
 			return
@@ -282,7 +287,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // RequestNoCacheIgnore, no-cache and max-age (what a reload button
 // sends) are dropped: the shield holds.
 func (p *Proxy) requestDirectives(r *http.Request) (req freshness.RequestDirectives, forced bool) {
-	if r.Header.Get("Cache-Control") == "" && r.Header.Get("Pragma") == "" {
+	// Indexed rather than Get: the server has canonicalised the names,
+	// and this runs on every hit.
+	if r.Header["Cache-Control"] == nil && r.Header["Pragma"] == nil {
 		return noDirectives, false // the common case, without parsing
 	}
 	req = freshness.ParseRequest(r.Header)
@@ -477,7 +484,7 @@ func bypass(r *http.Request) (fwd, detail string) {
 	switch {
 	case r.Method != http.MethodGet && r.Method != http.MethodHead:
 		return "method", ""
-	case r.Header.Get("Upgrade") != "":
+	case r.Header["Upgrade"] != nil:
 		return "bypass", "upgrade"
 	}
 	return "", ""
@@ -495,25 +502,26 @@ func isServerError(status int) bool {
 // is never handed to a client.
 func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, e *Entry, h http.Header, st cacheStatus, now time.Time) {
 	out := w.Header()
-	copyHeader(out, h)
-	// The fields set below share one allocation; each gets a slice
-	// capped at its one value, so an append to one cannot reach another.
-	vals := make([]string, 4)
+	// The fields set below share the one allocation of the copy; each
+	// gets a slice capped at its one value, so an append to one cannot
+	// reach another.
+	vals := copyHeader(out, h, 4)
 	set := func(k, v string) {
 		vals[0] = v
 		out[k], vals = vals[:1:1], vals[1:]
 	}
+	f := e.fields(st, now)
 	// Age goes on whatever the cache served, and on fetched responses
 	// that arrived with an age of their own (RFC 9111 section 5.1).
-	if age := e.Decision.Age(now) / time.Second; st.hit || st.fwdStatus == 0 || st.detail == "stale-if-error" || age > 0 {
-		set("Age", strconv.FormatInt(int64(age), 10))
+	if st.hit || st.fwdStatus == 0 || st.detail == "stale-if-error" || f.age > 0 {
+		set("Age", f.ageText)
 	}
 	if vs := out["Via"]; len(vs) > 0 {
 		out["Via"] = append(vs, via) // vs is capped: this copies
 	} else {
 		set("Via", via)
 	}
-	set("Cache-Status", st.String())
+	set("Cache-Status", f.status)
 	if e.Status == http.StatusOK && conditionalOrRange(r.Header) {
 		// Preconditions (RFC 9110 section 13) and ranges (section 14)
 		// against the stored response, as net/http's file server does.
@@ -525,7 +533,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, e *Entry, h http.H
 		return
 	}
 	if bodyAllowed(e.Status) {
-		set("Content-Length", strconv.Itoa(len(e.Body)))
+		set("Content-Length", f.contentLength)
 	}
 	w.WriteHeader(e.Status)
 	if r.Method != http.MethodHead && bodyAllowed(e.Status) {

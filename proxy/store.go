@@ -3,6 +3,7 @@ package proxy
 import (
 	"math"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -38,6 +39,38 @@ type Entry struct {
 	// next start; set after a failed refresh so that a struggling origin
 	// is not asked again on every stale hit.
 	refreshAt atomic.Int64
+
+	// served remembers the field values of the last answer from e. They
+	// change at most once a second, and a hot entry is served thousands
+	// of times in one: the hit path formats them only when they change.
+	served atomic.Pointer[servedFields]
+}
+
+// servedFields are the values serve sets on an answer from an Entry.
+type servedFields struct {
+	st            cacheStatus // with ttl in whole seconds
+	age           time.Duration
+	status        string // st as a Cache-Status value
+	ageText       string
+	contentLength string
+}
+
+// fields returns the values for serving e with status st at now.
+func (e *Entry) fields(st cacheStatus, now time.Time) *servedFields {
+	st.ttl = st.ttl.Truncate(time.Second)
+	age := e.Decision.Age(now).Truncate(time.Second)
+	if f := e.served.Load(); f != nil && f.st == st && f.age == age {
+		return f
+	}
+	f := &servedFields{
+		st:            st,
+		age:           age,
+		status:        st.String(),
+		ageText:       strconv.FormatInt(int64(age/time.Second), 10),
+		contentLength: strconv.Itoa(len(e.Body)),
+	}
+	e.served.Store(f)
+	return f
 }
 
 // entryOverhead is what a stored Entry costs on the heap beside its bytes,
