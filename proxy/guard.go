@@ -17,14 +17,16 @@ import (
 // fetches and passed-through requests alike. It keeps corral from
 // amplifying an origin's trouble: it caps the request rate and the
 // requests in flight across all keys, lets at most maxQueue requests wait
-// for their turn, and after a 429 or 503 with Retry-After sends nothing
-// until the origin said it may. Whatever it turns away fails at once with
-// a *busyError, which the proxy answers with a stale response or a 503.
+// for their turn, and after a 503 (or a 429 not addressed to one user's
+// credentials) with Retry-After sends nothing until the origin said it
+// may. Whatever it turns away fails at once with a *busyError, which the
+// proxy answers with a stale response or a 503.
 type guard struct {
 	next     http.RoundTripper
 	limiter  *rate.Limiter // nil: no rate cap
 	slots    chan struct{} // nil: no cap on requests in flight
 	maxQueue int64
+	maxWait  time.Duration // longest a request may queue: the upstream timeout
 	now      func() time.Time
 	observe  func(time.Duration) // how long each exchange took, body included
 
@@ -45,10 +47,12 @@ func (e *busyError) Error() string {
 	return fmt.Sprintf("upstream request not sent: %s (retry after %s)", e.why, e.retryAfter)
 }
 
-// newGuard returns a guard in front of next. A zero rps or inflight puts
-// no cap on that dimension; maxQueue bounds the waiters when either is set.
-func newGuard(next http.RoundTripper, rps float64, inflight, maxQueue int, now func() time.Time, observe func(time.Duration)) *guard {
-	g := &guard{next: next, maxQueue: int64(maxQueue), now: now, observe: observe}
+// newGuard returns a guard in front of next with cfg's caps. A zero rps or
+// inflight puts no cap on that dimension; maxQueue bounds the waiters when
+// either is set, and maxWait how long each may wait.
+func newGuard(next http.RoundTripper, cfg Config, maxWait time.Duration, now func() time.Time, observe func(time.Duration)) *guard {
+	rps, inflight := cfg.UpstreamMaxRPS, cfg.UpstreamMaxInflight
+	g := &guard{next: next, maxQueue: int64(cfg.UpstreamMaxQueue), maxWait: maxWait, now: now, observe: observe}
 	if rps > 0 {
 		// A burst of one spaces requests 1/rps apart, so that no
 		// window of a second holds more than rps of them.
@@ -61,37 +65,69 @@ func newGuard(next http.RoundTripper, rps float64, inflight, maxQueue int, now f
 }
 
 func (g *guard) RoundTrip(req *http.Request) (*http.Response, error) {
-	if wait := time.Duration(g.holdUntil.Load() - g.now().UnixNano()); wait > 0 {
-		return nil, g.turnAway(wait, "the origin asked for a pause")
+	if err := g.paused(); err != nil {
+		return nil, err
 	}
 	if err := g.admit(req.Context()); err != nil {
 		return nil, err
 	}
-	g.inflight.Add(1)
-	start := time.Now()
-	done := func() {
-		g.observe(time.Since(start))
-		g.done()
+	if err := g.paused(); err != nil { // the origin may have asked while we waited
+		g.release()
+		return nil, err
 	}
+	g.inflight.Add(1)
+	var once sync.Once
+	free := func() { once.Do(g.done) }
+	start := time.Now()
 	resp, err := g.next.RoundTrip(req)
 	if err != nil {
-		done()
+		g.observe(time.Since(start))
+		free()
 		return nil, err
 	}
 	g.lastAnswer.Store(g.now().UnixNano())
-	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
-		if d := retryAfter(resp.Header.Get("Retry-After"), g.now()); d > 0 {
-			g.hold(d)
-		}
+	g.noteRetryAfter(req, resp)
+	if _, passing := req.Context().Value(passKey{}).(passed); passing || resp.StatusCode == http.StatusSwitchingProtocols {
+		// A passed-through answer streams at its one client's pace, and
+		// an upgraded connection lives on its own terms: neither keeps
+		// a slot from the shared fetches once its header is in.
+		free()
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
-		// An upgraded connection lives on its own terms; its body must
-		// stay the connection itself for ReverseProxy.
-		done()
+		// Its body must stay the connection itself for ReverseProxy.
+		g.observe(time.Since(start))
 		return resp, nil
 	}
-	resp.Body = &doneBody{ReadCloser: resp.Body, done: done}
+	resp.Body = &doneBody{ReadCloser: resp.Body, done: func() {
+		g.observe(time.Since(start))
+		free()
+	}}
 	return resp, nil
+}
+
+// paused turns a request away while the origin's Retry-After runs.
+func (g *guard) paused() error {
+	if wait := time.Duration(g.holdUntil.Load() - g.now().UnixNano()); wait > 0 {
+		return g.turnAway(wait, "the origin asked for a pause")
+	}
+	return nil
+}
+
+// noteRetryAfter pauses every upstream request for as long as resp's
+// Retry-After says, when resp says the origin as a whole is overloaded:
+// a 503, or a 429 to a request without credentials (all of corral's
+// requests come from one address). A 429 to one user's credentials
+// speaks of that user's quota alone.
+func (g *guard) noteRetryAfter(req *http.Request, resp *http.Response) {
+	switch {
+	case resp.StatusCode == http.StatusServiceUnavailable:
+	case resp.StatusCode == http.StatusTooManyRequests && req.Header.Get("Authorization") == "":
+	default:
+		return
+	}
+	if d := retryAfter(resp.Header.Get("Retry-After"), g.now()); d > 0 {
+		g.hold(d)
+	}
 }
 
 // admit waits for a slot and a token, unless maxQueue requests already
@@ -99,6 +135,13 @@ func (g *guard) RoundTrip(req *http.Request) (*http.Response, error) {
 func (g *guard) admit(ctx context.Context) error {
 	if (g.limiter == nil && g.slots == nil) || g.tryAdmit() {
 		return nil
+	}
+	if _, ok := ctx.Deadline(); !ok && g.maxWait > 0 {
+		// A passed-through request runs on its client's context,
+		// which may have no end: bound its wait like a fetch's.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, g.maxWait)
+		defer cancel()
 	}
 	if g.queued.Add(1) > g.maxQueue {
 		g.queued.Add(-1)

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -502,5 +503,96 @@ func holding(arrived chan<- struct{}, release <-chan struct{}, h http.HandlerFun
 		arrived <- struct{}{}
 		<-release
 		h(w, r)
+	}
+}
+
+// headerSignal is a ResponseWriter that closes wrote when the header is
+// written, and discards the body.
+type headerSignal struct {
+	h     http.Header
+	wrote chan struct{}
+}
+
+func (w *headerSignal) Header() http.Header         { return w.h }
+func (w *headerSignal) Write(b []byte) (int, error) { return len(b), nil }
+func (w *headerSignal) WriteHeader(int)             { close(w.wrote) }
+func (w *headerSignal) Flush()                      {}
+
+func TestPassedThroughStreamDoesNotHoldASlot(t *testing.T) {
+	clk := newClock()
+	release := make(chan struct{})
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost {
+			w.WriteHeader(http.StatusOK)
+			w.(http.Flusher).Flush()
+			<-release // the body goes on and on
+			return
+		}
+		answer("max-age=60", "x")(w, r)
+	})
+	p := newTestProxy(t, o, clk, Config{UpstreamMaxInflight: 1})
+	sw := &headerSignal{h: http.Header{}, wrote: make(chan struct{})}
+	streamed := make(chan struct{})
+	go func() {
+		p.ServeHTTP(sw, httptest.NewRequest(http.MethodPost, "/stream", nil))
+		close(streamed)
+	}()
+	wait(t, sw.wrote, "the stream's header")
+
+	if got, _ := get(p, "/other"); got.Status != 200 {
+		t.Errorf("a fetch while one client's stream runs got %d (%s), want 200: the stream kept the only slot", got.Status, got.CacheStatus)
+	}
+	close(release)
+	wait(t, streamed, "the stream's end")
+}
+
+func TestQueuedRequestsHonourALaterPause(t *testing.T) {
+	clk := newClock()
+	arrived, release := make(chan struct{}), make(chan struct{})
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/first" {
+			arrived <- struct{}{}
+			<-release
+			w.Header().Set("Retry-After", "30")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		answer("max-age=60", "x")(w, r)
+	})
+	p := newTestProxy(t, o, clk, Config{UpstreamMaxInflight: 1, UpstreamMaxQueue: 10})
+	go get(p, "/first")
+	wait(t, arrived, "the first fetch")
+	second := make(chan response)
+	go func() { r, _ := get(p, "/second"); second <- r }()
+	// The second request has no channel to say it is queued: watch the
+	// guard's own count, yielding, not sleeping, for at most 10s.
+	for deadline := time.Now().Add(10 * time.Second); p.guard.queued.Load() != 1; runtime.Gosched() {
+		if time.Now().After(deadline) {
+			t.Fatal("the second request never queued")
+		}
+	}
+	close(release) // the 503 with Retry-After frees the slot for the queued one
+	got := wait(t, second, "the queued request")
+	if got.Status != 503 || got.CacheStatus != "corral; fwd=uri-miss; detail=upstream-busy" || o.count() != 1 {
+		t.Errorf("queued request got %d %q and the origin saw %d requests; want corral's 503 and only the first", got.Status, got.CacheStatus, o.count())
+	}
+}
+
+func TestOneUsersTooManyRequestsPausesNoOneElse(t *testing.T) {
+	clk := newClock()
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "" {
+			w.Header().Set("Retry-After", "60")
+			w.WriteHeader(http.StatusTooManyRequests)
+			return
+		}
+		answer("max-age=60", "x")(w, r)
+	})
+	p := newTestProxy(t, o, clk, Config{})
+	if got, _ := get(p, "/mine", "Authorization", "Bearer greedy"); got.Status != 429 {
+		t.Fatalf("the greedy user got %d, want the origin's 429", got.Status)
+	}
+	if got, _ := get(p, "/shared"); got.Status != 200 {
+		t.Errorf("another client got %d (%s) after one user's 429, want 200", got.Status, got.CacheStatus)
 	}
 }

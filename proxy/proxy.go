@@ -142,7 +142,7 @@ func New(cfg Config) (*Proxy, error) {
 		p.now = time.Now
 	}
 	p.fakeClock = cfg.Now != nil
-	p.guard = newGuard(p.transport, cfg.UpstreamMaxRPS, cfg.UpstreamMaxInflight, cfg.UpstreamMaxQueue, p.now,
+	p.guard = newGuard(p.transport, cfg, p.flights.Timeout, p.now,
 		func(d time.Duration) { p.metrics.upstream.Observe(d.Seconds()) })
 	if p.log == nil {
 		p.log = slog.Default()
