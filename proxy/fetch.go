@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
+	"strconv"
 	"time"
 
 	"corral/freshness"
@@ -84,7 +86,7 @@ func (p *Proxy) fetch(ctx context.Context, in *http.Request, key, vkey string, s
 	if resp.StatusCode == http.StatusNotModified && stale != nil {
 		p.stats.upstream(resp.StatusCode, nil)
 		e, own := p.revalidated(in.Header, stale, resp.Header, reqTime, respTime)
-		return &fetched{entry: e, own: own, status: resp.StatusCode, stored: p.put(key, e, reqTime)}, nil
+		return &fetched{entry: e, own: own, status: resp.StatusCode, stored: p.put(key, e, reqTime, stale)}, nil
 	}
 
 	if resp.ContentLength > p.maxObject {
@@ -100,7 +102,7 @@ func (p *Proxy) fetch(ctx context.Context, in *http.Request, key, vkey string, s
 		return nil, errTooLarge
 	}
 	e, own := p.newEntry(in.Header, resp.StatusCode, resp.Header, body, reqTime, respTime)
-	return &fetched{entry: e, own: own, status: resp.StatusCode, stored: p.put(key, e, reqTime)}, nil
+	return &fetched{entry: e, own: own, status: resp.StatusCode, stored: p.put(key, e, reqTime, nil)}, nil
 }
 
 // newEntry builds the Entry for a response. own is the header as the
@@ -153,8 +155,10 @@ func (p *Proxy) revalidated(reqHeader http.Header, stale *Entry, header http.Hea
 
 // put stores e, fetched by a request sent at reqTime, under key (or under
 // its variant key, with a Vary marker at key) when its decision allows and
-// key was not invalidated since, and reports whether it did.
-func (p *Proxy) put(key string, e *Entry, reqTime time.Time) bool {
+// key was not invalidated since, and reports whether it did. An e that
+// revalidates replaces is stored only while replaces still is: a 304 must
+// not bring back a body that was purged while it was asked for.
+func (p *Proxy) put(key string, e *Entry, reqTime time.Time, replaces *Entry) bool {
 	if !e.Decision.Storable {
 		return false
 	}
@@ -169,13 +173,38 @@ func (p *Proxy) put(key string, e *Entry, reqTime time.Time) bool {
 		return false
 	}
 	defer p.warnEvictions(now)
-	return p.tombstones.store(key, reqTime, now, func() {
+	return p.tombstones.store(key, reqTime, func() bool {
 		if len(e.Vary) == 0 {
+			if replaces != nil {
+				if cur, _ := p.store.Get(key); cur != replaces {
+					return false
+				}
+			}
 			p.store.Set(key, e, ttl)
-			return
+			return true
 		}
-		p.store.Set(key, &Entry{Vary: e.Vary}, ttl)
-		p.store.Set(variantKey(key, e.VaryKey), e, ttl)
+		// Variants live under keys of their marker's generation: a
+		// marker that is dropped (purged, replaced by a pass mark,
+		// evicted) takes its variants out of reach with it. A marker
+		// for the same Vary keeps its generation and lives as long as
+		// its longest-lived variant.
+		until := now.Add(ttl)
+		gen := p.varyGens.Add(1)
+		if old, ok := p.store.Get(key); ok && old.Status == 0 && !old.Pass && slices.Equal(old.Vary, e.Vary) {
+			gen = old.varyGen
+			if old.markerUntil.After(until) {
+				until = old.markerUntil
+			}
+		}
+		vk := variantKey(key, gen, e.VaryKey)
+		if replaces != nil {
+			if cur, _ := p.store.Get(vk); cur != replaces {
+				return false
+			}
+		}
+		p.store.Set(key, &Entry{Vary: e.Vary, varyGen: gen, markerUntil: until}, until.Sub(now))
+		p.store.Set(vk, e, ttl)
+		return true
 	})
 }
 
@@ -200,7 +229,9 @@ func (p *Proxy) warnEvictions(now time.Time) {
 // last moment it could be served, for revalidation.
 const validatorGrace = time.Minute
 
-func variantKey(key, varyKey string) string { return key + "\x00" + varyKey }
+func variantKey(key string, gen uint64, varyKey string) string {
+	return key + "\x00" + strconv.FormatUint(gen, 36) + "\x00" + varyKey
+}
 
 // lookup returns what the store holds for a request to key with header h,
 // following a Vary marker to the variant, and the key it was found under.
@@ -212,7 +243,7 @@ func (p *Proxy) lookup(key string, h http.Header) (*Entry, string) {
 	if e.Status != 0 || e.Pass {
 		return e, key
 	}
-	vk := variantKey(key, varyKey(e.Vary, h))
+	vk := variantKey(key, e.varyGen, varyKey(e.Vary, h))
 	v, _ := p.store.Get(vk)
 	return v, vk
 }

@@ -596,3 +596,93 @@ func TestOneUsersTooManyRequestsPausesNoOneElse(t *testing.T) {
 		t.Errorf("another client got %d (%s) after one user's 429, want 200", got.Status, got.CacheStatus)
 	}
 }
+
+// TestTombstonesStayBounded floods invalidations of unique URIs, as a
+// client sending unsafe requests can: the records stay bounded, and a
+// fetch that started before the flood still does not store.
+func TestTombstonesStayBounded(t *testing.T) {
+	ts := tombstones{keep: 30 * time.Second}
+	t0 := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	for i := range 5 * maxTombstones {
+		ts.forget("/k/"+strconv.Itoa(i), false, t0.Add(time.Duration(i)*time.Millisecond), func() {})
+		if len(ts.keys) > maxTombstones || len(ts.prefixes) > maxTombstones {
+			t.Fatalf("after %d invalidations, %d key and %d prefix records; want at most %d each", i+1, len(ts.keys), len(ts.prefixes), maxTombstones)
+		}
+	}
+	set := func() bool { return true }
+	if ts.store("/k/0", t0, set) {
+		t.Errorf("a fetch that started before its key was invalidated stored its answer")
+	}
+	if ts.store("/never/invalidated", t0.Add(time.Hour), set) != true {
+		t.Errorf("a fetch that started after every invalidation was refused")
+	}
+}
+
+// TestPurgedVariantsStayGone follows a Vary marker that is replaced by a
+// pass mark before the purge: the variants stored under it must not come
+// back when a new marker appears.
+func TestPurgedVariantsStayGone(t *testing.T) {
+	clk := newClock()
+	version := "old"
+	var mu sync.Mutex
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		w.Header().Set("Vary", "X-A")
+		if r.Header.Get("X-A") == "b" && version == "old" {
+			w.Header().Set("Cache-Control", "private")
+		} else {
+			w.Header().Set("Cache-Control", "max-age=600")
+		}
+		io.WriteString(w, version+"-"+r.Header.Get("X-A"))
+	})
+	p := newTestProxy(t, o, clk, Config{})
+	get(p, "/x", "X-A", "a") // stored under a marker
+	get(p, "/x", "X-A", "b") // private: the marker becomes a pass mark
+	if n := p.Purge("/x", false); n != 1 {
+		t.Errorf("purge dropped %d entries, want 1", n)
+	}
+	mu.Lock()
+	version = "new"
+	mu.Unlock()
+	clk.Advance(time.Second)
+	get(p, "/x", "X-A", "b") // a new marker
+	got, _ := get(p, "/x", "X-A", "a")
+	if got.Body != "new-a" {
+		t.Errorf("after the purge, variant a answered %q (%s), want the origin's new-a", got.Body, got.CacheStatus)
+	}
+}
+
+// TestRevalidationDoesNotBringBackAPurgedBody purges a stale response
+// while its revalidation is at the origin: the 304 still answers the
+// client that asked, but the old body is not stored again.
+func TestRevalidationDoesNotBringBackAPurgedBody(t *testing.T) {
+	clk := newClock()
+	arrived, release := make(chan struct{}), make(chan struct{})
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "max-age=1")
+		w.Header().Set("ETag", `"v1"`)
+		if r.Header.Get("If-None-Match") != "" {
+			arrived <- struct{}{}
+			<-release
+			w.WriteHeader(http.StatusNotModified)
+			return
+		}
+		io.WriteString(w, "old body")
+	})
+	p := newTestProxy(t, o, clk, Config{})
+	get(p, "/x")
+	clk.Advance(5 * time.Second) // stale: the next request revalidates
+	first := make(chan response)
+	go func() { r, _ := get(p, "/x"); first <- r }()
+	wait(t, arrived, "the revalidation")
+	p.Purge("/x", false)
+	close(release)
+	if got := wait(t, first, "the revalidated answer"); got.Body != "old body" || strings.Contains(got.CacheStatus, "stored") {
+		t.Errorf("the revalidating client got %q (%s); want the body, not stored", got.Body, got.CacheStatus)
+	}
+	o.set(answer("max-age=60", "new body"))
+	if got, _ := get(p, "/x"); got.Body != "new body" {
+		t.Errorf("after the purge got %q (%s), want the origin's new body", got.Body, got.CacheStatus)
+	}
+}

@@ -106,8 +106,9 @@ type Proxy struct {
 	metrics        *Metrics
 	tombstones     tombstones // recent invalidations, against late write-backs
 
-	evictionsWarned atomic.Int64 // evictions counted by the last warning
-	evictionWarnAt  atomic.Int64 // Unix nanoseconds of that warning
+	varyGens        atomic.Uint64 // the last Vary marker generation
+	evictionsWarned atomic.Int64  // evictions counted by the last warning
+	evictionWarnAt  atomic.Int64  // Unix nanoseconds of that warning
 }
 
 // New returns a Proxy for cfg.

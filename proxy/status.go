@@ -104,7 +104,7 @@ func (p *Proxy) storeOnTheWay(resp *http.Response, info passed) {
 	}
 	resp.Body = &teeBody{ReadCloser: resp.Body, limit: p.maxObject, done: func(body []byte) {
 		e, _ := p.newEntry(info.reqHeader, resp.StatusCode, header, body, info.reqTime, respTime)
-		p.put(info.uri, e, info.reqTime)
+		p.put(info.uri, e, info.reqTime, nil)
 	}}
 }
 
@@ -146,17 +146,12 @@ func (p *Proxy) Purge(uri string, prefix bool) int {
 			n = p.store.DeletePrefix(uri)
 			return
 		}
-		e, ok := p.store.Get(uri)
-		if !ok {
-			return
+		// A Vary marker takes its variants out of reach with it: a
+		// later marker starts a new generation of variant keys.
+		if _, ok := p.store.Get(uri); ok {
+			p.store.Delete(uri)
+			n = 1
 		}
-		if e.Status == 0 && !e.Pass {
-			// A Vary marker: its variants must go too, or a later
-			// marker would lead to them again.
-			n = p.store.DeletePrefix(uri + "\x00")
-		}
-		p.store.Delete(uri)
-		n++
 	})
 	p.stats.Purged.Add(int64(n))
 	return n

@@ -30,6 +30,11 @@ type Entry struct {
 	Vary    []string
 	VaryKey string
 
+	// varyGen and markerUntil belong to a Vary marker: the generation
+	// in its variants' keys, and when it expires.
+	varyGen     uint64
+	markerUntil time.Time
+
 	// Pass marks a key whose last response could not be shared: until
 	// the Entry expires, requests for it go upstream each on its own
 	// instead of queueing behind a flight (Varnish's hit-for-miss).
