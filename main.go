@@ -87,6 +87,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, getenv func(strin
 		return 1
 	case <-ctx.Done():
 	}
+	stop() // a second signal ends the process at once
 
 	// Shut down in order, all within one deadline: fail readiness, stop
 	// accepting and finish the requests under way, let the fetches and
@@ -275,6 +276,17 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) (string, bo
 		c.logJSON = true
 	default:
 		return bad("log-format", "want text or json, got %q", *logFormat)
+	}
+	for _, name := range []string{"listen", "admin-listen"} {
+		addr := fs.Lookup(name).Value.String()
+		if addr == "" && name == "admin-listen" {
+			continue
+		}
+		if _, port, err := net.SplitHostPort(addr); err != nil {
+			return bad(name, "%q is not host:port: %v", addr, err)
+		} else if _, err := net.LookupPort("tcp", port); err != nil {
+			return bad(name, "%q: bad port %q", addr, port)
+		}
 	}
 	if c.adminListen != "" && c.adminToken == "" && !loopback(c.adminListen) {
 		return bad("admin-listen", "%q is reachable from other hosts; set -admin-token, or listen on a loopback address such as 127.0.0.1:9091", c.adminListen)

@@ -120,6 +120,8 @@ func TestBadFlagValueExitsTwoWithOneLine(t *testing.T) {
 		{"request-no-cache", []string{"-request-no-cache", "sometimes"}, `corral: -request-no-cache: want revalidate or ignore, got "sometimes"` + "\n"},
 		{"negative rps", []string{"-upstream-max-rps", "-5"}, "corral: -upstream-max-rps: must be zero or more, got -5\n"},
 		{"negative inflight", []string{"-upstream-max-inflight", "-1"}, "corral: -upstream-max-inflight: must be zero or more, got -1\n"},
+		{"listen without port", []string{"-listen", "localhost"}, `corral: -listen: "localhost" is not host:port: address localhost: missing port in address` + "\n"},
+		{"admin port out of range", []string{"-admin-listen", "127.0.0.1:70000"}, `corral: -admin-listen: "127.0.0.1:70000": bad port "70000"` + "\n"},
 		{"log level", []string{"-log-level", "loud"}, `corral: -log-level: want debug, info, warn or error, got "loud"` + "\n"},
 		{"log format", []string{"-log-format", "xml"}, `corral: -log-format: want text or json, got "xml"` + "\n"},
 		{"open admin without token", []string{"-admin-listen", ":9091"}, `corral: -admin-listen: ":9091" is reachable from other hosts; set -admin-token, or listen on a loopback address such as 127.0.0.1:9091` + "\n"},
@@ -150,8 +152,8 @@ func TestEnvironment(t *testing.T) {
 		{
 			name:     "sets a flag",
 			env:      map[string]string{"CORRAL_UPSTREAM": "http://127.0.0.1:1", "CORRAL_LISTEN": "127.0.0.1:99999"},
-			wantCode: 1,
-			want:     "corral: -listen: listen tcp: address 99999: invalid port\n",
+			wantCode: 2,
+			want:     `corral: CORRAL_LISTEN (-listen): "127.0.0.1:99999": bad port "99999"` + "\n",
 		},
 		{
 			name:     "flag beats variable",

@@ -123,3 +123,16 @@ func waitFor(t *testing.T, c *http.Client, url string, want int) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+func TestPortInUseExitsOneNamingTheFlag(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var stderr bytes.Buffer
+	code := run(context.Background(), []string{"-upstream", "http://127.0.0.1:1", "-listen", "127.0.0.1:0", "-admin-listen", ln.Addr().String()}, &stderr, noEnv)
+	if want := "corral: -admin-listen: listen tcp " + ln.Addr().String() + ": bind: address already in use\n"; code != 1 || stderr.String() != want {
+		t.Errorf("exit %d, stderr %q; want 1 and %q", code, stderr.String(), want)
+	}
+}

@@ -94,18 +94,24 @@ func (a *Admin) purge(w http.ResponseWriter, r *http.Request) {
 	var (
 		target string
 		prefix bool
-		given  int
 	)
-	for _, name := range []string{"url", "prefix", "all"} {
-		if q.Has(name) {
-			given++
+	for name := range q {
+		if name != "url" && name != "prefix" && name != "all" {
+			// Most likely the rest of an unescaped query: /a?x=1&y=2
+			// would otherwise purge /a?x=1 and say nothing.
+			http.Error(w, fmt.Sprintf("unknown parameter %q; escape the URL's own query (url=/a%%3Fx%%3D1%%26y%%3D2)", name), http.StatusBadRequest)
+			return
 		}
 	}
 	switch {
-	case given != 1:
+	case len(q) != 1:
 		http.Error(w, "give exactly one of url=, prefix= or all=1", http.StatusBadRequest)
 		return
 	case q.Has("all"):
+		if v := q.Get("all"); v != "1" && v != "true" {
+			http.Error(w, fmt.Sprintf("all=%q: want all=1", v), http.StatusBadRequest)
+			return
+		}
 		prefix = true
 	default:
 		raw := q.Get("url")

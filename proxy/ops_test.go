@@ -212,6 +212,8 @@ func TestPurgeEndpoint(t *testing.T) {
 		{"wrong token", http.MethodPost, "/purge?all=1", "Bearer guess", 401, "missing or wrong bearer token\n"},
 		{"nothing named", http.MethodPost, "/purge", auth, 400, "give exactly one of url=, prefix= or all=1\n"},
 		{"two named", http.MethodPost, "/purge?url=/a&all=1", auth, 400, "give exactly one of url=, prefix= or all=1\n"},
+		{"unescaped query", http.MethodPost, "/purge?url=/a?x=1&y=2", auth, 400, `unknown parameter "y"; escape the URL's own query (url=/a%3Fx%3D1%26y%3D2)` + "\n"},
+		{"all=0 is no purge", http.MethodPost, "/purge?all=0", auth, 400, `all="0": want all=1` + "\n"},
 		{"not a path", http.MethodPost, "/purge?url=api/a", auth, 400, `"api/a" is not a URL path (such as /api/stats) or an absolute URL` + "\n"},
 		{"GET is not a purge", http.MethodGet, "/purge?all=1", auth, 405, "Method Not Allowed\n"},
 		{"one URL, query included", http.MethodPost, "/purge?url=" + "/api/a%3Fx%3D1", auth, 200, `{"purged":1}` + "\n"},
