@@ -194,7 +194,7 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) (string, bo
 		upstream        = fs.String("upstream", "", "origin URL every request goes to, e.g. http://stats.internal:9000 (required)")
 		cacheBytes      = byteSize(256 << 20)
 		maxObjectBytes  = byteSize(8 << 20)
-		upstreamTimeout = fs.Duration("upstream-timeout", 30*time.Second, "longest an upstream exchange may take, body included; waiters then get 504")
+		upstreamTimeout = fs.Duration("upstream-timeout", 30*time.Second, "longest a shared upstream fetch may take, body included (a passed-through request: until its header arrives); waiters then get 504")
 		passTTL         = fs.Duration("pass-ttl", 10*time.Second, "how long a URL whose response could not be shared goes upstream without coalescing")
 		defaultTTL      = fs.Duration("default-ttl", 0, "freshness lifetime for cacheable responses that carry none (0: RFC 9111 heuristic only)")
 		defaultSWR      = fs.Duration("default-stale-while-revalidate", 0, "stale-while-revalidate window for responses that carry none (0: off)")
