@@ -74,16 +74,19 @@ func (e *Entry) fields(st cacheStatus, now time.Time) *servedFields {
 		ageText:       strconv.FormatInt(int64(age/time.Second), 10),
 		contentLength: strconv.Itoa(len(e.Body)),
 	}
-	e.served.Store(f)
+	if st.hit {
+		e.served.Store(f) // misses are served once; hits again and again
+	}
 	return f
 }
 
 // entryOverhead is what a stored Entry costs on the heap beside its bytes,
 // as bench's BenchmarkStoreOverhead measures it: the Entry with its
-// Decision (about 290 B), its header map with room for eight fields
-// (about 380 B) and otter's node (about 100 B). Counting less would let
-// a store of small entries outgrow its budget.
-const entryOverhead = 768
+// Decision (about 320 B), its header map with room for eight fields
+// (about 380 B), otter's node (about 100 B), and once it is hit, its
+// served field values (about 180 B). Counting less would let a store of
+// small entries outgrow its budget.
+const entryOverhead = 1024
 
 // mapSlot is what each header field past the eighth adds to the map.
 const mapSlot = 40
