@@ -51,7 +51,11 @@ func (p *Proxy) fetch(ctx context.Context, in *http.Request, key, vkey string, s
 		return &fetched{again: true}, nil
 	}
 
-	out, err := http.NewRequestWithContext(ctx, http.MethodGet, p.upstreamURL(in), nil)
+	// The guard notes when the request leaves, after any wait for the
+	// upstream caps: that is the request_time of RFC 9111 section 4.2.3,
+	// and a wait in the queue must not age the answer.
+	sent := new(time.Time)
+	out, err := http.NewRequestWithContext(context.WithValue(ctx, sentKey{}, sent), http.MethodGet, p.upstreamURL(in), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -70,7 +74,7 @@ func (p *Proxy) fetch(ctx context.Context, in *http.Request, key, vkey string, s
 		}
 	}
 
-	reqTime := p.now()
+	*sent = p.now() // the guard moves it on if the request waits
 	resp, err := p.guard.RoundTrip(out)
 	var busy *busyError
 	if errors.As(err, &busy) {
@@ -85,8 +89,8 @@ func (p *Proxy) fetch(ctx context.Context, in *http.Request, key, vkey string, s
 
 	if resp.StatusCode == http.StatusNotModified && stale != nil {
 		p.stats.upstream(resp.StatusCode, nil)
-		e, own := p.revalidated(in.Header, stale, resp.Header, reqTime, respTime)
-		return &fetched{entry: e, own: own, status: resp.StatusCode, stored: p.put(key, e, reqTime, stale)}, nil
+		e, own := p.revalidated(in.Header, stale, resp.Header, *sent, respTime)
+		return &fetched{entry: e, own: own, status: resp.StatusCode, stored: p.put(key, e, *sent, stale)}, nil
 	}
 
 	if resp.ContentLength > p.maxObject {
@@ -101,8 +105,8 @@ func (p *Proxy) fetch(ctx context.Context, in *http.Request, key, vkey string, s
 	if int64(len(body)) > p.maxObject {
 		return nil, errTooLarge
 	}
-	e, own := p.newEntry(in.Header, resp.StatusCode, resp.Header, body, reqTime, respTime)
-	return &fetched{entry: e, own: own, status: resp.StatusCode, stored: p.put(key, e, reqTime, nil)}, nil
+	e, own := p.newEntry(in.Header, resp.StatusCode, resp.Header, body, *sent, respTime)
+	return &fetched{entry: e, own: own, status: resp.StatusCode, stored: p.put(key, e, *sent, nil)}, nil
 }
 
 // newEntry builds the Entry for a response. own is the header as the

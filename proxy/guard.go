@@ -37,6 +37,10 @@ type guard struct {
 	lastAnswer atomic.Int64 // Unix nanoseconds: when the origin last answered at all
 }
 
+// sentKey marks a request whose sender wants to know when it left the
+// guard: the value is a *time.Time that RoundTrip sets.
+type sentKey struct{}
+
 // busyError is what the guard answers instead of sending a request.
 type busyError struct {
 	retryAfter time.Duration // when the client might try again
@@ -74,6 +78,9 @@ func (g *guard) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err := g.paused(); err != nil { // the origin may have asked while we waited
 		g.release()
 		return nil, err
+	}
+	if sent, ok := req.Context().Value(sentKey{}).(*time.Time); ok {
+		*sent = g.now()
 	}
 	g.inflight.Add(1)
 	var once sync.Once

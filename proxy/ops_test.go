@@ -688,3 +688,35 @@ func TestRevalidationDoesNotBringBackAPurgedBody(t *testing.T) {
 		t.Errorf("after the purge got %q (%s), want the origin's new body", got.Body, got.CacheStatus)
 	}
 }
+
+// TestQueueWaitDoesNotAgeTheAnswer holds a fetch in the guard's queue
+// while the clock moves: the answer's age counts from when the request
+// left, not from when it started waiting (RFC 9111 section 4.2.3).
+func TestQueueWaitDoesNotAgeTheAnswer(t *testing.T) {
+	clk := newClock()
+	arrived, release := make(chan struct{}), make(chan struct{})
+	hold := holding(arrived, release, answer("max-age=60", "first"))
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/first" {
+			hold(w, r)
+			return
+		}
+		answer("max-age=60", "second")(w, r)
+	})
+	p := newTestProxy(t, o, clk, Config{UpstreamMaxInflight: 1, UpstreamMaxQueue: 1})
+	go get(p, "/first")
+	wait(t, arrived, "the first fetch")
+	second := make(chan response)
+	go func() { r, _ := get(p, "/second"); second <- r }()
+	for deadline := time.Now().Add(10 * time.Second); p.guard.queued.Load() != 1; runtime.Gosched() {
+		if time.Now().After(deadline) {
+			t.Fatal("the second request never queued")
+		}
+	}
+	clk.Advance(10 * time.Second) // time spent in the queue
+	close(release)
+	want := response{Status: 200, Body: "second", CacheStatus: "corral; fwd=uri-miss; fwd-status=200; stored; ttl=60"}
+	if diff := cmp.Diff(want, wait(t, second, "the queued request")); diff != "" {
+		t.Errorf("answer fetched after a wait in the queue (-want +got):\n%s", diff)
+	}
+}
