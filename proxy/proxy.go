@@ -194,8 +194,8 @@ func (p *Proxy) Wait() { p.flights.Wait(context.Background()) } //nolint:errchec
 
 // Shutdown waits, until ctx ends, for the fetches under way to finish,
 // background refreshes and those whose clients left included, then closes
-// the idle upstream connections and stops the store New made. Call it once the server in front has
-// stopped handing the proxy requests.
+// the idle upstream connections and stops the store New made. Call it
+// once the server in front has stopped handing the proxy requests.
 func (p *Proxy) Shutdown(ctx context.Context) error {
 	err := p.flights.Wait(ctx)
 	if t, ok := p.transport.(interface{ CloseIdleConnections() }); ok {
