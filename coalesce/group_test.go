@@ -21,18 +21,30 @@ func within[T any](t *testing.T, ch <-chan T, what string) T {
 	}
 }
 
+// heldFetch is a fetch that counts its calls, closes started on the
+// first, and returns v once release is closed.
+type heldFetch struct {
+	calls            atomic.Int32
+	started, release chan struct{}
+	v                string
+}
+
+func newHeldFetch(v string) *heldFetch {
+	return &heldFetch{started: make(chan struct{}), release: make(chan struct{}), v: v}
+}
+
+func (h *heldFetch) fetch(context.Context) (string, error) {
+	if h.calls.Add(1) == 1 {
+		close(h.started)
+	}
+	<-h.release
+	return h.v, nil
+}
+
 func TestOneFetchPerKeyWhileItRuns(t *testing.T) {
 	var g Group[string]
-	var fetches atomic.Int32
-	started := make(chan struct{})
-	release := make(chan struct{})
-	fetch := func(context.Context) (string, error) {
-		if fetches.Add(1) == 1 {
-			close(started)
-		}
-		<-release
-		return "v", nil
-	}
+	h := newHeldFetch("v")
+	fetches, started, release, fetch := &h.calls, h.started, h.release, h.fetch
 
 	// The first caller's fetch is held open; every caller after it finds
 	// the flight in progress and must join it.
@@ -160,16 +172,8 @@ func TestPanicBecomesAnError(t *testing.T) {
 
 func TestRefreshIsOncePerKeyAndSharedWithDo(t *testing.T) {
 	var g Group[string]
-	var fetches atomic.Int32
-	started := make(chan struct{})
-	release := make(chan struct{})
-	fetch := func(context.Context) (string, error) {
-		if fetches.Add(1) == 1 {
-			close(started)
-		}
-		<-release
-		return "fresh", nil
-	}
+	h := newHeldFetch("fresh")
+	fetches, started, release, fetch := &h.calls, h.started, h.release, h.fetch
 	if !g.Refresh(context.Background(), "k", fetch) {
 		t.Fatal("first Refresh did not start")
 	}
@@ -196,4 +200,32 @@ func TestRefreshIsOncePerKeyAndSharedWithDo(t *testing.T) {
 		t.Error("Refresh after the first finished did not start")
 	}
 	g.Wait(context.Background()) //nolint:errcheck // no deadline
+}
+
+// TestWaitOutlastsAFetchItsCallerLeft: Wait, which shutdown relies on,
+// must cover a fetch whose only caller gave up on it.
+func TestWaitOutlastsAFetchItsCallerLeft(t *testing.T) {
+	var g Group[string]
+	h := newHeldFetch("v")
+	ctx, cancel := context.WithCancel(context.Background())
+	left := make(chan error, 1)
+	go func() {
+		_, _, err := g.Do(ctx, "k", h.fetch)
+		left <- err
+	}()
+	within(t, h.started, "the fetch")
+	cancel()
+	if err := within(t, left, "the caller to leave"); !errors.Is(err, context.Canceled) {
+		t.Fatalf("leaving caller got %v, want context.Canceled", err)
+	}
+
+	expired, stop := context.WithCancel(context.Background())
+	stop()
+	if err := g.Wait(expired); err == nil {
+		t.Error("Wait returned nil while the abandoned fetch still ran")
+	}
+	close(h.release)
+	if err := g.Wait(context.Background()); err != nil {
+		t.Errorf("Wait after the fetch ended: %v", err)
+	}
 }

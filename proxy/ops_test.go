@@ -551,28 +551,19 @@ func TestPassedThroughStreamDoesNotHoldASlot(t *testing.T) {
 func TestQueuedRequestsHonourALaterPause(t *testing.T) {
 	clk := newClock()
 	arrived, release := make(chan struct{}), make(chan struct{})
+	hold := holding(arrived, release, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Retry-After", "30")
+		w.WriteHeader(http.StatusServiceUnavailable)
+	})
 	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/first" {
-			arrived <- struct{}{}
-			<-release
-			w.Header().Set("Retry-After", "30")
-			w.WriteHeader(http.StatusServiceUnavailable)
+			hold(w, r)
 			return
 		}
 		answer("max-age=60", "x")(w, r)
 	})
 	p := newTestProxy(t, o, clk, Config{UpstreamMaxInflight: 1, UpstreamMaxQueue: 10})
-	go get(p, "/first")
-	wait(t, arrived, "the first fetch")
-	second := make(chan response)
-	go func() { r, _ := get(p, "/second"); second <- r }()
-	// The second request has no channel to say it is queued: watch the
-	// guard's own count, yielding, not sleeping, for at most 10s.
-	for deadline := time.Now().Add(10 * time.Second); p.guard.queued.Load() != 1; runtime.Gosched() {
-		if time.Now().After(deadline) {
-			t.Fatal("the second request never queued")
-		}
-	}
+	second := queueBehindFirst(t, p, arrived)
 	close(release) // the 503 with Retry-After frees the slot for the queued one
 	got := wait(t, second, "the queued request")
 	if got.Status != 503 || got.CacheStatus != "corral; fwd=uri-miss; detail=upstream-busy" || o.count() != 1 {
@@ -704,19 +695,31 @@ func TestQueueWaitDoesNotAgeTheAnswer(t *testing.T) {
 		answer("max-age=60", "second")(w, r)
 	})
 	p := newTestProxy(t, o, clk, Config{UpstreamMaxInflight: 1, UpstreamMaxQueue: 1})
-	go get(p, "/first")
-	wait(t, arrived, "the first fetch")
-	second := make(chan response)
-	go func() { r, _ := get(p, "/second"); second <- r }()
-	for deadline := time.Now().Add(10 * time.Second); p.guard.queued.Load() != 1; runtime.Gosched() {
-		if time.Now().After(deadline) {
-			t.Fatal("the second request never queued")
-		}
-	}
+	second := queueBehindFirst(t, p, arrived)
 	clk.Advance(10 * time.Second) // time spent in the queue
 	close(release)
 	want := response{Status: 200, Body: "second", CacheStatus: "corral; fwd=uri-miss; fwd-status=200; stored; ttl=60"}
 	if diff := cmp.Diff(want, wait(t, second, "the queued request")); diff != "" {
 		t.Errorf("answer fetched after a wait in the queue (-want +got):\n%s", diff)
 	}
+}
+
+// queueBehindFirst sends GET /first through p, waits for it at the origin
+// (arrived) so that it holds p's only upstream slot, then sends GET
+// /second and returns once that one waits in the guard's queue. The
+// second answer arrives on the channel returned.
+func queueBehindFirst(t *testing.T, p *Proxy, arrived <-chan struct{}) <-chan response {
+	t.Helper()
+	go get(p, "/first")
+	wait(t, arrived, "the first fetch")
+	second := make(chan response, 1)
+	go func() { r, _ := get(p, "/second"); second <- r }()
+	// A queued request has no channel to say so: watch the guard's own
+	// count, yielding, not sleeping, for at most 10s.
+	for deadline := time.Now().Add(10 * time.Second); p.guard.queued.Load() != 1; runtime.Gosched() {
+		if time.Now().After(deadline) {
+			t.Fatal("the second request never queued")
+		}
+	}
+	return second
 }
