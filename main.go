@@ -135,7 +135,10 @@ func (s *server) listen() (err error) {
 	s.srv = &http.Server{
 		Handler:           s.handler,
 		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       120 * time.Second,
+		// OPTIONS * goes to the handler, which refuses every request-target
+		// that is not a path.
+		DisableGeneralOptionsHandler: true,
+		IdleTimeout:                  120 * time.Second,
 	}
 	return err
 }

@@ -55,7 +55,7 @@ func (p *Proxy) fetch(ctx context.Context, in *http.Request, key, vkey string, s
 	// upstream caps: that is the request_time of RFC 9111 section 4.2.3,
 	// and a wait in the queue must not age the answer.
 	sent := new(time.Time)
-	out, err := http.NewRequestWithContext(context.WithValue(ctx, sentKey{}, sent), http.MethodGet, p.upstreamURL(in), nil)
+	out, err := http.NewRequestWithContext(context.WithValue(ctx, sentKey{}, sent), http.MethodGet, p.upstreamURL(key).String(), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -250,8 +250,4 @@ func (p *Proxy) lookup(key string, h http.Header) (*Entry, string) {
 	vk := variantKey(key, e.varyGen, varyKey(e.Vary, h))
 	v, _ := p.store.Get(vk)
 	return v, vk
-}
-
-func (p *Proxy) upstreamURL(r *http.Request) string {
-	return p.upstream.Scheme + "://" + p.upstream.Host + p.upstreamPath + r.URL.RequestURI()
 }

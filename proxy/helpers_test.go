@@ -67,12 +67,15 @@ func (o *origin) set(h http.HandlerFunc) { o.handler.Store(&h) }
 func (o *origin) count() int64 { return o.requests.Load() }
 
 // newTestProxy returns a Proxy in front of o on clk, with cfg's other
-// fields as given.
+// fields as given; a cfg.Upstream gives the upstream's path.
 func newTestProxy(t *testing.T, o *origin, clk *clock, cfg Config) *Proxy {
 	t.Helper()
 	u, err := url.Parse(o.URL)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if cfg.Upstream != nil {
+		u.Path = cfg.Upstream.Path
 	}
 	cfg.Upstream = u
 	cfg.Now = clk.Now

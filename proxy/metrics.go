@@ -62,7 +62,7 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		"revalidated": s.Revalidated.Load(), "coalesced": s.Coalesced.Load(),
 		"stale_if_error": s.StaleOnError.Load(), "stale_busy": s.StaleOnBusy.Load(),
 		"bypass": s.Passed.Load(), "error": s.Errors.Load(), "busy": s.Busy.Load(),
-		"abandoned": s.Abandoned.Load(),
+		"abandoned": s.Abandoned.Load(), "rejected": s.Rejected.Load(),
 	} {
 		counter(descRequests, v, outcome)
 	}

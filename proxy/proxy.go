@@ -87,7 +87,7 @@ type Config struct {
 // Proxy is a caching reverse proxy for one upstream.
 type Proxy struct {
 	upstream       *url.URL
-	upstreamPath   string
+	upstreamPath   string // escaped, without a final slash
 	store          Store
 	ownStore       *Memory // the store New made, which Shutdown stops
 	maxObject      int64
@@ -119,7 +119,7 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	p := &Proxy{
 		upstream:       u,
-		upstreamPath:   strings.TrimSuffix(u.Path, "/"),
+		upstreamPath:   strings.TrimSuffix(u.EscapedPath(), "/"),
 		store:          cfg.Store,
 		maxObject:      orDefault(cfg.MaxObjectBytes, 8<<20),
 		passTTL:        orDefault(cfg.PassTTL, 10*time.Second),
@@ -151,7 +151,9 @@ func New(cfg Config) (*Proxy, error) {
 	p.logRequests = p.log.Enabled(context.Background(), slog.LevelDebug)
 	p.pass = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.SetURL(u)
+			info, _ := pr.In.Context().Value(passKey{}).(passed)
+			pr.Out.URL = p.upstreamURL(info.uri)
+			pr.Out.Host = ""
 			pr.SetXForwarded()
 			pr.Out.Header.Add("Via", via)
 		},
@@ -224,12 +226,17 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}()
 	}
 	defer func() { p.metrics.client.Observe(time.Since(start).Seconds()) }()
+	key, err := requestTarget(r)
+	if err != nil {
+		p.stats.Rejected.Add(1)
+		p.serveStatus(w, http.StatusBadRequest, cacheStatus{detail: "bad-request-target"})
+		return
+	}
 	if fwd, detail := bypass(r); fwd != "" {
-		p.passThrough(w, r, fwd, detail)
+		p.passThrough(w, r, key, fwd, detail)
 		return
 	}
 	req, forced := p.requestDirectives(r)
-	key := r.URL.RequestURI()
 	for attempt := 0; ; attempt++ {
 		e, vkey := p.lookup(key, r.Header)
 		now := start // one clock read for the hit path
@@ -237,7 +244,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			now = p.now()
 		}
 		if e != nil && e.Pass {
-			p.passThrough(w, r, "miss", "uncacheable")
+			p.passThrough(w, r, key, "miss", "uncacheable")
 			return
 		}
 		fwd := "uri-miss"
@@ -267,12 +274,12 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			p.serveStatus(w, http.StatusGatewayTimeout, cacheStatus{detail: "only-if-cached"})
 			return
 		case r.Header.Get("Range") != "":
-			p.passThrough(w, r, fwd, "range")
+			p.passThrough(w, r, key, fwd, "range")
 			return
 		case req.NoStore:
 			// The answer may not be stored (RFC 9111 section 5.2.1.5),
 			// so it could not be shared with a herd either.
-			p.passThrough(w, r, fwd, "request-no-store")
+			p.passThrough(w, r, key, fwd, "request-no-store")
 			return
 		}
 		if !p.fetchAndServe(w, r, req, key, vkey, e, fwd, attempt > 0) {
@@ -334,12 +341,12 @@ func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshn
 			p.stats.Abandoned.Add(1)
 			return false // the client left; the flight goes on without it
 		}
-		p.serveError(w, r, req, stale, err, fwd, now)
+		p.serveError(w, r, key, req, stale, err, fwd, now)
 		return false
 	}
 	if f.again {
 		if retried {
-			p.passThrough(w, r, "vary-miss", "")
+			p.passThrough(w, r, key, "vary-miss", "")
 			return false
 		}
 		return true
@@ -361,10 +368,10 @@ func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshn
 		p.serve(w, r, e, f.own, st, now)
 	case !e.Decision.Shareable:
 		// Meant for the leader's request alone: fetch our own.
-		p.passThrough(w, r, "miss", e.Decision.Reason)
+		p.passThrough(w, r, key, "miss", e.Decision.Reason)
 	case len(e.Vary) > 0 && e.VaryKey != varyKey(e.Vary, r.Header):
 		if retried {
-			p.passThrough(w, r, "vary-miss", "")
+			p.passThrough(w, r, key, "vary-miss", "")
 			return false
 		}
 		return true
@@ -566,10 +573,10 @@ func (p *Proxy) serveStaleOnError(w http.ResponseWriter, r *http.Request, stale 
 
 // serveError answers a failed fetch: with the stale entry where it may
 // stand in, otherwise 504 for a timeout and 502 for anything else.
-func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, stale *Entry, err error, fwd string, now time.Time) {
+func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, key string, req freshness.RequestDirectives, stale *Entry, err error, fwd string, now time.Time) {
 	if errors.Is(err, errTooLarge) {
-		p.markPass(r.URL.RequestURI(), &Entry{Decision: freshness.Decision{Reason: "too-large"}})
-		p.passThrough(w, r, "miss", "too-large")
+		p.markPass(key, &Entry{Decision: freshness.Decision{Reason: "too-large"}})
+		p.passThrough(w, r, key, "miss", "too-large")
 		return
 	}
 	var busy *busyError

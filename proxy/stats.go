@@ -23,6 +23,7 @@ type Stats struct {
 	Abandoned    atomic.Int64 // the client left before its fetch ended
 	StaleOnBusy  atomic.Int64 // served stale while the upstream guard held requests back
 	Busy         atomic.Int64 // answered 503 by corral: the upstream guard held the request back
+	Rejected     atomic.Int64 // answered 4xx by corral: a request it will not forward
 
 	Refreshes atomic.Int64 // background refreshes started
 	Purged    atomic.Int64 // entries dropped by purges and unsafe requests

@@ -71,9 +71,9 @@ type passed struct {
 // never to another client. A complete GET answer that turns out storable
 // is stored on the way, so that a URL marked uncacheable becomes cacheable
 // again as soon as the origin says so. fwd and detail go to Cache-Status.
-func (p *Proxy) passThrough(w http.ResponseWriter, r *http.Request, fwd string, detail string) {
+func (p *Proxy) passThrough(w http.ResponseWriter, r *http.Request, target, fwd, detail string) {
 	p.stats.Passed.Add(1)
-	info := passed{st: cacheStatus{fwd: fwd, detail: detail}, host: r.Host, uri: r.URL.RequestURI(), reqHeader: r.Header, reqTime: p.now()}
+	info := passed{st: cacheStatus{fwd: fwd, detail: detail}, host: r.Host, uri: target, reqHeader: r.Header, reqTime: p.now()}
 	p.pass.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), passKey{}, info)))
 }
 
@@ -184,12 +184,15 @@ func (p *Proxy) invalidate(info passed, h http.Header) {
 		}
 		switch {
 		case strings.EqualFold(u.Host, info.host):
-			p.Purge(u.RequestURI(), false)
-		case strings.EqualFold(u.Host, p.upstream.Host) && strings.HasPrefix(u.Path, p.upstreamPath):
+		case strings.EqualFold(u.Host, p.upstream.Host) && strings.HasPrefix(u.EscapedPath(), p.upstreamPath+"/"):
 			// The origin named itself: map its URL back to ours.
-			u.Path = strings.TrimPrefix(u.Path, p.upstreamPath)
-			u.RawPath = ""
-			p.Purge(u.RequestURI(), false)
+			u.RawPath = strings.TrimPrefix(u.EscapedPath(), p.upstreamPath)
+			u.Path, _ = url.PathUnescape(u.RawPath)
+		default:
+			continue
+		}
+		if target, err := normalizeTarget(u.RequestURI()); err == nil {
+			p.Purge(target, false)
 		}
 	}
 }

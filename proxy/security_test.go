@@ -1,0 +1,166 @@
+package proxy
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// These tests attack corral the way issue 9 found it broken: each sends
+// the raw request, or plays the origin, that did the damage.
+
+// rawExchange writes raw to addr and reads one response.
+func rawExchange(t *testing.T, addr, raw string) (*http.Response, string) {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(conn, raw); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("reading the answer to %q: %v", raw, err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return resp, string(body)
+}
+
+// serveProxy serves p on a loopback listener and returns its address.
+func serveProxy(t *testing.T, p http.Handler) string {
+	t.Helper()
+	s := httptest.NewUnstartedServer(p)
+	s.Config.DisableGeneralOptionsHandler = true // as main's server does
+	s.Start()
+	t.Cleanup(s.Close)
+	return strings.TrimPrefix(s.URL, "http://")
+}
+
+// pathLog records the request-targets a server receives.
+type pathLog struct {
+	mu    sync.Mutex
+	paths []string
+}
+
+func (l *pathLog) add(r *http.Request) {
+	l.mu.Lock()
+	l.paths = append(l.paths, r.RequestURI)
+	l.mu.Unlock()
+}
+
+func (l *pathLog) get() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]string(nil), l.paths...)
+}
+
+// Issue 9, item 1: a request-target must not choose the upstream's scheme,
+// host, port or userinfo. The opaque form http:@host:port/ used to make the
+// configured upstream the userinfo of a URL the client picked.
+func TestRequestTargetCannotChooseTheHost(t *testing.T) {
+	clk := newClock()
+	var seen pathLog
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		seen.add(r)
+		w.Header().Set("Cache-Control", "max-age=60")
+		io.WriteString(w, "origin")
+	})
+	var secretHits pathLog
+	secret := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		secretHits.add(r)
+		io.WriteString(w, "secret")
+	}))
+	defer secret.Close()
+	sec := strings.TrimPrefix(secret.URL, "http://")
+	addr := serveProxy(t, newTestProxy(t, o, clk, Config{}))
+
+	for _, tt := range []struct {
+		name, line string
+		status     int
+		upstream   string // what the origin must have received; "" for nothing
+	}{
+		{"opaque form with empty userinfo", "GET http:@" + sec + "/anything HTTP/1.1", 400, ""},
+		{"opaque form, POST", "POST http:@" + sec + "/anything HTTP/1.1", 400, ""},
+		{"userinfo in absolute-form", "GET http://user@" + sec + "/anything HTTP/1.1", 400, ""},
+		{"another scheme", "GET ftp://" + sec + "/anything HTTP/1.1", 400, ""},
+		{"asterisk-form", "GET * HTTP/1.1", 400, ""},
+		{"asterisk-form OPTIONS", "OPTIONS * HTTP/1.1", 400, ""},
+		{"authority-form", "CONNECT " + sec + " HTTP/1.1", 400, ""},
+		{"dot segments", "GET /a/../../admin HTTP/1.1", 400, ""},
+		{"escaped dot segments", "GET /a/%2e%2E/admin HTTP/1.1", 400, ""},
+		{"malformed escape", "GET /a%zz HTTP/1.1", 400, ""},
+		{"absolute-form uses its path only", "GET http://" + sec + "/abs?q=1 HTTP/1.1", 200, "/abs?q=1"},
+		{"double slash is a path, not an authority", "GET //" + sec + "/x HTTP/1.1", 200, "//" + sec + "/x"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			before := len(seen.get())
+			resp, _ := rawExchange(t, addr, tt.line+"\r\nHost: "+addr+"\r\nContent-Length: 0\r\n\r\n")
+			if resp.StatusCode != tt.status {
+				t.Errorf("status %d, want %d", resp.StatusCode, tt.status)
+			}
+			got := seen.get()[before:]
+			var want []string
+			if tt.upstream != "" {
+				want = []string{tt.upstream}
+			}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("origin received (-want +got):\n%s", diff)
+			}
+		})
+	}
+	if got := secretHits.get(); len(got) != 0 {
+		t.Errorf("the other service was reached: %q", got)
+	}
+}
+
+// Issue 9, items 1 and 9: percent-encoding is normalised once, for the key
+// and for what goes upstream, so that two spellings of one URL are one
+// entry and one upstream request.
+func TestPercentEncodingIsOneKey(t *testing.T) {
+	clk := newClock()
+	var seen pathLog
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		seen.add(r)
+		w.Header().Set("Cache-Control", "max-age=60")
+		io.WriteString(w, "v")
+	})
+	p := newTestProxy(t, o, clk, Config{})
+	for _, path := range []string{"/keys/%64?x=%7e", "/keys/d?x=~", "/keys/%2f", "/keys/%2F", "/k%c3%a9", "/k%C3%A9"} {
+		if res, _ := get(p, path); res.Status != 200 {
+			t.Fatalf("GET %s: %d", path, res.Status)
+		}
+	}
+	want := []string{"/keys/d?x=~", "/keys/%2F", "/k%C3%A9"}
+	if diff := cmp.Diff(want, seen.get()); diff != "" {
+		t.Errorf("origin received (-want +got):\n%s", diff)
+	}
+}
+
+// An upstream with a path is a prefix no request can leave.
+func TestUpstreamPathIsAPrefix(t *testing.T) {
+	clk := newClock()
+	var seen pathLog
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		seen.add(r)
+		io.WriteString(w, "v")
+	})
+	p := newTestProxy(t, o, clk, Config{Upstream: &url.URL{Path: "/base/"}})
+	get(p, "/a%20b?q")
+	do(p, http.MethodPost, "/c")
+	if diff := cmp.Diff([]string{"/base/a%20b?q", "/base/c"}, seen.get()); diff != "" {
+		t.Errorf("origin received (-want +got):\n%s", diff)
+	}
+}

@@ -1,0 +1,171 @@
+package proxy
+
+import (
+	"errors"
+	"net/http"
+	"net/url"
+	"strings"
+)
+
+// errBadTarget is the answer to a request-target corral does not forward.
+var errBadTarget = errors.New("request-target must be a path such as /api/stats, or an absolute http(s) URL")
+
+// requestTarget returns the request-target of r in normal origin-form (path
+// and query): what goes upstream and, for a GET, the cache key. It accepts
+// origin-form (RFC 9112 section 3.2.1) and absolute-form (section 3.2.2)
+// with an http or https scheme and no userinfo, whose authority is the
+// request's Host and whose path and query alone are used; anything else,
+// "*" and authority-form included, is an error. No request can reach a
+// scheme, host or port other than the upstream's: the outgoing URL is
+// assembled from the upstream's and this result, never concatenated with
+// what the client sent.
+//
+// Percent-encoding is normalised (RFC 3986 section 6.2.2): unreserved
+// characters are decoded, other escapes upper-cased, and bytes that may not
+// appear raw are escaped, so that /keys/%64 and /keys/d are one key and one
+// upstream request. Dot segments are refused rather than resolved: a
+// client that sends them is not a browser, and an origin behind a path
+// prefix must not be walked out of it.
+func requestTarget(r *http.Request) (string, error) {
+	raw := r.RequestURI
+	if raw == "" { // a request made in process rather than read from a client
+		if r.URL == nil || r.URL.Opaque != "" || r.URL.User != nil {
+			return "", errBadTarget
+		}
+		raw = r.URL.RequestURI()
+	}
+	if !strings.HasPrefix(raw, "/") {
+		u, err := url.Parse(raw)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil || u.Opaque != "" {
+			return "", errBadTarget
+		}
+		// Host, not the Host header: net/http has already made the
+		// absolute-form's authority the request's Host (RFC 9112
+		// section 3.2.2) and dropped the header.
+		if !strings.EqualFold(u.Host, r.Host) {
+			return "", errBadTarget
+		}
+		raw = u.EscapedPath()
+		if raw == "" {
+			raw = "/"
+		}
+		if u.RawQuery != "" {
+			raw += "?" + u.RawQuery
+		}
+	}
+	return normalizeTarget(raw)
+}
+
+// normalizeTarget normalises an origin-form request-target (path and
+// optional query, no fragment) as requestTarget describes. Purges go
+// through it too, so that they name the keys requests are stored under.
+func normalizeTarget(s string) (string, error) {
+	if !strings.HasPrefix(s, "/") {
+		return "", errBadTarget
+	}
+	if clean(s) {
+		return s, nil // the common case, without allocating
+	}
+	var b strings.Builder
+	b.Grow(len(s) + 8)
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '%':
+			if i+2 >= len(s) || unhex(s[i+1]) < 0 || unhex(s[i+2]) < 0 {
+				return "", errors.New("malformed percent-encoding in request-target")
+			}
+			d := byte(unhex(s[i+1])<<4 | unhex(s[i+2]))
+			if unreserved(d) {
+				b.WriteByte(d)
+			} else {
+				b.WriteByte('%')
+				b.WriteByte(upperHex[d>>4])
+				b.WriteByte(upperHex[d&15])
+			}
+			i += 2
+		case c == '#':
+			return "", errBadTarget // a fragment never belongs in a request
+		case c == '?' || allowedRaw(c):
+			b.WriteByte(c)
+		default:
+			b.WriteByte('%')
+			b.WriteByte(upperHex[c>>4])
+			b.WriteByte(upperHex[c&15])
+		}
+	}
+	out := b.String()
+	if dotSegment(out) {
+		return "", errors.New("dot segments in request-target")
+	}
+	return out, nil
+}
+
+// clean reports whether s is already in normal form: no escapes, no byte
+// that needs one, no fragment, no dot segment.
+func clean(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c == '%' || c == '#' || (!allowedRaw(c) && c != '?') {
+			return false
+		}
+	}
+	return !dotSegment(s)
+}
+
+// dotSegment reports whether the path of target has a "." or ".." segment.
+func dotSegment(target string) bool {
+	path, _, _ := strings.Cut(target, "?")
+	for seg := range strings.SplitSeq(path, "/") {
+		if seg == "." || seg == ".." {
+			return true
+		}
+	}
+	return false
+}
+
+const upperHex = "0123456789ABCDEF"
+
+func unhex(c byte) int {
+	switch {
+	case '0' <= c && c <= '9':
+		return int(c - '0')
+	case 'a' <= c && c <= 'f':
+		return int(c - 'a' + 10)
+	case 'A' <= c && c <= 'F':
+		return int(c - 'A' + 10)
+	}
+	return -1
+}
+
+// unreserved are the characters RFC 3986 section 2.3 says mean the same
+// escaped or not.
+func unreserved(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
+		c == '-' || c == '.' || c == '_' || c == '~'
+}
+
+// allowedRaw are the bytes a path or query may hold unescaped
+// (RFC 3986 section 3.3 pchar, and "/" and "?"; "?" is handled apart).
+func allowedRaw(c byte) bool {
+	if unreserved(c) {
+		return true
+	}
+	switch c {
+	case '!', '$', '&', '\'', '(', ')', '*', '+', ',', ';', '=', ':', '@', '/':
+		return true
+	}
+	return false
+}
+
+// upstreamURL assembles the URL of an upstream request for target, a
+// normal origin-form request-target: the upstream's scheme and host, its
+// path as a prefix, and target's path and query.
+func (p *Proxy) upstreamURL(target string) *url.URL {
+	path, query, _ := strings.Cut(target, "?")
+	escaped := p.upstreamPath + path
+	decoded, err := url.PathUnescape(escaped)
+	if err != nil { // cannot happen: both parts are normal
+		decoded = escaped
+	}
+	return &url.URL{Scheme: p.upstream.Scheme, Host: p.upstream.Host, Path: decoded, RawPath: escaped, RawQuery: query}
+}
