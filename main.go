@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"os/signal"
@@ -206,6 +207,7 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) (string, bo
 		maxRPS          = fs.Float64("upstream-max-rps", 0, "most requests a second sent upstream, across all URLs (0: no cap)")
 		maxInflight     = fs.Int("upstream-max-inflight", 0, "most upstream requests in flight at once (0: no cap)")
 		maxQueue        = fs.Int("upstream-max-queue", 1000, "most upstream requests waiting for the caps above; past it clients get stale or 503 with Retry-After")
+		trustedProxies  = fs.String("trusted-proxies", "", "comma-separated addresses or CIDR prefixes of proxies in front of corral whose X-Forwarded-* and Forwarded fields are passed on for requests answered for one client (never for cacheable GETs)")
 		logLevel        = fs.String("log-level", "info", "debug (a line per request), info, warn or error")
 		logFormat       = fs.String("log-format", "text", "text or json")
 	)
@@ -304,6 +306,9 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) (string, bo
 		UpstreamMaxInflight: *maxInflight,
 		UpstreamMaxQueue:    *maxQueue,
 	}
+	if c.proxy.TrustedProxies, err = parsePrefixes(*trustedProxies); err != nil {
+		return bad("trusted-proxies", "%v", err)
+	}
 	c.proxy.Policy.DefaultTTL = *defaultTTL
 	c.proxy.Policy.DefaultSWR = *defaultSWR
 	c.proxy.Policy.DefaultSIE = *defaultSIE
@@ -347,6 +352,27 @@ func parseUpstream(s string) (*url.URL, error) {
 		return nil, fmt.Errorf("%q must not have a query or fragment", s)
 	}
 	return u, nil
+}
+
+// parsePrefixes reads a comma-separated list of IP addresses and CIDR
+// prefixes.
+func parsePrefixes(s string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		if a, err := netip.ParseAddr(f); err == nil {
+			out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+			continue
+		}
+		pfx, err := netip.ParsePrefix(f)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not an IP address or CIDR prefix such as 10.0.0.0/8", f)
+		}
+		out = append(out, pfx.Masked())
+	}
+	return out, nil
 }
 
 // byteSize is a flag value in bytes that accepts KiB, MiB and GiB suffixes

@@ -16,6 +16,7 @@ import (
 // errTooLarge ends a fetch whose body would not fit in MaxObjectBytes.
 var errTooLarge = errors.New("response body larger than the object limit")
 
+
 // fetched is the outcome of one upstream exchange, shared by every client
 // that waited on it.
 type fetched struct {
@@ -59,12 +60,11 @@ func (p *Proxy) fetch(ctx context.Context, in *http.Request, key, vkey string, s
 	if err != nil {
 		return nil, err
 	}
-	out.Header = in.Header.Clone()
-	removeHopHeaders(out.Header)
-	for _, f := range sharedFetchDrops {
-		out.Header.Del(f)
-	}
-	out.Header.Add("Via", via)
+	// The variant is keyed on what goes upstream, not on what the client
+	// sent: a field it names in Connection, say, never reaches the origin.
+	reqHeader := sharedFetchHeader(in.Header)
+	out.Header = reqHeader.Clone()
+	p.forward(out.Header, in, true)
 	if stale != nil {
 		if v := stale.Header.Get("ETag"); v != "" {
 			out.Header.Set("If-None-Match", v)
@@ -89,7 +89,7 @@ func (p *Proxy) fetch(ctx context.Context, in *http.Request, key, vkey string, s
 
 	if resp.StatusCode == http.StatusNotModified && stale != nil {
 		p.stats.upstream(resp.StatusCode, nil)
-		e, own := p.revalidated(in.Header, stale, resp.Header, *sent, respTime)
+		e, own := p.revalidated(reqHeader, stale, resp.Header, *sent, respTime)
 		return &fetched{entry: e, own: own, status: resp.StatusCode, stored: p.put(key, e, *sent, stale)}, nil
 	}
 
@@ -105,13 +105,13 @@ func (p *Proxy) fetch(ctx context.Context, in *http.Request, key, vkey string, s
 	if int64(len(body)) > p.maxObject {
 		return nil, errTooLarge
 	}
-	e, own := p.newEntry(in.Header, resp.StatusCode, resp.Header, body, *sent, respTime)
+	e, own := p.newEntry(reqHeader, resp.StatusCode, resp.Header, body, *sent, respTime)
 	return &fetched{entry: e, own: own, status: resp.StatusCode, stored: p.put(key, e, *sent, nil)}, nil
 }
 
-// newEntry builds the Entry for a response. own is the header as the
-// origin sent it, for the client that asked; the Entry's header loses the
-// fields that may not be shared.
+// newEntry builds the Entry for a response to a request sent upstream
+// with reqHeader. own is the header as the origin sent it, for the client
+// that asked; the Entry's header loses the fields that may not be shared.
 func (p *Proxy) newEntry(reqHeader http.Header, status int, header http.Header, body []byte, reqTime, respTime time.Time) (e *Entry, own http.Header) {
 	own = header.Clone()
 	removeHopHeaders(own)
@@ -137,7 +137,7 @@ func (p *Proxy) newEntry(reqHeader http.Header, status int, header http.Header, 
 	}
 	e = &Entry{Status: status, Header: h, Body: body, Decision: d, Vary: varyNames(h)}
 	if len(e.Vary) > 0 {
-		e.VaryKey = varyKey(e.Vary, reqHeader)
+		e.VaryKey = sentVaryKey(e.Vary, reqHeader)
 	}
 	return e, own
 }

@@ -56,6 +56,63 @@ var tailoring = []string{
 // view of it.
 var sharedFetchDrops = append(slices.Clip(tailoring), "Cache-Control", "Pragma")
 
+// forwardingFields are request fields by which a client would speak for
+// the hops before corral, or tell the origin which URL, host or method it
+// means. A client's own never go upstream: an origin that builds links or
+// routes from them would otherwise store one client's choice for everyone
+// (issue 9). corral sets its own, in forward.
+var forwardingFields = []string{
+	"Forwarded", // RFC 7239
+	"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Forwarded-Port",
+	"X-Forwarded-Prefix", "X-Forwarded-Server", "X-Forwarded-Ssl", "X-Forwarded-Scheme",
+	"X-Real-Ip", "X-Client-Ip", "True-Client-Ip", "Client-Ip",
+	"X-Original-Url", "X-Rewrite-Url", "X-Original-Host", "X-Host",
+}
+
+// methodOverrides make some origins treat a request as another method. A
+// GET whose answer may be stored must be a GET at the origin too.
+var methodOverrides = []string{"X-Http-Method-Override", "X-Http-Method", "X-Method-Override"}
+
+// sharedFetchHeader returns the header a shared fetch sends for a client
+// request with header h, before corral adds Via and its own conditionals.
+// Variants are keyed on it (RFC 9111 section 4.1): sentValues reads the
+// same fields out of h without copying it.
+func sharedFetchHeader(h http.Header) http.Header {
+	out := h.Clone()
+	removeHopHeaders(out)
+	for _, list := range [][]string{sharedFetchDrops, forwardingFields, methodOverrides} {
+		for _, f := range list {
+			out.Del(f)
+		}
+	}
+	return out
+}
+
+// sentValues returns the values of the canonical field name in h as
+// sharedFetchHeader(h) holds them: none for a field that does not go
+// upstream.
+func sentValues(h http.Header, name string) []string {
+	vs := h[name]
+	if vs == nil {
+		return nil
+	}
+	for _, list := range [][]string{hopHeaders, sharedFetchDrops, forwardingFields, methodOverrides} {
+		if slices.Contains(list, name) {
+			return nil
+		}
+	}
+	for _, v := range h["Connection"] {
+		for v != "" {
+			var f string
+			f, v, _ = strings.Cut(v, ",")
+			if f = textproto.TrimString(f); f != "" && http.CanonicalHeaderKey(f) == name {
+				return nil
+			}
+		}
+	}
+	return vs
+}
+
 // notUpdatedBy304 are stored fields a 304 must not replace (RFC 9111
 // section 3.2): the stored body is kept, so the fields that describe it
 // stay as they were.
@@ -95,15 +152,29 @@ func varyNames(h http.Header) []string {
 	return slices.Compact(names)
 }
 
-// varyKey joins the request's values for names, each normalised as RFC 9111
+// varyKey returns the variant key of a client request with header h for a
+// response that varies on names: the values a shared fetch for it sends
+// upstream (sentValues), never fields that do not reach the origin, such
+// as those the client names in Connection.
+func varyKey(names []string, h http.Header) string {
+	return joinVary(names, func(name string) []string { return sentValues(h, name) })
+}
+
+// sentVaryKey returns the variant key of a request sent upstream with
+// header h: its values as they went.
+func sentVaryKey(names []string, h http.Header) string {
+	return joinVary(names, func(name string) []string { return h[name] })
+}
+
+// joinVary joins the values of names, each normalised as RFC 9111
 // section 4.1 allows: field lines combined, white space around list
 // separators dropped.
-func varyKey(names []string, h http.Header) string {
+func joinVary(names []string, values func(string) []string) string {
 	var b strings.Builder
 	for _, name := range names {
 		b.WriteString(name)
 		b.WriteByte(':')
-		for i, v := range h.Values(name) {
+		for i, v := range values(name) {
 			if i > 0 {
 				b.WriteByte(',')
 			}

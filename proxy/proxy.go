@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
@@ -72,6 +73,12 @@ type Config struct {
 	// request that finds a cap reached is turned away at once.
 	UpstreamMaxQueue int
 
+	// TrustedProxies are the addresses of proxies in front of corral whose
+	// X-Forwarded-For, X-Forwarded-Host, X-Forwarded-Proto and Forwarded
+	// are passed on, for requests answered for one client alone. Requests
+	// whose answers may be stored never carry them (see forward).
+	TrustedProxies []netip.Prefix
+
 	// Transport makes upstream requests. Nil means a transport tuned for
 	// one origin.
 	Transport http.RoundTripper
@@ -98,6 +105,7 @@ type Proxy struct {
 	guard          *guard // wraps transport
 	now            func() time.Time
 	fakeClock      bool // now is not time.Now
+	trustedProxies []netip.Prefix
 	log            *slog.Logger
 	logRequests    bool // a line per request, at debug level
 	flights        coalesce.Group[*fetched]
@@ -128,6 +136,7 @@ func New(cfg Config) (*Proxy, error) {
 		transport:      cfg.Transport,
 		now:            cfg.Now,
 		log:            cfg.Logger,
+		trustedProxies: cfg.TrustedProxies,
 	}
 	p.flights.Timeout = orDefault(cfg.UpstreamTimeout, 30*time.Second)
 	p.tombstones.keep = p.flights.Timeout
@@ -154,8 +163,7 @@ func New(cfg Config) (*Proxy, error) {
 			info, _ := pr.In.Context().Value(passKey{}).(passed)
 			pr.Out.URL = p.upstreamURL(info.uri)
 			pr.Out.Host = ""
-			pr.SetXForwarded()
-			pr.Out.Header.Add("Via", via)
+			p.forward(pr.Out.Header, pr.In, mayStore(pr.In))
 		},
 		Transport:      p.guard,
 		ModifyResponse: p.modifyPassed,

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"net/url"
 	"strings"
 	"sync"
@@ -164,3 +165,137 @@ func TestUpstreamPathIsAPrefix(t *testing.T) {
 		t.Errorf("origin received (-want +got):\n%s", diff)
 	}
 }
+
+// Issue 9, item 2: a field the client names in Connection is hop-by-hop
+// and never reaches the origin, so the answer must not be stored under
+// the variant of that field's value.
+func TestVariantIsKeyedOnWhatWasSent(t *testing.T) {
+	clk := newClock()
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		lang := r.Header.Get("Accept-Language")
+		if lang == "" {
+			lang = "en"
+		}
+		w.Header().Set("Cache-Control", "max-age=60")
+		w.Header().Set("Vary", "Accept-Language")
+		io.WriteString(w, "lang:"+lang)
+	})
+	p := newTestProxy(t, o, clk, Config{})
+	var got []string
+	for _, hdr := range [][]string{
+		{"Accept-Language", "fr", "Connection", "Accept-Language"}, // the attack: fr stripped on the way
+		{"Accept-Language", "fr"},                                  // a French visitor
+		{},                                                         // no preference: the default
+		{"Accept-Language", "fr", "Connection", "keep-alive, Accept-Language"},
+	} {
+		res, _ := get(p, "/page", hdr...)
+		got = append(got, res.Body)
+	}
+	want := []string{"lang:en", "lang:fr", "lang:en", "lang:en"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("bodies (-want +got):\n%s", diff)
+	}
+	if n := o.count(); n != 2 {
+		t.Errorf("origin requests = %d, want 2 (one per variant actually sent)", n)
+	}
+}
+
+// Issue 9, item 3: no client-sent forwarding field reaches the origin on a
+// request whose answer may be stored, through either path, and the
+// client's Host is not sent as X-Forwarded-Host there.
+func TestForwardingFieldsCannotPoisonTheCache(t *testing.T) {
+	clk := newClock()
+	var (
+		mu   sync.Mutex
+		sent []http.Header
+	)
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		sent = append(sent, r.Header.Clone())
+		mu.Unlock()
+		host := r.Header.Get("X-Forwarded-Host")
+		if host == "" {
+			host = r.Host
+		}
+		if r.URL.Path == "/marked" && len(sent) == 2 {
+			w.Header().Set("Set-Cookie", "s=1") // the first answer marks the URL uncacheable
+		}
+		w.Header().Set("Cache-Control", "max-age=60")
+		io.WriteString(w, "<script src=https://"+host+"/app.js>")
+	})
+	p := newTestProxy(t, o, clk, Config{})
+	addr := serveProxy(t, p)
+	attack := "Host: evil.example\r\nX-Forwarded-Host: evil.example\r\nX-Forwarded-Proto: gopher\r\n" +
+		"X-Forwarded-For: 6.6.6.6\r\nForwarded: host=evil.example\r\nX-Original-URL: /admin\r\n" +
+		"X-Real-IP: 6.6.6.6\r\nX-HTTP-Method-Override: DELETE\r\n"
+
+	// The shared fetch, then the pass-through of a URL marked uncacheable
+	// whose answer turns cacheable and is stored on the way.
+	for _, path := range []string{"/shared", "/marked", "/marked"} {
+		rawExchange(t, addr, "GET "+path+" HTTP/1.1\r\n"+attack+"\r\n")
+	}
+	for _, path := range []string{"/shared", "/marked"} {
+		res, _ := get(p, path)
+		if strings.Contains(res.Body, "evil") || !strings.Contains(res.CacheStatus, "hit") {
+			t.Errorf("GET %s from the cache: %q (%s)", path, res.Body, res.CacheStatus)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for i, h := range sent {
+		for _, f := range append(append([]string{}, forwardingFields...), methodOverrides...) {
+			if v := h.Get(f); v != "" {
+				t.Errorf("upstream request %d carried %s: %q", i, f, v)
+			}
+		}
+		if got := h.Values("Via"); !cmp.Equal(got, []string{via}) {
+			t.Errorf("upstream request %d: Via %q, want %q", i, got, via)
+		}
+	}
+	if len(sent) != 3 {
+		t.Errorf("origin requests = %d, want 3", len(sent))
+	}
+}
+
+// A request answered for its client alone carries corral's own forwarding
+// fields; a trusted proxy's chain is kept and extended.
+func TestForwardingFieldsForUnsafeRequests(t *testing.T) {
+	clk := newClock()
+	sent := make(chan http.Header, 2)
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		sent <- r.Header.Clone()
+	})
+	for _, tt := range []struct {
+		name    string
+		trusted []netip.Prefix
+		want    map[string]string
+	}{
+		{"untrusted client", nil, map[string]string{
+			"X-Forwarded-For": "192.0.2.1", "X-Forwarded-Host": "corral.example", "X-Forwarded-Proto": "http", "Forwarded": "",
+		}},
+		{"trusted proxy", []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}, map[string]string{
+			"X-Forwarded-For": "203.0.113.9, 192.0.2.1", "X-Forwarded-Host": "public.example", "X-Forwarded-Proto": "https", "Forwarded": "for=203.0.113.9",
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p := newTestProxy(t, o, clk, Config{TrustedProxies: tt.trusted})
+			req := httptest.NewRequest(http.MethodPost, "http://corral.example/form", nil)
+			for k, v := range map[string]string{
+				"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Host": "public.example", "X-Forwarded-Proto": "https", "Forwarded": "for=203.0.113.9",
+			} {
+				req.Header.Set(k, v)
+			}
+			req.RemoteAddr = "192.0.2.1:4711"
+			p.ServeHTTP(httptest.NewRecorder(), req)
+			h := wait(t, sent, "the upstream request")
+			got := map[string]string{}
+			for k := range tt.want {
+				got[k] = strings.Join(h.Values(k), ", ")
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("forwarding fields (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+

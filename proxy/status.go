@@ -97,13 +97,21 @@ func (p *Proxy) modifyPassed(resp *http.Response) error {
 // of it, the response is stored if the cache may store it. It holds at
 // most MaxObjectBytes: past that it lets go and the body only streams.
 func (p *Proxy) storeOnTheWay(resp *http.Response, info passed) {
+	// The answer is judged, and its variant keyed, by the request as it
+	// went upstream. It is stored only if a shared fetch for the same
+	// client request would have sent the fields the answer varies on
+	// alike: otherwise it is an answer to a request no lookup makes.
+	sent := resp.Request.Header
 	header, respTime := resp.Header.Clone(), p.now()
-	e, _ := p.newEntry(info.reqHeader, resp.StatusCode, header, nil, info.reqTime, respTime)
+	e, _ := p.newEntry(sent, resp.StatusCode, header, nil, info.reqTime, respTime)
 	if !e.Decision.Storable || resp.ContentLength > p.maxObject {
 		return
 	}
+	if len(e.Vary) > 0 && e.VaryKey != varyKey(e.Vary, info.reqHeader) {
+		return
+	}
 	resp.Body = &teeBody{ReadCloser: resp.Body, limit: p.maxObject, done: func(body []byte) {
-		e, _ := p.newEntry(info.reqHeader, resp.StatusCode, header, body, info.reqTime, respTime)
+		e, _ := p.newEntry(sent, resp.StatusCode, header, body, info.reqTime, respTime)
 		p.put(info.uri, e, info.reqTime, nil)
 	}}
 }

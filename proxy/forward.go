@@ -1,0 +1,81 @@
+package proxy
+
+import (
+	"net"
+	"net/http"
+	"net/netip"
+)
+
+// forward sets the forwarding fields of out, the header of an upstream
+// request made for the client request in. It is the one forwarding policy
+// of shared fetches and passed-through requests alike:
+//
+//   - A client's own forwarding fields (forwardingFields) never go
+//     upstream.
+//   - A request whose answer may be stored or shared (mayStore) carries
+//     nothing that depends on which client asked, beyond the fields the
+//     cache keys on: only corral's Via. An origin that built a link from a
+//     client's Host would otherwise have it served to everyone.
+//   - A request answered for its client alone (other methods, upgrades)
+//     carries X-Forwarded-For with the client's address, X-Forwarded-Host
+//     with its Host and X-Forwarded-Proto. When the client is one of
+//     TrustedProxies, the X-Forwarded-For chain, X-Forwarded-Host,
+//     X-Forwarded-Proto and Forwarded it sent are kept, and its address
+//     is appended to the chain.
+func (p *Proxy) forward(out http.Header, in *http.Request, mayStore bool) {
+	for _, f := range forwardingFields {
+		out.Del(f)
+	}
+	out.Add("Via", via)
+	if mayStore {
+		for _, f := range methodOverrides {
+			out.Del(f)
+		}
+		return
+	}
+	peer := peerAddr(in.RemoteAddr)
+	if peer.IsValid() && p.trusted(peer) {
+		for _, f := range []string{"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Forwarded"} {
+			if vs := in.Header.Values(f); len(vs) > 0 {
+				out[f] = append([]string(nil), vs...)
+			}
+		}
+	} else {
+		out.Set("X-Forwarded-Host", in.Host)
+		proto := "http"
+		if in.TLS != nil {
+			proto = "https"
+		}
+		out.Set("X-Forwarded-Proto", proto)
+	}
+	if peer.IsValid() {
+		out.Add("X-Forwarded-For", peer.String())
+	}
+}
+
+// mayStore reports whether the answer to r may be stored or shared.
+func mayStore(r *http.Request) bool {
+	return (r.Method == http.MethodGet || r.Method == http.MethodHead) && r.Header["Upgrade"] == nil
+}
+
+func (p *Proxy) trusted(addr netip.Addr) bool {
+	for _, pfx := range p.trustedProxies {
+		if pfx.Contains(addr) {
+			return true
+		}
+	}
+	return false
+}
+
+// peerAddr is the IP address of a RemoteAddr, or the zero Addr.
+func peerAddr(remote string) netip.Addr {
+	host, _, err := net.SplitHostPort(remote)
+	if err != nil {
+		host = remote
+	}
+	a, err := netip.ParseAddr(host)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return a.Unmap()
+}
