@@ -16,6 +16,9 @@ import (
 // errTooLarge ends a fetch whose body would not fit in MaxObjectBytes.
 var errTooLarge = errors.New("response body larger than the object limit")
 
+// errInterim ends a fetch that the origin answered with a 1xx status as if
+// it were final.
+var errInterim = errors.New("upstream answered with an interim status as final")
 
 // fetched is the outcome of one upstream exchange, shared by every client
 // that waited on it.
@@ -86,6 +89,14 @@ func (p *Proxy) fetch(ctx context.Context, in *http.Request, key, vkey string, s
 	}
 	defer resp.Body.Close()
 	respTime := p.now()
+	if resp.StatusCode < 200 {
+		// A 101 to a request that asked for no upgrade, or any other
+		// interim status as the final answer (RFC 9110 section 15.2):
+		// its body is the bare connection, which no timeout bounds.
+		// Closing it ends the exchange now.
+		p.stats.upstream(0, errInterim)
+		return nil, fmt.Errorf("%w: %d", errInterim, resp.StatusCode)
+	}
 
 	if resp.StatusCode == http.StatusNotModified && stale != nil {
 		p.stats.upstream(resp.StatusCode, nil)

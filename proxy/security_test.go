@@ -299,3 +299,38 @@ func TestForwardingFieldsForUnsafeRequests(t *testing.T) {
 	}
 }
 
+// Issue 9, item 7: an origin that answers a plain GET with 101 and holds
+// the connection is an upstream error at once, not a 30-second hang that
+// hands the leader a 101 and blocks shutdown.
+func TestSwitchingProtocolsToAPlainRequestIsAnError(t *testing.T) {
+	clk := newClock()
+	release := make(chan struct{})
+	defer close(release)
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		conn, buf, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer conn.Close()
+		buf.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+		buf.Flush()
+		<-release
+	})
+	p := newTestProxy(t, o, clk, Config{UpstreamTimeout: time.Hour})
+	done := make(chan []response, 1)
+	go func() {
+		a, _ := get(p, "/ws")
+		b, _ := do(p, http.MethodPost, "/ws")
+		done <- []response{a, b}
+	}()
+	got := wait(t, done, "answers to requests the origin switched protocols on")
+	for _, res := range got {
+		if res.Status != http.StatusBadGateway {
+			t.Errorf("status %d (%s), want 502", res.Status, res.CacheStatus)
+		}
+	}
+	idle := make(chan struct{})
+	go func() { p.Wait(); close(idle) }()
+	wait(t, idle, "the fetch to end")
+}
