@@ -49,6 +49,7 @@ func TestHelpExplainsEveryFlag(t *testing.T) {
 		"-pass-ttl", "-request-no-cache", "-shutdown-timeout", "-demo",
 		"-admin-listen", "-admin-token", "-log-level", "-log-format",
 		"-upstream-max-rps", "-upstream-max-inflight", "-upstream-max-queue",
+		"-trusted-proxies",
 	} {
 		if !strings.Contains(stderr.String(), "  "+flag+" ") && !strings.Contains(stderr.String(), "  "+flag+"\n") {
 			t.Errorf("-h does not explain %s:\n%s", flag, stderr.String())
@@ -122,6 +123,7 @@ func TestBadFlagValueExitsTwoWithOneLine(t *testing.T) {
 		{"negative inflight", []string{"-upstream-max-inflight", "-1"}, "corral: -upstream-max-inflight: must be zero or more, got -1\n"},
 		{"listen without port", []string{"-listen", "localhost"}, `corral: -listen: "localhost" is not host:port: address localhost: missing port in address` + "\n"},
 		{"admin port out of range", []string{"-admin-listen", "127.0.0.1:70000"}, `corral: -admin-listen: "127.0.0.1:70000": bad port "70000"` + "\n"},
+		{"trusted proxies", []string{"-trusted-proxies", "10.0.0.0/8, lb.internal"}, `corral: -trusted-proxies: "lb.internal" is not an IP address or CIDR prefix such as 10.0.0.0/8` + "\n"},
 		{"log level", []string{"-log-level", "loud"}, `corral: -log-level: want debug, info, warn or error, got "loud"` + "\n"},
 		{"log format", []string{"-log-format", "xml"}, `corral: -log-format: want text or json, got "xml"` + "\n"},
 		{"open admin without token", []string{"-admin-listen", ":9091"}, `corral: -admin-listen: ":9091" is reachable from other hosts; set -admin-token, or listen on a loopback address such as 127.0.0.1:9091` + "\n"},

@@ -87,14 +87,13 @@ func (a *Admin) guarded(h http.Handler) http.Handler {
 	})
 }
 
-// purge takes exactly one of url, prefix or all. A url or prefix may be a
-// path with query, or an absolute URL, whose path and query are used.
+// purge takes exactly one of url, prefix or all; url and prefix may be
+// given more than once, and each is purged. A url or prefix may be a path
+// with query, or an absolute URL, whose path and query are used; it is
+// normalised as request-targets are, so that it names the keys they are
+// stored under.
 func (a *Admin) purge(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	var (
-		target string
-		prefix bool
-	)
 	for name := range q {
 		if name != "url" && name != "prefix" && name != "all" {
 			// Most likely the rest of an unescaped query: /a?x=1&y=2
@@ -103,34 +102,60 @@ func (a *Admin) purge(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	switch {
-	case len(q) != 1:
+	if len(q) != 1 {
 		http.Error(w, "give exactly one of url=, prefix= or all=1", http.StatusBadRequest)
 		return
-	case q.Has("all"):
-		if v := q.Get("all"); v != "1" && v != "true" {
-			http.Error(w, fmt.Sprintf("all=%q: want all=1", v), http.StatusBadRequest)
-			return
-		}
-		prefix = true
-	default:
-		raw := q.Get("url")
-		if q.Has("prefix") {
-			raw, prefix = q.Get("prefix"), true
-		}
-		u, err := url.Parse(raw)
-		if err != nil || (u.Path == "" && !prefix) || (!u.IsAbs() && !strings.HasPrefix(raw, "/")) {
-			http.Error(w, fmt.Sprintf("%q is not a URL path (such as /api/stats) or an absolute URL", raw), http.StatusBadRequest)
-			return
-		}
-		target = u.RequestURI()
 	}
-	n := a.p.Purge(target, prefix)
-	a.p.log.Info("purged", "target", target, "prefix", prefix, "entries", n)
+	var (
+		targets []string
+		prefix  = !q.Has("url")
+	)
+	if q.Has("all") {
+		if vs := q["all"]; len(vs) != 1 || (vs[0] != "1" && vs[0] != "true") {
+			http.Error(w, fmt.Sprintf("all=%q: want all=1", strings.Join(vs, ",")), http.StatusBadRequest)
+			return
+		}
+		targets = []string{""}
+	}
+	for _, raw := range append(q["url"], q["prefix"]...) {
+		target, err := purgeTarget(raw, prefix)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		targets = append(targets, target)
+	}
+	n := 0
+	for _, target := range targets {
+		m := a.p.Purge(target, prefix)
+		a.p.log.Info("purged", "target", target, "prefix", prefix, "entries", m)
+		n += m
+	}
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(struct { //nolint:errcheck // the client may have gone
 		Purged int `json:"purged"`
 	}{n})
+}
+
+// purgeTarget reads one url= or prefix= value into the normal
+// request-target it names.
+func purgeTarget(raw string, prefix bool) (string, error) {
+	u, err := url.Parse(raw)
+	if err != nil || (u.Path == "" && !prefix) || (!u.IsAbs() && !strings.HasPrefix(raw, "/")) || u.Opaque != "" {
+		return "", fmt.Errorf("%q is not a URL path (such as /api/stats) or an absolute URL", raw)
+	}
+	target := u.EscapedPath()
+	if target == "" {
+		target = "/"
+	}
+	if u.RawQuery != "" || u.ForceQuery {
+		target += "?" + u.RawQuery
+	}
+	norm, err := normalizeTarget(target)
+	if err != nil {
+		return "", fmt.Errorf("%q: %v", raw, err)
+	}
+	return norm, nil
 }
 
 // Ready reports why the proxy cannot serve, or nil when it can: the

@@ -334,3 +334,32 @@ func TestSwitchingProtocolsToAPlainRequestIsAnError(t *testing.T) {
 	go func() { p.Wait(); close(idle) }()
 	wait(t, idle, "the fetch to end")
 }
+
+// Issue 9, item 9: a purge names the keys requests are stored under, every
+// url= it is given, and a malformed one is refused rather than ignored.
+func TestPurgeNamesWhatRequestsStore(t *testing.T) {
+	clk := newClock()
+	o := newOrigin(t, clk, answer("max-age=60", "x"))
+	p := newTestProxy(t, o, clk, Config{})
+	a := NewAdmin(p, "")
+	for _, path := range []string{"/a", "/b", "/keys/%64", "/q?x=%7e"} {
+		get(p, path)
+	}
+	for _, tt := range []struct{ path, want string }{
+		{"/purge?url=/a&url=/b", `{"purged":2}` + "\n"},
+		{"/purge?url=/keys/d", `{"purged":1}` + "\n"},
+		{"/purge?url=" + url.QueryEscape("/q?x=~"), `{"purged":1}` + "\n"},
+		{"/purge?url=/bad%25zz", `"/bad%zz" is not a URL path (such as /api/stats) or an absolute URL` + "\n"},
+	} {
+		if _, body := admin(a, http.MethodPost, tt.path, ""); body != tt.want {
+			t.Errorf("POST %s: %q, want %q", tt.path, body, tt.want)
+		}
+	}
+	before := o.count()
+	for _, path := range []string{"/a", "/b", "/keys/d", "/q?x=~"} {
+		get(p, path)
+	}
+	if n := o.count() - before; n != 4 {
+		t.Errorf("%d of 4 purged URLs went upstream again; the rest were still served from the cache", n)
+	}
+}
