@@ -68,17 +68,24 @@ func (l *pathLog) get() []string {
 	return append([]string(nil), l.paths...)
 }
 
+// pathOrigin is an origin that answers with cacheControl and records the
+// request-targets it receives.
+func pathOrigin(t *testing.T, clk *clock, cacheControl string) (*origin, *pathLog) {
+	seen := &pathLog{}
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		seen.add(r)
+		w.Header().Set("Cache-Control", cacheControl)
+		io.WriteString(w, "origin")
+	})
+	return o, seen
+}
+
 // Issue 9, item 1: a request-target must not choose the upstream's scheme,
 // host, port or userinfo. The opaque form http:@host:port/ used to make the
 // configured upstream the userinfo of a URL the client picked.
 func TestRequestTargetCannotChooseTheHost(t *testing.T) {
 	clk := newClock()
-	var seen pathLog
-	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
-		seen.add(r)
-		w.Header().Set("Cache-Control", "max-age=60")
-		io.WriteString(w, "origin")
-	})
+	o, seen := pathOrigin(t, clk, "max-age=60")
 	var secretHits pathLog
 	secret := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		secretHits.add(r)
@@ -132,12 +139,7 @@ func TestRequestTargetCannotChooseTheHost(t *testing.T) {
 // entry and one upstream request.
 func TestPercentEncodingIsOneKey(t *testing.T) {
 	clk := newClock()
-	var seen pathLog
-	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
-		seen.add(r)
-		w.Header().Set("Cache-Control", "max-age=60")
-		io.WriteString(w, "v")
-	})
+	o, seen := pathOrigin(t, clk, "max-age=60")
 	p := newTestProxy(t, o, clk, Config{})
 	for _, path := range []string{"/keys/%64?x=%7e", "/keys/d?x=~", "/keys/%2f", "/keys/%2F", "/k%c3%a9", "/k%C3%A9"} {
 		if res, _ := get(p, path); res.Status != 200 {
@@ -153,11 +155,7 @@ func TestPercentEncodingIsOneKey(t *testing.T) {
 // An upstream with a path is a prefix no request can leave.
 func TestUpstreamPathIsAPrefix(t *testing.T) {
 	clk := newClock()
-	var seen pathLog
-	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
-		seen.add(r)
-		io.WriteString(w, "v")
-	})
+	o, seen := pathOrigin(t, clk, "no-store")
 	p := newTestProxy(t, o, clk, Config{Upstream: &url.URL{Path: "/base/"}})
 	get(p, "/a%20b?q")
 	do(p, http.MethodPost, "/c")
