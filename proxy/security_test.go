@@ -141,12 +141,12 @@ func TestPercentEncodingIsOneKey(t *testing.T) {
 	clk := newClock()
 	o, seen := pathOrigin(t, clk, "max-age=60")
 	p := newTestProxy(t, o, clk, Config{})
-	for _, path := range []string{"/keys/%64?x=%7e", "/keys/d?x=~", "/keys/%2f", "/keys/%2F", "/k%c3%a9", "/k%C3%A9"} {
+	for _, path := range []string{"/keys/%64?x=%7e", "/keys/d?x=~", "/keys/%2f", "/keys/%2F", "/k%c3%a9", "/k%C3%A9", "/e?", "/e"} {
 		if res, _ := get(p, path); res.Status != 200 {
 			t.Fatalf("GET %s: %d", path, res.Status)
 		}
 	}
-	want := []string{"/keys/d?x=~", "/keys/%2F", "/k%C3%A9"}
+	want := []string{"/keys/d?x=~", "/keys/%2F", "/k%C3%A9", "/e"}
 	if diff := cmp.Diff(want, seen.get()); diff != "" {
 		t.Errorf("origin received (-want +got):\n%s", diff)
 	}

@@ -21,8 +21,8 @@ var errBadTarget = errors.New("request-target must be a path such as /api/stats,
 // what the client sent.
 //
 // Percent-encoding is normalised (RFC 3986 section 6.2.2): unreserved
-// characters are decoded, other escapes upper-cased, and bytes that may not
-// appear raw are escaped, so that /keys/%64 and /keys/d are one key and one
+// characters are decoded, other escapes upper-cased, bytes that may not
+// appear raw escaped, and an empty query dropped, so that /keys/%64 and /keys/d are one key and one
 // upstream request. Dot segments are refused rather than resolved: a
 // client that sends them is not a browser, and an origin behind a path
 // prefix must not be walked out of it.
@@ -62,6 +62,9 @@ func requestTarget(r *http.Request) (string, error) {
 func normalizeTarget(s string) (string, error) {
 	if !strings.HasPrefix(s, "/") {
 		return "", errBadTarget
+	}
+	if i := strings.IndexByte(s, '?'); i == len(s)-1 {
+		s = s[:i] // an empty query is no query: /a? is /a
 	}
 	if clean(s) {
 		return s, nil // the common case, without allocating
