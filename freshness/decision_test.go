@@ -158,6 +158,11 @@ func TestExpiresParsing(t *testing.T) {
 		{"freshness-expires-rfc850", "Wednesday, 25-Nov-26 13:00:00 GMT", time.Hour},
 		{"freshness-expires-ansi-c", "Wed Nov 25 13:00:00 2026", time.Hour},
 		{"freshness-expires-ansi-c, one-digit day", "Sun Dec  6 12:00:00 2026", 11 * 24 * time.Hour},
+		{"freshness-expires-ansi-c, day name not the date's (RFC 9110 5.6.7)", "Thu Dec  6 12:00:00 2026", 11 * 24 * time.Hour},
+		{"IMF-fixdate, day name not the date's", "Mon, 25 Nov 2026 13:00:00 GMT", time.Hour},
+		{"RFC 850, day name not the date's", "Monday, 25-Nov-26 13:00:00 GMT", time.Hour},
+		{"not a day name", "Xyz, 25 Nov 2026 13:00:00 GMT", 0},
+		{"asctime, two spaces before a two-digit day", "Wed Nov  25 13:00:00 2026", 0},
 		{"freshness-expires-wrong-case-weekday", "WED, 25 Nov 2026 13:00:00 GMT", time.Hour},
 		{"freshness-expires-wrong-case-month", "Wed, 25 NOV 2026 13:00:00 GMT", time.Hour},
 		{"freshness-expires-wrong-case-tz", "Wed, 25 Nov 2026 13:00:00 gMT", time.Hour},
@@ -258,6 +263,32 @@ func TestParseRequest(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			if diff := cmp.Diff(tt.want, ParseRequest(tt.h)); diff != "" {
 				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// RFC 9110 section 5.6.7: Date and Last-Modified are read in all three
+// HTTP-date formats, as Expires is.
+func TestDateAndLastModifiedFormats(t *testing.T) {
+	// t0 is 2026-11-25 12:00:00 UTC, a Wednesday.
+	tests := []struct {
+		name, field, value string
+		wantAge, wantLife  time.Duration
+	}{
+		{"Date, IMF-fixdate", "Date", "Wed, 25 Nov 2026 11:59:00 GMT", time.Minute, 0},
+		{"Date, RFC 850", "Date", "Wednesday, 25-Nov-26 11:59:00 GMT", time.Minute, 0},
+		{"Date, asctime", "Date", "Wed Nov 25 11:59:00 2026", time.Minute, 0},
+		{"Date, asctime, one-digit day", "Date", "Sun Nov  1 12:00:00 2026", 24 * 24 * time.Hour, 0},
+		{"Last-Modified, asctime: a tenth of its age (RFC 9111 4.2.2)", "Last-Modified", "Thu Nov 15 12:00:00 2026", 0, 24 * time.Hour},
+		{"Last-Modified, RFC 850", "Last-Modified", "Sunday, 15-Nov-26 12:00:00 GMT", 0, 24 * time.Hour},
+		{"Date, invalid: the time it arrived", "Date", "yesterday", 0, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := Policy{}.Evaluate(exchange(200, tt.field, tt.value))
+			if got := d.Age(t0); got != tt.wantAge || d.Lifetime != tt.wantLife {
+				t.Errorf("%s %q: age %s, lifetime %s; want %s, %s", tt.field, tt.value, got, d.Lifetime, tt.wantAge, tt.wantLife)
 			}
 		})
 	}
