@@ -173,6 +173,20 @@ func TestConformanceValidation(t *testing.T) {
 				sent: hdr("If-Modified-Since", "")},
 			{header: []string{"If-Modified-Since", "Sun, 22 Nov 2026 12:00:00 GMT"}, want: ok("v1"), upstream: 1},
 		},
+	}, {
+		// The origin's Date is the clock's: 25 Nov 2026 12:00:00 GMT.
+		name: "RFC 9111 4.3.2: without Last-Modified, If-Modified-Since is answered from Date",
+		answers: []answerSpec{
+			{header: []string{"Cache-Control", "max-age=60", "ETag", `"a"`}, body: "v1"},
+		},
+		steps: []step{
+			{want: ok("v1"), upstream: 1},
+			{header: []string{"If-Modified-Since", "Wed, 25 Nov 2026 12:00:00 GMT"}, want: wantSpec{Status: 304, Header: hdr("Last-Modified", "", "ETag", `"a"`)}, upstream: 1},
+			{header: []string{"If-Modified-Since", "Thu Nov 26 12:00:00 2026"}, want: wantSpec{Status: 304}, upstream: 1},
+			{header: []string{"If-Modified-Since", "Tue, 24 Nov 2026 12:00:00 GMT"}, want: ok("v1"), upstream: 1},
+			{header: []string{"If-Modified-Since", "Thu, 26 Nov 2026 12:00:00 GMT", "If-None-Match", `"b"`}, want: ok("v1"), upstream: 1},
+			{method: "HEAD", header: []string{"If-Modified-Since", "Thu, 26 Nov 2026 12:00:00 GMT"}, want: wantSpec{Status: 304}, upstream: 1},
+		},
 	}})
 }
 

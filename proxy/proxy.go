@@ -545,6 +545,10 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, e *Entry, h http.H
 			out["Content-Type"] = nil // keep ServeContent from sniffing one
 		}
 		modtime, _ := http.ParseTime(h.Get("Last-Modified"))
+		if modtime.IsZero() && notModifiedSinceDate(r, h, e.Decision.ResponseTime) {
+			writeNotModified(w)
+			return
+		}
 		http.ServeContent(w, r, "", modtime, bytes.NewReader(e.Body))
 		return
 	}
@@ -555,6 +559,36 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, e *Entry, h http.H
 	if r.Method != http.MethodHead && bodyAllowed(e.Status) {
 		w.Write(e.Body) //nolint:errcheck // the client may have gone
 	}
+}
+
+// notModifiedSinceDate answers If-Modified-Since for a stored response
+// without Last-Modified: RFC 9111 section 4.3.2 says to compare with its
+// Date, or the time it was received. net/http's ServeContent would do it
+// only given a modification time, which it then sends as Last-Modified.
+// If-None-Match, when present, decides instead (RFC 9110 section 13.1.3).
+func notModifiedSinceDate(r *http.Request, h http.Header, received time.Time) bool {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead || r.Header["If-None-Match"] != nil {
+		return false
+	}
+	ims, err := http.ParseTime(r.Header.Get("If-Modified-Since"))
+	if err != nil {
+		return false
+	}
+	date, err := http.ParseTime(h.Get("Date"))
+	if err != nil {
+		date = received
+	}
+	return !date.Truncate(time.Second).After(ims)
+}
+
+// writeNotModified answers 304 with the stored fields that describe the
+// response rather than its body (RFC 9110 section 15.4.5).
+func writeNotModified(w http.ResponseWriter) {
+	h := w.Header()
+	for _, f := range []string{"Content-Type", "Content-Length", "Content-Encoding"} {
+		delete(h, f)
+	}
+	w.WriteHeader(http.StatusNotModified)
 }
 
 // conditionalOrRange reports whether h makes a request conditional or
