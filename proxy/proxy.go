@@ -300,7 +300,12 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			p.stats.Errors.Add(1)
 			p.serveStatus(w, http.StatusGatewayTimeout, cacheStatus{detail: "only-if-cached"})
 			return
-		case r.Header.Get("Range") != "":
+		case r.Header.Get("Range") != "" && e == nil:
+			// With nothing stored, the range goes upstream as it is. A
+			// stored response that needs validating is revalidated whole,
+			// coalesced, and the range served from it: a pass-through
+			// would leave it unvalidated, and the next ranged reload
+			// upstream too.
 			p.passThrough(w, r, key, fwd, "range")
 			return
 		case req.NoStore:

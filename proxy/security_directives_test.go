@@ -210,3 +210,32 @@ func TestResponseNoCacheStillRevalidatesEveryUse(t *testing.T) {
 		}
 	}
 }
+
+func TestRangedReloadIsBoundedToo(t *testing.T) {
+	// A Range went upstream on its own whenever the stored response
+	// could not answer it, and such a pass-through never revalidates what
+	// is stored: with no-cache, every Range past the first interval went
+	// upstream.
+	clk := newClock()
+	o := newValidatingOrigin(t, clk, "max-age=60")
+	p := newTestProxy(t, o.origin, clk, Config{})
+	get(p, "/r")
+	const steps = 30 // of 100ms: 3s
+	revalidated := 0
+	for i := 1; i <= steps; i++ {
+		clk.Advance(100 * time.Millisecond)
+		res, h := get(p, "/r", "Cache-Control", "no-cache", "Range", "bytes=0-3")
+		if res.Status != http.StatusPartialContent || res.Body != "body" || h.Get("Content-Range") != "bytes 0-3/10" {
+			t.Errorf("at %dms: %+v, Content-Range %q; want 206 and the first 4 bytes", i*100, res, h.Get("Content-Range"))
+		}
+		if res.CacheStatus == "corral; fwd=request; fwd-status=304; stored; ttl=60" {
+			revalidated++
+		}
+	}
+	if got, want := o.count(), int64(1+steps/10); got != want {
+		t.Errorf("%d ranged reloads over 3s made %d upstream requests, want %d", steps, got, want)
+	}
+	if got, want := int64(revalidated), o.conditional.Load(); got != want || got != steps/10 {
+		t.Errorf("%d ranged reloads revalidated the stored response, origin saw %d conditional requests; want %d", got, want, steps/10)
+	}
+}
