@@ -203,7 +203,8 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) (string, bo
 		defaultTTL      = fs.Duration("default-ttl", 0, "freshness lifetime for cacheable responses that carry none (0: RFC 9111 heuristic only)")
 		defaultSWR      = fs.Duration("default-stale-while-revalidate", 0, "stale-while-revalidate window for responses that carry none (0: off)")
 		defaultSIE      = fs.Duration("default-stale-if-error", 0, "stale-if-error window for responses that carry none (0: off)")
-		requestNoCache  = fs.String("request-no-cache", "revalidate", "what a client's Cache-Control: no-cache, max-age=0 or Pragma: no-cache does: revalidate (one coalesced upstream request, not one per client) or ignore (answer from the cache)")
+		requestNoCache  = fs.String("request-no-cache", "revalidate", "what a client's Cache-Control: no-cache, max-age, min-fresh or Pragma: no-cache does when the stored response is not fresh enough for it: revalidate (one coalesced upstream request, at most once per -revalidate-interval) or ignore (answer from the cache)")
+		revalidateIntvl = fs.Duration("revalidate-interval", time.Second, "under -request-no-cache=revalidate, how long a response validated with the origin satisfies a client's no-cache, max-age or min-fresh, so that a herd of reloads costs about one upstream request per URL per interval (0: every such request revalidates)")
 		maxRPS          = fs.Float64("upstream-max-rps", 0, "most requests a second sent upstream, across all URLs (0: no cap)")
 		maxInflight     = fs.Int("upstream-max-inflight", 0, "most upstream requests in flight at once (0: no cap)")
 		maxQueue        = fs.Int("upstream-max-queue", 1000, "most upstream requests waiting for the caps above; past it clients get stale or 503 with Retry-After")
@@ -254,6 +255,7 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) (string, bo
 		{"upstream-timeout", *upstreamTimeout > 0, "positive"},
 		{"shutdown-timeout", c.shutdownTimeout > 0, "positive"},
 		{"pass-ttl", *passTTL >= 0, "zero or more"},
+		{"revalidate-interval", *revalidateIntvl >= 0, "zero or more"},
 		{"default-ttl", *defaultTTL >= 0, "zero or more"},
 		{"default-stale-while-revalidate", *defaultSWR >= 0, "zero or more"},
 		{"default-stale-if-error", *defaultSIE >= 0, "zero or more"},
@@ -298,6 +300,7 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) (string, bo
 	}
 	c.proxy = proxy.Config{
 		RequestNoCache:      noCache,
+		RevalidateInterval:  *revalidateIntvl,
 		CacheBytes:          int64(cacheBytes),
 		MaxObjectBytes:      int64(maxObjectBytes),
 		UpstreamTimeout:     *upstreamTimeout,
@@ -308,6 +311,9 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) (string, bo
 	}
 	if c.proxy.TrustedProxies, err = parsePrefixes(*trustedProxies); err != nil {
 		return bad("trusted-proxies", "%v", err)
+	}
+	if *revalidateIntvl == 0 {
+		c.proxy.RevalidateInterval = -1 // none; zero is the default in proxy.Config
 	}
 	c.proxy.Policy.DefaultTTL = *defaultTTL
 	c.proxy.Policy.DefaultSWR = *defaultSWR

@@ -46,7 +46,7 @@ func TestHelpExplainsEveryFlag(t *testing.T) {
 	for _, flag := range []string{
 		"-listen", "-upstream", "-cache-bytes", "-max-object-bytes", "-upstream-timeout",
 		"-default-ttl", "-default-stale-while-revalidate", "-default-stale-if-error",
-		"-pass-ttl", "-request-no-cache", "-shutdown-timeout", "-demo",
+		"-pass-ttl", "-request-no-cache", "-revalidate-interval", "-shutdown-timeout", "-demo",
 		"-admin-listen", "-admin-token", "-log-level", "-log-format",
 		"-upstream-max-rps", "-upstream-max-inflight", "-upstream-max-queue",
 		"-trusted-proxies",
@@ -119,6 +119,7 @@ func TestBadFlagValueExitsTwoWithOneLine(t *testing.T) {
 		{"no demo clients", []string{"-demo", "-demo-clients", "0"}, "corral: -demo-clients: must be positive, got 0\n"},
 		{"no demo duration", []string{"-demo", "-demo-duration", "0s"}, "corral: -demo-duration: must be positive, got 0s\n"},
 		{"request-no-cache", []string{"-request-no-cache", "sometimes"}, `corral: -request-no-cache: want revalidate or ignore, got "sometimes"` + "\n"},
+		{"negative revalidate-interval", []string{"-revalidate-interval", "-1s"}, "corral: -revalidate-interval: must be zero or more, got -1s\n"},
 		{"negative rps", []string{"-upstream-max-rps", "-5"}, "corral: -upstream-max-rps: must be zero or more, got -5\n"},
 		{"negative inflight", []string{"-upstream-max-inflight", "-1"}, "corral: -upstream-max-inflight: must be zero or more, got -1\n"},
 		{"listen without port", []string{"-listen", "localhost"}, `corral: -listen: "localhost" is not host:port: address localhost: missing port in address` + "\n"},
@@ -140,6 +141,28 @@ func TestBadFlagValueExitsTwoWithOneLine(t *testing.T) {
 				t.Errorf("stderr (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+func TestRevalidateInterval(t *testing.T) {
+	// proxy.Config reads zero as its default and a negative interval as
+	// none; the flag reads 0 as none.
+	tests := []struct {
+		args []string
+		want time.Duration
+	}{
+		{nil, time.Second},
+		{[]string{"-revalidate-interval", "250ms"}, 250 * time.Millisecond},
+		{[]string{"-revalidate-interval", "0"}, -1},
+	}
+	for _, tt := range tests {
+		c, code := parseFlags(append([]string{"-upstream", "http://127.0.0.1:1"}, tt.args...), io.Discard, noEnv)
+		if c == nil {
+			t.Fatalf("parseFlags(%q): exit code %d", tt.args, code)
+		}
+		if got := c.proxy.RevalidateInterval; got != tt.want {
+			t.Errorf("parseFlags(%q): RevalidateInterval %s, want %s", tt.args, got, tt.want)
+		}
 	}
 }
 

@@ -235,6 +235,8 @@ func TestStateFor(t *testing.T) {
 		{"RFC 9111 5.2.1.2: beyond max-stale", d, 16 * time.Second, "max-stale=5", Expired},
 		{"RFC 9111 5.2.1.2: bare max-stale accepts any staleness", d, time.Hour, "max-stale", StaleWhileRevalidate},
 		{"RFC 9111 5.2.2.2: max-stale never overrides must-revalidate", strict, 15 * time.Second, "max-stale=60", Expired},
+		{"RFC 9111 5.2.1.4: no-cache asks for validation", d, 0, "no-cache", Expired},
+		{"RFC 9111 5.2.1.1: max-age=0 asks for validation even at age 0", d, 0, "max-age=0", Expired},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -243,6 +245,57 @@ func TestStateFor(t *testing.T) {
 				t.Errorf("StateFor(+%s, %q) = %s, want %s", tt.at, tt.cc, got, tt.want)
 			}
 		})
+	}
+}
+
+func TestUseFor(t *testing.T) {
+	d := Policy{}.Evaluate(exchange(200, "Cache-Control", "max-age=10"))
+	aged := Policy{}.Evaluate(exchange(200, "Cache-Control", "max-age=10", "Age", "5"))
+	swr := Policy{}.Evaluate(exchange(200, "Cache-Control", "max-age=0, stale-while-revalidate=60"))
+	noCache := Policy{}.Evaluate(exchange(200, "Cache-Control", "max-age=10, no-cache"))
+	strict := Policy{}.Evaluate(exchange(200, "Cache-Control", "max-age=0, must-revalidate"))
+	const ms = time.Millisecond
+	tests := []struct {
+		name   string
+		d      Decision
+		at     time.Duration
+		cc     string
+		recent time.Duration
+		want   Use
+	}{
+		{"no directives: the response's own state", d, 5 * time.Second, "", time.Second, Use{State: Fresh}},
+		{"RFC 9111 5.2.1.4: no-cache, validated within the interval", d, 500 * ms, "no-cache", time.Second, Use{State: Fresh, Recent: true}},
+		{"RFC 9111 5.2.1.4: no-cache, validated a full interval ago", d, time.Second, "no-cache", time.Second, Use{State: Expired, Refused: true}},
+		{"RFC 9111 5.2.1.4: an interval of zero relaxes nothing", d, 0, "no-cache", 0, Use{State: Expired, Refused: true}},
+		{"RFC 9111 5.2.1.4: nor does a clock that went back", d, -time.Second, "no-cache", time.Second, Use{State: Expired, Refused: true}},
+		{"RFC 9111 5.2.1.1: max-age=0, validated within the interval", d, 0, "max-age=0", time.Second, Use{State: Fresh, Recent: true}},
+		{"RFC 9111 5.2.1.1: max-age older than asked, validated within the interval", aged, 500 * ms, "max-age=3", time.Second, Use{State: Fresh, Recent: true}},
+		{"RFC 9111 5.2.1.1: max-age older than asked, validated before it", aged, 2 * time.Second, "max-age=3", time.Second, Use{State: Expired, Refused: true}},
+		{"RFC 9111 5.2.1.3: min-fresh, validated within the interval", d, 500 * ms, "min-fresh=999999", time.Second, Use{State: Fresh, Recent: true}},
+		{"RFC 9111 5.2.1.3: min-fresh met needs no interval", d, 500 * ms, "min-fresh=5", 0, Use{State: Fresh}},
+		{"RFC 5861 3: a stale response served while it revalidates is one the request yields to", swr, 500 * ms, "no-cache", time.Second, Use{State: StaleWhileRevalidate, Recent: true}},
+		{"RFC 9111 5.2.1.2: max-stale still widens what the request accepts", d, 15 * time.Second, "no-cache, max-stale=10", time.Minute, Use{State: StaleWhileRevalidate, Recent: true}},
+		{"RFC 9111 5.2.2.4: the response's own no-cache is never relaxed", noCache, 0, "no-cache", time.Second, Use{State: Expired}},
+		{"RFC 9111 5.2.2.2: nor its must-revalidate once stale", strict, 0, "no-cache", time.Second, Use{State: Expired}},
+		{"RFC 9111 4.2: an expired response is stale, not refused by the request", d, 20 * time.Second, "no-cache", time.Minute, Use{State: Expired}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req := ParseRequest(header("Cache-Control", tt.cc))
+			if diff := cmp.Diff(tt.want, tt.d.UseFor(t0.Add(tt.at), req, tt.recent)); diff != "" {
+				t.Errorf("UseFor(+%s, %q, %s) (-want +got):\n%s", tt.at, tt.cc, tt.recent, diff)
+			}
+		})
+	}
+}
+
+func TestRelaxed(t *testing.T) {
+	// RFC 9111 5.2.1: what -request-no-cache=ignore leaves of a request's
+	// directives can never send it upstream past a usable response.
+	req := ParseRequest(header("Cache-Control", "no-cache, max-age=0, min-fresh=60, max-stale=5, only-if-cached, no-store, stale-if-error=30"))
+	want := RequestDirectives{NoStore: true, OnlyIfCached: true, MaxAge: -1, MinFresh: -1, StaleIfError: 30, MaxStale: 5}
+	if diff := cmp.Diff(want, req.Relaxed()); diff != "" {
+		t.Errorf("Relaxed (-want +got):\n%s", diff)
 	}
 }
 

@@ -443,10 +443,14 @@ func TestConformanceInvalidation(t *testing.T) {
 
 func TestConformanceRequestDirectives(t *testing.T) {
 	cached := []answerSpec{{header: []string{"Cache-Control", "max-age=60", "ETag", `"a"`}, body: "x"}}
+	// A reload revalidates (by default) once the stored response was
+	// validated -revalidate-interval (1s) ago; before that it is a hit.
 	reload := func(kv ...string) []step {
 		return []step{
 			{want: ok("x"), upstream: 1},
-			{header: kv, want: ok("x"), upstream: 2, sent: hdr("If-None-Match", `"a"`, "Cache-Control", "", "Pragma", "")},
+			{header: kv, want: ok("x", "Cache-Status", "corral; hit; ttl=60; detail=revalidated-recently"), upstream: 1},
+			{advance: time.Second, header: kv, want: ok("x", "Cache-Status", "corral; fwd=request; fwd-status=200; stored; ttl=60"),
+				upstream: 2, sent: hdr("If-None-Match", `"a"`, "Cache-Control", "", "Pragma", "")},
 		}
 	}
 	runConformance(t, []conformanceCase{
@@ -454,12 +458,21 @@ func TestConformanceRequestDirectives(t *testing.T) {
 		{name: "RFC 9111 5.2.1.1: max-age=0 revalidates (default)", answers: cached, steps: reload("Cache-Control", "max-age=0")},
 		{name: "RFC 9111 5.4: Pragma: no-cache revalidates (default)", answers: cached, steps: reload("Pragma", "no-cache")},
 		{
+			name: "-revalidate-interval=0: a reload revalidates at once", cfg: Config{RevalidateInterval: -1}, answers: cached,
+			steps: []step{
+				{want: ok("x"), upstream: 1},
+				{header: []string{"Cache-Control", "no-cache"}, want: ok("x", "Cache-Status", "corral; fwd=request; fwd-status=200; stored; ttl=60"),
+					upstream: 2, sent: hdr("If-None-Match", `"a"`)},
+			},
+		}, {
 			name: "-request-no-cache=ignore: a reload is a hit", cfg: Config{RequestNoCache: RequestNoCacheIgnore}, answers: cached,
 			steps: []step{
 				{want: ok("x"), upstream: 1},
-				{header: []string{"Cache-Control", "no-cache"}, want: ok("x", "Cache-Status", "corral; hit; ttl=60"), upstream: 1},
+				{advance: 5 * time.Second, header: []string{"Cache-Control", "no-cache"}, want: ok("x", "Cache-Status", "corral; hit; ttl=55"), upstream: 1},
 				{header: []string{"Cache-Control", "max-age=0"}, want: ok("x"), upstream: 1},
 				{header: []string{"Pragma", "no-cache"}, want: ok("x"), upstream: 1},
+				{header: []string{"Cache-Control", "max-age=1"}, want: ok("x"), upstream: 1},
+				{header: []string{"Cache-Control", "min-fresh=999999"}, want: ok("x"), upstream: 1},
 			},
 		}, {
 			name: "RFC 9111 5.2.1.5: a no-store request goes upstream alone and leaves the cache to others", answers: cached,

@@ -55,9 +55,18 @@ type Config struct {
 	// Policy holds the operator's freshness defaults.
 	Policy freshness.Policy
 
-	// RequestNoCache says what a client's no-cache or max-age=0 does.
-	// The zero value revalidates, coalesced.
+	// RequestNoCache says what a client's no-cache, max-age or min-fresh
+	// does. The zero value revalidates, coalesced.
 	RequestNoCache RequestNoCache
+
+	// RevalidateInterval is how long a stored response, once validated
+	// with the origin (fetched, or refreshed by a 304), satisfies a
+	// client's no-cache, max-age or min-fresh under
+	// RequestNoCacheRevalidate: a herd of reloads then costs the origin
+	// about one request per key per interval. It never relaxes a
+	// response's own no-cache or must-revalidate. Zero means 1s; negative
+	// means none: every such request revalidates.
+	RevalidateInterval time.Duration
 
 	// UpstreamMaxRPS caps the requests sent upstream per second, across
 	// all keys. Zero means no cap.
@@ -101,6 +110,7 @@ type Proxy struct {
 	passTTL        time.Duration
 	policy         freshness.Policy
 	requestNoCache RequestNoCache
+	revalidate     time.Duration // RevalidateInterval; 0 when none
 	transport      http.RoundTripper
 	guard          *guard // wraps transport
 	now            func() time.Time
@@ -133,6 +143,7 @@ func New(cfg Config) (*Proxy, error) {
 		passTTL:        orDefault(cfg.PassTTL, 10*time.Second),
 		policy:         cfg.Policy,
 		requestNoCache: cfg.RequestNoCache,
+		revalidate:     revalidateInterval(cfg.RevalidateInterval),
 		transport:      cfg.Transport,
 		now:            cfg.Now,
 		log:            cfg.Logger,
@@ -177,6 +188,18 @@ func orDefault[T int64 | time.Duration](v, def T) T {
 		return def
 	}
 	return v
+}
+
+// revalidateInterval is Config.RevalidateInterval as the proxy uses it:
+// zero means the default, negative means none.
+func revalidateInterval(d time.Duration) time.Duration {
+	switch {
+	case d == 0:
+		return time.Second
+	case d < 0:
+		return 0
+	}
+	return d
 }
 
 func newTransport(timeout time.Duration) *http.Transport {
@@ -244,7 +267,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.passThrough(w, r, key, fwd, detail)
 		return
 	}
-	req, forced := p.requestDirectives(r)
+	req := p.requestDirectives(r)
 	for attempt := 0; ; attempt++ {
 		e, vkey := p.lookup(key, r.Header)
 		now := start // one clock read for the hit path
@@ -257,18 +280,22 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		fwd := "uri-miss"
 		if e != nil {
-			switch state := e.Decision.StateFor(now, req); {
-			case forced:
-				fwd = "request" // the client asked for a revalidated answer
-			case state == freshness.Fresh:
+			switch use := e.Decision.UseFor(now, req, p.revalidate); {
+			case use.State == freshness.Fresh:
 				p.stats.Hits.Add(1)
-				p.serve(w, r, e, e.Header, cacheStatus{hit: true, ttl: e.Decision.TTL(now), hasTTL: true}, now)
+				st := cacheStatus{hit: true, ttl: e.Decision.TTL(now), hasTTL: true}
+				if use.Recent {
+					st.detail = "revalidated-recently" // the client asked for a fresher one
+				}
+				p.serve(w, r, e, e.Header, st, now)
 				return
-			case state == freshness.StaleWhileRevalidate:
+			case use.State == freshness.StaleWhileRevalidate:
 				p.stats.StaleHits.Add(1)
 				p.serve(w, r, e, e.Header, cacheStatus{hit: true, ttl: e.Decision.TTL(now), hasTTL: true, detail: "stale-while-revalidate"}, now)
 				p.refresh(r, key, vkey, e)
 				return
+			case use.Refused:
+				fwd = "request" // the client asked for a fresher answer
 			default:
 				fwd = "stale"
 			}
@@ -281,7 +308,12 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			p.stats.Errors.Add(1)
 			p.serveStatus(w, http.StatusGatewayTimeout, cacheStatus{detail: "only-if-cached"})
 			return
-		case r.Header.Get("Range") != "":
+		case r.Header.Get("Range") != "" && e == nil:
+			// With nothing stored, the range goes upstream as it is. A
+			// stored response that needs validating is revalidated whole,
+			// coalesced, and the range served from it: a pass-through
+			// would leave it unvalidated, and the next ranged reload
+			// upstream too.
 			p.passThrough(w, r, key, fwd, "range")
 			return
 		case req.NoStore:
@@ -298,33 +330,35 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// requestDirectives reads r's Cache-Control and Pragma, and reports
-// whether they force a revalidation of whatever is stored. Under
-// RequestNoCacheIgnore, no-cache and max-age (what a reload button
-// sends) are dropped: the shield holds.
-func (p *Proxy) requestDirectives(r *http.Request) (req freshness.RequestDirectives, forced bool) {
+// requestDirectives reads r's Cache-Control and Pragma. Under
+// RequestNoCacheIgnore, every directive that asks for a fresher answer
+// than the one stored (no-cache, max-age, min-fresh: what a reload button
+// sends, and more) is dropped: the shield holds.
+func (p *Proxy) requestDirectives(r *http.Request) freshness.RequestDirectives {
 	// Indexed rather than Get: the server has canonicalised the names,
 	// and this runs on every hit.
 	if r.Header["Cache-Control"] == nil && r.Header["Pragma"] == nil {
-		return noDirectives, false // the common case, without parsing
+		return noDirectives // the common case, without parsing
 	}
-	req = freshness.ParseRequest(r.Header)
+	req := freshness.ParseRequest(r.Header)
 	if p.requestNoCache == RequestNoCacheIgnore {
-		req.NoCache, req.MaxAge = false, noDirectives.MaxAge
+		req = req.Relaxed()
 	}
-	return req, req.NoCache || req.MaxAge == 0
+	return req
 }
 
 var noDirectives = freshness.ParseRequest(nil)
 
-// RequestNoCache says what a client's no-cache, Pragma: no-cache or
-// max-age=0 does.
+// RequestNoCache says what a client's no-cache, Pragma: no-cache,
+// max-age or min-fresh does when it asks for a fresher answer than the
+// one stored.
 type RequestNoCache int
 
 const (
 	// RequestNoCacheRevalidate revalidates the stored response with the
-	// origin before answering, coalesced like any fetch: a herd of
-	// reloads costs one upstream request at a time, not one each.
+	// origin before answering, coalesced like any fetch, unless it was
+	// validated less than RevalidateInterval ago: a herd of reloads costs
+	// one upstream request per key per interval, not one each.
 	RequestNoCacheRevalidate RequestNoCache = iota
 	// RequestNoCacheIgnore answers from the cache as if the directives
 	// were absent (RFC 9111 section 5.2.1 lets a cache do so).

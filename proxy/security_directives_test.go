@@ -1,0 +1,241 @@
+package proxy
+
+import (
+	stdcmp "cmp"
+	"fmt"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// Issue 9, item 8: request directives that defeat the shield. Under
+// -request-no-cache=ignore, min-fresh=999999 sent every request upstream;
+// under revalidate, reloads on 50 keys made 7,778 upstream requests in
+// 10 s, one at a time per key but without a bound on the rate.
+
+// forcing are the request fields that ask for a fresher answer than a
+// stored, fresh response: each would send a request upstream.
+var forcing = [][]string{
+	{"Cache-Control", "no-cache"},
+	{"Pragma", "no-cache"},
+	{"Cache-Control", "max-age=0"},
+	{"Cache-Control", "max-age=1"},
+	{"Cache-Control", "min-fresh=999999"},
+	{"Cache-Control", "no-cache, max-age=0, min-fresh=999999"},
+}
+
+// validatingOrigin answers max-age=60 with an ETag per path, 304 to an
+// If-None-Match that matches, and records whether each request was
+// conditional.
+type validatingOrigin struct {
+	*origin
+	conditional, plain atomic.Int64
+}
+
+func newValidatingOrigin(t *testing.T, clk *clock, cacheControl string) *validatingOrigin {
+	t.Helper()
+	v := &validatingOrigin{}
+	v.origin = newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		etag := `"` + r.URL.Path + `"`
+		w.Header().Set("Cache-Control", cacheControl)
+		w.Header().Set("ETag", etag)
+		if r.Header.Get("If-None-Match") == etag {
+			v.conditional.Add(1)
+			w.WriteHeader(http.StatusNotModified)
+			return
+		}
+		v.plain.Add(1)
+		fmt.Fprint(w, "body of ", r.URL.Path)
+	})
+	return v
+}
+
+func TestIgnoreDropsEveryForcingDirective(t *testing.T) {
+	for _, h := range forcing {
+		t.Run(h[0]+": "+h[1], func(t *testing.T) {
+			clk := newClock()
+			o := newValidatingOrigin(t, clk, "max-age=60")
+			p := newTestProxy(t, o.origin, clk, Config{RequestNoCache: RequestNoCacheIgnore})
+			get(p, "/r")
+			clk.Advance(5 * time.Second) // older than max-age=1 asks
+			want := response{Status: 200, Body: "body of /r", CacheStatus: "corral; hit; ttl=55", Age: "5"}
+			var diff string
+			for range 20 {
+				res, _ := get(p, "/r", h...)
+				diff = stdcmp.Or(diff, cmp.Diff(want, res))
+			}
+			if diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+			if got := o.count(); got != 1 {
+				t.Errorf("20 requests with %s: %s after one stored response made %d upstream requests, want 1", h[0], h[1], got)
+			}
+		})
+	}
+}
+
+// reloads are what a reload button, or a client that wants the newest
+// answer, sends: each asks for more than a stored response a second old.
+var reloads = [][]string{
+	{"Cache-Control", "no-cache"},
+	{"Pragma", "no-cache"},
+	{"Cache-Control", "max-age=0"},
+	{"Cache-Control", "min-fresh=999999"},
+}
+
+func TestReloadHerdCostsOneRevalidationPerKeyPerInterval(t *testing.T) {
+	const (
+		keys    = 5
+		perStep = 4                      // concurrent reloads of each key per step
+		step    = 100 * time.Millisecond // the clock's pace
+		span    = 10 * time.Second
+	)
+	clk := newClock()
+	o := newValidatingOrigin(t, clk, "max-age=60")
+	p := newTestProxy(t, o.origin, clk, Config{}) // the default interval, 1s
+	for k := range keys {
+		get(p, fmt.Sprintf("/k%d", k))
+	}
+	// How each reload was answered: "upstream" for the one that
+	// revalidated, "collapsed" for one that waited on it or on its
+	// answer, "recent" for a
+	// hit on a response validated within the interval.
+	var mu sync.Mutex
+	outcomes := map[string]int{}
+	for elapsed := step; elapsed <= span; elapsed += step {
+		clk.Advance(step)
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		for k := range keys {
+			for i := range perStep {
+				h := reloads[(k+i)%len(reloads)]
+				wg.Go(func() {
+					<-start
+					res, _ := get(p, fmt.Sprintf("/k%d", k), h...)
+					if res.Status != 200 || res.Body != fmt.Sprintf("body of /k%d", k) {
+						t.Errorf("reload of /k%d: %+v", k, res)
+					}
+					outcome := res.CacheStatus
+					switch res.CacheStatus {
+					case "corral; fwd=request; fwd-status=304; stored; ttl=60":
+						outcome = "upstream"
+					case "corral; fwd=request; fwd-status=304; stored; collapsed; ttl=60",
+						"corral; hit; collapsed; ttl=60": // its flight found the other's answer stored
+						outcome = "collapsed"
+					case "corral; hit; ttl=60; detail=revalidated-recently", "corral; hit; ttl=59; detail=revalidated-recently":
+						outcome = "recent"
+					}
+					mu.Lock()
+					outcomes[outcome]++
+					mu.Unlock()
+				})
+			}
+		}
+		close(start)
+		wg.Wait()
+	}
+	p.Wait()
+
+	// One fetch per key to start, then one revalidation per key each
+	// time the last one is a full interval old: at 1s, 2s, ... 10s.
+	revalidations := keys * int(span/time.Second)
+	total := keys * perStep * int(span/step)
+	if got, want := o.count(), int64(keys+revalidations); got != want {
+		t.Errorf("%d reloads on %d keys over %s made %d upstream requests, want %d", total, keys, span, got, want)
+	}
+	if got := o.plain.Load(); got != keys {
+		t.Errorf("%d upstream requests were unconditional, want %d (the first fetch of each key)", got, keys)
+	}
+	// Whether a reload in the step of a revalidation waits on it or
+	// comes just after it is up to the scheduler.
+	outcomes["recent"] += outcomes["collapsed"]
+	delete(outcomes, "collapsed")
+	want := map[string]int{"upstream": revalidations, "recent": total - revalidations}
+	if diff := cmp.Diff(want, outcomes); diff != "" {
+		t.Errorf("reloads by Cache-Status (-want +got):\n%s", diff)
+	}
+}
+
+func TestNoRevalidateIntervalRevalidatesEveryReload(t *testing.T) {
+	// -revalidate-interval=0: every reload revalidates, one at a time,
+	// as before the interval existed.
+	clk := newClock()
+	o := newValidatingOrigin(t, clk, "max-age=60")
+	p := newTestProxy(t, o.origin, clk, Config{RevalidateInterval: -1})
+	get(p, "/r")
+	for _, h := range reloads {
+		for range 5 {
+			res, _ := get(p, "/r", h...)
+			want := response{Status: 200, Body: "body of /r", CacheStatus: "corral; fwd=request; fwd-status=304; stored; ttl=60"}
+			if diff := cmp.Diff(want, res); diff != "" {
+				t.Errorf("reload with %q (-want +got):\n%s", h, diff)
+			}
+		}
+	}
+	if got, want := o.conditional.Load(), int64(5*len(reloads)); got != want {
+		t.Errorf("%d reloads made %d conditional upstream requests, want %d", want, got, want)
+	}
+}
+
+func TestResponseNoCacheStillRevalidatesEveryUse(t *testing.T) {
+	// RFC 9111 sections 5.2.2.4 and 5.2.2.2: the interval relaxes what a
+	// client asks, never what the response requires.
+	for _, tt := range []struct{ cc, status string }{
+		{"max-age=60, no-cache", "corral; fwd=stale; fwd-status=304; stored; ttl=60"},
+		{"max-age=0, must-revalidate", "corral; fwd=stale; fwd-status=304; stored; ttl=0"},
+	} {
+		for _, cfg := range []struct {
+			name string
+			cfg  Config
+		}{{"revalidate", Config{}}, {"ignore", Config{RequestNoCache: RequestNoCacheIgnore}}} {
+			t.Run(tt.cc+"/"+cfg.name, func(t *testing.T) {
+				clk := newClock()
+				o := newValidatingOrigin(t, clk, tt.cc)
+				p := newTestProxy(t, o.origin, clk, cfg.cfg)
+				get(p, "/r")
+				for _, h := range append([][]string{nil}, forcing...) {
+					res, _ := get(p, "/r", h...)
+					if diff := cmp.Diff(tt.status, res.CacheStatus); diff != "" {
+						t.Errorf("with %q: Cache-Status (-want +got):\n%s", h, diff)
+					}
+				}
+				if got, want := o.conditional.Load(), int64(len(forcing)+1); got != want {
+					t.Errorf("%d uses within the interval made %d conditional requests, want %d", want, got, want)
+				}
+			})
+		}
+	}
+}
+
+func TestRangedReloadIsBoundedToo(t *testing.T) {
+	// A Range went upstream on its own whenever the stored response
+	// could not answer it, and such a pass-through never revalidates what
+	// is stored: with no-cache, every Range past the first interval went
+	// upstream.
+	clk := newClock()
+	o := newValidatingOrigin(t, clk, "max-age=60")
+	p := newTestProxy(t, o.origin, clk, Config{})
+	get(p, "/r")
+	const steps = 30 // of 100ms: 3s
+	revalidated := 0
+	for i := 1; i <= steps; i++ {
+		clk.Advance(100 * time.Millisecond)
+		res, h := get(p, "/r", "Cache-Control", "no-cache", "Range", "bytes=0-3")
+		if res.Status != http.StatusPartialContent || res.Body != "body" || h.Get("Content-Range") != "bytes 0-3/10" {
+			t.Errorf("at %dms: %+v, Content-Range %q; want 206 and the first 4 bytes", i*100, res, h.Get("Content-Range"))
+		}
+		if res.CacheStatus == "corral; fwd=request; fwd-status=304; stored; ttl=60" {
+			revalidated++
+		}
+	}
+	if got, want := o.count(), int64(1+steps/10); got != want {
+		t.Errorf("%d ranged reloads over 3s made %d upstream requests, want %d", steps, got, want)
+	}
+	if got, want := int64(revalidated), o.conditional.Load(); got != want || got != steps/10 {
+		t.Errorf("%d ranged reloads revalidated the stored response, origin saw %d conditional requests; want %d", got, want, steps/10)
+	}
+}
