@@ -294,6 +294,12 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				p.serve(w, r, e, e.Header, cacheStatus{hit: true, ttl: e.Decision.TTL(now), hasTTL: true, detail: "stale-while-revalidate"}, now)
 				p.refresh(r, key, vkey, e)
 				return
+			case use.Refused && now.UnixNano() < e.refreshAt.Load():
+				// The client asked for a fresher answer, but the last
+				// attempt to validate this one failed moments ago.
+				p.stats.Hits.Add(1)
+				p.serve(w, r, e, e.Header, cacheStatus{hit: true, ttl: e.Decision.TTL(now), hasTTL: true, detail: "revalidation-failed"}, now)
+				return
 			case use.Refused:
 				fwd = "request" // the client asked for a fresher answer
 			default:
@@ -375,7 +381,14 @@ func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshn
 	leader := false
 	f, shared, err := p.flights.Do(r.Context(), p.flightKey(r, vkey), func(ctx context.Context) (*fetched, error) {
 		leader = true
-		return p.fetch(ctx, r, key, vkey, stale)
+		f, err := p.fetch(ctx, r, key, vkey, stale)
+		if stale != nil && (err != nil || (!f.again && isServerError(f.entry.Status))) {
+			// A failed validation: until the pause ends, a client's
+			// no-cache is answered from stale rather than by asking a
+			// failing origin again, one request after another.
+			p.backOff(stale, f, err)
+		}
+		return f, err
 	})
 	now := p.now()
 	if err != nil {
@@ -466,16 +479,8 @@ func (p *Proxy) refresh(r *http.Request, key, vkey string, stale *Entry) {
 		case err == nil && f.again:
 			// The URI varies now; its variants refresh on their own.
 		case err != nil || isServerError(f.entry.Status):
-			// Keep serving the stale entry; ask again after a pause,
-			// longer if the origin, or the guard, said how long.
-			pause := refreshBackoff
-			var busy *busyError
-			if errors.As(err, &busy) {
-				pause = max(pause, busy.retryAfter)
-			} else if err == nil {
-				pause = max(pause, retryAfter(f.entry.Header.Get("Retry-After"), p.now()))
-			}
-			stale.refreshAt.Store(p.now().Add(pause).UnixNano())
+			// Keep serving the stale entry; ask again after a pause.
+			pause := p.backOff(stale, f, err)
 			p.log.Warn("background refresh failed", "key", key, "status", statusOf(f), "err", err, "retry_in", pause)
 		case !f.entry.Decision.Shareable:
 			// The origin no longer lets this be shared: stop serving
@@ -491,6 +496,22 @@ func (p *Proxy) refresh(r *http.Request, key, vkey string, stale *Entry) {
 	if started {
 		p.stats.Refreshes.Add(1)
 	}
+}
+
+// backOff keeps the origin from being asked about stale again, by a
+// background refresh or a client's no-cache, for a pause after a failed
+// validation: at least refreshBackoff, longer if the origin, or the
+// guard, said how long. It returns the pause.
+func (p *Proxy) backOff(stale *Entry, f *fetched, err error) time.Duration {
+	pause := refreshBackoff
+	var busy *busyError
+	if errors.As(err, &busy) {
+		pause = max(pause, busy.retryAfter)
+	} else if err == nil {
+		pause = max(pause, retryAfter(f.entry.Header.Get("Retry-After"), p.now()))
+	}
+	stale.refreshAt.Store(p.now().Add(pause).UnixNano())
+	return pause
 }
 
 // refreshBackoff is the shortest pause after a failed background refresh;

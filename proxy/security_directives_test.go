@@ -239,3 +239,31 @@ func TestRangedReloadIsBoundedToo(t *testing.T) {
 		t.Errorf("%d ranged reloads revalidated the stored response, origin saw %d conditional requests; want %d", got, want, steps/10)
 	}
 }
+
+// While the origin fails, reloads must not go upstream one after another:
+// a failed validation pauses them, and they are answered from the stored
+// response until the pause ends.
+func TestReloadsBackOffWhileValidationFails(t *testing.T) {
+	clk := newClock()
+	o := newOrigin(t, clk, answer("max-age=60", "v1"))
+	p := newTestProxy(t, o, clk, Config{})
+	get(p, "/r")
+	o.set(func(w http.ResponseWriter, r *http.Request) { http.Error(w, "down", http.StatusServiceUnavailable) })
+	clk.Advance(2 * time.Second) // past -revalidate-interval
+
+	var statuses []int
+	for i := 0; i < 100; i++ { // a reload every 30 ms for 3 s
+		res, _ := get(p, "/r", "Cache-Control", "no-cache")
+		statuses = append(statuses, res.Status)
+		clk.Advance(30 * time.Millisecond)
+	}
+	for i, s := range statuses {
+		if s != http.StatusOK {
+			t.Fatalf("reload %d: status %d, want the stored 200", i, s)
+		}
+	}
+	// The first fetch, then one failed validation per second of back-off.
+	if n := o.count(); n != 1+3 {
+		t.Errorf("origin requests = %d, want 4: one failed validation per second", n)
+	}
+}
