@@ -143,7 +143,7 @@ func (g *guard) RoundTrip(req *http.Request) (*http.Response, error) {
 func (g *guard) paused(key string) error {
 	now := g.now()
 	wait, why := time.Duration(g.holdUntil.Load()-now.UnixNano()), "the origin asked for a pause"
-	if end := g.pauses.until(key, now); end.Sub(now) > wait {
+	if end := g.pauses.until(key); end.Sub(now) > wait {
 		wait, why = end.Sub(now), "the origin asked for a pause of this URL"
 	}
 	if wait > 0 {

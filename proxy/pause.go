@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -15,8 +16,14 @@ import (
 // again within the guard's rate and in-flight caps. The alternatives are
 // worse: growing would give memory to whoever finds URLs that fail, and
 // pausing the whole origin would give them every other URL.
+//
+// Every upstream request looks its key up, a herd of them at once, so a
+// lookup takes the read lock only, and none at all while no pause is
+// recorded: a request that got its turn from the rate cap must not then
+// queue on a lock.
 type pauses struct {
-	mu      sync.Mutex
+	n       atomic.Int64 // len(keys), read without the lock
+	mu      sync.RWMutex
 	keys    map[string]time.Time // when each key's pause ends
 	sweepAt time.Time            // no pause recorded ends before this
 	recent  []overload           // at most overloadPaths-1, one per path
@@ -39,35 +46,33 @@ const (
 func (p *pauses) hold(key string, end, now time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.keys == nil {
+		p.keys = make(map[string]time.Time)
+	}
+	p.sweep(now)
 	if cur, ok := p.keys[key]; ok {
 		p.keys[key] = later(cur, end)
 		return
 	}
-	if p.keys == nil {
-		p.keys = make(map[string]time.Time)
-	}
 	if len(p.keys) >= maxPausedKeys {
-		p.sweep(now)
-		if len(p.keys) >= maxPausedKeys {
-			return
-		}
+		return
 	}
 	if len(p.keys) == 0 || end.Before(p.sweepAt) {
 		p.sweepAt = end
 	}
 	p.keys[key] = end
+	p.n.Store(int64(len(p.keys)))
 }
 
-// until returns when key's pause ends, or the zero time if none runs.
-func (p *pauses) until(key string, now time.Time) time.Time {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	end, ok := p.keys[key]
-	if ok && !end.After(now) {
-		delete(p.keys, key)
+// until returns when key's pause ends: in the past, or the zero time,
+// when none runs.
+func (p *pauses) until(key string) time.Time {
+	if p.n.Load() == 0 {
 		return time.Time{}
 	}
-	return end
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	return p.keys[key]
 }
 
 // live returns the number of keys paused at now.
@@ -78,7 +83,7 @@ func (p *pauses) live(now time.Time) int {
 	return len(p.keys)
 }
 
-// sweep drops the pauses that have ended, if one may have: a full map of
+// sweep drops the pauses that have ended, if one may have: a map of
 // running pauses is not walked again until the first of them ends.
 func (p *pauses) sweep(now time.Time) {
 	if now.Before(p.sweepAt) {
@@ -94,6 +99,7 @@ func (p *pauses) sweep(now time.Time) {
 		}
 	}
 	p.sweepAt = next
+	p.n.Store(int64(len(p.keys)))
 }
 
 // overloaded records that path's answer at now said the origin was
