@@ -283,6 +283,43 @@ func TestStaleServedDuringKeyPause(t *testing.T) {
 	}
 }
 
+// TestPauseGauges follows the gauges through a key's pause, then the
+// origin's. Their labels name a scope, never a URL.
+func TestPauseGauges(t *testing.T) {
+	clk := newClock()
+	o := newOrigin(t, clk, pausingOrigin(http.StatusServiceUnavailable, "60"))
+	p := newTestProxy(t, o, clk, Config{})
+	a := NewAdmin(p, "")
+	gauges := func() map[string]float64 {
+		got := scrape(t, a)
+		return pick(got, "corral_upstream_paused")
+	}
+	want := func(origin, keys float64) map[string]float64 {
+		return map[string]float64{`corral_upstream_paused{scope="origin"}`: origin, `corral_upstream_paused_keys`: keys}
+	}
+	if diff := cmp.Diff(want(0, 0), gauges()); diff != "" {
+		t.Errorf("before any pause (-want +got):\n%s", diff)
+	}
+	get(p, "/busy/1")
+	get(p, "/busy/1?page=2")
+	if diff := cmp.Diff(want(0, 2), gauges()); diff != "" {
+		t.Errorf("two keys paused (-want +got):\n%s", diff)
+	}
+	get(p, "/busy/2")
+	get(p, "/busy/3")
+	if diff := cmp.Diff(want(1, 4), gauges()); diff != "" {
+		t.Errorf("three paths overloaded (-want +got):\n%s", diff)
+	}
+	get(p, "/cold")
+	if n := scrape(t, a)["corral_upstream_throttled_total"]; n != 1 {
+		t.Errorf("throttled counter %v, want 1: the cold request held back", n)
+	}
+	clk.Advance(30 * time.Second) // the default cap
+	if diff := cmp.Diff(want(0, 0), gauges()); diff != "" {
+		t.Errorf("after the pauses (-want +got):\n%s", diff)
+	}
+}
+
 type roundTripFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
