@@ -161,9 +161,11 @@ func (g *guard) paused(key string) error {
 // One key's trouble pauses that key only: one broken endpoint or one
 // rate-limited URL must not turn every other URL into a 503. The whole
 // origin pauses when such answers come for several paths at once (see
-// pauses.overloaded). 429s count there too: corral's anonymous requests
-// all come from one address, and a limit that three paths hit within
-// seconds is that address's, so any other path would only spend it more.
+// pauses.overloaded), for as long as the answer that completed the
+// evidence asked, up to maxPause. 429s count there too: corral's
+// anonymous requests all come from one address, and a limit that three
+// paths hit within seconds is that address's, so any other path would
+// only spend it more.
 func (g *guard) noteRetryAfter(req *http.Request, key string, resp *http.Response) {
 	switch {
 	case resp.StatusCode == http.StatusServiceUnavailable:
