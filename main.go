@@ -209,6 +209,7 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) (string, bo
 		maxInflight     = fs.Int("upstream-max-inflight", 0, "most upstream requests in flight at once (0: no cap)")
 		maxQueue        = fs.Int("upstream-max-queue", 1000, "most upstream requests waiting for the caps above; past it clients get stale or 503 with Retry-After")
 		trustedProxies  = fs.String("trusted-proxies", "", "comma-separated addresses or CIDR prefixes of proxies in front of corral whose X-Forwarded-* and Forwarded fields are passed on for requests answered for one client (never for cacheable GETs)")
+		maxPause        = fs.Duration("upstream-max-pause", 30*time.Second, "longest the origin's Retry-After on a 503, or on a 429 to a request without Authorization, holds back upstream requests: for that URL, or for every URL once 3 paths answered so within 10s; clients get stale or 503 meanwhile (0: never pause)")
 		logLevel        = fs.String("log-level", "info", "debug (a line per request), info, warn or error")
 		logFormat       = fs.String("log-format", "text", "text or json")
 	)
@@ -262,6 +263,7 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) (string, bo
 		{"upstream-max-rps", *maxRPS >= 0, "zero or more"},
 		{"upstream-max-inflight", *maxInflight >= 0, "zero or more"},
 		{"upstream-max-queue", *maxQueue >= 0, "zero or more"},
+		{"upstream-max-pause", *maxPause >= 0, "zero or more"},
 		{"demo-clients", c.demoClients > 0, "positive"},
 		{"demo-duration", c.demoDuration > 0, "positive"},
 	} {
@@ -308,6 +310,10 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) (string, bo
 		UpstreamMaxRPS:      *maxRPS,
 		UpstreamMaxInflight: *maxInflight,
 		UpstreamMaxQueue:    *maxQueue,
+		UpstreamMaxPause:    *maxPause,
+	}
+	if *maxPause == 0 {
+		c.proxy.UpstreamMaxPause = -1 // never pause; zero would be the default
 	}
 	if c.proxy.TrustedProxies, err = parsePrefixes(*trustedProxies); err != nil {
 		return bad("trusted-proxies", "%v", err)

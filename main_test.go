@@ -48,7 +48,7 @@ func TestHelpExplainsEveryFlag(t *testing.T) {
 		"-default-ttl", "-default-stale-while-revalidate", "-default-stale-if-error",
 		"-pass-ttl", "-request-no-cache", "-revalidate-interval", "-shutdown-timeout", "-demo",
 		"-admin-listen", "-admin-token", "-log-level", "-log-format",
-		"-upstream-max-rps", "-upstream-max-inflight", "-upstream-max-queue",
+		"-upstream-max-rps", "-upstream-max-inflight", "-upstream-max-queue", "-upstream-max-pause",
 		"-trusted-proxies",
 	} {
 		if !strings.Contains(stderr.String(), "  "+flag+" ") && !strings.Contains(stderr.String(), "  "+flag+"\n") {
@@ -122,6 +122,7 @@ func TestBadFlagValueExitsTwoWithOneLine(t *testing.T) {
 		{"negative revalidate-interval", []string{"-revalidate-interval", "-1s"}, "corral: -revalidate-interval: must be zero or more, got -1s\n"},
 		{"negative rps", []string{"-upstream-max-rps", "-5"}, "corral: -upstream-max-rps: must be zero or more, got -5\n"},
 		{"negative inflight", []string{"-upstream-max-inflight", "-1"}, "corral: -upstream-max-inflight: must be zero or more, got -1\n"},
+		{"negative max pause", []string{"-upstream-max-pause", "-1s"}, "corral: -upstream-max-pause: must be zero or more, got -1s\n"},
 		{"listen without port", []string{"-listen", "localhost"}, `corral: -listen: "localhost" is not host:port: address localhost: missing port in address` + "\n"},
 		{"admin port out of range", []string{"-admin-listen", "127.0.0.1:70000"}, `corral: -admin-listen: "127.0.0.1:70000": bad port "70000"` + "\n"},
 		{"trusted proxies", []string{"-trusted-proxies", "10.0.0.0/8, lb.internal"}, `corral: -trusted-proxies: "lb.internal" is not an IP address or CIDR prefix such as 10.0.0.0/8` + "\n"},
@@ -253,6 +254,39 @@ func TestEnvironment(t *testing.T) {
 			}
 			if diff := cmp.Diff(tt.want, stderr.String()); diff != "" {
 				t.Errorf("stderr (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestUpstreamMaxPause checks how -upstream-max-pause and its variable
+// reach proxy.Config, where zero means the default: the flag's 0 (never
+// pause) must arrive as a negative value.
+func TestUpstreamMaxPause(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		env  map[string]string
+		want time.Duration
+	}{
+		{"default", nil, nil, 30 * time.Second},
+		{"flag", []string{"-upstream-max-pause", "2m"}, nil, 2 * time.Minute},
+		{"variable", nil, map[string]string{"CORRAL_UPSTREAM_MAX_PAUSE": "5s"}, 5 * time.Second},
+		{"zero never pauses", []string{"-upstream-max-pause", "0"}, nil, -1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			getenv := func(name string) (string, bool) {
+				v, ok := tt.env[name]
+				return v, ok
+			}
+			var stderr bytes.Buffer
+			c, code := parseFlags(append([]string{"-upstream", "http://127.0.0.1:1"}, tt.args...), &stderr, getenv)
+			if c == nil {
+				t.Fatalf("parseFlags failed with %d: %s", code, stderr.String())
+			}
+			if diff := cmp.Diff(tt.want, c.proxy.UpstreamMaxPause); diff != "" {
+				t.Errorf("proxy.Config.UpstreamMaxPause (-want +got):\n%s", diff)
 			}
 		})
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"math"
 	"net/http"
 	"sync"
@@ -18,24 +19,39 @@ import (
 // amplifying an origin's trouble: it caps the request rate and the
 // requests in flight across all keys, lets at most maxQueue requests wait
 // for their turn, and after a 503 (or a 429 not addressed to one user's
-// credentials) with Retry-After sends nothing until the origin said it
-// may. Whatever it turns away fails at once with a *busyError, which the
-// proxy answers with a stale response or a 503.
+// credentials) with Retry-After sends nothing more for that key until the
+// origin said it may, nor for any key when several paths said so at once.
+// Whatever it turns away fails at once with a *busyError, which the proxy
+// answers with a stale response or a 503.
+//
+// A key is the upstream request's escaped path and query, read from its
+// URL: the guard needs nothing else from the proxy.
 type guard struct {
 	next     http.RoundTripper
 	limiter  *rate.Limiter // nil: no rate cap
 	slots    chan struct{} // nil: no cap on requests in flight
 	maxQueue int64
 	maxWait  time.Duration // longest a request may queue: the upstream timeout
+	maxPause time.Duration // longest pause a Retry-After makes; zero: none
 	now      func() time.Time
 	observe  func(time.Duration) // how long each exchange took, body included
+	log      *slog.Logger
 
 	queued     atomic.Int64 // requests waiting for a token or a slot
 	inflight   atomic.Int64 // requests sent and not yet finished
-	holdUntil  atomic.Int64 // Unix nanoseconds: the origin asked for quiet until then
+	holdUntil  atomic.Int64 // Unix nanoseconds: the whole origin asked for quiet until then
+	pauses     pauses       // the keys the origin asked quiet for, one by one
 	throttled  atomic.Int64 // requests turned away
 	lastAnswer atomic.Int64 // Unix nanoseconds: when the origin last answered at all
 }
+
+// defaultMaxPause caps the origin's Retry-After when Config leaves
+// UpstreamMaxPause zero. Retry-After is advice, and often a rate
+// limiter's reset time rather than a measure of the origin's trouble:
+// past 30 seconds, one request for the paused key (or, origin-wide, for
+// any key) to see whether the trouble is over costs the origin far less
+// than minutes of 503s cost corral's clients.
+const defaultMaxPause = 30 * time.Second
 
 // sentKey marks a request whose sender wants to know when it left the
 // guard: the value is a *time.Time that RoundTrip sets.
@@ -56,7 +72,16 @@ func (e *busyError) Error() string {
 // either is set, and maxWait how long each may wait.
 func newGuard(next http.RoundTripper, cfg Config, maxWait time.Duration, now func() time.Time, observe func(time.Duration)) *guard {
 	rps, inflight := cfg.UpstreamMaxRPS, cfg.UpstreamMaxInflight
-	g := &guard{next: next, maxQueue: int64(cfg.UpstreamMaxQueue), maxWait: maxWait, now: now, observe: observe}
+	g := &guard{next: next, maxQueue: int64(cfg.UpstreamMaxQueue), maxWait: maxWait, now: now, observe: observe, log: cfg.Logger}
+	switch {
+	case cfg.UpstreamMaxPause == 0:
+		g.maxPause = defaultMaxPause
+	case cfg.UpstreamMaxPause > 0:
+		g.maxPause = cfg.UpstreamMaxPause
+	}
+	if g.log == nil {
+		g.log = slog.Default()
+	}
 	if rps > 0 {
 		// A burst of one spaces requests 1/rps apart, so that no
 		// window of a second holds more than rps of them.
@@ -69,13 +94,14 @@ func newGuard(next http.RoundTripper, cfg Config, maxWait time.Duration, now fun
 }
 
 func (g *guard) RoundTrip(req *http.Request) (*http.Response, error) {
-	if err := g.paused(); err != nil {
+	key := req.URL.RequestURI()
+	if err := g.paused(key); err != nil {
 		return nil, err
 	}
 	if err := g.admit(req.Context()); err != nil {
 		return nil, err
 	}
-	if err := g.paused(); err != nil { // the origin may have asked while we waited
+	if err := g.paused(key); err != nil { // the origin may have asked while we waited
 		g.release()
 		return nil, err
 	}
@@ -93,7 +119,7 @@ func (g *guard) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	g.lastAnswer.Store(g.now().UnixNano())
-	g.noteRetryAfter(req, resp)
+	g.noteRetryAfter(req, key, resp)
 	if _, passing := req.Context().Value(passKey{}).(passed); passing || resp.StatusCode == http.StatusSwitchingProtocols {
 		// A passed-through answer streams at its one client's pace, and
 		// an upgraded connection lives on its own terms: neither keeps
@@ -112,29 +138,59 @@ func (g *guard) RoundTrip(req *http.Request) (*http.Response, error) {
 	return resp, nil
 }
 
-// paused turns a request away while the origin's Retry-After runs.
-func (g *guard) paused() error {
-	if wait := time.Duration(g.holdUntil.Load() - g.now().UnixNano()); wait > 0 {
-		return g.turnAway(wait, "the origin asked for a pause")
+// paused turns a request for key away while a pause the origin asked for
+// runs: the whole origin's or key's own, whichever ends later.
+func (g *guard) paused(key string) error {
+	now := g.now()
+	wait, why := time.Duration(g.holdUntil.Load()-now.UnixNano()), "the origin asked for a pause"
+	if end := g.pauses.until(key); end.Sub(now) > wait {
+		wait, why = end.Sub(now), "the origin asked for a pause of this URL"
+	}
+	if wait > 0 {
+		return g.turnAway(wait, why)
 	}
 	return nil
 }
 
-// noteRetryAfter pauses every upstream request for as long as resp's
-// Retry-After says, when resp says the origin as a whole is overloaded:
-// a 503, or a 429 to a request without credentials (all of corral's
-// requests come from one address). A 429 to one user's credentials
-// speaks of that user's quota alone.
-func (g *guard) noteRetryAfter(req *http.Request, resp *http.Response) {
+// noteRetryAfter pauses key for as long as resp's Retry-After says, up to
+// maxPause, when resp says the origin cannot serve key now: a 503 (RFC
+// 9110 section 15.6.4), or a 429 (RFC 6585 section 4) to a request without
+// credentials. A 429 to one user's credentials speaks of that user's quota
+// alone, and pauses nothing.
+//
+// One key's trouble pauses that key only: one broken endpoint or one
+// rate-limited URL must not turn every other URL into a 503. The whole
+// origin pauses when such answers come for several paths at once (see
+// pauses.overloaded), for as long as the answer that completed the
+// evidence asked, up to maxPause. 429s count there too: corral's
+// anonymous requests all come from one address, and a limit that three
+// paths hit within seconds is that address's, so any other path would
+// only spend it more.
+func (g *guard) noteRetryAfter(req *http.Request, key string, resp *http.Response) {
 	switch {
 	case resp.StatusCode == http.StatusServiceUnavailable:
 	case resp.StatusCode == http.StatusTooManyRequests && req.Header.Get("Authorization") == "":
 	default:
 		return
 	}
-	if d := retryAfter(resp.Header.Get("Retry-After"), g.now()); d > 0 {
-		g.hold(d)
+	now := g.now()
+	d := min(retryAfter(resp.Header.Get("Retry-After"), now), g.maxPause)
+	if d <= 0 {
+		return
 	}
+	g.pauses.hold(key, now.Add(d), now)
+	if g.pauses.overloaded(req.URL.EscapedPath(), now) {
+		g.hold(d)
+		g.log.Warn("origin overloaded: pausing every upstream request",
+			"status", resp.StatusCode, "paths", overloadPaths, "within", overloadWindow, "for", d)
+	}
+}
+
+// pausedNow reports whether the whole origin is paused, and how many keys
+// are.
+func (g *guard) pausedNow() (origin bool, keys int) {
+	now := g.now()
+	return g.holdUntil.Load() > now.UnixNano(), g.pauses.live(now)
 }
 
 // admit waits for a slot and a token, unless maxQueue requests already
@@ -200,7 +256,7 @@ func (g *guard) done() {
 	g.release()
 }
 
-// hold stops requests for d, or until a later hold ends.
+// hold stops requests for every key for d, or until a later hold ends.
 func (g *guard) hold(d time.Duration) {
 	until := g.now().Add(d).UnixNano()
 	for {

@@ -41,11 +41,13 @@ var (
 	descThrottled = prometheus.NewDesc("corral_upstream_throttled_total", "Upstream requests the guard turned away: caps full or the origin's Retry-After running.", nil, nil)
 	descInflight  = prometheus.NewDesc("corral_upstream_inflight", "Upstream requests in flight.", nil, nil)
 	descQueued    = prometheus.NewDesc("corral_upstream_queued", "Upstream requests waiting for the rate or in-flight cap.", nil, nil)
+	descPaused    = prometheus.NewDesc("corral_upstream_paused", "1 while the origin's Retry-After holds back the upstream requests of the scope; origin: every URL's.", []string{"scope"}, nil)
+	descPausedKey = prometheus.NewDesc("corral_upstream_paused_keys", "URLs whose upstream requests their own Retry-After holds back now.", nil, nil)
 	descPurged    = prometheus.NewDesc("corral_purged_entries_total", "Entries dropped by purges and by unsafe requests.", nil, nil)
 )
 
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descRequests, descUpstream, descRefreshes, descEvictions, descBytes, descEntries, descThrottled, descInflight, descQueued, descPurged} {
+	for _, d := range []*prometheus.Desc{descRequests, descUpstream, descRefreshes, descEvictions, descBytes, descEntries, descThrottled, descInflight, descQueued, descPaused, descPausedKey, descPurged} {
 		ch <- d
 	}
 	m.client.Describe(ch)
@@ -78,6 +80,13 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	counter(descThrottled, g.throttled.Load())
 	ch <- prometheus.MustNewConstMetric(descInflight, prometheus.GaugeValue, float64(g.inflight.Load()))
 	ch <- prometheus.MustNewConstMetric(descQueued, prometheus.GaugeValue, float64(g.queued.Load()))
+	origin, keys := g.pausedNow()
+	paused := 0.0
+	if origin {
+		paused = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descPaused, prometheus.GaugeValue, paused, "origin")
+	ch <- prometheus.MustNewConstMetric(descPausedKey, prometheus.GaugeValue, float64(keys))
 	if mem, ok := m.p.store.(*Memory); ok {
 		counter(descEvictions, mem.Evictions())
 		ch <- prometheus.MustNewConstMetric(descBytes, prometheus.GaugeValue, float64(mem.Bytes()))

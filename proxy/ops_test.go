@@ -367,11 +367,15 @@ func TestInflightCapTurnsAwayAtOnce(t *testing.T) {
 	}
 }
 
-func TestOriginRetryAfterHoldsEveryKey(t *testing.T) {
+// TestOriginWidePauseHoldsEveryKey has three paths answer 429 with
+// Retry-After at once: the origin's limit is corral's, not one URL's, and
+// every key waits it out (one path's answer pauses only its own key, as
+// security_pause_test.go checks).
+func TestOriginWidePauseHoldsEveryKey(t *testing.T) {
 	clk := newClock()
 	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
-		case "/limited":
+		case "/limited/1", "/limited/2", "/limited/3":
 			w.Header().Set("Retry-After", "30")
 			w.WriteHeader(http.StatusTooManyRequests)
 			return
@@ -385,7 +389,9 @@ func TestOriginRetryAfterHoldsEveryKey(t *testing.T) {
 	p := newTestProxy(t, o, clk, Config{})
 	get(p, "/stale")
 	get(p, "/strict")
-	get(p, "/limited") // the origin asks for 30 s of quiet
+	for _, path := range []string{"/limited/1", "/limited/2", "/limited/3"} {
+		get(p, path) // the origin asks for 30 s of quiet
+	}
 	clk.Advance(5 * time.Second)
 	before := o.count()
 
@@ -548,26 +554,46 @@ func TestPassedThroughStreamDoesNotHoldASlot(t *testing.T) {
 	wait(t, streamed, "the stream's end")
 }
 
+// TestQueuedRequestsHonourALaterPause queues a request behind one that the
+// origin answers 503 with Retry-After: when it leaves the queue, it is
+// held back if it is for the paused URL (here its own flight, for it
+// carries credentials), and sent if it is for another.
 func TestQueuedRequestsHonourALaterPause(t *testing.T) {
-	clk := newClock()
-	arrived, release := make(chan struct{}), make(chan struct{})
-	hold := holding(arrived, release, func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Retry-After", "30")
-		w.WriteHeader(http.StatusServiceUnavailable)
-	})
-	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/first" {
-			hold(w, r)
-			return
-		}
-		answer("max-age=60", "x")(w, r)
-	})
-	p := newTestProxy(t, o, clk, Config{UpstreamMaxInflight: 1, UpstreamMaxQueue: 10})
-	second := queueBehindFirst(t, p, arrived)
-	close(release) // the 503 with Retry-After frees the slot for the queued one
-	got := wait(t, second, "the queued request")
-	if got.Status != 503 || got.CacheStatus != "corral; fwd=uri-miss; detail=upstream-busy" || o.count() != 1 {
-		t.Errorf("queued request got %d %q and the origin saw %d requests; want corral's 503 and only the first", got.Status, got.CacheStatus, o.count())
+	tests := []struct {
+		name     string
+		path     string
+		hdr      []string
+		want     response
+		upstream int64
+	}{
+		{"the paused URL", "/first", []string{"Authorization", "Bearer someone"},
+			response{Status: 503, Body: "Service Unavailable\n", CacheStatus: "corral; fwd=uri-miss; detail=upstream-busy"}, 1},
+		{"another URL", "/second", nil,
+			response{Status: 200, Body: "x", CacheStatus: "corral; fwd=uri-miss; fwd-status=200; stored; ttl=60"}, 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clk := newClock()
+			arrived, release := make(chan struct{}), make(chan struct{})
+			hold := holding(arrived, release, func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Retry-After", "30")
+				w.WriteHeader(http.StatusServiceUnavailable)
+			})
+			o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == "/first" {
+					hold(w, r)
+					return
+				}
+				answer("max-age=60", "x")(w, r)
+			})
+			p := newTestProxy(t, o, clk, Config{UpstreamMaxInflight: 1, UpstreamMaxQueue: 10})
+			second := queueBehindFirst(t, p, arrived, tt.path, tt.hdr...)
+			close(release) // the 503 with Retry-After frees the slot for the queued one
+			got := wait(t, second, "the queued request")
+			if diff := cmp.Diff(tt.want, got); diff != "" || o.count() != tt.upstream {
+				t.Errorf("queued request (-want +got):\n%s\norigin saw %d requests, want %d", diff, o.count(), tt.upstream)
+			}
+		})
 	}
 }
 
@@ -695,7 +721,7 @@ func TestQueueWaitDoesNotAgeTheAnswer(t *testing.T) {
 		answer("max-age=60", "second")(w, r)
 	})
 	p := newTestProxy(t, o, clk, Config{UpstreamMaxInflight: 1, UpstreamMaxQueue: 1})
-	second := queueBehindFirst(t, p, arrived)
+	second := queueBehindFirst(t, p, arrived, "/second")
 	clk.Advance(10 * time.Second) // time spent in the queue
 	close(release)
 	want := response{Status: 200, Body: "second", CacheStatus: "corral; fwd=uri-miss; fwd-status=200; stored; ttl=60"}
@@ -705,15 +731,15 @@ func TestQueueWaitDoesNotAgeTheAnswer(t *testing.T) {
 }
 
 // queueBehindFirst sends GET /first through p, waits for it at the origin
-// (arrived) so that it holds p's only upstream slot, then sends GET
-// /second and returns once that one waits in the guard's queue. The
-// second answer arrives on the channel returned.
-func queueBehindFirst(t *testing.T, p *Proxy, arrived <-chan struct{}) <-chan response {
+// (arrived) so that it holds p's only upstream slot, then sends GET path
+// with the header fields hdr and returns once that one waits in the
+// guard's queue. The second answer arrives on the channel returned.
+func queueBehindFirst(t *testing.T, p *Proxy, arrived <-chan struct{}, path string, hdr ...string) <-chan response {
 	t.Helper()
 	go get(p, "/first")
 	wait(t, arrived, "the first fetch")
 	second := make(chan response, 1)
-	go func() { r, _ := get(p, "/second"); second <- r }()
+	go func() { r, _ := get(p, path, hdr...); second <- r }()
 	// A queued request has no channel to say so: watch the guard's own
 	// count, yielding, not sleeping, for at most 10s.
 	for deadline := time.Now().Add(10 * time.Second); p.guard.queued.Load() != 1; runtime.Gosched() {

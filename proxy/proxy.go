@@ -88,6 +88,15 @@ type Config struct {
 	// whose answers may be stored never carry them (see forward).
 	TrustedProxies []netip.Prefix
 
+	// UpstreamMaxPause caps how long a Retry-After from the origin (RFC
+	// 9110 section 10.2.3) on a 503, or on a 429 to a request without
+	// credentials, holds back the requests for its URL, or for every URL
+	// once several paths answered so within seconds. Zero means 30s;
+	// negative means never pause, as with net.Dialer's KeepAlive. Either
+	// way a failed background refresh waits as long as the origin asked,
+	// up to five minutes.
+	UpstreamMaxPause time.Duration
+
 	// Transport makes upstream requests. Nil means a transport tuned for
 	// one origin.
 	Transport http.RoundTripper
@@ -508,14 +517,17 @@ func (p *Proxy) backOff(stale *Entry, f *fetched, err error) time.Duration {
 	if errors.As(err, &busy) {
 		pause = max(pause, busy.retryAfter)
 	} else if err == nil {
-		pause = max(pause, retryAfter(f.entry.Header.Get("Retry-After"), p.now()))
+		pause = max(pause, min(retryAfter(f.entry.Header.Get("Retry-After"), p.now()), maxRetryAfter))
 	}
 	stale.refreshAt.Store(p.now().Add(pause).UnixNano())
 	return pause
 }
 
 // refreshBackoff is the shortest pause after a failed background refresh;
-// maxRetryAfter caps the pause an origin's Retry-After can ask for.
+// maxRetryAfter the longest an origin's Retry-After can make it, and the
+// longest Retry-After corral estimates for its own queue. A background
+// refresh has no client waiting on it, so it may honour the origin longer
+// than the pauses of client requests, which Config.UpstreamMaxPause caps.
 const (
 	refreshBackoff = time.Second
 	maxRetryAfter  = 5 * time.Minute
@@ -523,6 +535,7 @@ const (
 
 // retryAfter parses Retry-After (RFC 9110 section 10.2.3), delay-seconds
 // or an HTTP-date, into a pause from now; zero when absent or invalid.
+// Callers cap it: the origin may ask for years.
 func retryAfter(v string, now time.Time) time.Duration {
 	if v == "" {
 		return 0
@@ -533,7 +546,7 @@ func retryAfter(v string, now time.Time) time.Duration {
 	} else if t, err := http.ParseTime(v); err == nil {
 		d = t.Sub(now)
 	}
-	return min(max(d, 0), maxRetryAfter)
+	return max(d, 0)
 }
 
 func statusOf(f *fetched) int {
