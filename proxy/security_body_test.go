@@ -283,3 +283,33 @@ func TestRequestFramingOverTheWire(t *testing.T) {
 		t.Errorf("%d bytes of the buffer budget still held", n)
 	}
 }
+
+// Issue 9, item 6: a client that asks for a large answer and stops reading
+// held its handler, its connection and the upstream exchange for ever. On
+// a WriteTimeoutListener it is disconnected once it has accepted nothing
+// for the timeout.
+func TestClientThatStopsReadingIsDisconnected(t *testing.T) {
+	clk := newClock()
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "no-store")
+		pattern(w, 1<<30) // more than any socket buffers hold
+	})
+	p := newTestProxy(t, o, clk, Config{})
+	ended := make(chan struct{})
+	s := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer close(ended) // also when the handler aborts with a panic
+		p.ServeHTTP(w, r)
+	}))
+	s.Listener = WriteTimeoutListener(s.Listener, 100*time.Millisecond)
+	s.Start()
+	defer s.Close()
+	conn, err := net.Dial("tcp", s.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := io.WriteString(conn, "GET /big HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	wait(t, ended, "the handler of a client that stopped reading")
+}
