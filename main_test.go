@@ -1,9 +1,12 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"io"
+	"net"
+	"net/http"
 	"regexp"
 	"slices"
 	"strings"
@@ -49,6 +52,8 @@ func TestHelpExplainsEveryFlag(t *testing.T) {
 		"-pass-ttl", "-request-no-cache", "-shutdown-timeout", "-demo",
 		"-admin-listen", "-admin-token", "-log-level", "-log-format",
 		"-upstream-max-rps", "-upstream-max-inflight", "-upstream-max-queue",
+		"-max-request-body-bytes", "-request-body-timeout", "-buffer-bytes",
+		"-max-header-bytes", "-client-write-timeout",
 	} {
 		if !strings.Contains(stderr.String(), "  "+flag+" ") && !strings.Contains(stderr.String(), "  "+flag+"\n") {
 			t.Errorf("-h does not explain %s:\n%s", flag, stderr.String())
@@ -120,6 +125,12 @@ func TestBadFlagValueExitsTwoWithOneLine(t *testing.T) {
 		{"request-no-cache", []string{"-request-no-cache", "sometimes"}, `corral: -request-no-cache: want revalidate or ignore, got "sometimes"` + "\n"},
 		{"negative rps", []string{"-upstream-max-rps", "-5"}, "corral: -upstream-max-rps: must be zero or more, got -5\n"},
 		{"negative inflight", []string{"-upstream-max-inflight", "-1"}, "corral: -upstream-max-inflight: must be zero or more, got -1\n"},
+		{"zero body timeout", []string{"-request-body-timeout", "0s"}, "corral: -request-body-timeout: must be positive, got 0s\n"},
+		{"negative write timeout", []string{"-client-write-timeout", "-1s"}, "corral: -client-write-timeout: must be zero or more, got -1s\n"},
+		{"zero body size", []string{"-max-request-body-bytes", "0"}, `corral: invalid value "0" for flag -max-request-body-bytes: want a positive size such as 512MiB` + "\n"},
+		{"huge header limit", []string{"-max-header-bytes", "2GiB"}, "corral: -max-header-bytes: must be at most 1GiB, got 2GiB\n"},
+		{"buffers smaller than an object", []string{"-buffer-bytes", "4MiB"}, "corral: -buffer-bytes: 4MiB cannot hold one body of -max-object-bytes (8MiB) or -max-request-body-bytes (1MiB)\n"},
+		{"buffers smaller than a request body", []string{"-buffer-bytes", "8MiB", "-max-request-body-bytes", "16MiB"}, "corral: -buffer-bytes: 8MiB cannot hold one body of -max-object-bytes (8MiB) or -max-request-body-bytes (16MiB)\n"},
 		{"listen without port", []string{"-listen", "localhost"}, `corral: -listen: "localhost" is not host:port: address localhost: missing port in address` + "\n"},
 		{"admin port out of range", []string{"-admin-listen", "127.0.0.1:70000"}, `corral: -admin-listen: "127.0.0.1:70000": bad port "70000"` + "\n"},
 		{"log level", []string{"-log-level", "loud"}, `corral: -log-level: want debug, info, warn or error, got "loud"` + "\n"},
@@ -270,5 +281,49 @@ func TestShutdownOnSignalExitsZero(t *testing.T) {
 	cancel() // what SIGTERM does through signal.NotifyContext
 	if code := <-done; code != 0 {
 		t.Errorf("exit code %d after shutdown, want 0; stderr: %s", code, stderr.String())
+	}
+}
+
+// Issue 9, item 6: Go's default header limit of 1 MiB let 400 connections
+// of endless header lines take 365 MiB. -max-header-bytes (64KiB) turns a
+// 100 KiB header away with 431 (RFC 6585 section 5).
+func TestHeaderFloodIsRefused(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	listen := freeAddr(t)
+	done := make(chan int, 1)
+	var stderr bytes.Buffer
+	go func() {
+		done <- run(ctx, []string{"-listen", listen, "-admin-listen", "", "-upstream", "http://127.0.0.1:1"}, &stderr, noEnv)
+	}()
+	defer func() {
+		cancel()
+		if code := <-done; code != 0 {
+			t.Errorf("exit code %d, stderr: %s", code, stderr.String())
+		}
+	}()
+	var conn net.Conn
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		var err error
+		if conn, err = net.Dial("tcp", listen); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("corral did not listen on %s: %v", listen, err)
+		}
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	go func() {
+		// The server answers before it has read all of this; a write
+		// failing then is expected.
+		io.WriteString(conn, "GET / HTTP/1.1\r\nHost: x\r\nX-Flood: "+strings.Repeat("a", 100<<10)+"\r\n\r\n")
+	}()
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Errorf("status %d for a 100 KiB header, want 431", resp.StatusCode)
 	}
 }
