@@ -610,6 +610,13 @@ func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, key string, r
 		p.passThrough(w, r, key, "miss", "too-large")
 		return
 	}
+	if errors.Is(err, errBuffersFull) {
+		// Too large for the buffer budget left now, for this fetch
+		// only: its waiters go upstream on their own, streamed. The
+		// key is not marked; the next fetch may fit.
+		p.passThrough(w, r, key, "miss", "buffers-full")
+		return
+	}
 	var busy *busyError
 	if errors.As(err, &busy) {
 		// corral held the request back to spare the origin: as good as

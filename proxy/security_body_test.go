@@ -2,14 +2,18 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -312,4 +316,127 @@ func TestClientThatStopsReadingIsDisconnected(t *testing.T) {
 		t.Fatal(err)
 	}
 	wait(t, ended, "the handler of a client that stopped reading")
+}
+
+// Issue 9, item 6: bodies buffered by shared fetches and by the copies
+// passed-through answers keep were bounded only per body, so 48 clients of
+// distinct 7 MiB objects took 597 MiB with -cache-bytes 32MiB. Together they
+// now stay within one budget, and what does not fit streams: every client
+// still gets its whole, correct body.
+func TestBufferedBodiesStayWithinOneBudget(t *testing.T) {
+	const (
+		objects, passes = 20, 10
+		objectSize      = 1 << 20
+		streamSize      = 2 << 20 // over MaxObjectBytes, sent without Content-Length
+		budget          = 4 << 20
+	)
+	body := func(path string) []byte {
+		return bytes.Repeat([]byte(path+";"), 2<<20/len(path))
+	}
+	// Once the herd is loosed, each origin answer sends half its body and
+	// waits until every client's first request has arrived (each object's
+	// and each pass's), so that they all hold buffers at once.
+	var herd atomic.Bool
+	var (
+		mu       sync.Mutex
+		arrived  = map[string]bool{}
+		arrivals int
+	)
+	release := make(chan struct{})
+	clk := newClock()
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "max-age=60")
+		b := body(r.URL.Path)[:objectSize]
+		if r.URL.Path == "/stream" {
+			b = body(r.URL.Path)[:streamSize]
+		} else {
+			w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+		}
+		if herd.Load() {
+			w.Write(b[:len(b)/2])
+			w.(http.Flusher).Flush()
+			mu.Lock()
+			if !arrived[r.URL.Path] || r.URL.Path == "/stream" {
+				arrived[r.URL.Path] = true
+				if arrivals++; arrivals == objects+passes {
+					close(release)
+				}
+			}
+			mu.Unlock()
+			<-release
+			b = b[len(b)/2:]
+		}
+		w.Write(b)
+	})
+	p := newTestProxy(t, o, clk, Config{MaxObjectBytes: objectSize, BufferBytes: budget})
+
+	// Too large to store: /stream is passed through from now on, each
+	// answer copied on its way in case it could be stored after all.
+	if res, _ := get(p, "/stream"); res.Status != 200 || !strings.Contains(res.CacheStatus, "too-large") {
+		t.Fatalf("first GET /stream: %d %s", res.Status, res.CacheStatus)
+	}
+	herd.Store(true)
+	paths := []string{}
+	for i := range objects {
+		paths = append(paths, "/obj/"+strconv.Itoa(i))
+	}
+	for range passes {
+		paths = append(paths, "/stream")
+	}
+	start := make(chan struct{})
+	errs := make(chan error, len(paths))
+	var unbuffered atomic.Int64 // objects whose fetch found the budget spent
+	var wg sync.WaitGroup
+	for _, path := range paths {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			rec := httptest.NewRecorder()
+			p.ServeHTTP(rec, newRequest(http.MethodGet, path))
+			if strings.Contains(rec.Header().Get("Cache-Status"), "detail=buffers-full") {
+				unbuffered.Add(1)
+			}
+			want := body(path)[:objectSize]
+			if path == "/stream" {
+				want = body(path)[:streamSize]
+			}
+			if rec.Code != 200 || !bytes.Equal(rec.Body.Bytes(), want) {
+				errs <- fmt.Errorf("GET %s: status %d, %d bytes (correct: %v), want 200 and its %d bytes (Cache-Status %s)",
+					path, rec.Code, rec.Body.Len(), bytes.Equal(rec.Body.Bytes(), want), len(want), rec.Header().Get("Cache-Status"))
+			}
+		}()
+	}
+	close(start)
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	wait(t, done, "the herd")
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	p.Wait()
+
+	// Each object reserves its Content-Length at once: no more than
+	// budget/objectSize of them fit, and the others stream.
+	if n := unbuffered.Load(); n < objects-budget/objectSize {
+		t.Errorf("%d fetches found the budget spent, want at least %d", n, objects-budget/objectSize)
+	}
+	if peak := p.buffers.Peak(); peak > budget || peak < objectSize {
+		t.Errorf("buffers peaked at %d bytes; want at most the budget, %d, and at least one object, %d", peak, budget, objectSize)
+	}
+	if n := p.buffers.InUse(); n != 0 {
+		t.Errorf("%d bytes still held after every body was stored or dropped", n)
+	}
+	// Buffers that were full are pressure of the moment, not a property
+	// of the resource: no object was marked uncacheable.
+	var marked []string
+	for _, path := range paths[:objects] {
+		if e, ok := p.store.Get(path); ok && e.Pass {
+			marked = append(marked, path)
+		}
+	}
+	if diff := cmp.Diff([]string(nil), marked); diff != "" {
+		t.Errorf("objects marked uncacheable (-want +got):\n%s", diff)
+	}
 }
