@@ -42,10 +42,11 @@ var (
 	descInflight  = prometheus.NewDesc("corral_upstream_inflight", "Upstream requests in flight.", nil, nil)
 	descQueued    = prometheus.NewDesc("corral_upstream_queued", "Upstream requests waiting for the rate or in-flight cap.", nil, nil)
 	descPurged    = prometheus.NewDesc("corral_purged_entries_total", "Entries dropped by purges and by unsafe requests.", nil, nil)
+	descBuffered  = prometheus.NewDesc("corral_buffered_bytes", "Bytes of bodies held in memory on their way through (shared fetches until stored, copies of passed-through answers, request bodies), against -buffer-bytes.", nil, nil)
 )
 
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descRequests, descUpstream, descRefreshes, descEvictions, descBytes, descEntries, descThrottled, descInflight, descQueued, descPurged} {
+	for _, d := range []*prometheus.Desc{descRequests, descUpstream, descRefreshes, descEvictions, descBytes, descEntries, descThrottled, descInflight, descQueued, descPurged, descBuffered} {
 		ch <- d
 	}
 	m.client.Describe(ch)
@@ -78,6 +79,7 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	counter(descThrottled, g.throttled.Load())
 	ch <- prometheus.MustNewConstMetric(descInflight, prometheus.GaugeValue, float64(g.inflight.Load()))
 	ch <- prometheus.MustNewConstMetric(descQueued, prometheus.GaugeValue, float64(g.queued.Load()))
+	ch <- prometheus.MustNewConstMetric(descBuffered, prometheus.GaugeValue, float64(m.p.buffers.InUse()))
 	if mem, ok := m.p.store.(*Memory); ok {
 		counter(descEvictions, mem.Evictions())
 		ch <- prometheus.MustNewConstMetric(descBytes, prometheus.GaugeValue, float64(mem.Bytes()))

@@ -440,3 +440,29 @@ func TestBufferedBodiesStayWithinOneBudget(t *testing.T) {
 		t.Errorf("objects marked uncacheable (-want +got):\n%s", diff)
 	}
 }
+
+// corral_buffered_bytes shows what bodies hold of the budget: a request
+// body being read holds its first chunk, and nothing once answered.
+func TestBufferedBytesGauge(t *testing.T) {
+	clk := newClock()
+	var log bodyLog
+	o := bodyOrigin(t, clk, &log)
+	p := newTestProxy(t, o, clk, Config{RequestBodyTimeout: time.Minute})
+	a := NewAdmin(p, "")
+	req, pw := uploadRequest("/upload", -1)
+	ch := serveAsync(p, req)
+	// The second write returns once the proxy reads again, after it has
+	// kept the first.
+	io.WriteString(pw, "a")
+	io.WriteString(pw, "b")
+	if got := scrape(t, a)["corral_buffered_bytes"]; got != minBufferChunk {
+		t.Errorf("corral_buffered_bytes %v while a body is read, want %d", got, minBufferChunk)
+	}
+	pw.Close()
+	if resp := wait(t, ch, "the upload's answer"); resp.StatusCode != 200 {
+		t.Errorf("status %d, want 200", resp.StatusCode)
+	}
+	if got := scrape(t, a)["corral_buffered_bytes"]; got != 0 {
+		t.Errorf("corral_buffered_bytes %v once answered, want 0", got)
+	}
+}
