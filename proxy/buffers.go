@@ -140,6 +140,22 @@ func (bb *bodyBuffer) readFrom(r io.Reader, size int64) error {
 	}
 }
 
+// trimmed returns the body in a buffer of its own length when doubling has
+// left much spare room, so that an entry stored from it holds no more
+// memory than the store counts. The copy is reserved too; without room
+// for it the body is returned as it is.
+func (bb *bodyBuffer) trimmed() []byte {
+	n := len(bb.buf)
+	if cap(bb.buf)-n <= n/8 || !bb.budget.reserve(int64(n)) {
+		return bb.buf
+	}
+	b := make([]byte, n)
+	copy(b, bb.buf)
+	bb.budget.release(int64(cap(bb.buf)))
+	bb.buf = b
+	return b
+}
+
 // release gives the reservation back. The bytes may live on (in a stored
 // entry, counted by the store, or in an answer being written), but the
 // buffer no longer holds them.

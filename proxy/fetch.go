@@ -105,7 +105,7 @@ func (p *Proxy) fetch(ctx context.Context, in *http.Request, key, vkey string, s
 	if err != nil {
 		return nil, fmt.Errorf("reading upstream body: %w", err)
 	}
-	e, own := p.newEntry(in.Header, resp.StatusCode, resp.Header, bb.buf, *sent, respTime)
+	e, own := p.newEntry(in.Header, resp.StatusCode, resp.Header, bb.trimmed(), *sent, respTime)
 	return &fetched{entry: e, own: own, status: resp.StatusCode, stored: p.put(key, e, *sent, nil)}, nil
 }
 

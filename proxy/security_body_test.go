@@ -509,3 +509,34 @@ func TestWriteTimeoutCutsOnlyAStalledPeer(t *testing.T) {
 		t.Errorf("Write to a stalled reader took %s, want about %s", took, d)
 	}
 }
+
+// A body of unknown length grows its buffer by doubling; what is stored
+// from it must not keep the spare room, which the store does not count.
+func TestStoredBodyKeepsNoSpareRoom(t *testing.T) {
+	const size = 300 << 10 // buffers of 4 KiB doubled reach 512 KiB
+	for _, path := range []string{"/fetched", "/passed"} {
+		t.Run(path, func(t *testing.T) {
+			clk := newClock()
+			o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Cache-Control", "max-age=60")
+				w.(http.Flusher).Flush() // no Content-Length
+				pattern(w, size)
+			})
+			p := newTestProxy(t, o, clk, Config{})
+			if path == "/passed" {
+				p.markPass(path, &Entry{})
+			}
+			get(p, path)
+			e, ok := p.store.Get(path)
+			if !ok || e.Pass {
+				t.Fatalf("%s not stored", path)
+			}
+			if len(e.Body) != size || cap(e.Body) > size+size/8 {
+				t.Errorf("stored body of %d bytes in a buffer of %d", len(e.Body), cap(e.Body))
+			}
+			if n := p.buffers.InUse(); n != 0 {
+				t.Errorf("%d bytes still held", n)
+			}
+		})
+	}
+}

@@ -131,7 +131,7 @@ func (t *teeBody) Read(b []byte) (int, error) {
 		t.copy.release()
 	}
 	if err == io.EOF && !t.over && t.done != nil {
-		t.done(t.copy.buf)
+		t.done(t.copy.trimmed())
 		t.done, t.over = nil, true
 		t.copy.release()
 	}
