@@ -103,43 +103,43 @@ func (p *Proxy) storeOnTheWay(resp *http.Response, info passed) {
 	if !e.Decision.Storable || resp.ContentLength > p.maxObject {
 		return
 	}
-	t := &teeBody{ReadCloser: resp.Body, copy: bodyBuffer{budget: p.buffers, limit: p.maxObject}, done: func(body []byte) {
+	t := &teeBody{ReadCloser: resp.Body, kept: bodyBuffer{budget: p.buffers, limit: p.maxObject}, done: func(body []byte) {
 		e, _ := p.newEntry(info.reqHeader, resp.StatusCode, header, body, info.reqTime, respTime)
 		p.put(info.uri, e, info.reqTime, nil)
 	}}
-	if resp.ContentLength > 0 && t.copy.resize(resp.ContentLength) != nil {
+	if resp.ContentLength > 0 && t.kept.resize(resp.ContentLength) != nil {
 		return // no room for the copy now: the body only streams
 	}
 	resp.Body = t
 }
 
-// teeBody keeps a copy of what is read through it, within copy's limit
+// teeBody keeps a copy of what is read through it, within kept's limit
 // and budget, and hands the copy to done at a clean end of the body. A
 // body cut short never reaches done. The copy's reservation is released
 // when it is handed over, given up, or the body is closed.
 type teeBody struct {
 	io.ReadCloser
-	copy bodyBuffer
+	kept bodyBuffer
 	over bool
 	done func(body []byte)
 }
 
 func (t *teeBody) Read(b []byte) (int, error) {
 	n, err := t.ReadCloser.Read(b)
-	if !t.over && t.copy.write(b[:n]) != nil {
+	if !t.over && t.kept.write(b[:n]) != nil {
 		t.over = true
-		t.copy.release()
+		t.kept.release()
 	}
 	if err == io.EOF && !t.over && t.done != nil {
-		t.done(t.copy.trimmed())
+		t.done(t.kept.trimmed())
 		t.done, t.over = nil, true
-		t.copy.release()
+		t.kept.release()
 	}
 	return n, err
 }
 
 func (t *teeBody) Close() error {
-	t.copy.release()
+	t.kept.release()
 	return t.ReadCloser.Close()
 }
 
