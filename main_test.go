@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"regexp"
 	"slices"
 	"strings"
@@ -325,5 +326,63 @@ func TestHeaderFloodIsRefused(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
 		t.Errorf("status %d for a 100 KiB header, want 431", resp.StatusCode)
+	}
+}
+
+// Issue 9, item 6: the public listener disconnects a client that asks for
+// a large answer and stops reading, once -client-write-timeout passes
+// without it taking a byte. The handler's end shows in the request
+// duration histogram.
+func TestClientThatStopsReadingIsDisconnected(t *testing.T) {
+	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "no-store")
+		chunk := bytes.Repeat([]byte("corral "), 64<<10)
+		for range 1 << 12 { // 1.75 GiB: more than any socket buffers hold
+			if _, err := w.Write(chunk); err != nil {
+				return
+			}
+		}
+	}))
+	defer origin.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	listen, adminAddr := freeAddr(t), freeAddr(t)
+	done := make(chan int, 1)
+	var stderr bytes.Buffer
+	go func() {
+		done <- run(ctx, []string{"-listen", listen, "-admin-listen", adminAddr, "-upstream", origin.URL, "-client-write-timeout", "100ms"}, &stderr, noEnv)
+	}()
+	defer func() {
+		cancel()
+		if code := <-done; code != 0 {
+			t.Errorf("exit code %d, stderr: %s", code, stderr.String())
+		}
+	}()
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	waitFor(t, client, "http://"+adminAddr+"/readyz", http.StatusOK)
+
+	conn, err := net.Dial("tcp", listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := io.WriteString(conn, "GET /big HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	// Poll the admin listener: the handler ends on its own, or never.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		resp, err := client.Get("http://" + adminAddr + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if strings.Contains(string(b), "\ncorral_request_duration_seconds_count 1\n") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the handler of a client that stopped reading still runs after 10s")
+		}
 	}
 }
