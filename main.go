@@ -59,11 +59,11 @@ func run(ctx context.Context, args []string, stderr io.Writer, getenv func(strin
 		fmt.Fprintln(stderr, "corral:", err)
 		return 2
 	}
-	servers := []*server{{name: "listen", addr: c.listen, handler: p}}
+	servers := []*server{{name: "listen", addr: c.listen, handler: p, maxHeaderBytes: c.maxHeaderBytes, writeTimeout: c.clientWriteTimeout}}
 	var admin *proxy.Admin
 	if c.adminListen != "" {
 		admin = proxy.NewAdmin(p, c.adminToken)
-		servers = append(servers, &server{name: "admin-listen", addr: c.adminListen, handler: admin})
+		servers = append(servers, &server{name: "admin-listen", addr: c.adminListen, handler: admin, maxHeaderBytes: c.maxHeaderBytes})
 	}
 	// Bind every listener before serving on any: a port in use fails the
 	// start, and once /readyz answers, the public port accepts.
@@ -129,13 +129,23 @@ type server struct {
 	handler http.Handler
 	ln      net.Listener
 	srv     *http.Server
+
+	maxHeaderBytes int           // request line and header fields
+	writeTimeout   time.Duration // how long a client may accept no bytes; 0: for ever
 }
 
 func (s *server) listen() (err error) {
 	s.ln, err = net.Listen("tcp", s.addr)
+	if err == nil {
+		s.ln = proxy.WriteTimeoutListener(s.ln, s.writeTimeout)
+	}
 	s.srv = &http.Server{
 		Handler:           s.handler,
 		ReadHeaderTimeout: 10 * time.Second,
+		// Go's default is 1 MiB, which 400 connections sending endless
+		// header lines turn into 400 MiB. (Go reads 4,096 bytes more
+		// than this before it answers 431.)
+		MaxHeaderBytes: s.maxHeaderBytes,
 		// OPTIONS * goes to the handler, which refuses every request-target
 		// that is not a path.
 		DisableGeneralOptionsHandler: true,
@@ -166,16 +176,18 @@ func closeAll(servers []*server) {
 
 // config is what the flags say.
 type config struct {
-	proxy           proxy.Config
-	listen          string
-	adminListen     string
-	adminToken      string
-	logLevel        slog.Level
-	logJSON         bool
-	shutdownTimeout time.Duration
-	demo            bool
-	demoClients     int
-	demoDuration    time.Duration
+	proxy              proxy.Config
+	listen             string
+	adminListen        string
+	adminToken         string
+	logLevel           slog.Level
+	logJSON            bool
+	shutdownTimeout    time.Duration
+	maxHeaderBytes     int
+	clientWriteTimeout time.Duration
+	demo               bool
+	demoClients        int
+	demoDuration       time.Duration
 }
 
 func (c *config) logHandler(w io.Writer) slog.Handler {
@@ -198,6 +210,10 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) (string, bo
 		upstream        = fs.String("upstream", "", "origin URL every request goes to, e.g. http://stats.internal:9000 (required)")
 		cacheBytes      = byteSize(256 << 20)
 		maxObjectBytes  = byteSize(8 << 20)
+		maxBodyBytes    = byteSize(1 << 20)
+		bufferBytes     = byteSize(0)
+		maxHeaderBytes  = byteSize(64 << 10)
+		bodyTimeout     = fs.Duration("request-body-timeout", 30*time.Second, "longest a client may take to send a whole request body, which is read before the request goes upstream; past it, 408")
 		upstreamTimeout = fs.Duration("upstream-timeout", 30*time.Second, "longest a shared upstream fetch may take, body included (a passed-through request: until its header arrives); waiters then get 504")
 		passTTL         = fs.Duration("pass-ttl", 10*time.Second, "how long a URL whose response could not be shared goes upstream without coalescing")
 		defaultTTL      = fs.Duration("default-ttl", 0, "freshness lifetime for cacheable responses that carry none (0: RFC 9111 heuristic only)")
@@ -218,6 +234,10 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) (string, bo
 	fs.StringVar(&c.adminToken, "admin-token", "", "bearer token that /metrics and /purge on the admin listener require")
 	fs.Var(&cacheBytes, "cache-bytes", "memory budget of the cache, a `size` such as 256MiB or 1GiB: bodies, headers and keys count")
 	fs.Var(&maxObjectBytes, "max-object-bytes", "largest response body that is cached, a `size` such as 8MiB; larger ones stream through")
+	fs.Var(&maxBodyBytes, "max-request-body-bytes", "largest request body accepted, a `size`; larger ones get 413")
+	fs.Var(&bufferBytes, "buffer-bytes", "memory budget of the bodies held on their way through (shared fetches until stored, copies of passed-through answers, request bodies), a `size`; past it answers stream unstored and request bodies get 503; unset, a quarter of -cache-bytes but at least twice the larger of -max-object-bytes and -max-request-body-bytes")
+	fs.Var(&maxHeaderBytes, "max-header-bytes", "largest request line and header fields, a `size`; larger ones get 431 (Go reads 4KiB more before it refuses)")
+	fs.DurationVar(&c.clientWriteTimeout, "client-write-timeout", 30*time.Second, "how long a client may accept no bytes of its answer before it is disconnected; long downloads that keep moving are not cut (0: for ever)")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long to let in-flight requests and upstream fetches finish after SIGINT or SIGTERM")
 	fs.BoolVar(&c.demo, "demo", false, "run the demo: a rate-limited origin, a herd of pollers, with and without corral")
 	fs.IntVar(&c.demoClients, "demo-clients", 200, "number of polling clients in the demo")
@@ -255,6 +275,9 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) (string, bo
 	}{
 		{"upstream-timeout", *upstreamTimeout > 0, "positive"},
 		{"shutdown-timeout", c.shutdownTimeout > 0, "positive"},
+		{"request-body-timeout", *bodyTimeout > 0, "positive"},
+		{"client-write-timeout", c.clientWriteTimeout >= 0, "zero or more"},
+		{"max-header-bytes", maxHeaderBytes <= 1<<30, "at most 1GiB"},
 		{"pass-ttl", *passTTL >= 0, "zero or more"},
 		{"revalidate-interval", *revalidateIntvl >= 0, "zero or more"},
 		{"default-ttl", *defaultTTL >= 0, "zero or more"},
@@ -297,6 +320,10 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) (string, bo
 			return bad(name, "%q: bad port %q", addr, port)
 		}
 	}
+	if bufferBytes != 0 && (bufferBytes < maxObjectBytes || bufferBytes < maxBodyBytes) {
+		return bad("buffer-bytes", "%s cannot hold one body of -max-object-bytes (%s) or -max-request-body-bytes (%s)", &bufferBytes, &maxObjectBytes, &maxBodyBytes)
+	}
+	c.maxHeaderBytes = int(maxHeaderBytes)
 	if c.adminListen != "" && c.adminToken == "" && !loopback(c.adminListen) {
 		return bad("admin-listen", "%q is reachable from other hosts; set -admin-token, or listen on a loopback address such as 127.0.0.1:9091", c.adminListen)
 	}
@@ -305,6 +332,9 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) (string, bo
 		RevalidateInterval:  *revalidateIntvl,
 		CacheBytes:          int64(cacheBytes),
 		MaxObjectBytes:      int64(maxObjectBytes),
+		MaxRequestBodyBytes: int64(maxBodyBytes),
+		RequestBodyTimeout:  *bodyTimeout,
+		BufferBytes:         int64(bufferBytes),
 		UpstreamTimeout:     *upstreamTimeout,
 		PassTTL:             *passTTL,
 		UpstreamMaxRPS:      *maxRPS,

@@ -1,9 +1,13 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"regexp"
 	"slices"
 	"strings"
@@ -50,6 +54,8 @@ func TestHelpExplainsEveryFlag(t *testing.T) {
 		"-admin-listen", "-admin-token", "-log-level", "-log-format",
 		"-upstream-max-rps", "-upstream-max-inflight", "-upstream-max-queue", "-upstream-max-pause",
 		"-trusted-proxies",
+		"-max-request-body-bytes", "-request-body-timeout", "-buffer-bytes",
+		"-max-header-bytes", "-client-write-timeout",
 	} {
 		if !strings.Contains(stderr.String(), "  "+flag+" ") && !strings.Contains(stderr.String(), "  "+flag+"\n") {
 			t.Errorf("-h does not explain %s:\n%s", flag, stderr.String())
@@ -123,6 +129,12 @@ func TestBadFlagValueExitsTwoWithOneLine(t *testing.T) {
 		{"negative rps", []string{"-upstream-max-rps", "-5"}, "corral: -upstream-max-rps: must be zero or more, got -5\n"},
 		{"negative inflight", []string{"-upstream-max-inflight", "-1"}, "corral: -upstream-max-inflight: must be zero or more, got -1\n"},
 		{"negative max pause", []string{"-upstream-max-pause", "-1s"}, "corral: -upstream-max-pause: must be zero or more, got -1s\n"},
+		{"zero body timeout", []string{"-request-body-timeout", "0s"}, "corral: -request-body-timeout: must be positive, got 0s\n"},
+		{"negative write timeout", []string{"-client-write-timeout", "-1s"}, "corral: -client-write-timeout: must be zero or more, got -1s\n"},
+		{"zero body size", []string{"-max-request-body-bytes", "0"}, `corral: invalid value "0" for flag -max-request-body-bytes: want a positive size such as 512MiB` + "\n"},
+		{"huge header limit", []string{"-max-header-bytes", "2GiB"}, "corral: -max-header-bytes: must be at most 1GiB, got 2GiB\n"},
+		{"buffers smaller than an object", []string{"-buffer-bytes", "4MiB"}, "corral: -buffer-bytes: 4MiB cannot hold one body of -max-object-bytes (8MiB) or -max-request-body-bytes (1MiB)\n"},
+		{"buffers smaller than a request body", []string{"-buffer-bytes", "8MiB", "-max-request-body-bytes", "16MiB"}, "corral: -buffer-bytes: 8MiB cannot hold one body of -max-object-bytes (8MiB) or -max-request-body-bytes (16MiB)\n"},
 		{"listen without port", []string{"-listen", "localhost"}, `corral: -listen: "localhost" is not host:port: address localhost: missing port in address` + "\n"},
 		{"admin port out of range", []string{"-admin-listen", "127.0.0.1:70000"}, `corral: -admin-listen: "127.0.0.1:70000": bad port "70000"` + "\n"},
 		{"trusted proxies", []string{"-trusted-proxies", "10.0.0.0/8, lb.internal"}, `corral: -trusted-proxies: "lb.internal" is not an IP address or CIDR prefix such as 10.0.0.0/8` + "\n"},
@@ -329,5 +341,107 @@ func TestShutdownOnSignalExitsZero(t *testing.T) {
 	cancel() // what SIGTERM does through signal.NotifyContext
 	if code := <-done; code != 0 {
 		t.Errorf("exit code %d after shutdown, want 0; stderr: %s", code, stderr.String())
+	}
+}
+
+// Issue 9, item 6: Go's default header limit of 1 MiB let 400 connections
+// of endless header lines take 365 MiB. -max-header-bytes (64KiB) turns a
+// 100 KiB header away with 431 (RFC 6585 section 5).
+func TestHeaderFloodIsRefused(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	listen := freeAddr(t)
+	done := make(chan int, 1)
+	var stderr bytes.Buffer
+	go func() {
+		done <- run(ctx, []string{"-listen", listen, "-admin-listen", "", "-upstream", "http://127.0.0.1:1"}, &stderr, noEnv)
+	}()
+	defer func() {
+		cancel()
+		if code := <-done; code != 0 {
+			t.Errorf("exit code %d, stderr: %s", code, stderr.String())
+		}
+	}()
+	var conn net.Conn
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		var err error
+		if conn, err = net.Dial("tcp", listen); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("corral did not listen on %s: %v", listen, err)
+		}
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	go func() {
+		// The server answers before it has read all of this; a write
+		// failing then is expected.
+		io.WriteString(conn, "GET / HTTP/1.1\r\nHost: x\r\nX-Flood: "+strings.Repeat("a", 100<<10)+"\r\n\r\n")
+	}()
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Errorf("status %d for a 100 KiB header, want 431", resp.StatusCode)
+	}
+}
+
+// Issue 9, item 6: the public listener disconnects a client that asks for
+// a large answer and stops reading, once -client-write-timeout passes
+// without it taking a byte. The handler's end shows in the request
+// duration histogram.
+func TestClientThatStopsReadingIsDisconnected(t *testing.T) {
+	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "no-store")
+		chunk := bytes.Repeat([]byte("corral "), 64<<10)
+		for range 1 << 12 { // 1.75 GiB: more than any socket buffers hold
+			if _, err := w.Write(chunk); err != nil {
+				return
+			}
+		}
+	}))
+	defer origin.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	listen, adminAddr := freeAddr(t), freeAddr(t)
+	done := make(chan int, 1)
+	var stderr bytes.Buffer
+	go func() {
+		done <- run(ctx, []string{"-listen", listen, "-admin-listen", adminAddr, "-upstream", origin.URL, "-client-write-timeout", "100ms"}, &stderr, noEnv)
+	}()
+	defer func() {
+		cancel()
+		if code := <-done; code != 0 {
+			t.Errorf("exit code %d, stderr: %s", code, stderr.String())
+		}
+	}()
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	waitFor(t, client, "http://"+adminAddr+"/readyz", http.StatusOK)
+
+	conn, err := net.Dial("tcp", listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := io.WriteString(conn, "GET /big HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	// Poll the admin listener: the handler ends on its own, or never.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		resp, err := client.Get("http://" + adminAddr + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if strings.Contains(string(b), "\ncorral_request_duration_seconds_count 1\n") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the handler of a client that stopped reading still runs after 10s")
+		}
 	}
 }

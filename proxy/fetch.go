@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"slices"
 	"strconv"
@@ -39,7 +38,7 @@ type fetched struct {
 
 // fetch asks the origin for the resource of in, revalidating stale when it
 // has validators, and stores the answer when it may. It buffers at most
-// MaxObjectBytes of body.
+// MaxObjectBytes of body, and only what the buffer budget lets it.
 func (p *Proxy) fetch(ctx context.Context, in *http.Request, key, vkey string, stale *Entry) (*fetched, error) {
 	// Two requests can both miss, then run their flights one after the
 	// other: the second flight starts just after the first one stored its
@@ -104,19 +103,20 @@ func (p *Proxy) fetch(ctx context.Context, in *http.Request, key, vkey string, s
 		return &fetched{entry: e, own: own, status: resp.StatusCode, stored: p.put(key, e, *sent, stale)}, nil
 	}
 
-	if resp.ContentLength > p.maxObject {
+	// The body is held against the buffer budget until it is stored
+	// (and counted by the store) or dropped.
+	bb := bodyBuffer{budget: p.buffers, limit: p.maxObject}
+	defer bb.release()
+	err = bb.readFrom(resp.Body, resp.ContentLength)
+	if errors.Is(err, errTooLarge) || errors.Is(err, errBuffersFull) {
 		p.stats.upstream(resp.StatusCode, nil)
-		return nil, errTooLarge
+		return nil, err
 	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, p.maxObject+1))
 	p.stats.upstream(resp.StatusCode, err)
 	if err != nil {
 		return nil, fmt.Errorf("reading upstream body: %w", err)
 	}
-	if int64(len(body)) > p.maxObject {
-		return nil, errTooLarge
-	}
-	e, own := p.newEntry(reqHeader, resp.StatusCode, resp.Header, body, *sent, respTime)
+	e, own := p.newEntry(reqHeader, resp.StatusCode, resp.Header, bb.trimmed(), *sent, respTime)
 	return &fetched{entry: e, own: own, status: resp.StatusCode, stored: p.put(key, e, *sent, nil)}, nil
 }
 

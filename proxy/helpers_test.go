@@ -80,7 +80,9 @@ func newTestProxy(t *testing.T, o *origin, clk *clock, cfg Config) *Proxy {
 	cfg.Upstream = u
 	cfg.Now = clk.Now
 	tr := newTransport(time.Minute)
-	cfg.Transport = tr
+	if cfg.Transport == nil {
+		cfg.Transport = tr
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}

@@ -44,10 +44,11 @@ var (
 	descPaused    = prometheus.NewDesc("corral_upstream_paused", "1 while the origin's Retry-After holds back the upstream requests of the scope; origin: every URL's.", []string{"scope"}, nil)
 	descPausedKey = prometheus.NewDesc("corral_upstream_paused_keys", "URLs whose upstream requests their own Retry-After holds back now.", nil, nil)
 	descPurged    = prometheus.NewDesc("corral_purged_entries_total", "Entries dropped by purges and by unsafe requests.", nil, nil)
+	descBuffered  = prometheus.NewDesc("corral_buffered_bytes", "Bytes of bodies held in memory on their way through (shared fetches until stored, copies of passed-through answers, request bodies), against -buffer-bytes.", nil, nil)
 )
 
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descRequests, descUpstream, descRefreshes, descEvictions, descBytes, descEntries, descThrottled, descInflight, descQueued, descPaused, descPausedKey, descPurged} {
+	for _, d := range []*prometheus.Desc{descRequests, descUpstream, descRefreshes, descEvictions, descBytes, descEntries, descThrottled, descInflight, descQueued, descPaused, descPausedKey, descPurged, descBuffered} {
 		ch <- d
 	}
 	m.client.Describe(ch)
@@ -87,6 +88,7 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descPaused, prometheus.GaugeValue, paused, "origin")
 	ch <- prometheus.MustNewConstMetric(descPausedKey, prometheus.GaugeValue, float64(keys))
+	ch <- prometheus.MustNewConstMetric(descBuffered, prometheus.GaugeValue, float64(m.p.buffers.InUse()))
 	if mem, ok := m.p.store.(*Memory); ok {
 		counter(descEvictions, mem.Evictions())
 		ch <- prometheus.MustNewConstMetric(descBytes, prometheus.GaugeValue, float64(mem.Bytes()))

@@ -44,6 +44,23 @@ type Config struct {
 	// MaxObjectBytes is the largest body that is stored. Zero means 8 MiB.
 	MaxObjectBytes int64
 
+	// MaxRequestBodyBytes is the largest request body accepted; a larger
+	// one is answered 413. Zero means 1 MiB, nginx's default.
+	MaxRequestBodyBytes int64
+
+	// RequestBodyTimeout bounds the reading of a whole request body, which
+	// happens before the request goes upstream; a slower one is answered
+	// 408. Zero means 30s.
+	RequestBodyTimeout time.Duration
+
+	// BufferBytes bounds the bodies held in memory on their way through:
+	// shared fetches' bodies until they are stored, the copies passed-
+	// through answers keep to store on the way, and request bodies. Past
+	// it, answers stream without being stored and request bodies get 503.
+	// Zero means a quarter of CacheBytes, and at least twice the larger of
+	// MaxObjectBytes and MaxRequestBodyBytes.
+	BufferBytes int64
+
 	// UpstreamTimeout bounds one exchange with the origin, body included,
 	// however many clients wait on it. Zero means 30s.
 	UpstreamTimeout time.Duration
@@ -116,6 +133,9 @@ type Proxy struct {
 	store          Store
 	ownStore       *Memory // the store New made, which Shutdown stops
 	maxObject      int64
+	maxRequestBody int64
+	bodyTimeout    time.Duration
+	buffers        *buffers // what bodies held in memory may take
 	passTTL        time.Duration
 	policy         freshness.Policy
 	requestNoCache RequestNoCache
@@ -149,6 +169,8 @@ func New(cfg Config) (*Proxy, error) {
 		upstreamPath:   strings.TrimSuffix(u.EscapedPath(), "/"),
 		store:          cfg.Store,
 		maxObject:      orDefault(cfg.MaxObjectBytes, 8<<20),
+		maxRequestBody: orDefault(cfg.MaxRequestBodyBytes, 1<<20),
+		bodyTimeout:    orDefault(cfg.RequestBodyTimeout, 30*time.Second),
 		passTTL:        orDefault(cfg.PassTTL, 10*time.Second),
 		policy:         cfg.Policy,
 		requestNoCache: cfg.RequestNoCache,
@@ -161,10 +183,12 @@ func New(cfg Config) (*Proxy, error) {
 	p.flights.Timeout = orDefault(cfg.UpstreamTimeout, 30*time.Second)
 	p.tombstones.keep = p.flights.Timeout
 	p.metrics = newMetrics(p)
+	cacheBytes := orDefault(cfg.CacheBytes, 256<<20)
 	if p.store == nil {
-		p.ownStore = NewMemory(orDefault(cfg.CacheBytes, 256<<20))
+		p.ownStore = NewMemory(cacheBytes)
 		p.store = p.ownStore
 	}
+	p.buffers = &buffers{limit: orDefault(cfg.BufferBytes, max(cacheBytes/4, 2*max(p.maxObject, p.maxRequestBody)))}
 	if p.transport == nil {
 		p.transport = newTransport(p.flights.Timeout)
 	}
@@ -271,6 +295,13 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.stats.Rejected.Add(1)
 		p.serveStatus(w, http.StatusBadRequest, cacheStatus{detail: "bad-request-target"})
 		return
+	}
+	if hasBody(r) {
+		bb := p.bufferRequestBody(w, r)
+		if bb == nil {
+			return // refused, and answered
+		}
+		defer bb.release()
 	}
 	if fwd, detail := bypass(r); fwd != "" {
 		p.passThrough(w, r, key, fwd, detail)
@@ -687,6 +718,13 @@ func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, key string, r
 	if errors.Is(err, errTooLarge) {
 		p.markPass(key, &Entry{Decision: freshness.Decision{Reason: "too-large"}})
 		p.passThrough(w, r, key, "miss", "too-large")
+		return
+	}
+	if errors.Is(err, errBuffersFull) {
+		// Too large for the buffer budget left now, for this fetch
+		// only: its waiters go upstream on their own, streamed. The
+		// key is not marked; the next fetch may fit.
+		p.passThrough(w, r, key, "miss", "buffers-full")
 		return
 	}
 	var busy *busyError

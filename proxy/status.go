@@ -94,8 +94,9 @@ func (p *Proxy) modifyPassed(resp *http.Response) error {
 }
 
 // storeOnTheWay wraps resp's body so that, when the client has read all
-// of it, the response is stored if the cache may store it. It holds at
-// most MaxObjectBytes: past that it lets go and the body only streams.
+// of it, the response is stored if the cache may store it. The copy holds
+// at most MaxObjectBytes, and only what the buffer budget lets it: past
+// either it lets go and the body only streams.
 func (p *Proxy) storeOnTheWay(resp *http.Response, info passed) {
 	// The answer is judged, and its variant keyed, by the request as it
 	// went upstream. It is stored only if a shared fetch for the same
@@ -110,37 +111,44 @@ func (p *Proxy) storeOnTheWay(resp *http.Response, info passed) {
 	if len(e.Vary) > 0 && e.VaryKey != varyKey(e.Vary, info.reqHeader) {
 		return
 	}
-	resp.Body = &teeBody{ReadCloser: resp.Body, limit: p.maxObject, done: func(body []byte) {
+	t := &teeBody{ReadCloser: resp.Body, kept: bodyBuffer{budget: p.buffers, limit: p.maxObject}, done: func(body []byte) {
 		e, _ := p.newEntry(sent, resp.StatusCode, header, body, info.reqTime, respTime)
 		p.put(info.uri, e, info.reqTime, nil)
 	}}
+	if resp.ContentLength > 0 && t.kept.resize(resp.ContentLength) != nil {
+		return // no room for the copy now: the body only streams
+	}
+	resp.Body = t
 }
 
-// teeBody keeps a copy of what is read through it, up to limit, and
-// hands the copy to done at a clean end of the body. A body cut short
-// never reaches done.
+// teeBody keeps a copy of what is read through it, within kept's limit
+// and budget, and hands the copy to done at a clean end of the body. A
+// body cut short never reaches done. The copy's reservation is released
+// when it is handed over, given up, or the body is closed.
 type teeBody struct {
 	io.ReadCloser
-	limit int64
-	buf   []byte
-	over  bool
-	done  func(body []byte)
+	kept bodyBuffer
+	over bool
+	done func(body []byte)
 }
 
 func (t *teeBody) Read(b []byte) (int, error) {
 	n, err := t.ReadCloser.Read(b)
-	if !t.over {
-		if int64(len(t.buf)+n) > t.limit {
-			t.over, t.buf = true, nil
-		} else {
-			t.buf = append(t.buf, b[:n]...)
-		}
+	if !t.over && t.kept.write(b[:n]) != nil {
+		t.over = true
+		t.kept.release()
 	}
 	if err == io.EOF && !t.over && t.done != nil {
-		t.done(t.buf)
-		t.done = nil
+		t.done(t.kept.trimmed())
+		t.done, t.over = nil, true
+		t.kept.release()
 	}
 	return n, err
+}
+
+func (t *teeBody) Close() error {
+	t.kept.release()
+	return t.ReadCloser.Close()
 }
 
 // Purge drops what is stored for the request URI uri (path and query),

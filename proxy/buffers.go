@@ -1,0 +1,167 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"sync/atomic"
+)
+
+// errBuffersFull ends the buffering of a body that the buffer budget cannot
+// hold now. It is memory pressure, not a property of the resource.
+var errBuffersFull = errors.New("buffer budget spent")
+
+// buffers is the one byte budget for bodies held in memory on their way
+// through corral: a shared fetch's body until it is stored or dropped, the
+// copy a passed-through answer keeps to store on the way, and request
+// bodies read before they go upstream. Stored entries are counted by the
+// store's own budget instead; together the two bound what bodies cost.
+// A reservation that does not fit is refused at once, never waited for:
+// whoever asked streams instead, or answers 503.
+type buffers struct {
+	limit int64
+	inUse atomic.Int64
+	peak  atomic.Int64
+}
+
+// InUse returns the bytes reserved now.
+func (b *buffers) InUse() int64 { return b.inUse.Load() }
+
+// Peak returns the most bytes ever reserved at once.
+func (b *buffers) Peak() int64 { return b.peak.Load() }
+
+// reserve takes n bytes of the budget if they fit.
+func (b *buffers) reserve(n int64) bool {
+	for {
+		cur := b.inUse.Load()
+		if cur+n > b.limit {
+			return false
+		}
+		if b.inUse.CompareAndSwap(cur, cur+n) {
+			for peak := b.peak.Load(); cur+n > peak && !b.peak.CompareAndSwap(peak, cur+n); peak = b.peak.Load() {
+			}
+			return true
+		}
+	}
+}
+
+func (b *buffers) release(n int64) { b.inUse.Add(-n) }
+
+// minBufferChunk is the first reservation of a body of unknown length: a
+// client that sends one byte holds no more than this of the budget.
+const minBufferChunk = 4 << 10
+
+// bodyBuffer is a body read into memory reserved from a budget. Its
+// capacity is exactly what it holds of the budget; it grows by doubling,
+// so a body of unknown length is copied about once in all.
+type bodyBuffer struct {
+	budget *buffers
+	limit  int64 // the most bytes the body may have: past it, errTooLarge
+	buf    []byte
+}
+
+// grow makes room for n more bytes.
+func (bb *bodyBuffer) grow(n int) error {
+	need := int64(len(bb.buf)) + int64(n)
+	if need > bb.limit {
+		return errTooLarge
+	}
+	old := int64(cap(bb.buf))
+	if need <= old {
+		return nil
+	}
+	return bb.resize(min(max(need, 2*old, minBufferChunk), bb.limit))
+}
+
+// resize moves the body to a buffer of capacity size.
+func (bb *bodyBuffer) resize(size int64) error {
+	// The old buffer stays reserved while it is copied: both are live.
+	if !bb.budget.reserve(size) {
+		return errBuffersFull
+	}
+	nb := make([]byte, len(bb.buf), size)
+	copy(nb, bb.buf)
+	bb.budget.release(int64(cap(bb.buf)))
+	bb.buf = nb
+	return nil
+}
+
+// write appends p, or fails without appending any of it.
+func (bb *bodyBuffer) write(p []byte) error {
+	if err := bb.grow(len(p)); err != nil {
+		return err
+	}
+	bb.buf = append(bb.buf, p...)
+	return nil
+}
+
+// readFrom reads r to its end. A size above zero is the length r says it
+// has, reserved at once; reading goes on past it, to the limit.
+func (bb *bodyBuffer) readFrom(r io.Reader, size int64) error {
+	if size > 0 {
+		if size > bb.limit {
+			return errTooLarge
+		}
+		if size > int64(cap(bb.buf)) {
+			if err := bb.resize(size); err != nil {
+				return err
+			}
+		}
+	}
+	var probe []byte
+	for {
+		if len(bb.buf) == cap(bb.buf) {
+			// Full: a body that ends here must not need a larger
+			// reservation to find out, so read a little aside first.
+			if probe == nil {
+				probe = make([]byte, 512)
+			}
+			n, err := r.Read(probe)
+			if n > 0 {
+				if werr := bb.write(probe[:n]); werr != nil {
+					return werr
+				}
+			}
+			if err == io.EOF {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			continue
+		}
+		n, err := r.Read(bb.buf[len(bb.buf):cap(bb.buf)])
+		bb.buf = bb.buf[:len(bb.buf)+n]
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// trimmed returns the body in a buffer of its own length when doubling has
+// left much spare room, so that an entry stored from it holds no more
+// memory than the store counts. The copy is reserved too; without room
+// for it the body is returned as it is.
+func (bb *bodyBuffer) trimmed() []byte {
+	n := len(bb.buf)
+	if cap(bb.buf)-n <= n/8 || !bb.budget.reserve(int64(n)) {
+		return bb.buf
+	}
+	b := make([]byte, n)
+	copy(b, bb.buf)
+	bb.budget.release(int64(cap(bb.buf)))
+	bb.buf = b
+	return b
+}
+
+// release gives the reservation back. The bytes may live on (in a stored
+// entry, counted by the store, or in an answer being written), but the
+// buffer no longer holds them.
+func (bb *bodyBuffer) release() {
+	if bb.budget != nil {
+		bb.budget.release(int64(cap(bb.buf)))
+	}
+	bb.buf = nil
+}

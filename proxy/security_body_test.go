@@ -1,0 +1,542 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+)
+
+// These tests attack corral through request bodies and memory, the way
+// issue 9 (items 5, 6 and 9) found it broken.
+
+// seenBody is what the origin received for one request with a body.
+type seenBody struct {
+	Method           string
+	ContentLength    int64
+	TransferEncoding []string
+	Body             string
+}
+
+// bodyLog records the request bodies an origin receives.
+type bodyLog struct {
+	mu   sync.Mutex
+	seen []seenBody
+}
+
+func (l *bodyLog) add(r *http.Request) {
+	b, _ := io.ReadAll(r.Body)
+	l.mu.Lock()
+	l.seen = append(l.seen, seenBody{r.Method, r.ContentLength, r.TransferEncoding, string(b)})
+	l.mu.Unlock()
+}
+
+func (l *bodyLog) get() []seenBody {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]seenBody(nil), l.seen...)
+}
+
+// bodyOrigin answers GETs with a cacheable "cold" and records every other
+// request's body.
+func bodyOrigin(t *testing.T, clk *clock, log *bodyLog) *origin {
+	return newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet {
+			w.Header().Set("Cache-Control", "max-age=60")
+			io.WriteString(w, "cold")
+			return
+		}
+		log.add(r)
+		io.WriteString(w, "posted")
+	})
+}
+
+// uploadRequest is a request whose body the test writes through the
+// returned pipe; a contentLength of -1 makes it chunked, as the server
+// presents a chunked request.
+func uploadRequest(path string, contentLength int64) (*http.Request, *io.PipeWriter) {
+	pr, pw := io.Pipe()
+	req := httptest.NewRequest(http.MethodPost, path, pr)
+	req.ContentLength = contentLength
+	if contentLength < 0 {
+		req.TransferEncoding = []string{"chunked"}
+	}
+	return req, pw
+}
+
+// serveAsync runs p.ServeHTTP for req on its own goroutine and delivers
+// the recorded answer.
+func serveAsync(p http.Handler, req *http.Request) <-chan *http.Response {
+	ch := make(chan *http.Response, 1)
+	go func() {
+		rec := httptest.NewRecorder()
+		p.ServeHTTP(rec, req)
+		ch <- rec.Result()
+	}()
+	return ch
+}
+
+// Issue 9, item 5: four clients trickling POST bodies used to hold all four
+// upstream slots, and a GET for a cold key waited for one and got 503. The
+// bodies are now read before a slot is taken, as nginx buffers them.
+func TestSlowUploadsDoNotHoldUpstreamSlots(t *testing.T) {
+	clk := newClock()
+	var log bodyLog
+	o := bodyOrigin(t, clk, &log)
+	p := newTestProxy(t, o, clk, Config{UpstreamMaxInflight: 4})
+
+	var writers []*io.PipeWriter
+	var answers []<-chan *http.Response
+	for i := range 4 {
+		cl := int64(3)
+		if i%2 == 1 {
+			cl = -1 // chunked
+		}
+		req, pw := uploadRequest("/upload", cl)
+		answers = append(answers, serveAsync(p, req))
+		// The write returns once the proxy has read the byte: the
+		// upload is under way and stalls here.
+		if _, err := pw.Write([]byte("a")); err != nil {
+			t.Fatal(err)
+		}
+		writers = append(writers, pw)
+	}
+
+	cold := serveAsync(p, newRequest(http.MethodGet, "/cold"))
+	resp := wait(t, cold, "the cold GET")
+	if body, _ := io.ReadAll(resp.Body); resp.StatusCode != 200 || string(body) != "cold" {
+		t.Fatalf("cold GET behind 4 slow uploads: %d %q, want 200 \"cold\"", resp.StatusCode, body)
+	}
+
+	for _, pw := range writers {
+		io.WriteString(pw, "bc")
+		pw.Close()
+	}
+	for i, ch := range answers {
+		resp := wait(t, ch, "an upload's answer")
+		if resp.StatusCode != 200 {
+			t.Errorf("upload %d: status %d, want 200", i, resp.StatusCode)
+		}
+		// RFC 9112 section 6.1: Go hides whether a chunked request also
+		// had Content-Length, so every chunked request closes.
+		if got, want := resp.Header.Get("Connection"), map[bool]string{true: "close"}[i%2 == 1]; got != want {
+			t.Errorf("upload %d: Connection %q, want %q", i, got, want)
+		}
+	}
+	// Buffered, every body went upstream with its length known.
+	want := []seenBody{}
+	for range 4 {
+		want = append(want, seenBody{Method: "POST", ContentLength: 3, Body: "abc"})
+	}
+	if diff := cmp.Diff(want, log.get()); diff != "" {
+		t.Errorf("origin received (-want +got):\n%s", diff)
+	}
+}
+
+// Issue 9, items 5 and 9: a request body over the limit is refused with 413
+// (RFC 9110 section 15.5.14), one cut short with 400 (section 15.5.1), one
+// that stalls with 408 (section 15.5.9), and one that the buffer budget
+// cannot hold with 503; none of them reaches the origin, and each answer
+// closes the connection, whose unread rest would otherwise be taken for
+// the next request.
+func TestRequestBodyRefusals(t *testing.T) {
+	for _, tt := range []struct {
+		name          string
+		contentLength int64
+		body          string // written, then the pipe is closed
+		stall         bool   // stop writing instead of closing
+		bufferBytes   int64  // the budget; 1 MiB when zero
+		status        int
+	}{
+		{name: "declared over the limit", contentLength: 2000, body: strings.Repeat("x", 2000), status: 413},
+		{name: "chunked over the limit", contentLength: -1, body: strings.Repeat("x", 2000), status: 413},
+		{name: "shorter than Content-Length", contentLength: 10, body: "abc", status: 400},
+		{name: "longer than Content-Length", contentLength: 2, body: "abc", status: 400},
+		{name: "stalls", contentLength: 10, body: "abc", stall: true, status: 408},
+		{name: "over the buffer budget", contentLength: -1, body: strings.Repeat("y", 900), bufferBytes: 600, status: 503},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			clk := newClock()
+			var log bodyLog
+			o := bodyOrigin(t, clk, &log)
+			budget := tt.bufferBytes
+			if budget == 0 {
+				budget = 1 << 20
+			}
+			p := newTestProxy(t, o, clk, Config{MaxRequestBodyBytes: 1000, RequestBodyTimeout: 50 * time.Millisecond, BufferBytes: budget})
+			req, pw := uploadRequest("/upload", tt.contentLength)
+			ch := serveAsync(p, req)
+			go func() {
+				if _, err := io.WriteString(pw, tt.body); err != nil || tt.stall {
+					return // refused before it was all read, or left to stall
+				}
+				pw.Close()
+			}()
+			resp := wait(t, ch, "the answer")
+			if resp.StatusCode != tt.status {
+				t.Errorf("status %d, want %d", resp.StatusCode, tt.status)
+			}
+			if got := resp.Header.Get("Connection"); got != "close" {
+				t.Errorf("Connection %q, want close", got)
+			}
+			if tt.status == 503 && resp.Header.Get("Retry-After") == "" {
+				t.Errorf("503 without Retry-After")
+			}
+			if got := log.get(); len(got) != 0 {
+				t.Errorf("the origin received %+v", got)
+			}
+			pw.CloseWithError(errors.New("test over"))
+			if n := p.buffers.InUse(); n != 0 {
+				t.Errorf("%d bytes of the buffer budget still held", n)
+			}
+		})
+	}
+}
+
+// rawConn sends raw on a new connection to addr, closes its sending half if
+// asked, and reads one response. It reports whether the server then closed
+// the connection.
+func rawConn(t *testing.T, addr, raw string, halfClose bool) (resp *http.Response, body string, closed bool) {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(conn, raw); err != nil {
+		t.Fatal(err)
+	}
+	if halfClose {
+		conn.(*net.TCPConn).CloseWrite()
+	}
+	br := bufio.NewReader(conn)
+	resp, err = http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("reading the answer to %q: %v", raw, err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	// A server that keeps the connection waits for the next request; a
+	// short deadline tells the two apart.
+	conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+	_, err = br.ReadByte()
+	return resp, string(b), err != nil && !errors.Is(err, os.ErrDeadlineExceeded)
+}
+
+// Issue 9, item 9: over a real connection, bad framing is the client's
+// error (400, RFC 9112 section 6.3), not the origin's (502); and a request
+// with both Content-Length and Transfer-Encoding is answered and its
+// connection closed (RFC 9112 section 6.1).
+func TestRequestFramingOverTheWire(t *testing.T) {
+	clk := newClock()
+	var log bodyLog
+	o := bodyOrigin(t, clk, &log)
+	p := newTestProxy(t, o, clk, Config{MaxRequestBodyBytes: 1000, RequestBodyTimeout: 200 * time.Millisecond})
+	addr := serveProxy(t, p)
+	head := "POST /upload HTTP/1.1\r\nHost: " + addr + "\r\n"
+	for _, tt := range []struct {
+		name      string
+		raw       string
+		halfClose bool
+		status    int
+		closed    bool
+		upstream  []seenBody
+	}{
+		{name: "Content-Length", raw: head + "Content-Length: 3\r\n\r\nabc", status: 200,
+			upstream: []seenBody{{Method: "POST", ContentLength: 3, Body: "abc"}}},
+		{name: "chunked is forwarded with its length, and closes", raw: head + "Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", status: 200, closed: true,
+			upstream: []seenBody{{Method: "POST", ContentLength: 3, Body: "abc"}}},
+		{name: "Content-Length and Transfer-Encoding", raw: head + "Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", status: 200, closed: true,
+			upstream: []seenBody{{Method: "POST", ContentLength: 3, Body: "abc"}}},
+		{name: "bad chunk size", raw: head + "Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n", status: 400, closed: true},
+		{name: "body shorter than Content-Length", raw: head + "Content-Length: 10\r\n\r\nabc", halfClose: true, status: 400, closed: true},
+		{name: "declared over the limit", raw: head + "Content-Length: 1001\r\n\r\n", status: 413, closed: true},
+		{name: "chunked over the limit", raw: head + "Transfer-Encoding: chunked\r\n\r\n3e9\r\n" + strings.Repeat("x", 1001) + "\r\n0\r\n\r\n", status: 413, closed: true},
+		{name: "stalled body", raw: head + "Content-Length: 10\r\n\r\nabc", status: 408, closed: true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			before := len(log.get())
+			resp, _, closed := rawConn(t, addr, tt.raw, tt.halfClose)
+			if resp.StatusCode != tt.status {
+				t.Errorf("status %d, want %d", resp.StatusCode, tt.status)
+			}
+			if tt.closed && (!closed || !resp.Close) {
+				t.Errorf("connection closed %v, Connection: close %v; want both", closed, resp.Close)
+			}
+			if diff := cmp.Diff(tt.upstream, log.get()[before:], cmpopts.EquateEmpty()); diff != "" {
+				t.Errorf("origin received (-want +got):\n%s", diff)
+			}
+		})
+	}
+	if n := p.buffers.InUse(); n != 0 {
+		t.Errorf("%d bytes of the buffer budget still held", n)
+	}
+}
+
+// Issue 9, item 6: a client that asks for a large answer and stops reading
+// held its handler, its connection and the upstream exchange for ever. On
+// a WriteTimeoutListener it is disconnected once it has accepted nothing
+// for the timeout.
+func TestClientThatStopsReadingIsDisconnected(t *testing.T) {
+	clk := newClock()
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "no-store")
+		pattern(w, 1<<30) // more than any socket buffers hold
+	})
+	p := newTestProxy(t, o, clk, Config{})
+	ended := make(chan struct{})
+	s := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer close(ended) // also when the handler aborts with a panic
+		p.ServeHTTP(w, r)
+	}))
+	s.Listener = WriteTimeoutListener(s.Listener, 100*time.Millisecond)
+	s.Start()
+	defer s.Close()
+	conn, err := net.Dial("tcp", s.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := io.WriteString(conn, "GET /big HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	wait(t, ended, "the handler of a client that stopped reading")
+}
+
+// Issue 9, item 6: bodies buffered by shared fetches and by the copies
+// passed-through answers keep were bounded only per body, so 48 clients of
+// distinct 7 MiB objects took 597 MiB with -cache-bytes 32MiB. Together they
+// now stay within one budget, and what does not fit streams: every client
+// still gets its whole, correct body.
+func TestBufferedBodiesStayWithinOneBudget(t *testing.T) {
+	const (
+		objects, passes = 20, 10
+		objectSize      = 1 << 20
+		streamSize      = 2 << 20 // over MaxObjectBytes, sent without Content-Length
+		budget          = 4 << 20
+	)
+	body := func(path string) []byte {
+		return bytes.Repeat([]byte(path+";"), 2<<20/len(path))
+	}
+	// Once the herd is loosed, each origin answer sends half its body and
+	// waits until every client's first request has arrived (each object's
+	// and each pass's), so that they all hold buffers at once.
+	var herd atomic.Bool
+	var (
+		mu       sync.Mutex
+		arrived  = map[string]bool{}
+		arrivals int
+	)
+	release := make(chan struct{})
+	clk := newClock()
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "max-age=60")
+		b := body(r.URL.Path)[:objectSize]
+		if r.URL.Path == "/stream" {
+			b = body(r.URL.Path)[:streamSize]
+		} else {
+			w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+		}
+		if herd.Load() {
+			w.Write(b[:len(b)/2])
+			w.(http.Flusher).Flush()
+			mu.Lock()
+			if !arrived[r.URL.Path] || r.URL.Path == "/stream" {
+				arrived[r.URL.Path] = true
+				if arrivals++; arrivals == objects+passes {
+					close(release)
+				}
+			}
+			mu.Unlock()
+			<-release
+			b = b[len(b)/2:]
+		}
+		w.Write(b)
+	})
+	p := newTestProxy(t, o, clk, Config{MaxObjectBytes: objectSize, BufferBytes: budget})
+
+	// Too large to store: /stream is passed through from now on, each
+	// answer copied on its way in case it could be stored after all.
+	if res, _ := get(p, "/stream"); res.Status != 200 || !strings.Contains(res.CacheStatus, "too-large") {
+		t.Fatalf("first GET /stream: %d %s", res.Status, res.CacheStatus)
+	}
+	herd.Store(true)
+	paths := []string{}
+	for i := range objects {
+		paths = append(paths, "/obj/"+strconv.Itoa(i))
+	}
+	for range passes {
+		paths = append(paths, "/stream")
+	}
+	start := make(chan struct{})
+	errs := make(chan error, len(paths))
+	var unbuffered atomic.Int64 // objects whose fetch found the budget spent
+	var wg sync.WaitGroup
+	for _, path := range paths {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			rec := httptest.NewRecorder()
+			p.ServeHTTP(rec, newRequest(http.MethodGet, path))
+			if strings.Contains(rec.Header().Get("Cache-Status"), "detail=buffers-full") {
+				unbuffered.Add(1)
+			}
+			want := body(path)[:objectSize]
+			if path == "/stream" {
+				want = body(path)[:streamSize]
+			}
+			if rec.Code != 200 || !bytes.Equal(rec.Body.Bytes(), want) {
+				errs <- fmt.Errorf("GET %s: status %d, %d bytes (correct: %v), want 200 and its %d bytes (Cache-Status %s)",
+					path, rec.Code, rec.Body.Len(), bytes.Equal(rec.Body.Bytes(), want), len(want), rec.Header().Get("Cache-Status"))
+			}
+		}()
+	}
+	close(start)
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	wait(t, done, "the herd")
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	p.Wait()
+
+	// Each object reserves its Content-Length at once: no more than
+	// budget/objectSize of them fit, and the others stream.
+	if n := unbuffered.Load(); n < objects-budget/objectSize {
+		t.Errorf("%d fetches found the budget spent, want at least %d", n, objects-budget/objectSize)
+	}
+	if peak := p.buffers.Peak(); peak > budget || peak < objectSize {
+		t.Errorf("buffers peaked at %d bytes; want at most the budget, %d, and at least one object, %d", peak, budget, objectSize)
+	}
+	if n := p.buffers.InUse(); n != 0 {
+		t.Errorf("%d bytes still held after every body was stored or dropped", n)
+	}
+	// Buffers that were full are pressure of the moment, not a property
+	// of the resource: no object was marked uncacheable.
+	var marked []string
+	for _, path := range paths[:objects] {
+		if e, ok := p.store.Get(path); ok && e.Pass {
+			marked = append(marked, path)
+		}
+	}
+	if diff := cmp.Diff([]string(nil), marked); diff != "" {
+		t.Errorf("objects marked uncacheable (-want +got):\n%s", diff)
+	}
+}
+
+// corral_buffered_bytes shows what bodies hold of the budget: a request
+// body being read holds its first chunk, and nothing once answered.
+func TestBufferedBytesGauge(t *testing.T) {
+	clk := newClock()
+	var log bodyLog
+	o := bodyOrigin(t, clk, &log)
+	p := newTestProxy(t, o, clk, Config{RequestBodyTimeout: time.Minute})
+	a := NewAdmin(p, "")
+	req, pw := uploadRequest("/upload", -1)
+	ch := serveAsync(p, req)
+	// The second write returns once the proxy reads again, after it has
+	// kept the first.
+	io.WriteString(pw, "a")
+	io.WriteString(pw, "b")
+	if got := scrape(t, a)["corral_buffered_bytes"]; got != minBufferChunk {
+		t.Errorf("corral_buffered_bytes %v while a body is read, want %d", got, minBufferChunk)
+	}
+	pw.Close()
+	if resp := wait(t, ch, "the upload's answer"); resp.StatusCode != 200 {
+		t.Errorf("status %d, want 200", resp.StatusCode)
+	}
+	if got := scrape(t, a)["corral_buffered_bytes"]; got != 0 {
+		t.Errorf("corral_buffered_bytes %v once answered, want 0", got)
+	}
+}
+
+// A client that keeps taking bytes is not cut however long its answer
+// takes; one that stops is, after the timeout.
+func TestWriteTimeoutCutsOnlyAStalledPeer(t *testing.T) {
+	const d = 50 * time.Millisecond
+	server, client := net.Pipe()
+	defer client.Close()
+	c := &writeTimeoutConn{Conn: server, d: d}
+	defer c.Close()
+
+	// A byte every d/2 for 8d: slower than one Write's deadline allows,
+	// but never idle for d.
+	const slow = 16
+	read := make(chan error, 1)
+	go func() {
+		tick := time.NewTicker(d / 2)
+		defer tick.Stop()
+		b := make([]byte, 1)
+		for range slow {
+			<-tick.C
+			if _, err := io.ReadFull(client, b); err != nil {
+				read <- err
+				return
+			}
+		}
+		read <- nil
+	}()
+	if n, err := c.Write(make([]byte, slow)); n != slow || err != nil {
+		t.Fatalf("Write to a slow reader: %d, %v; want %d, nil", n, err, slow)
+	}
+	if err := wait(t, read, "the slow reader"); err != nil {
+		t.Fatal(err)
+	}
+
+	// Nobody reads now.
+	start := time.Now()
+	if _, err := c.Write([]byte("x")); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Write to a stalled reader: %v, want a deadline error", err)
+	}
+	if took := time.Since(start); took > 10*d {
+		t.Errorf("Write to a stalled reader took %s, want about %s", took, d)
+	}
+}
+
+// A body of unknown length grows its buffer by doubling; what is stored
+// from it must not keep the spare room, which the store does not count.
+func TestStoredBodyKeepsNoSpareRoom(t *testing.T) {
+	const size = 300 << 10 // buffers of 4 KiB doubled reach 512 KiB
+	for _, path := range []string{"/fetched", "/passed"} {
+		t.Run(path, func(t *testing.T) {
+			clk := newClock()
+			o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Cache-Control", "max-age=60")
+				w.(http.Flusher).Flush() // no Content-Length
+				pattern(w, size)
+			})
+			p := newTestProxy(t, o, clk, Config{})
+			if path == "/passed" {
+				p.markPass(path, &Entry{})
+			}
+			get(p, path)
+			e, ok := p.store.Get(path)
+			if !ok || e.Pass {
+				t.Fatalf("%s not stored", path)
+			}
+			if len(e.Body) != size || cap(e.Body) > size+size/8 {
+				t.Errorf("stored body of %d bytes in a buffer of %d", len(e.Body), cap(e.Body))
+			}
+			if n := p.buffers.InUse(); n != 0 {
+				t.Errorf("%d bytes still held", n)
+			}
+		})
+	}
+}
