@@ -53,7 +53,7 @@ func (p *Proxy) bufferRequestBody(w http.ResponseWriter, r *http.Request) *bodyB
 	// client that stalls must not hold it there.
 	rc := http.NewResponseController(w)
 	onConn := rc.SetReadDeadline(time.Now().Add(p.bodyTimeout)) == nil
-	bb := &bodyBuffer{budget: p.buffers, limit: p.maxRequestBody}
+	bb := &bodyBuffer{budget: p.requestBuffers, limit: p.maxRequestBody}
 	err := errTooLarge
 	if r.ContentLength <= p.maxRequestBody {
 		// The declared length is not reserved up front: a client must

@@ -17,10 +17,17 @@ var errBuffersFull = errors.New("buffer budget spent")
 // store's own budget instead; together the two bound what bodies cost.
 // A reservation that does not fit is refused at once, never waited for:
 // whoever asked streams instead, or answers 503.
+//
+// Request bodies draw from a share of it, a buffers with the whole as its
+// parent: clients choose how many uploads they hold open against a slow
+// origin, and without a share of their own they could spend the budget
+// that shared fetches need, turning every cache miss into one upstream
+// request per waiting client.
 type buffers struct {
-	limit int64
-	inUse atomic.Int64
-	peak  atomic.Int64
+	limit  int64
+	parent *buffers // a reservation here is one there too; nil for the whole
+	inUse  atomic.Int64
+	peak   atomic.Int64
 }
 
 // InUse returns the bytes reserved now.
@@ -29,8 +36,19 @@ func (b *buffers) InUse() int64 { return b.inUse.Load() }
 // Peak returns the most bytes ever reserved at once.
 func (b *buffers) Peak() int64 { return b.peak.Load() }
 
-// reserve takes n bytes of the budget if they fit.
+// reserve takes n bytes of the budget, and of its parent's, if they fit.
 func (b *buffers) reserve(n int64) bool {
+	if !b.take(n) {
+		return false
+	}
+	if b.parent != nil && !b.parent.reserve(n) {
+		b.inUse.Add(-n)
+		return false
+	}
+	return true
+}
+
+func (b *buffers) take(n int64) bool {
 	for {
 		cur := b.inUse.Load()
 		if cur+n > b.limit {
@@ -44,7 +62,12 @@ func (b *buffers) reserve(n int64) bool {
 	}
 }
 
-func (b *buffers) release(n int64) { b.inUse.Add(-n) }
+func (b *buffers) release(n int64) {
+	b.inUse.Add(-n)
+	if b.parent != nil {
+		b.parent.release(n)
+	}
+}
 
 // minBufferChunk is the first reservation of a body of unknown length: a
 // client that sends one byte holds no more than this of the budget.

@@ -55,8 +55,9 @@ type Config struct {
 
 	// BufferBytes bounds the bodies held in memory on their way through:
 	// shared fetches' bodies until they are stored, the copies passed-
-	// through answers keep to store on the way, and request bodies. Past
-	// it, answers stream without being stored and request bodies get 503.
+	// through answers keep to store on the way, and request bodies, which
+	// may take half of it at most. Past it, answers stream without being
+	// stored (or a stale response stands in) and request bodies get 503.
 	// Zero means a quarter of CacheBytes, and at least twice the larger of
 	// MaxObjectBytes and MaxRequestBodyBytes.
 	BufferBytes int64
@@ -136,6 +137,7 @@ type Proxy struct {
 	maxRequestBody int64
 	bodyTimeout    time.Duration
 	buffers        *buffers // what bodies held in memory may take
+	requestBuffers *buffers // the share of it request bodies may take
 	passTTL        time.Duration
 	policy         freshness.Policy
 	requestNoCache RequestNoCache
@@ -189,6 +191,7 @@ func New(cfg Config) (*Proxy, error) {
 		p.store = p.ownStore
 	}
 	p.buffers = &buffers{limit: orDefault(cfg.BufferBytes, max(cacheBytes/4, 2*max(p.maxObject, p.maxRequestBody)))}
+	p.requestBuffers = &buffers{limit: p.buffers.limit / 2, parent: p.buffers}
 	if p.transport == nil {
 		p.transport = newTransport(p.flights.Timeout)
 	}
@@ -722,8 +725,15 @@ func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, key string, r
 	}
 	if errors.Is(err, errBuffersFull) {
 		// Too large for the buffer budget left now, for this fetch
-		// only: its waiters go upstream on their own, streamed. The
-		// key is not marked; the next fetch may fit.
+		// only. A stale response that may be served stands in, as when
+		// the guard holds a request back; otherwise the waiters go
+		// upstream on their own, streamed. The key is not marked; the
+		// next fetch may fit.
+		if stale != nil && stale.Decision.UsableDisconnected() {
+			p.stats.StaleOnBusy.Add(1)
+			p.serve(w, r, stale, stale.Header, cacheStatus{hit: true, ttl: stale.Decision.TTL(now), hasTTL: true, detail: "buffers-full"}, now)
+			return
+		}
 		p.passThrough(w, r, key, "miss", "buffers-full")
 		return
 	}

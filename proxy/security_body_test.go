@@ -540,3 +540,73 @@ func TestStoredBodyKeepsNoSpareRoom(t *testing.T) {
 		})
 	}
 }
+
+// Request bodies waiting on a slow origin must not spend the budget that
+// shared fetches need: a cold herd behind them still costs one upstream
+// request, not one each.
+func TestRequestBodiesCannotStarveSharedFetches(t *testing.T) {
+	clk := newClock()
+	release := make(chan struct{})
+	posted := make(chan struct{}, 16)
+	var gets atomic.Int64
+	size := atomic.Int64{}
+	size.Store(24 << 10)
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost {
+			io.Copy(io.Discard, r.Body)
+			posted <- struct{}{}
+			<-release
+			return
+		}
+		gets.Add(1)
+		w.Header().Set("Cache-Control", "max-age=60")
+		w.Write(bytes.Repeat([]byte("c"), int(size.Load())))
+	})
+	p := newTestProxy(t, o, clk, Config{BufferBytes: 64 << 10, MaxRequestBodyBytes: 16 << 10, MaxObjectBytes: 40 << 10})
+
+	var answers []<-chan *http.Response
+	for range 4 {
+		req := httptest.NewRequest(http.MethodPost, "/post", strings.NewReader(strings.Repeat("b", 16<<10)))
+		answers = append(answers, serveAsync(p, req))
+	}
+	held, busy := 0, 0
+	for held+busy < 4 {
+		select {
+		case <-posted:
+			held++
+		case resp := <-answers[held+busy]:
+			_ = resp
+			busy++
+		case <-time.After(10 * time.Second):
+			t.Fatalf("uploads neither reached the origin nor were turned away (%d held, %d busy)", held, busy)
+		}
+	}
+	if held == 0 || held == 4 {
+		t.Errorf("%d of 4 uploads of 16 KiB held at the origin with a 64 KiB budget; want them to take no more than their share", held)
+	}
+
+	res := herd(t, p, 20, "/cold", nil, nil)
+	for i, r := range res {
+		if r.Status != 200 || len(r.Body) != 24<<10 {
+			t.Fatalf("client %d: %d with %d bytes", i, r.Status, len(r.Body))
+		}
+	}
+	if n := gets.Load(); n != 1 {
+		t.Errorf("a cold herd of 20 behind held uploads cost %d upstream requests, want 1", n)
+	}
+
+	// Once stale, a refetch the budget left cannot hold is answered by
+	// the stale response rather than a pass-through per client.
+	clk.Advance(2 * time.Minute)
+	size.Store(36 << 10)
+	res = herd(t, p, 20, "/cold", nil, nil)
+	for i, r := range res {
+		if r.Status != 200 || len(r.Body) != 24<<10 || !strings.Contains(r.CacheStatus, "detail=buffers-full") {
+			t.Fatalf("client %d: %d with %d bytes (%s), want the stale 24 KiB", i, r.Status, len(r.Body), r.CacheStatus)
+		}
+	}
+	if n := gets.Load(); n != 2 {
+		t.Errorf("a stale herd behind held uploads cost %d upstream requests, want 1 more", n-1)
+	}
+	close(release)
+}
