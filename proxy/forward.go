@@ -55,7 +55,7 @@ func (p *Proxy) forward(out http.Header, in *http.Request, mayStore bool) {
 
 // mayStore reports whether the answer to r may be stored or shared.
 func mayStore(r *http.Request) bool {
-	return (r.Method == http.MethodGet || r.Method == http.MethodHead) && r.Header["Upgrade"] == nil
+	return (r.Method == http.MethodGet || r.Method == http.MethodHead) && r.Header["Upgrade"] == nil && r.ContentLength == 0
 }
 
 func (p *Proxy) trusted(addr netip.Addr) bool {

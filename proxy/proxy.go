@@ -604,6 +604,11 @@ func bypass(r *http.Request) (fwd, detail string) {
 		return "method", ""
 	case r.Header["Upgrade"] != nil:
 		return "bypass", "upgrade"
+	case r.ContentLength != 0:
+		// A GET with a body has no meaning HTTP defines (RFC 9110
+		// section 9.3.1), but some origins read it, so the answer may
+		// depend on it: never shared or stored, nor shared with.
+		return "bypass", "request-body"
 	}
 	return "", ""
 }

@@ -361,3 +361,29 @@ func TestPurgeNamesWhatRequestsStore(t *testing.T) {
 		t.Errorf("%d of 4 purged URLs went upstream again; the rest were still served from the cache", n)
 	}
 }
+
+// A GET with a body may mean something to the origin: it is never answered
+// by a shared fetch, which sends no body, nor stored for others.
+func TestGetWithABodyIsNeverShared(t *testing.T) {
+	clk := newClock()
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		w.Header().Set("Cache-Control", "max-age=60")
+		io.WriteString(w, "query:"+string(b))
+	})
+	p := newTestProxy(t, o, clk, Config{})
+	var got []string
+	for _, body := range []string{`{"user":"a"}`, `{"user":"b"}`, ""} {
+		req := httptest.NewRequest(http.MethodGet, "/search", strings.NewReader(body))
+		rec := httptest.NewRecorder()
+		p.ServeHTTP(rec, req)
+		got = append(got, rec.Body.String())
+	}
+	want := []string{`query:{"user":"a"}`, `query:{"user":"b"}`, "query:"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("answers (-want +got):\n%s", diff)
+	}
+	if n := o.count(); n != 3 {
+		t.Errorf("origin requests = %d, want 3", n)
+	}
+}

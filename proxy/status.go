@@ -83,7 +83,7 @@ func (p *Proxy) modifyPassed(resp *http.Response) error {
 	if !safeMethod(resp.Request.Method) && resp.StatusCode >= 200 && resp.StatusCode < 400 {
 		p.invalidate(info, resp.Header)
 	}
-	if resp.Request.Method == http.MethodGet && info.reqHeader.Get("Range") == "" {
+	if resp.Request.Method == http.MethodGet && resp.Request.ContentLength == 0 && info.reqHeader.Get("Range") == "" {
 		p.storeOnTheWay(resp, info)
 	}
 	st := info.st
