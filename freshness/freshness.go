@@ -43,7 +43,7 @@ type Exchange struct {
 const (
 	ReasonMethod         = "method"       // only GET responses are stored
 	ReasonStatus         = "status"       // 1xx, 206, 304: not a complete response
-	ReasonErrorStatus    = "error-status" // 429, 500, 502, 503, 504: never kept as the answer
+	ReasonErrorStatus    = "error-status" // 429, or 500, 502, 503, 504 without explicit freshness
 	ReasonRequestNoStore = "request-no-store"
 	ReasonNoStore        = "no-store"
 	ReasonMustUnderstand = "must-understand" // with a status corral does not know
@@ -164,6 +164,12 @@ func (p Policy) Evaluate(x Exchange) Decision {
 		lifetime = p.heuristic(x)
 	}
 	d.Lifetime = lifetime
+	if errorStatus[x.Status] {
+		// A stored error is reused while fresh and never once stale:
+		// an outage's answer must not outlive what the origin said, and
+		// it never stands in for an origin that fails again.
+		d.NoStale = true
+	}
 	if !d.NoStale {
 		d.StaleWhileRevalidate = seconds(cc.StaleWhileRevalidate, p.DefaultSWR)
 		d.StaleIfError = seconds(cc.StaleIfError, p.DefaultSIE)
@@ -198,10 +204,16 @@ func (p Policy) unstorable(x Exchange, cc Directives, stripped []string) string 
 	case hasVaryStar(x.Header):
 		return ReasonVaryStar
 	}
-	if errorStatus[x.Status] {
+	_, explicit := explicitLifetime(x, cc)
+	if errorStatus[x.Status] && (x.Status == http.StatusTooManyRequests || !explicit) {
+		// An error is stored only when the origin said for how long
+		// (RFC 9111 section 3 lets a cache store any status it
+		// understands): a 503 stored by default would keep failing
+		// clients after the origin recovered. A 429 is about whoever
+		// asked, never stored.
 		return ReasonErrorStatus
 	}
-	if _, explicit := explicitLifetime(x, cc); !explicit && !cc.Public && !heuristicStatus[x.Status] {
+	if !explicit && !cc.Public && !heuristicStatus[x.Status] {
 		return ReasonNoFreshness
 	}
 	return ""
