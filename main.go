@@ -218,7 +218,7 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) (string, bo
 		passTTL         = fs.Duration("pass-ttl", 10*time.Second, "how long a URL whose response could not be shared goes upstream without coalescing")
 		defaultTTL      = fs.Duration("default-ttl", 0, "freshness lifetime for cacheable responses that carry none (0: RFC 9111 heuristic only)")
 		defaultSWR      = fs.Duration("default-stale-while-revalidate", 0, "stale-while-revalidate window for responses that carry none (0: off)")
-		defaultSIE      = fs.Duration("default-stale-if-error", 0, "stale-if-error window for responses that carry none (0: off)")
+		defaultSIE      = fs.Duration("default-stale-if-error", 5*time.Minute, "how long past its freshness a stored response stands in when the origin cannot be reached, times out, or answers 500, 502, 503 or 504, for responses that carry no stale-if-error of their own and do not forbid stale use (must-revalidate, proxy-revalidate, s-maxage, no-cache); 0: off")
 		requestNoCache  = fs.String("request-no-cache", "revalidate", "what a client's Cache-Control: no-cache, max-age, min-fresh or Pragma: no-cache does when the stored response is not fresh enough for it: revalidate (one coalesced upstream request, at most once per -revalidate-interval) or ignore (answer from the cache)")
 		revalidateIntvl = fs.Duration("revalidate-interval", time.Second, "under -request-no-cache=revalidate, how long a response validated with the origin satisfies a client's no-cache, max-age or min-fresh, so that a herd of reloads costs about one upstream request per URL per interval (0: every such request revalidates)")
 		maxRPS          = fs.Float64("upstream-max-rps", 0, "most requests a second sent upstream, across all URLs (0: no cap)")

@@ -445,3 +445,24 @@ func TestClientThatStopsReadingIsDisconnected(t *testing.T) {
 		}
 	}
 }
+
+// Issue 11, item 1: stale on origin failure is on by default.
+func TestDefaultStaleIfError(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want time.Duration
+	}{
+		{nil, 5 * time.Minute},
+		{[]string{"-default-stale-if-error", "0"}, 0},
+		{[]string{"-default-stale-if-error", "30s"}, 30 * time.Second},
+	} {
+		var stderr bytes.Buffer
+		c, code := parseFlags(append([]string{"-upstream", "http://127.0.0.1:1"}, tt.args...), &stderr, noEnv)
+		if c == nil {
+			t.Fatalf("%q: exit %d: %s", tt.args, code, stderr.String())
+		}
+		if got := c.proxy.Policy.DefaultSIE; got != tt.want {
+			t.Errorf("%q: DefaultSIE %s, want %s", tt.args, got, tt.want)
+		}
+	}
+}

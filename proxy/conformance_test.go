@@ -13,6 +13,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+
+	"corral/freshness"
 )
 
 // A conformance case is a script: the origin's answers, in order (the
@@ -533,4 +535,102 @@ func TestConformanceRangeAndHead(t *testing.T) {
 			{method: "HEAD", want: ok("", "Content-Length", strconv.Itoa(len("hello world"))), upstream: 1},
 		},
 	}})
+}
+
+// Issue 11, items 1 and 2: errors the origin marked cacheable, and stale
+// responses standing in for an origin that fails.
+func TestConformanceErrors(t *testing.T) {
+	down := answerSpec{status: 503, header: []string{"Cache-Control", "max-age=60"}, body: "down"}
+	sie := Config{Policy: freshness.Policy{DefaultSIE: 5 * time.Minute}}
+	runConformance(t, []conformanceCase{{
+		name:    "RFC 9111 3: a 503 with explicit freshness is reused while fresh",
+		answers: []answerSpec{{status: 503, header: []string{"Cache-Control", "max-age=10"}, body: "down"}, {header: []string{"Cache-Control", "max-age=60"}, body: "up"}},
+		steps: []step{
+			{want: wantSpec{Status: 503, Body: "down"}, upstream: 1},
+			{advance: 5 * time.Second, want: wantSpec{Status: 503, Body: "down", Header: hdr("Cache-Status", "corral; hit; ttl=5")}, upstream: 1},
+			{advance: 6 * time.Second, want: ok("up"), upstream: 2},
+		},
+	}, {
+		name:    "RFC 9111 4.2.4: a stored error is never served stale, whatever the defaults",
+		cfg:     Config{Policy: freshness.Policy{DefaultSIE: 5 * time.Minute, DefaultSWR: time.Minute}},
+		answers: []answerSpec{{status: 500, header: []string{"Cache-Control", "max-age=1, stale-while-revalidate=60, stale-if-error=60"}, body: "broken"}, {status: 502, body: "bad gateway"}},
+		steps: []step{
+			{want: wantSpec{Status: 500, Body: "broken"}, upstream: 1},
+			{advance: 2 * time.Second, want: wantSpec{Status: 502, Body: "bad gateway"}, upstream: 2},
+		},
+	}, {
+		name:    "RFC 5861 4: a cacheable 503 does not replace the stale response standing in for it",
+		answers: []answerSpec{{header: []string{"Cache-Control", "max-age=1, stale-if-error=60"}, body: "good"}, down},
+		steps: []step{
+			{want: ok("good"), upstream: 1},
+			{advance: 5 * time.Second, want: wantSpec{Status: 200, Body: "good", Header: hdr("Cache-Status", "corral; fwd=stale; fwd-status=503; ttl=-4; detail=stale-if-error")}, upstream: 2},
+			{advance: time.Second, want: ok("good"), upstream: 3},
+		},
+	}, {
+		name:    "RFC 9111 4.2.4: -default-stale-if-error serves stale when the origin fails",
+		cfg:     sie,
+		answers: []answerSpec{{header: []string{"Cache-Control", "max-age=1"}, body: "good"}, down},
+		steps: []step{
+			{want: ok("good"), upstream: 1},
+			{advance: time.Minute, want: wantSpec{Status: 200, Body: "good", Header: hdr("Cache-Status", "corral; fwd=stale; fwd-status=503; ttl=-59; detail=stale-if-error")}, upstream: 2},
+			{advance: 5 * time.Minute, want: wantSpec{Status: 503, Body: "down"}, upstream: 3},
+		},
+	}, {
+		name:    "RFC 5861 4: the origin's stale-if-error wins over the default",
+		cfg:     sie,
+		answers: []answerSpec{{header: []string{"Cache-Control", "max-age=1, stale-if-error=2"}, body: "good"}, {status: 503, body: "down"}},
+		steps: []step{
+			{want: ok("good"), upstream: 1},
+			{advance: 10 * time.Second, want: wantSpec{Status: 503, Body: "down"}, upstream: 2},
+		},
+	}, {
+		name:    "RFC 9111 5.2.2.2: must-revalidate forbids the default",
+		cfg:     sie,
+		answers: []answerSpec{{header: []string{"Cache-Control", "max-age=1, must-revalidate"}, body: "good"}, {status: 503, body: "down"}},
+		steps:   []step{{want: ok("good"), upstream: 1}, {advance: 5 * time.Second, want: wantSpec{Status: 503, Body: "down"}, upstream: 2}},
+	}, {
+		name:    "RFC 9111 5.2.2.8: proxy-revalidate forbids the default",
+		cfg:     sie,
+		answers: []answerSpec{{header: []string{"Cache-Control", "max-age=1, proxy-revalidate"}, body: "good"}, {status: 503, body: "down"}},
+		steps:   []step{{want: ok("good"), upstream: 1}, {advance: 5 * time.Second, want: wantSpec{Status: 503, Body: "down"}, upstream: 2}},
+	}, {
+		name:    "RFC 9111 5.2.2.10: s-maxage forbids the default",
+		cfg:     sie,
+		answers: []answerSpec{{header: []string{"Cache-Control", "s-maxage=1"}, body: "good"}, {status: 503, body: "down"}},
+		steps:   []step{{want: ok("good"), upstream: 1}, {advance: 5 * time.Second, want: wantSpec{Status: 503, Body: "down"}, upstream: 2}},
+	}, {
+		name:    "RFC 9111 5.2.2.4: no-cache forbids the default",
+		cfg:     sie,
+		answers: []answerSpec{{header: []string{"Cache-Control", "max-age=60, no-cache"}, body: "good"}, {status: 503, body: "down"}},
+		steps:   []step{{want: ok("good"), upstream: 1}, {advance: 5 * time.Second, want: wantSpec{Status: 503, Body: "down"}, upstream: 2}},
+	}})
+}
+
+// RFC 9111 4.2.4: stale on origin failure covers an origin that cannot be
+// reached at all and one that times out, not only error statuses.
+func TestDefaultStaleIfErrorWhenTheOriginIsGone(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		breakIt func(o *origin, release chan struct{})
+	}{
+		{"connection refused", func(o *origin, _ chan struct{}) { o.Close() }},
+		{"timeout", func(o *origin, release chan struct{}) {
+			o.set(func(w http.ResponseWriter, r *http.Request) { <-release })
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			clk := newClock()
+			o := newOrigin(t, clk, answer("max-age=1", "good"))
+			p := newTestProxy(t, o, clk, Config{UpstreamTimeout: 200 * time.Millisecond, Policy: freshness.Policy{DefaultSIE: 5 * time.Minute}})
+			get(p, "/x")
+			release := make(chan struct{})
+			defer close(release)
+			tt.breakIt(o, release)
+			clk.Advance(time.Minute)
+			got, _ := get(p, "/x")
+			if got.Status != 200 || got.Body != "good" || !strings.HasSuffix(got.CacheStatus, "detail=stale-if-error") {
+				t.Errorf("got %d %q (%s), want the stale response", got.Status, got.Body, got.CacheStatus)
+			}
+		})
+	}
 }

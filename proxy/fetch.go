@@ -117,6 +117,11 @@ func (p *Proxy) fetch(ctx context.Context, in *http.Request, key, vkey string, s
 		return nil, fmt.Errorf("reading upstream body: %w", err)
 	}
 	e, own := p.newEntry(reqHeader, resp.StatusCode, resp.Header, bb.trimmed(), *sent, respTime)
+	if isServerError(resp.StatusCode) && stale != nil && stale.Decision.UsableOnError(respTime) {
+		// The stored response stands in for the error (RFC 5861
+		// section 4), which must not replace it, however cacheable.
+		return &fetched{entry: e, own: own, status: resp.StatusCode}, nil
+	}
 	return &fetched{entry: e, own: own, status: resp.StatusCode, stored: p.put(key, e, *sent, nil)}, nil
 }
 

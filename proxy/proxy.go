@@ -345,6 +345,13 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				return
 			case use.Refused:
 				fwd = "request" // the client asked for a fresher answer
+			case now.UnixNano() < e.refreshAt.Load() && e.Decision.UsableOnErrorFor(now, req):
+				// Its validation failed moments ago, and it may stand in
+				// for a failing origin: serve it, rather than ask the
+				// origin again for every request until it recovers.
+				p.stats.StaleOnError.Add(1)
+				p.serve(w, r, e, e.Header, cacheStatus{hit: true, ttl: e.Decision.TTL(now), hasTTL: true, detail: "stale-if-error"}, now)
+				return
 			default:
 				fwd = "stale"
 			}

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"corral/freshness"
 )
 
 // Issue 9, item 8: request directives that defeat the shield. Under
@@ -263,6 +265,26 @@ func TestReloadsBackOffWhileValidationFails(t *testing.T) {
 		}
 	}
 	// The first fetch, then one failed validation per second of back-off.
+	if n := o.count(); n != 1+3 {
+		t.Errorf("origin requests = %d, want 4: one failed validation per second", n)
+	}
+}
+
+// While the origin is down, stale-if-error answers must not cost one
+// upstream request per client request: a failed validation backs off.
+func TestOutageCostsOneRequestPerBackOff(t *testing.T) {
+	clk := newClock()
+	o := newOrigin(t, clk, answer("max-age=1", "v1"))
+	p := newTestProxy(t, o, clk, Config{Policy: freshness.Policy{DefaultSIE: 5 * time.Minute}})
+	get(p, "/r")
+	o.set(func(w http.ResponseWriter, r *http.Request) { http.Error(w, "down", http.StatusServiceUnavailable) })
+	clk.Advance(10 * time.Second)
+	for i := 0; i < 100; i++ { // a request every 30 ms for 3 s
+		if res, _ := get(p, "/r"); res.Status != http.StatusOK || res.Body != "v1" {
+			t.Fatalf("request %d: %d %q (%s), want the stale 200", i, res.Status, res.Body, res.CacheStatus)
+		}
+		clk.Advance(30 * time.Millisecond)
+	}
 	if n := o.count(); n != 1+3 {
 		t.Errorf("origin requests = %d, want 4: one failed validation per second", n)
 	}
