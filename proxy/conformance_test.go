@@ -5,6 +5,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httptrace"
+	"net/textproto"
 	"strconv"
 	"strings"
 	"sync"
@@ -632,5 +634,56 @@ func TestDefaultStaleIfErrorWhenTheOriginIsGone(t *testing.T) {
 				t.Errorf("got %d %q (%s), want the stale response", got.Status, got.Body, got.CacheStatus)
 			}
 		})
+	}
+}
+
+// RFC 9110 section 15.2: interim responses go to the client whose request
+// caused them, the leader of a shared fetch or a passed-through request,
+// and are never stored.
+func TestInterimResponses(t *testing.T) {
+	clk := newClock()
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Link", "</app.css>; rel=preload")
+		w.WriteHeader(http.StatusEarlyHints)
+		h := w.Header()
+		delete(h, "Link")
+		h.Set("Cache-Control", "max-age=60")
+		io.WriteString(w, "final")
+	})
+	p := newTestProxy(t, o, clk, Config{})
+	addr := "http://" + serveProxy(t, p)
+
+	type seen struct {
+		Interim []int
+		Link    string
+		Status  int
+		Final   string // the final answer's Link
+	}
+	call := func(method string) seen {
+		var s seen
+		trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
+			s.Interim = append(s.Interim, code)
+			s.Link = h.Get("Link")
+			return nil
+		}}
+		req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(t.Context(), trace), method, addr+"/page", nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		s.Status, s.Final = resp.StatusCode, resp.Header.Get("Link")
+		return s
+	}
+	hint := "</app.css>; rel=preload"
+	got := []seen{call(http.MethodGet), call(http.MethodGet), call(http.MethodPost)}
+	want := []seen{
+		{Interim: []int{103}, Link: hint, Status: 200}, // the leader of the shared fetch
+		{Status: 200}, // a hit: nothing of the 103 was stored
+		{Interim: []int{103}, Link: hint, Status: 200}, // passed through
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
 	}
 }

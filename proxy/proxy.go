@@ -13,11 +13,14 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"net/netip"
+	"net/textproto"
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -429,8 +432,11 @@ func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshn
 	// It records that, so the leader alone may receive a response that
 	// turns out to be meant for its own request only.
 	leader := false
+	interim := &interimWriter{w: w}
+	defer interim.close()
 	f, shared, err := p.flights.Do(r.Context(), p.flightKey(r, vkey), func(ctx context.Context) (*fetched, error) {
 		leader = true
+		ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{Got1xxResponse: interim.write})
 		f, err := p.fetch(ctx, r, key, vkey, stale)
 		if stale != nil && (err != nil || (!f.again && isServerError(f.entry.Status))) {
 			// A failed validation: until the pause ends, a client's
@@ -504,6 +510,39 @@ func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshn
 		p.serve(w, r, e, h, st, now)
 	}
 	return false
+}
+
+// interimWriter passes the interim responses (RFC 9110 section 15.2) of a
+// shared fetch, 103 Early Hints say, on to the client whose request led
+// it, and to no one else: the others waited on the fetch, and the stored
+// response keeps no trace of them. The fetch runs on a goroutine of its
+// own, so writes hold a lock, and stop once the leader's handler goes on
+// without the fetch (close).
+type interimWriter struct {
+	mu     sync.Mutex
+	w      http.ResponseWriter
+	closed bool
+}
+
+func (iw *interimWriter) write(code int, header textproto.MIMEHeader) error {
+	iw.mu.Lock()
+	defer iw.mu.Unlock()
+	if iw.closed || code == http.StatusSwitchingProtocols {
+		return nil
+	}
+	h := iw.w.Header()
+	for k, vs := range header {
+		h[k] = append([]string(nil), vs...)
+	}
+	iw.w.WriteHeader(code)
+	clear(h) // net/http keeps the fields of a 1xx for the final answer
+	return nil
+}
+
+func (iw *interimWriter) close() {
+	iw.mu.Lock()
+	iw.closed = true
+	iw.mu.Unlock()
 }
 
 // flightKey is the coalescing key of r: its variant key, and for requests
