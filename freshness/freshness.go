@@ -41,7 +41,7 @@ type Exchange struct {
 
 // Reasons a response cannot be stored. They appear in Cache-Status details.
 const (
-	ReasonMethod         = "method"       // only GET responses are stored
+	ReasonMethod         = "method"       // only GET responses are stored, and POST ones with explicit freshness
 	ReasonStatus         = "status"       // 1xx, 206, 304: not a complete response
 	ReasonErrorStatus    = "error-status" // 429, or 500, 502, 503, 504 without explicit freshness
 	ReasonRequestNoStore = "request-no-store"
@@ -181,8 +181,14 @@ func (p Policy) Evaluate(x Exchange) Decision {
 // (RFC 9111 section 3), or "" when it may.
 func (p Policy) unstorable(x Exchange, cc Directives, stripped []string) string {
 	reqCC := ParseRequest(x.RequestHeader)
+	_, explicit := explicitLifetime(x, cc)
 	switch {
-	case x.Method != http.MethodGet:
+	case x.Method == http.MethodPost && !explicit:
+		// RFC 9110 section 9.3.3: a POST answer is storable only with
+		// explicit freshness (and a Content-Location naming the target,
+		// which the caller checks).
+		return ReasonMethod
+	case x.Method != http.MethodGet && x.Method != http.MethodPost:
 		return ReasonMethod
 	case x.Status < 200 || x.Status == http.StatusPartialContent || x.Status == http.StatusNotModified:
 		return ReasonStatus
@@ -204,7 +210,6 @@ func (p Policy) unstorable(x Exchange, cc Directives, stripped []string) string 
 	case hasVaryStar(x.Header):
 		return ReasonVaryStar
 	}
-	_, explicit := explicitLifetime(x, cc)
 	if errorStatus[x.Status] && (x.Status == http.StatusTooManyRequests || !explicit) {
 		// An error is stored only when the origin said for how long
 		// (RFC 9111 section 3 lets a cache store any status it

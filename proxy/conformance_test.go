@@ -687,3 +687,37 @@ func TestInterimResponses(t *testing.T) {
 		t.Errorf("(-want +got):\n%s", diff)
 	}
 }
+
+// RFC 9110 section 9.3.3, RFC 9111 section 4: a POST answer with explicit
+// freshness and a Content-Location that is its own target may answer later
+// GETs for that target.
+func TestConformancePostContentLocation(t *testing.T) {
+	posted := func(cl string) answerSpec {
+		return answerSpec{header: []string{"Cache-Control", "max-age=60", "Content-Location", cl}, body: "posted"}
+	}
+	get := answerSpec{header: []string{"Cache-Control", "max-age=60"}, body: "fetched"}
+	runConformance(t, []conformanceCase{{
+		name:    "Content-Location is the target: a later GET is a hit",
+		answers: []answerSpec{posted("/r"), get},
+		steps: []step{
+			{method: "POST", want: ok("posted"), upstream: 1},
+			{want: wantSpec{Status: 200, Body: "posted", Header: hdr("Cache-Status", "corral; hit; ttl=60")}, upstream: 1},
+		},
+	}, {
+		name:    "an absolute Content-Location for corral's own host",
+		answers: []answerSpec{posted("http://example.com/r"), get},
+		steps:   []step{{method: "POST", want: ok("posted"), upstream: 1}, {want: ok("posted"), upstream: 1}},
+	}, {
+		name:    "another Content-Location: the target is only invalidated",
+		answers: []answerSpec{get, posted("/other"), get},
+		steps: []step{
+			{want: ok("fetched"), upstream: 1},
+			{method: "POST", want: ok("posted"), upstream: 2},
+			{want: ok("fetched"), upstream: 3},
+		},
+	}, {
+		name:    "no explicit freshness: not stored",
+		answers: []answerSpec{{header: []string{"Content-Location", "/r"}, body: "posted"}, get},
+		steps:   []step{{method: "POST", want: ok("posted"), upstream: 1}, {want: ok("fetched"), upstream: 2}},
+	}})
+}

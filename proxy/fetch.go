@@ -129,10 +129,15 @@ func (p *Proxy) fetch(ctx context.Context, in *http.Request, key, vkey string, s
 // with reqHeader. own is the header as the origin sent it, for the client
 // that asked; the Entry's header loses the fields that may not be shared.
 func (p *Proxy) newEntry(reqHeader http.Header, status int, header http.Header, body []byte, reqTime, respTime time.Time) (e *Entry, own http.Header) {
+	return p.newEntryFor(http.MethodGet, reqHeader, status, header, body, reqTime, respTime)
+}
+
+// newEntryFor is newEntry for a response to method.
+func (p *Proxy) newEntryFor(method string, reqHeader http.Header, status int, header http.Header, body []byte, reqTime, respTime time.Time) (e *Entry, own http.Header) {
 	own = header.Clone()
 	removeHopHeaders(own)
 	d := p.policy.Evaluate(freshness.Exchange{
-		Method:        http.MethodGet,
+		Method:        method,
 		RequestHeader: reqHeader,
 		Status:        status,
 		Header:        own,

@@ -83,8 +83,15 @@ func (p *Proxy) modifyPassed(resp *http.Response) error {
 	if !safeMethod(resp.Request.Method) && resp.StatusCode >= 200 && resp.StatusCode < 400 {
 		p.invalidate(info, resp.Header)
 	}
-	if resp.Request.Method == http.MethodGet && resp.Request.ContentLength == 0 && info.reqHeader.Get("Range") == "" {
-		p.storeOnTheWay(resp, info)
+	switch {
+	case resp.Request.Method == http.MethodGet && resp.Request.ContentLength == 0 && info.reqHeader.Get("Range") == "":
+		p.storeOnTheWay(resp, info, info.reqTime)
+	case resp.Request.Method == http.MethodPost && p.namesItself(info, resp.Header.Get("Content-Location")):
+		// RFC 9110 section 9.3.3: a POST answer with explicit freshness
+		// and a Content-Location that is its own target may answer
+		// later GETs for it. It is stored after the invalidation above,
+		// which a moment later marks.
+		p.storeOnTheWay(resp, info, p.now().Add(time.Nanosecond))
 	}
 	st := info.st
 	st.fwdStatus = resp.StatusCode
@@ -97,14 +104,15 @@ func (p *Proxy) modifyPassed(resp *http.Response) error {
 // of it, the response is stored if the cache may store it. The copy holds
 // at most MaxObjectBytes, and only what the buffer budget lets it: past
 // either it lets go and the body only streams.
-func (p *Proxy) storeOnTheWay(resp *http.Response, info passed) {
+func (p *Proxy) storeOnTheWay(resp *http.Response, info passed, since time.Time) {
 	// The answer is judged, and its variant keyed, by the request as it
 	// went upstream. It is stored only if a shared fetch for the same
 	// client request would have sent the fields the answer varies on
 	// alike: otherwise it is an answer to a request no lookup makes.
 	sent := resp.Request.Header
 	header, respTime := resp.Header.Clone(), p.now()
-	e, _ := p.newEntry(sent, resp.StatusCode, header, nil, info.reqTime, respTime)
+	method := resp.Request.Method
+	e, _ := p.newEntryFor(method, sent, resp.StatusCode, header, nil, info.reqTime, respTime)
 	if !e.Decision.Storable || resp.ContentLength > p.maxObject {
 		return
 	}
@@ -112,8 +120,8 @@ func (p *Proxy) storeOnTheWay(resp *http.Response, info passed) {
 		return
 	}
 	t := &teeBody{ReadCloser: resp.Body, kept: bodyBuffer{budget: p.buffers, limit: p.maxObject}, done: func(body []byte) {
-		e, _ := p.newEntry(sent, resp.StatusCode, header, body, info.reqTime, respTime)
-		p.put(info.uri, e, info.reqTime, nil)
+		e, _ := p.newEntryFor(method, sent, resp.StatusCode, header, body, info.reqTime, respTime)
+		p.put(info.uri, e, since, nil)
 	}}
 	if resp.ContentLength > 0 && t.kept.resize(resp.ContentLength) != nil {
 		return // no room for the copy now: the body only streams
@@ -173,6 +181,13 @@ func (p *Proxy) Purge(uri string, prefix bool) int {
 	return n
 }
 
+// namesItself reports whether a Content-Location names the target of the
+// request info describes, as corral's clients or the origin spell it.
+func (p *Proxy) namesItself(info passed, contentLocation string) bool {
+	target, ok := p.sameOrigin(info, contentLocation)
+	return ok && target == info.uri
+}
+
 // safeMethod reports whether m is safe (RFC 9110 section 9.2.1): only
 // unsafe methods invalidate.
 func safeMethod(m string) bool {
@@ -188,29 +203,39 @@ func safeMethod(m string) bool {
 // same origin (RFC 9111 section 4.4).
 func (p *Proxy) invalidate(info passed, h http.Header) {
 	p.Purge(info.uri, false)
-	base := &url.URL{Scheme: "http", Host: info.host, Path: "/"}
 	for _, f := range []string{"Location", "Content-Location"} {
-		v := h.Get(f)
-		if v == "" {
-			continue
-		}
-		u, err := base.Parse(v)
-		if err != nil {
-			continue
-		}
-		switch {
-		case strings.EqualFold(u.Host, info.host):
-		case strings.EqualFold(u.Host, p.upstream.Host) && strings.HasPrefix(u.EscapedPath(), p.upstreamPath+"/"):
-			// The origin named itself: map its URL back to ours.
-			u.RawPath = strings.TrimPrefix(u.EscapedPath(), p.upstreamPath)
-			u.Path, _ = url.PathUnescape(u.RawPath)
-		default:
-			continue
-		}
-		if target, err := normalizeTarget(u.RequestURI()); err == nil {
+		if target, ok := p.sameOrigin(info, h.Get(f)); ok {
 			p.Purge(target, false)
 		}
 	}
+}
+
+// sameOrigin resolves a URI reference from the origin's answer to the
+// request info describes, and returns its normal request-target when it
+// names corral's own host or the origin's (under the upstream's path).
+func (p *Proxy) sameOrigin(info passed, ref string) (string, bool) {
+	if ref == "" {
+		return "", false
+	}
+	base := &url.URL{Scheme: "http", Host: info.host, Path: "/"}
+	if path, query, _ := strings.Cut(info.uri, "?"); path != "" {
+		base.Path, base.RawQuery = path, query
+	}
+	u, err := base.Parse(ref)
+	if err != nil {
+		return "", false
+	}
+	switch {
+	case strings.EqualFold(u.Host, info.host):
+	case strings.EqualFold(u.Host, p.upstream.Host) && strings.HasPrefix(u.EscapedPath(), p.upstreamPath+"/"):
+		// The origin named itself: map its URL back to ours.
+		u.RawPath = strings.TrimPrefix(u.EscapedPath(), p.upstreamPath)
+		u.Path, _ = url.PathUnescape(u.RawPath)
+	default:
+		return "", false
+	}
+	target, err := normalizeTarget(u.RequestURI())
+	return target, err == nil
 }
 
 func (p *Proxy) passError(w http.ResponseWriter, r *http.Request, err error) {
