@@ -5,8 +5,8 @@ import (
 )
 
 // Metrics exports the proxy's Stats, its store's size and its latency
-// histograms to Prometheus. Labels are outcomes and result classes only,
-// never a URL or a key.
+// histograms to Prometheus. Labels are outcomes, result classes and the
+// prefixes of the operator's rules only, never a URL or a key.
 type Metrics struct {
 	p        *Proxy
 	client   prometheus.Histogram
@@ -42,10 +42,11 @@ var (
 	descInflight  = prometheus.NewDesc("corral_upstream_inflight", "Upstream requests in flight.", nil, nil)
 	descQueued    = prometheus.NewDesc("corral_upstream_queued", "Upstream requests waiting for the rate or in-flight cap.", nil, nil)
 	descPurged    = prometheus.NewDesc("corral_purged_entries_total", "Entries dropped by purges and by unsafe requests.", nil, nil)
+	descRules     = prometheus.NewDesc("corral_rule_decisions_total", "Upstream responses whose freshness an operator's -rule decided, by the rule's path prefix.", []string{"rule"}, nil)
 )
 
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descRequests, descUpstream, descRefreshes, descEvictions, descBytes, descEntries, descThrottled, descInflight, descQueued, descPurged} {
+	for _, d := range []*prometheus.Desc{descRequests, descUpstream, descRefreshes, descEvictions, descBytes, descEntries, descThrottled, descInflight, descQueued, descPurged, descRules} {
 		ch <- d
 	}
 	m.client.Describe(ch)
@@ -74,6 +75,9 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	}
 	counter(descRefreshes, s.Refreshes.Load())
 	counter(descPurged, s.Purged.Load())
+	for prefix, n := range s.RuleDecisions {
+		counter(descRules, n.Load(), prefix)
+	}
 	g := m.p.guard
 	counter(descThrottled, g.throttled.Load())
 	ch <- prometheus.MustNewConstMetric(descInflight, prometheus.GaugeValue, float64(g.inflight.Load()))

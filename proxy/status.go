@@ -21,12 +21,17 @@ type cacheStatus struct {
 	ttl       time.Duration
 	hasTTL    bool
 	detail    string // a token: why the response was not stored, or how a stale one was served
+
+	// What decided the response's freshness, when not Cache-Control:
+	// corral's extension parameters (RFC 9211 section 2 allows them).
+	field string // corral-field: the targeted field the origin sent, a token
+	rule  string // corral-rule: the operator's rule, by its prefix
 }
 
 func (s cacheStatus) String() string {
 	var b strings.Builder
-	b.Grow(64)       // one allocation for the common values
-	var num [20]byte // numbers are formatted here, not on the heap
+	b.Grow(64 + len(s.rule)) // one allocation
+	var num [20]byte         // numbers are formatted here, not on the heap
 	b.WriteString("corral")
 	if s.hit {
 		b.WriteString("; hit")
@@ -52,6 +57,17 @@ func (s cacheStatus) String() string {
 	if s.detail != "" {
 		b.WriteString("; detail=")
 		b.WriteString(s.detail)
+	}
+	if s.field != "" {
+		b.WriteString("; corral-field=")
+		b.WriteString(s.field)
+	}
+	if s.rule != "" {
+		// An sf-string (RFC 8941 section 3.3.3) needs no escapes: a
+		// rule's prefix holds no quote, backslash or control byte.
+		b.WriteString(`; corral-rule="`)
+		b.WriteString(s.rule)
+		b.WriteByte('"')
 	}
 	return b.String()
 }
@@ -83,10 +99,12 @@ func (p *Proxy) modifyPassed(resp *http.Response) error {
 	if !safeMethod(resp.Request.Method) && resp.StatusCode >= 200 && resp.StatusCode < 400 {
 		p.invalidate(info, resp.Header)
 	}
-	if resp.Request.Method == http.MethodGet && info.reqHeader.Get("Range") == "" {
-		p.storeOnTheWay(resp, info)
-	}
 	st := info.st
+	if resp.Request.Method == http.MethodGet && info.reqHeader.Get("Range") == "" {
+		e := p.storeOnTheWay(resp, info)
+		st.field, st.rule = e.decidedBy()
+	}
+	delete(resp.Header, corralOnly)
 	st.fwdStatus = resp.StatusCode
 	resp.Header.Add("Via", via)
 	resp.Header.Set("Cache-Status", st.String())
@@ -95,25 +113,26 @@ func (p *Proxy) modifyPassed(resp *http.Response) error {
 
 // storeOnTheWay wraps resp's body so that, when the client has read all
 // of it, the response is stored if the cache may store it. It holds at
-// most MaxObjectBytes: past that it lets go and the body only streams.
-func (p *Proxy) storeOnTheWay(resp *http.Response, info passed) {
+// most MaxObjectBytes: past that it lets go and the body only streams. It
+// returns the Entry as judged from the header.
+func (p *Proxy) storeOnTheWay(resp *http.Response, info passed) *Entry {
 	// The answer is judged, and its variant keyed, by the request as it
 	// went upstream. It is stored only if a shared fetch for the same
 	// client request would have sent the fields the answer varies on
 	// alike: otherwise it is an answer to a request no lookup makes.
 	sent := resp.Request.Header
 	header, respTime := resp.Header.Clone(), p.now()
-	e, _ := p.newEntry(sent, resp.StatusCode, header, nil, info.reqTime, respTime)
+	e, _ := p.newEntry(info.uri, sent, resp.StatusCode, header, nil, info.reqTime, respTime)
 	if !e.Decision.Storable || resp.ContentLength > p.maxObject {
-		return
+		return e
 	}
 	if len(e.Vary) > 0 && e.VaryKey != varyKey(e.Vary, info.reqHeader) {
-		return
+		return e
 	}
 	resp.Body = &teeBody{ReadCloser: resp.Body, limit: p.maxObject, done: func(body []byte) {
-		e, _ := p.newEntry(sent, resp.StatusCode, header, body, info.reqTime, respTime)
-		p.put(info.uri, e, info.reqTime, nil)
+		p.put(info.uri, e.withBody(body), info.reqTime, nil)
 	}}
+	return e
 }
 
 // teeBody keeps a copy of what is read through it, up to limit, and

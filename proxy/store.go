@@ -23,6 +23,12 @@ type Entry struct {
 	// Decision is what freshness said when the response arrived.
 	Decision freshness.Decision
 
+	// rule is the prefix of the operator's rule that decided, "" when
+	// none did; corralCC holds the origin's Corral-Cache-Control, which
+	// is never served but counts again when a 304 revalidates the entry.
+	rule     string
+	corralCC []string
+
 	// Vary holds the canonical names of the request fields the response
 	// varies on, and VaryKey the request's normalised values of them.
 	// An Entry with Status 0 is a Vary marker: stored under the URI, it
@@ -49,6 +55,23 @@ type Entry struct {
 	// change at most once a second, and a hot entry is served thousands
 	// of times in one: the hit path formats them only when they change.
 	served atomic.Pointer[servedFields]
+}
+
+// withBody returns a copy of e, not yet stored, with body: the Entry a
+// response judged by its header becomes once its body is in.
+func (e *Entry) withBody(body []byte) *Entry {
+	return &Entry{Status: e.Status, Header: e.Header, Body: body, Decision: e.Decision,
+		rule: e.rule, corralCC: e.corralCC, Vary: e.Vary, VaryKey: e.VaryKey}
+}
+
+// decidedBy returns what Cache-Status says decided e's freshness: the
+// targeted field the origin sent, or the prefix of the operator's rule.
+func (e *Entry) decidedBy() (field, rule string) {
+	switch e.Decision.Source {
+	case freshness.FromCDN, freshness.FromCorral:
+		return e.Decision.Source.String(), ""
+	}
+	return "", e.rule
 }
 
 // servedFields are the values serve sets on an answer from an Entry.
@@ -101,6 +124,9 @@ func (e *Entry) size() int {
 		}
 	}
 	for _, v := range e.Vary {
+		n += len(v) + 16
+	}
+	for _, v := range e.corralCC {
 		n += len(v) + 16
 	}
 	return n
