@@ -96,6 +96,10 @@ type Decision struct {
 	// (section 5.2.2.4).
 	NoCache bool
 
+	// Source is the field whose directives decided: Cache-Control, a
+	// targeted field (RFC 9213), or the operator's rule.
+	Source Source
+
 	// StripFields are header fields named by a qualified private or
 	// no-cache: the cache stores the response without them
 	// (sections 5.2.2.4, 5.2.2.7).
@@ -103,10 +107,6 @@ type Decision struct {
 
 	// Malformed lists the directives that did not parse.
 	Malformed []string
-
-	// Source is the field whose directives decided: Cache-Control, a
-	// targeted field (RFC 9213), or the operator's rule.
-	Source Source
 }
 
 // State is what a stored response is good for at a given moment.

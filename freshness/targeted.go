@@ -24,6 +24,10 @@ const (
 	FromRule                       // the operator's rule, as Exchange.Rule gave it
 )
 
+// cdnKey is CDN-Cache-Control as http.Header keys it. Header.Values would
+// canonicalise the name, allocating, on every response.
+var cdnKey = http.CanonicalHeaderKey(CDNCacheControl)
+
 var sourceNames = [...]string{"Cache-Control", CDNCacheControl, CorralCacheControl, "rule"}
 
 func (s Source) String() string { return sourceNames[s] }
@@ -46,7 +50,7 @@ func directives(x Exchange) (Directives, Source) {
 			return d, FromRule
 		}
 	}
-	if d, ok := parseTargeted(x.Header.Values(CDNCacheControl)); ok {
+	if d, ok := parseTargeted(x.Header[cdnKey]); ok {
 		return d, FromCDN
 	}
 	return ParseResponse(x.Header), FromCacheControl
@@ -85,6 +89,9 @@ func (e errString) Error() string { return string(e) }
 // and a lifetime as zero. A member that is no directive corral knows is
 // ignored (section 2.2), and so are parameters (section 2.1).
 func parseTargeted(lines []string) (d Directives, ok bool) {
+	if len(lines) == 0 {
+		return Directives{}, false // the common case, without parsing
+	}
 	members, ok := parseDictionary(lines)
 	if !ok || len(members) == 0 {
 		return Directives{}, false
