@@ -158,11 +158,14 @@ func (p *Proxy) newEntry(key string, reqHeader http.Header, status int, header h
 			h.Del(f)
 		}
 	}
-	e = &Entry{Status: status, Header: h, Body: body, Decision: d, Vary: varyNames(h), corralCC: corralCC}
+	e = &Entry{Status: status, Header: h, Body: body, Decision: d, Vary: varyNames(h)}
+	if corralCC != nil || d.Source == freshness.FromRule {
+		e.forCorral = &forCorral{field: corralCC}
+	}
 	if d.Source == freshness.FromRule {
 		// Counted when the rule decides, once per upstream response,
 		// never per hit.
-		e.rule = rule.Prefix
+		e.forCorral.rule = rule.Prefix
 		p.stats.RuleDecisions[rule.Prefix].Add(1)
 	}
 	if len(e.Vary) > 0 {
@@ -182,8 +185,8 @@ func (p *Proxy) revalidated(key string, reqHeader http.Header, stale *Entry, hea
 		update.Del(f)
 	}
 	merged := stale.Header.Clone()
-	if stale.corralCC != nil {
-		merged[corralOnly] = stale.corralCC
+	if stale.forCorral != nil && stale.forCorral.field != nil {
+		merged[corralOnly] = stale.forCorral.field
 	}
 	for k, v := range update {
 		merged[k] = v

@@ -293,3 +293,51 @@ func TestNewRejectsBadRules(t *testing.T) {
 		}
 	}
 }
+
+// hitWriter is a ResponseWriter that keeps nothing, so that a test counts
+// the proxy's allocations alone.
+type hitWriter struct {
+	h      http.Header
+	status int
+}
+
+func (w *hitWriter) Header() http.Header         { return w.h }
+func (w *hitWriter) WriteHeader(status int)      { w.status = status }
+func (w *hitWriter) Write(b []byte) (int, error) { return len(b), nil }
+
+// TestRuleHitAllocatesAsAnyHit: the rule is decided when the response is
+// stored, so a hit on what a rule decided costs what any hit costs.
+func TestRuleHitAllocatesAsAnyHit(t *testing.T) {
+	clk := newClock()
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/plain" {
+			w.Header().Set("Cache-Control", "max-age=3600")
+		}
+		io.WriteString(w, "x")
+	})
+	r, err := rules.Parse("/ruled/ max-age=3600")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newTestProxy(t, o, clk, Config{Rules: []rules.Rule{r}})
+	allocs := map[string]float64{}
+	for _, path := range []string{"/plain", "/ruled/x"} {
+		req := newRequest(http.MethodGet, path)
+		w := &hitWriter{h: http.Header{}}
+		p.ServeHTTP(w, req) // the miss
+		allocs[path] = testing.AllocsPerRun(100, func() {
+			clear(w.h)
+			p.ServeHTTP(w, req)
+			if w.status != http.StatusOK || w.h.Get("Cache-Status") == "" {
+				t.Fatalf("%s: status %d, Cache-Status %q", path, w.status, w.h.Get("Cache-Status"))
+			}
+		})
+	}
+	t.Logf("allocations per hit: %v", allocs)
+	if allocs["/ruled/x"] > allocs["/plain"] {
+		t.Errorf("allocations per hit: %v; a rule's hit must cost no more", allocs)
+	}
+	if n := p.Stats().RuleDecisions["/ruled/"].Load(); n != 1 {
+		t.Errorf("rule decisions after one miss and many hits = %d, want 1", n)
+	}
+}

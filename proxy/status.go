@@ -9,23 +9,26 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"corral/freshness"
 )
 
-// cacheStatus is one Cache-Status field value (RFC 9211 section 2).
+// cacheStatus is one Cache-Status field value (RFC 9211 section 2). Its
+// fields are ordered to pack: every hit compares one.
 type cacheStatus struct {
-	hit       bool
 	fwd       string // why the request went upstream: uri-miss, vary-miss, miss, stale, method, bypass, request
+	detail    string // a token: why the response was not stored, or how a stale one was served
 	fwdStatus int    // what upstream answered; 0 when it was not asked
+	ttl       time.Duration
+	hit       bool
 	stored    bool
 	collapsed bool
-	ttl       time.Duration
 	hasTTL    bool
-	detail    string // a token: why the response was not stored, or how a stale one was served
 
 	// What decided the response's freshness, when not Cache-Control:
 	// corral's extension parameters (RFC 9211 section 2 allows them).
-	field string // corral-field: the targeted field the origin sent, a token
-	rule  string // corral-rule: the operator's rule, by its prefix
+	field freshness.Source // corral-field: the targeted field the origin sent (FromCDN, FromCorral)
+	rule  string           // corral-rule: the operator's rule, by its prefix
 }
 
 func (s cacheStatus) String() string {
@@ -58,9 +61,9 @@ func (s cacheStatus) String() string {
 		b.WriteString("; detail=")
 		b.WriteString(s.detail)
 	}
-	if s.field != "" {
+	if s.field == freshness.FromCDN || s.field == freshness.FromCorral {
 		b.WriteString("; corral-field=")
-		b.WriteString(s.field)
+		b.WriteString(s.field.String())
 	}
 	if s.rule != "" {
 		// An sf-string (RFC 8941 section 3.3.3) needs no escapes: a
