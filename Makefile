@@ -32,3 +32,4 @@ bench:
 
 fuzz:
 	$(GO) test ./freshness -run '^$$' -fuzz FuzzEvaluate -fuzztime 60s
+	$(GO) test ./freshness -run '^$$' -fuzz FuzzTargeted -fuzztime 60s

@@ -15,7 +15,8 @@ import (
 // Rule is one rule, as the operator writes it: "PATH-PREFIX DIRECTIVES".
 type Rule struct {
 	// Prefix is matched against the start of the request path, byte for
-	// byte: /api/ matches /api/stats, /api matches /apis too.
+	// byte, never the query: /api/ matches /api/stats, /api matches
+	// /apis too.
 	Prefix string
 
 	// Directives are response cache directives, such as
