@@ -33,3 +33,4 @@ bench:
 fuzz:
 	$(GO) test ./freshness -run '^$$' -fuzz FuzzEvaluate -fuzztime 60s
 	$(GO) test ./proxy -run '^$$' -fuzz FuzzUpstreamRequest -fuzztime 5m
+	$(GO) test ./freshness -run '^$$' -fuzz FuzzTargeted -fuzztime 60s

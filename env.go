@@ -7,10 +7,22 @@ import (
 	"strings"
 )
 
-// envName is the environment variable that can give the flag name its
-// value: CORRAL_ and the name in upper case with - as _.
-func envName(name string) string {
-	return "CORRAL_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+// envName is the environment variable that can give the flag f its
+// value: CORRAL_ and the name in upper case with - as _, and an S after it
+// for a flag that may be given more than once (CORRAL_RULES for -rule).
+func envName(f *flag.Flag) string {
+	name := "CORRAL_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+	if _, ok := f.Value.(listValue); ok {
+		name += "S"
+	}
+	return name
+}
+
+// listValue is a flag value that may be given more than once. Its
+// environment variable holds one value per line; blank lines are skipped.
+type listValue interface {
+	flag.Value
+	list()
 }
 
 // setFromEnv sets every flag that is not on the command line from its
@@ -26,13 +38,24 @@ func setFromEnv(fs *flag.FlagSet, getenv func(string) (string, bool)) (map[strin
 		if err != nil || onCommandLine[f.Name] {
 			return
 		}
-		v, ok := getenv(envName(f.Name))
+		v, ok := getenv(envName(f))
 		if !ok {
 			return
 		}
-		if e := fs.Set(f.Name, v); e != nil {
-			err = fmt.Errorf("%s: invalid value %q for -%s: %v", envName(f.Name), v, f.Name, e)
-			return
+		values := []string{v}
+		if _, list := f.Value.(listValue); list {
+			values = nil
+			for _, line := range strings.Split(v, "\n") {
+				if line = strings.TrimSpace(line); line != "" {
+					values = append(values, line)
+				}
+			}
+		}
+		for _, v := range values {
+			if e := fs.Set(f.Name, v); e != nil {
+				err = fmt.Errorf("%s: invalid value %q for -%s: %v", envName(f), v, f.Name, e)
+				return
+			}
 		}
 		fromEnv[f.Name] = true
 	})
@@ -58,6 +81,6 @@ func printFlags(w io.Writer, fs *flag.FlagSet) {
 		default:
 			fmt.Fprintf(&b, " (default %s)", f.DefValue)
 		}
-		fmt.Fprintf(w, "%s (env %s)\n", b.String(), envName(f.Name))
+		fmt.Fprintf(w, "%s (env %s)\n", b.String(), envName(f))
 	})
 }

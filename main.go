@@ -24,6 +24,7 @@ import (
 
 	"corral/bench"
 	"corral/proxy"
+	"corral/proxy/rules"
 )
 
 func main() {
@@ -47,7 +48,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, getenv func(strin
 	if c.demo {
 		// The demo's own origin is noisy by design; keep its warnings out.
 		c.proxy.Logger = slog.New(slog.DiscardHandler)
-		if err := bench.Demo(ctx, os.Stdout, c.demoClients, c.demoDuration, c.proxy); err != nil {
+		if err := bench.Demo(ctx, os.Stdout, c.demoClients, c.demoDuration, c.demoOriginCC, c.proxy); err != nil {
 			fmt.Fprintln(stderr, "corral: demo:", err)
 			return 1
 		}
@@ -188,6 +189,7 @@ type config struct {
 	demo               bool
 	demoClients        int
 	demoDuration       time.Duration
+	demoOriginCC       string
 }
 
 func (c *config) logHandler(w io.Writer) slog.Handler {
@@ -228,7 +230,9 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) (string, bo
 		maxPause        = fs.Duration("upstream-max-pause", 30*time.Second, "longest the origin's Retry-After on a 503, or on a 429 to a request without Authorization, holds back upstream requests: for that URL, or for every URL once 3 paths answered so within 10s; clients get stale or 503 meanwhile (0: never pause)")
 		logLevel        = fs.String("log-level", "info", "debug (a line per request), info, warn or error")
 		logFormat       = fs.String("log-format", "text", "text or json")
+		ruleFlags       ruleList
 	)
+	fs.Var(&ruleFlags, "rule", "a freshness `rule` 'PATH-PREFIX DIRECTIVES', e.g. '/api/stats/ max-age=1, stale-while-revalidate=10': corral caches responses for paths under the prefix as if the origin had sent Corral-Cache-Control: DIRECTIVES, over its Cache-Control, private and no-store included (clients still get that Cache-Control). Repeatable; the longest prefix wins. Set-Cookie responses and answers to requests with Authorization are never shared. The variable takes one rule per line")
 	fs.StringVar(&c.listen, "listen", ":8080", "address to serve clients on")
 	fs.StringVar(&c.adminListen, "admin-listen", "127.0.0.1:9091", "address of the admin listener: /metrics, /healthz, /readyz, /purge (empty: none); a non-loopback address needs -admin-token")
 	fs.StringVar(&c.adminToken, "admin-token", "", "bearer token that /metrics and /purge on the admin listener require")
@@ -242,10 +246,12 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) (string, bo
 	fs.BoolVar(&c.demo, "demo", false, "run the demo: a rate-limited origin, a herd of pollers, with and without corral")
 	fs.IntVar(&c.demoClients, "demo-clients", 200, "number of polling clients in the demo")
 	fs.DurationVar(&c.demoDuration, "demo-duration", 10*time.Second, "how long each half of the demo polls")
+	fs.StringVar(&c.demoOriginCC, "demo-origin-cc", bench.DemoCacheControl, "the Cache-Control the demo's origin sends (empty: none); with no-cache and a -rule, the demo shows corral shield an origin that asks for no caching")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintln(stderr, "usage: corral -upstream URL [flags]\n\nA caching reverse proxy that shields one HTTP origin from herds of pollers.\nEvery flag can also be set by the environment variable named after it; a flag beats the variable.\n\nFlags:")
 			printFlags(stderr, fs)
+			fmt.Fprint(stderr, examples)
 			return nil, 0
 		}
 		fmt.Fprintln(stderr, "corral:", err)
@@ -259,7 +265,7 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) (string, bo
 	// bad prints one line naming the flag, with its variable if that set it.
 	bad := func(name, format string, a ...any) (*config, int) {
 		if fromEnv[name] {
-			name = envName(name) + " (-" + name + ")"
+			name = envName(fs.Lookup(name)) + " (-" + name + ")"
 		} else {
 			name = "-" + name
 		}
@@ -341,6 +347,7 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) (string, bo
 		UpstreamMaxInflight: *maxInflight,
 		UpstreamMaxQueue:    *maxQueue,
 		UpstreamMaxPause:    *maxPause,
+		Rules:               ruleFlags,
 	}
 	if *maxPause == 0 {
 		c.proxy.UpstreamMaxPause = -1 // never pause; zero would be the default
@@ -363,6 +370,68 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) (string, bo
 	}
 	c.proxy.Upstream = u
 	return &c, 0
+}
+
+// examples end corral -h: the operator deciding freshness, three ways.
+const examples = `
+Examples:
+  Let the origin's headers decide: Cache-Control, or CDN-Cache-Control and
+  Corral-Cache-Control (RFC 9213), which win over it for corral:
+    corral -upstream http://stats.internal:9000
+
+  The origin sends no Cache-Control: keep its /api/ answers 5 s, and serve
+  them up to 30 s stale while one request refreshes them:
+    corral -upstream http://stats.internal:9000 -rule '/api/ max-age=5, stale-while-revalidate=30'
+
+  The origin sends Cache-Control: no-cache: corral answers /api/stats/ from
+  its copy and asks the origin about once a second, however many poll;
+  clients still see no-cache:
+    corral -upstream http://stats.internal:9000 -rule '/api/stats/ max-age=1, stale-while-revalidate=10'
+
+  The origin sends max-age=3600, too long for the dashboards: corral
+  refreshes its copy every 10 s (a browser keeps its own copy as long as the
+  origin's Cache-Control says):
+    corral -upstream http://stats.internal:9000 -rule '/api/dashboard/ max-age=10'
+
+  Rules from the environment, one per line:
+    CORRAL_RULES='/api/ max-age=5
+    /api/stats/ max-age=1, stale-while-revalidate=10' corral -upstream http://stats.internal:9000
+
+  Responses say what decided in Cache-Status, e.g.
+    Cache-Status: corral; hit; ttl=1; corral-rule="/api/stats/"
+
+  See corral shield an origin that sends no-cache:
+    corral -demo -demo-origin-cc no-cache -rule '/ max-age=1, stale-while-revalidate=10'
+`
+
+// ruleList is the -rule flag: rules in the order given, one per prefix.
+type ruleList []rules.Rule
+
+func (l *ruleList) list() {}
+
+func (l *ruleList) String() string {
+	if l == nil {
+		return ""
+	}
+	s := make([]string, len(*l))
+	for i, r := range *l {
+		s[i] = r.String()
+	}
+	return strings.Join(s, "\n")
+}
+
+func (l *ruleList) Set(s string) error {
+	r, err := rules.Parse(s)
+	if err != nil {
+		return err
+	}
+	for _, old := range *l {
+		if old.Prefix == r.Prefix {
+			return fmt.Errorf("a rule for %s is given already: %q", r.Prefix, old.String())
+		}
+	}
+	*l = append(*l, r)
+	return nil
 }
 
 // loopback reports whether addr (host:port) listens on loopback only.

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"corral/proxy/rules"
 )
 
 func TestBadUpstreamExitsTwoWithOneLine(t *testing.T) {
@@ -55,10 +57,24 @@ func TestHelpExplainsEveryFlag(t *testing.T) {
 		"-upstream-max-rps", "-upstream-max-inflight", "-upstream-max-queue", "-upstream-max-pause",
 		"-trusted-proxies",
 		"-max-request-body-bytes", "-request-body-timeout", "-buffer-bytes",
-		"-max-header-bytes", "-client-write-timeout",
+		"-max-header-bytes", "-client-write-timeout", "-rule", "-demo-origin-cc",
 	} {
 		if !strings.Contains(stderr.String(), "  "+flag+" ") && !strings.Contains(stderr.String(), "  "+flag+"\n") {
 			t.Errorf("-h does not explain %s:\n%s", flag, stderr.String())
+		}
+	}
+	for _, example := range []string{
+		"The origin sends no Cache-Control",
+		"-rule '/api/ max-age=5, stale-while-revalidate=30'",
+		"The origin sends Cache-Control: no-cache",
+		"-rule '/api/stats/ max-age=1, stale-while-revalidate=10'",
+		"The origin sends max-age=3600, too long for the dashboards",
+		"-rule '/api/dashboard/ max-age=10'",
+		"CORRAL_RULES='/api/ max-age=5\n",
+		"corral -demo -demo-origin-cc no-cache -rule '/ max-age=1, stale-while-revalidate=10'",
+	} {
+		if !strings.Contains(stderr.String(), example) {
+			t.Errorf("-h lacks the worked example %q:\n%s", example, stderr.String())
 		}
 	}
 	if !strings.Contains(stderr.String(), `(default 256MiB)`) {
@@ -97,6 +113,9 @@ func TestHelpNamesEveryFlagsVariable(t *testing.T) {
 	}
 	for _, v := range looked {
 		flag := "-" + strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(v, "CORRAL_")), "_", "-")
+		if v == "CORRAL_RULES" {
+			flag = "-rule" // a repeatable flag's variable is plural
+		}
 		if !regexp.MustCompile(`(?m)^  ` + flag + `( \w+)?\n.*\(env ` + v + `\)$`).MatchString(stderr.String()) {
 			t.Errorf("-h does not list %s next to %s:\n%s", v, flag, stderr.String())
 		}
@@ -141,6 +160,10 @@ func TestBadFlagValueExitsTwoWithOneLine(t *testing.T) {
 		{"log level", []string{"-log-level", "loud"}, `corral: -log-level: want debug, info, warn or error, got "loud"` + "\n"},
 		{"log format", []string{"-log-format", "xml"}, `corral: -log-format: want text or json, got "xml"` + "\n"},
 		{"open admin without token", []string{"-admin-listen", ":9091"}, `corral: -admin-listen: ":9091" is reachable from other hosts; set -admin-token, or listen on a loopback address such as 127.0.0.1:9091` + "\n"},
+		{"rule without directives", []string{"-rule", "/api/"}, `corral: invalid value "/api/" for flag -rule: want PATH-PREFIX DIRECTIVES, e.g. /api/stats/ max-age=1, stale-while-revalidate=10` + "\n"},
+		{"rule with a typo", []string{"-rule", "/api/ max-age=1, stale-while-revalidat=10"}, `corral: invalid value "/api/ max-age=1, stale-while-revalidat=10" for flag -rule: directives "max-age=1, stale-while-revalidat=10": unknown directive stale-while-revalidat` + "\n"},
+		{"rule with a bad prefix", []string{"-rule", "api max-age=1"}, `corral: invalid value "api max-age=1" for flag -rule: prefix "api" must be a path starting with /` + "\n"},
+		{"second rule for a prefix", []string{"-rule", "/api/ max-age=1", "-rule", "/api/ max-age=2"}, `corral: invalid value "/api/ max-age=2" for flag -rule: a rule for /api/ is given already: "/api/ max-age=1"` + "\n"},
 		{"admin on all addresses without token", []string{"-admin-listen", "0.0.0.0:9091"}, `corral: -admin-listen: "0.0.0.0:9091" is reachable from other hosts; set -admin-token, or listen on a loopback address such as 127.0.0.1:9091` + "\n"},
 	}
 	for _, tt := range tests {
@@ -244,6 +267,12 @@ func TestEnvironment(t *testing.T) {
 			want:     `corral: CORRAL_REQUEST_NO_CACHE (-request-no-cache): want revalidate or ignore, got "sometimes"` + "\n",
 		},
 		{
+			name:     "a bad rule names its line",
+			env:      map[string]string{"CORRAL_UPSTREAM": "http://127.0.0.1:1", "CORRAL_RULES": "/api/ max-age=1\n/b maxage=1\n"},
+			wantCode: 2,
+			want:     `corral: CORRAL_RULES: invalid value "/b maxage=1" for -rule: directives "maxage=1": unknown directive maxage` + "\n",
+		},
+		{
 			name:     "other names ignored",
 			env:      map[string]string{"UPSTREAM": "http://127.0.0.1:1", "corral_upstream": "http://127.0.0.1:1", "CORRAL_CACHE": "lots"},
 			wantCode: 2,
@@ -299,6 +328,41 @@ func TestUpstreamMaxPause(t *testing.T) {
 			}
 			if diff := cmp.Diff(tt.want, c.proxy.UpstreamMaxPause); diff != "" {
 				t.Errorf("proxy.Config.UpstreamMaxPause (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestRulesFromTheEnvironment(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		env  string
+		want []rules.Rule
+	}{
+		{"one per line, blank lines skipped", nil, "/api/ max-age=5\n\n  /api/stats/ max-age=1, stale-while-revalidate=10  \n",
+			[]rules.Rule{{Prefix: "/api/", Directives: "max-age=5"}, {Prefix: "/api/stats/", Directives: "max-age=1, stale-while-revalidate=10"}}},
+		{"a -rule flag beats the variable", []string{"-rule", "/ max-age=60"}, "/api/ max-age=5",
+			[]rules.Rule{{Prefix: "/", Directives: "max-age=60"}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			getenv := func(name string) (string, bool) {
+				switch name {
+				case "CORRAL_RULES":
+					return tt.env, true
+				case "CORRAL_UPSTREAM":
+					return "http://127.0.0.1:1", true
+				}
+				return "", false
+			}
+			var stderr bytes.Buffer
+			c, code := parseFlags(tt.args, &stderr, getenv)
+			if c == nil {
+				t.Fatalf("exit code %d: %s", code, stderr.String())
+			}
+			if diff := cmp.Diff(tt.want, c.proxy.Rules); diff != "" {
+				t.Errorf("rules (-want +got):\n%s", diff)
 			}
 		})
 	}

@@ -40,7 +40,7 @@ func BenchmarkDashboard(b *testing.B) {
 	)
 	for _, f := range fronts {
 		b.Run(f.name, func(b *testing.B) {
-			origin := DemoOrigin()
+			origin := DemoOrigin(DemoCacheControl)
 			fu, _ := start(b, origin, f)
 			u := fu + "/api/stats"
 			client := NewClient(clients)

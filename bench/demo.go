@@ -14,34 +14,48 @@ import (
 	"corral/proxy"
 )
 
+// DemoCacheControl is what the demo origin sends unless told otherwise: it
+// lets caches serve its answer for a second and stale for ten more while
+// they refresh it.
+const DemoCacheControl = "max-age=1, stale-while-revalidate=10"
+
 // DemoOrigin returns the origin of the demo: a stats endpoint that allows
-// 5 requests a second, takes about 50 ms, and lets caches serve its answer
-// for a second and stale for ten more while they refresh it.
-func DemoOrigin() *Origin {
+// 5 requests a second, takes about 50 ms, and sends cacheControl ("" for
+// no Cache-Control at all).
+func DemoOrigin(cacheControl string) *Origin {
 	return &Origin{
 		Latency:      50 * time.Millisecond,
 		RateLimit:    5,
-		CacheControl: "max-age=1, stale-while-revalidate=10",
+		CacheControl: cacheControl,
 		Body:         []byte(`{"visitors":1234,"orders":56,"status":"ok"}` + "\n"),
 	}
 }
 
 // Demo runs a herd of clients polling /api/stats once a second for d, first
-// straight at a demo origin and then through corral configured by cfg, and
-// writes a table comparing the two runs to w.
-func Demo(ctx context.Context, w io.Writer, clients int, d time.Duration, cfg proxy.Config) error {
+// straight at a demo origin that sends originCC as its Cache-Control and
+// then through corral configured by cfg, and writes a table comparing the
+// two runs to w.
+func Demo(ctx context.Context, w io.Writer, clients int, d time.Duration, originCC string, cfg proxy.Config) error {
 	fmt.Fprintf(w, "%d clients poll /api/stats every second for %s; the origin allows 5 req/s.\n", clients, d)
+	if originCC == "" {
+		fmt.Fprintln(w, "The origin sends no Cache-Control.")
+	} else {
+		fmt.Fprintf(w, "The origin sends Cache-Control: %s\n", originCC)
+	}
+	for _, r := range cfg.Rules {
+		fmt.Fprintf(w, "corral -rule '%s'\n", r)
+	}
 	herd := Herd{Clients: clients, Interval: time.Second, Duration: d, Client: NewClient(clients)}
 
 	fmt.Fprintln(w, "running straight at the origin...")
-	direct := DemoOrigin()
+	direct := DemoOrigin(originCC)
 	directRes, err := runAgainst(ctx, herd, direct, nil)
 	if err != nil {
 		return err
 	}
 
 	fmt.Fprintln(w, "running through corral...")
-	shielded := DemoOrigin()
+	shielded := DemoOrigin(originCC)
 	corralRes, err := runAgainst(ctx, herd, shielded, &cfg)
 	if err != nil {
 		return err
@@ -56,7 +70,13 @@ func Demo(ctx context.Context, w io.Writer, clients int, d time.Duration, cfg pr
 	row("p99 latency", directRes.P99.Round(10*time.Microsecond), corralRes.P99.Round(10*time.Microsecond))
 	row("upstream requests", direct.Requests(), shielded.Requests())
 	row("upstream 503s", direct.Rejected(), shielded.Rejected())
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(cfg.Rules) == 0 && originCC != DemoCacheControl {
+		fmt.Fprintf(w, "With a rule, corral decides how long to keep the answer whatever the origin sends:\n  corral -demo -demo-origin-cc '%s' -rule '/ max-age=1, stale-while-revalidate=10'\n", originCC)
+	}
+	return nil
 }
 
 // runAgainst serves origin on a loopback port, puts corral in front of it

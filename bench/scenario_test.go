@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"corral/proxy"
+	"corral/proxy/rules"
 )
 
 // The benchmarks' claims rest on these: corral collapses a stampede into
@@ -151,5 +153,36 @@ func TestPollHerdStopsAtItsBudget(t *testing.T) {
 	pollHerd(context.Background(), NewClient(4), u, 4, time.Millisecond, 10, &lat)
 	if len(lat.all) != 10 || lat.errs != 0 {
 		t.Errorf("herd made %d polls with %d errors, want 10 and 0", len(lat.all), lat.errs)
+	}
+}
+
+// TestRuleShieldsNoCacheOrigin is the demo with -demo-origin-cc no-cache
+// and a rule, shortened: the origin says no-cache and allows 5 requests a
+// second, a herd polls it for 3 s through corral with
+// -rule '/api/ max-age=1, stale-while-revalidate=10'. Every poll is
+// answered, and the origin is asked about once a second: the first miss,
+// then at most one refresh per max-age window.
+func TestRuleShieldsNoCacheOrigin(t *testing.T) {
+	const (
+		clients = 100
+		d       = 3 * time.Second
+	)
+	r, err := rules.Parse("/api/ max-age=1, stale-while-revalidate=10")
+	if err != nil {
+		t.Fatal(err)
+	}
+	origin := DemoOrigin("no-cache")
+	u, _ := start(t, origin, front{name: "corral", handler: func(tb testing.TB, upstream *url.URL) (http.Handler, func()) {
+		return newCorralWith(tb, proxy.Config{Upstream: upstream, Rules: []rules.Rule{r}})
+	}})
+	res := Herd{Clients: clients, Interval: time.Second, Duration: d, URL: u + "/api/stats", Client: NewClient(clients)}.Run(context.Background())
+	if res.Errors != 0 || res.Requests < clients {
+		t.Errorf("%d polls, %d errors; want at least %d, none failed", res.Requests, res.Errors, clients)
+	}
+	if n, most := origin.Requests(), int64(d/time.Second)+2; n > most {
+		t.Errorf("origin saw %d requests in %s, want at most %d", n, d, most)
+	}
+	if n := origin.Rejected(); n != 0 {
+		t.Errorf("origin rejected %d requests, want none", n)
 	}
 }

@@ -30,6 +30,7 @@ type Directives struct {
 	MaxAge, SMaxAge                    int      // seconds; -1 when absent
 	StaleWhileRevalidate, StaleIfError int      // seconds; -1 when absent
 	Malformed                          []string // directives that did not parse, as sent
+	Ignored                            []string // in a targeted field: members that are no directive corral knows
 }
 
 // ParseResponse reads every Cache-Control field line of h.

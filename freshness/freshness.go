@@ -1,6 +1,8 @@
 // Package freshness decides, from headers and times alone, whether a shared
 // cache may store a response (RFC 9111 section 3), for how long it is fresh
-// (section 4.2), and whether a stored copy may be served stale (RFC 5861).
+// (section 4.2), and whether a stored copy may be served stale (RFC 5861),
+// reading the directives of Cache-Control or, where one speaks to corral,
+// of a targeted field (RFC 9213) or the operator's rule for the path.
 // It does no I/O and never reads the clock: every moment is an argument.
 package freshness
 
@@ -37,6 +39,13 @@ type Exchange struct {
 	Header        http.Header
 	RequestTime   time.Time // when the request was sent
 	ResponseTime  time.Time // when the response headers arrived
+
+	// Rule is the operator's directives for this response, read as if
+	// the origin had sent them in Corral-Cache-Control: one the origin
+	// does send wins over them. "" means no rule. A rule never makes
+	// shareable a response with Set-Cookie, or the answer to a request
+	// with Authorization.
+	Rule string
 }
 
 // Reasons a response cannot be stored. They appear in Cache-Status details.
@@ -87,12 +96,16 @@ type Decision struct {
 	// (section 5.2.2.4).
 	NoCache bool
 
+	// Source is the field whose directives decided: Cache-Control, a
+	// targeted field (RFC 9213), or the operator's rule.
+	Source Source
+
 	// StripFields are header fields named by a qualified private or
 	// no-cache: the cache stores the response without them
 	// (sections 5.2.2.4, 5.2.2.7).
 	StripFields []string
 
-	// Malformed lists Cache-Control directives that did not parse.
+	// Malformed lists the directives that did not parse.
 	Malformed []string
 }
 
@@ -141,8 +154,9 @@ var errorStatus = map[int]bool{429: true, 500: true, 502: true, 503: true, 504: 
 
 // Evaluate decides what a shared cache may do with the response in x.
 func (p Policy) Evaluate(x Exchange) Decision {
-	cc := ParseResponse(x.Header)
+	cc, source := directives(x)
 	d := Decision{
+		Source:       source,
 		ResponseTime: x.ResponseTime,
 		InitialAge:   initialAge(x),
 		Malformed:    cc.Malformed,
@@ -155,11 +169,11 @@ func (p Policy) Evaluate(x Exchange) Decision {
 	if cc.NoCache {
 		d.StripFields = append(d.StripFields, cc.NoCacheFields...)
 	}
-	d.Reason = p.unstorable(x, cc, d.StripFields)
+	d.Reason = p.unstorable(x, cc, source, d.StripFields)
 	d.Storable = d.Reason == ""
 	d.Shareable = d.Storable || d.Reason == ReasonErrorStatus
 
-	lifetime, explicit := explicitLifetime(x, cc)
+	lifetime, explicit := explicitLifetime(x, cc, source)
 	if !explicit && (heuristicStatus[x.Status] || cc.Public) {
 		lifetime = p.heuristic(x)
 	}
@@ -178,10 +192,13 @@ func (p Policy) Evaluate(x Exchange) Decision {
 }
 
 // unstorable returns why a shared cache must not store the response
-// (RFC 9111 section 3), or "" when it may.
-func (p Policy) unstorable(x Exchange, cc Directives, stripped []string) string {
+// (RFC 9111 section 3), or "" when it may. An operator's rule decides how
+// long a response stays fresh, never whose it is: under one, credentials
+// and Set-Cookie keep a response unshared whatever the rule says.
+func (p Policy) unstorable(x Exchange, cc Directives, source Source, stripped []string) string {
+	rule := source == FromRule
 	reqCC := ParseRequest(x.RequestHeader)
-	_, explicit := explicitLifetime(x, cc)
+	_, explicit := explicitLifetime(x, cc, source)
 	switch {
 	case x.Method == http.MethodPost && !explicit:
 		// RFC 9110 section 9.3.3: a POST answer is storable only with
@@ -203,17 +220,18 @@ func (p Policy) unstorable(x Exchange, cc Directives, stripped []string) string 
 		return ReasonNoStore
 	case cc.Private && cc.PrivateFields == nil:
 		return ReasonPrivate
-	case x.RequestHeader.Get("Authorization") != "" && !cc.Public && !cc.MustRevalidate && cc.SMaxAge == unset:
+	case x.RequestHeader.Get("Authorization") != "" && (rule || !cc.Public && !cc.MustRevalidate && cc.SMaxAge == unset):
 		return ReasonAuthorization
-	case len(x.Header.Values("Set-Cookie")) > 0 && !contains(stripped, "Set-Cookie"):
+	case len(x.Header.Values("Set-Cookie")) > 0 && (rule || !contains(stripped, "Set-Cookie")):
 		return ReasonSetCookie
 	case hasVaryStar(x.Header):
 		return ReasonVaryStar
 	}
-	if errorStatus[x.Status] && (x.Status == http.StatusTooManyRequests || !explicit) {
+	if errorStatus[x.Status] && (x.Status == http.StatusTooManyRequests || !explicit || rule) {
 		// An error is stored only when the origin said for how long
 		// (RFC 9111 section 3 lets a cache store any status it
-		// understands): a 503 stored by default would keep failing
+		// understands): a 503 stored by default, or by an operator's
+		// rule written for the answers that work, would keep failing
 		// clients after the origin recovered. A 429 is about whoever
 		// asked, never stored.
 		return ReasonErrorStatus
@@ -226,8 +244,9 @@ func (p Policy) unstorable(x Exchange, cc Directives, stripped []string) string 
 
 // explicitLifetime is the lifetime the response states (RFC 9111 section
 // 4.2.1): s-maxage, then max-age, then Expires minus Date. An invalid
-// Expires, or more than one, means already expired.
-func explicitLifetime(x Exchange, cc Directives) (time.Duration, bool) {
+// Expires, or more than one, means already expired. When a targeted field
+// decides, Expires is for the caches downstream (RFC 9213 section 2.2).
+func explicitLifetime(x Exchange, cc Directives, source Source) (time.Duration, bool) {
 	switch {
 	case cc.SMaxAge != unset:
 		return time.Duration(cc.SMaxAge) * time.Second, true
@@ -235,7 +254,7 @@ func explicitLifetime(x Exchange, cc Directives) (time.Duration, bool) {
 		return time.Duration(cc.MaxAge) * time.Second, true
 	}
 	exp := x.Header.Values("Expires")
-	if len(exp) == 0 {
+	if len(exp) == 0 || source != FromCacheControl {
 		return 0, false
 	}
 	expires, ok := httpDate(exp[0])

@@ -7,9 +7,11 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"corral/freshness"
+	"corral/proxy/rules"
 )
 
 // errTooLarge ends a fetch whose body would not fit in MaxObjectBytes.
@@ -99,7 +101,7 @@ func (p *Proxy) fetch(ctx context.Context, in *http.Request, key, vkey string, s
 
 	if resp.StatusCode == http.StatusNotModified && stale != nil {
 		p.stats.upstream(resp.StatusCode, nil)
-		e, own := p.revalidated(reqHeader, stale, resp.Header, *sent, respTime)
+		e, own := p.revalidated(key, reqHeader, stale, resp.Header, *sent, respTime)
 		return &fetched{entry: e, own: own, status: resp.StatusCode, stored: p.put(key, e, *sent, stale)}, nil
 	}
 
@@ -116,7 +118,7 @@ func (p *Proxy) fetch(ctx context.Context, in *http.Request, key, vkey string, s
 	if err != nil {
 		return nil, fmt.Errorf("reading upstream body: %w", err)
 	}
-	e, own := p.newEntry(reqHeader, resp.StatusCode, resp.Header, bb.trimmed(), *sent, respTime)
+	e, own := p.newEntry(key, reqHeader, resp.StatusCode, resp.Header, bb.trimmed(), *sent, respTime)
 	if isServerError(resp.StatusCode) && stale != nil && stale.Decision.UsableOnError(respTime) {
 		// The stored response stands in for the error (RFC 5861
 		// section 4), which must not replace it, however cacheable.
@@ -125,25 +127,35 @@ func (p *Proxy) fetch(ctx context.Context, in *http.Request, key, vkey string, s
 	return &fetched{entry: e, own: own, status: resp.StatusCode, stored: p.put(key, e, *sent, nil)}, nil
 }
 
-// newEntry builds the Entry for a response to a request sent upstream
-// with reqHeader. own is the header as the origin sent it, for the client
+// newEntry builds the Entry for a response to a request for key sent
+// upstream with reqHeader, judged by the operator's rule for key's path if
+// there is one. own is the header as the origin sent it, for the client
 // that asked; the Entry's header loses the fields that may not be shared.
-func (p *Proxy) newEntry(reqHeader http.Header, status int, header http.Header, body []byte, reqTime, respTime time.Time) (e *Entry, own http.Header) {
-	return p.newEntryFor(http.MethodGet, reqHeader, status, header, body, reqTime, respTime)
+// Neither holds Corral-Cache-Control, which is for corral alone.
+func (p *Proxy) newEntry(key string, reqHeader http.Header, status int, header http.Header, body []byte, reqTime, respTime time.Time) (e *Entry, own http.Header) {
+	return p.newEntryFor(http.MethodGet, key, reqHeader, status, header, body, reqTime, respTime)
 }
 
 // newEntryFor is newEntry for a response to method.
-func (p *Proxy) newEntryFor(method string, reqHeader http.Header, status int, header http.Header, body []byte, reqTime, respTime time.Time) (e *Entry, own http.Header) {
+func (p *Proxy) newEntryFor(method, key string, reqHeader http.Header, status int, header http.Header, body []byte, reqTime, respTime time.Time) (e *Entry, own http.Header) {
 	own = header.Clone()
 	removeHopHeaders(own)
-	d := p.policy.Evaluate(freshness.Exchange{
+	x := freshness.Exchange{
 		Method:        method,
 		RequestHeader: reqHeader,
 		Status:        status,
 		Header:        own,
 		RequestTime:   reqTime,
 		ResponseTime:  respTime,
-	})
+	}
+	path, _, _ := strings.Cut(key, "?")
+	rule, ruled := rules.Match(p.rules, path)
+	if ruled {
+		x.Rule = rule.Directives
+	}
+	d := p.policy.Evaluate(x)
+	corralCC := own[corralOnly]
+	delete(own, corralOnly)
 	own.Del("Content-Length") // set from the body when served
 	own.Del("Age")            // computed when served
 	if own.Get("Date") == "" {
@@ -157,6 +169,15 @@ func (p *Proxy) newEntryFor(method string, reqHeader http.Header, status int, he
 		}
 	}
 	e = &Entry{Status: status, Header: h, Body: body, Decision: d, Vary: varyNames(h)}
+	if corralCC != nil || d.Source == freshness.FromRule {
+		e.forCorral = &forCorral{field: corralCC}
+	}
+	if d.Source == freshness.FromRule {
+		// Counted when the rule decides, once per upstream response,
+		// never per hit.
+		e.forCorral.rule = rule.Prefix
+		p.stats.RuleDecisions[rule.Prefix].Add(1)
+	}
 	if len(e.Vary) > 0 {
 		e.VaryKey = sentVaryKey(e.Vary, reqHeader)
 	}
@@ -164,18 +185,23 @@ func (p *Proxy) newEntryFor(method string, reqHeader http.Header, status int, he
 }
 
 // revalidated merges a 304's header into the stale entry it validated
-// (RFC 9111 section 4.3.4) and returns the refreshed Entry.
-func (p *Proxy) revalidated(reqHeader http.Header, stale *Entry, header http.Header, reqTime, respTime time.Time) (*Entry, http.Header) {
+// (RFC 9111 section 4.3.4) and returns the refreshed Entry. The stale
+// entry's Corral-Cache-Control, kept out of its header, counts as stored
+// with it.
+func (p *Proxy) revalidated(key string, reqHeader http.Header, stale *Entry, header http.Header, reqTime, respTime time.Time) (*Entry, http.Header) {
 	update := header.Clone()
 	removeHopHeaders(update)
 	for _, f := range notUpdatedBy304 {
 		update.Del(f)
 	}
 	merged := stale.Header.Clone()
+	if stale.forCorral != nil && stale.forCorral.field != nil {
+		merged[corralOnly] = stale.forCorral.field
+	}
 	for k, v := range update {
 		merged[k] = v
 	}
-	return p.newEntry(reqHeader, stale.Status, merged, stale.Body, reqTime, respTime)
+	return p.newEntry(key, reqHeader, stale.Status, merged, stale.Body, reqTime, respTime)
 }
 
 // put stores e, fetched by a request sent at reqTime, under key (or under

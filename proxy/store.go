@@ -23,6 +23,10 @@ type Entry struct {
 	// Decision is what freshness said when the response arrived.
 	Decision freshness.Decision
 
+	// forCorral is what the Entry keeps of the directives aimed at corral
+	// alone; nil when there are none, as for most entries.
+	forCorral *forCorral
+
 	// Vary holds the canonical names of the request fields the response
 	// varies on, and VaryKey the request's normalised values of them.
 	// An Entry with Status 0 is a Vary marker: stored under the URI, it
@@ -49,6 +53,33 @@ type Entry struct {
 	// change at most once a second, and a hot entry is served thousands
 	// of times in one: the hit path formats them only when they change.
 	served atomic.Pointer[servedFields]
+}
+
+// forCorral is kept apart from the Entry so that entries without a rule
+// or Corral-Cache-Control do not grow by its size.
+type forCorral struct {
+	// rule is the prefix of the operator's rule that decided, "" when
+	// none did.
+	rule string
+	// field holds the origin's Corral-Cache-Control, which is never
+	// served but counts again when a 304 revalidates the entry.
+	field []string
+}
+
+// withBody returns a copy of e, not yet stored, with body: the Entry a
+// response judged by its header becomes once its body is in.
+func (e *Entry) withBody(body []byte) *Entry {
+	return &Entry{Status: e.Status, Header: e.Header, Body: body, Decision: e.Decision,
+		forCorral: e.forCorral, Vary: e.Vary, VaryKey: e.VaryKey}
+}
+
+// decidedBy returns what Cache-Status says decided e's freshness: the
+// targeted field the origin sent, or the prefix of the operator's rule.
+func (e *Entry) decidedBy() (field freshness.Source, rule string) {
+	if e.Decision.Source == freshness.FromRule && e.forCorral != nil {
+		return freshness.FromCacheControl, e.forCorral.rule
+	}
+	return e.Decision.Source, ""
 }
 
 // servedFields are the values serve sets on an answer from an Entry.
@@ -102,6 +133,12 @@ func (e *Entry) size() int {
 	}
 	for _, v := range e.Vary {
 		n += len(v) + 16
+	}
+	if e.forCorral != nil {
+		n += 48 + len(e.forCorral.rule)
+		for _, v := range e.forCorral.field {
+			n += len(v) + 16
+		}
 	}
 	return n
 }
