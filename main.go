@@ -239,7 +239,7 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) (string, bo
 	fs.Var(&cacheBytes, "cache-bytes", "memory budget of the cache, a `size` such as 256MiB or 1GiB: bodies, headers and keys count")
 	fs.Var(&maxObjectBytes, "max-object-bytes", "largest response body that is cached, a `size` such as 8MiB; larger ones stream through")
 	fs.Var(&maxBodyBytes, "max-request-body-bytes", "largest request body accepted, a `size`; larger ones get 413")
-	fs.Var(&bufferBytes, "buffer-bytes", "memory budget of the bodies held on their way through (shared fetches until stored, copies of passed-through answers, request bodies, which may take half), a `size`; past it answers stream unstored and request bodies get 503; unset, a quarter of -cache-bytes but at least twice the larger of -max-object-bytes and -max-request-body-bytes")
+	fs.Var(&bufferBytes, "buffer-bytes", "memory budget of the bodies held on their way through, a `size`: shared fetches until stored (at least half of it is theirs), copies of passed-through answers and request bodies (at most a quarter each); past it answers stream unstored or stale stands in, and request bodies get 503; unset, a quarter of -cache-bytes but at least twice -max-object-bytes and eight times -max-request-body-bytes")
 	fs.Var(&maxHeaderBytes, "max-header-bytes", "largest request line and header fields, a `size`; larger ones get 431 (Go reads 4KiB more before it refuses)")
 	fs.DurationVar(&c.clientWriteTimeout, "client-write-timeout", 30*time.Second, "how long a client may accept no bytes of its answer before it is disconnected; long downloads that keep moving are not cut (0: for ever)")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long to let in-flight requests and upstream fetches finish after SIGINT or SIGTERM")
@@ -326,8 +326,11 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) (string, bo
 			return bad(name, "%q: bad port %q", addr, port)
 		}
 	}
-	if bufferBytes != 0 && (bufferBytes < maxObjectBytes || bufferBytes/2 < maxBodyBytes) {
-		return bad("buffer-bytes", "%s cannot hold one body of -max-object-bytes (%s), or in its half for request bodies one of -max-request-body-bytes (%s)", &bufferBytes, &maxObjectBytes, &maxBodyBytes)
+	if bufferBytes != 0 && (bufferBytes/2 < maxObjectBytes || bufferBytes/8 < maxBodyBytes) {
+		// Shared fetches keep half, and request bodies take a quarter,
+		// which must hold a body of the largest size while its buffer
+		// doubles (half of it, and all of it, live at once).
+		return bad("buffer-bytes", "%s is too small: want at least twice -max-object-bytes (%s) and eight times -max-request-body-bytes (%s)", &bufferBytes, &maxObjectBytes, &maxBodyBytes)
 	}
 	c.maxHeaderBytes = int(maxHeaderBytes)
 	if c.adminListen != "" && c.adminToken == "" && !loopback(c.adminListen) {

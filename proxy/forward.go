@@ -11,7 +11,7 @@ import (
 // of shared fetches and passed-through requests alike:
 //
 //   - A client's own forwarding fields (forwardingFields) never go
-//     upstream.
+//     upstream, nor any field with an underscore in its name.
 //   - A request whose answer may be stored or shared (mayStore) carries
 //     nothing that depends on which client asked, beyond the fields the
 //     cache keys on: only corral's Via. An origin that built a link from a
@@ -23,6 +23,7 @@ import (
 //     X-Forwarded-Proto and Forwarded it sent are kept, and its address
 //     is appended to the chain.
 func (p *Proxy) forward(out http.Header, in *http.Request, mayStore bool) {
+	dropUnderscored(out)
 	for _, f := range forwardingFields {
 		out.Del(f)
 	}

@@ -82,6 +82,18 @@ var forwardingFields = []string{
 // GET whose answer may be stored must be a GET at the origin too.
 var methodOverrides = []string{"X-Http-Method-Override", "X-Http-Method", "X-Method-Override"}
 
+// dropUnderscored deletes the fields whose names hold an underscore. CGI
+// and many frameworks read X_Forwarded_Host as X-Forwarded-Host, which
+// would slip every field of forwardingFields past the lists above; nginx
+// drops such fields by default for the same reason.
+func dropUnderscored(h http.Header) {
+	for k := range h {
+		if strings.Contains(k, "_") {
+			delete(h, k)
+		}
+	}
+}
+
 // sharedFetchHeader returns the header a shared fetch sends for a client
 // request with header h, before corral adds Via and its own conditionals.
 // Variants are keyed on it (RFC 9111 section 4.1): sentValues reads the
@@ -89,6 +101,7 @@ var methodOverrides = []string{"X-Http-Method-Override", "X-Http-Method", "X-Met
 func sharedFetchHeader(h http.Header) http.Header {
 	out := h.Clone()
 	removeHopHeaders(out)
+	dropUnderscored(out)
 	for _, list := range [][]string{sharedFetchDrops, forwardingFields, methodOverrides} {
 		for _, f := range list {
 			out.Del(f)
@@ -102,7 +115,7 @@ func sharedFetchHeader(h http.Header) http.Header {
 // upstream.
 func sentValues(h http.Header, name string) []string {
 	vs := h[name]
-	if vs == nil {
+	if vs == nil || strings.Contains(name, "_") {
 		return nil
 	}
 	for _, list := range [][]string{hopHeaders, sharedFetchDrops, forwardingFields, methodOverrides} {

@@ -59,11 +59,11 @@ type Config struct {
 
 	// BufferBytes bounds the bodies held in memory on their way through:
 	// shared fetches' bodies until they are stored, the copies passed-
-	// through answers keep to store on the way, and request bodies, which
-	// may take half of it at most. Past it, answers stream without being
-	// stored (or a stale response stands in) and request bodies get 503.
-	// Zero means a quarter of CacheBytes, and at least twice the larger of
-	// MaxObjectBytes and MaxRequestBodyBytes.
+	// through answers keep to store on the way, and request bodies; the
+	// last two may take a quarter of it each at most. Past it, answers
+	// stream without being stored (or a stale response stands in) and
+	// request bodies get 503. Zero means a quarter of CacheBytes, and at
+	// least twice MaxObjectBytes and eight times MaxRequestBodyBytes.
 	BufferBytes int64
 
 	// UpstreamTimeout bounds one exchange with the origin, body included,
@@ -151,6 +151,7 @@ type Proxy struct {
 	bodyTimeout    time.Duration
 	buffers        *buffers // what bodies held in memory may take
 	requestBuffers *buffers // the share of it request bodies may take
+	copyBuffers    *buffers // the share of it passed-through copies may take
 	passTTL        time.Duration
 	policy         freshness.Policy
 	rules          []rules.Rule // prefixes normalised as request keys are
@@ -207,8 +208,12 @@ func New(cfg Config) (*Proxy, error) {
 		p.ownStore = NewMemory(cacheBytes)
 		p.store = p.ownStore
 	}
-	p.buffers = &buffers{limit: orDefault(cfg.BufferBytes, max(cacheBytes/4, 2*max(p.maxObject, p.maxRequestBody)))}
-	p.requestBuffers = &buffers{limit: p.buffers.limit / 2, parent: p.buffers}
+	// Request bodies and the copies passed-through answers keep each
+	// take at most a quarter, so that what clients hold open can never
+	// take the half that shared fetches need.
+	p.buffers = &buffers{limit: orDefault(cfg.BufferBytes, max(cacheBytes/4, 2*p.maxObject, 8*p.maxRequestBody))}
+	p.requestBuffers = &buffers{limit: p.buffers.limit / 4, parent: p.buffers}
+	p.copyBuffers = &buffers{limit: p.buffers.limit / 4, parent: p.buffers}
 	if p.transport == nil {
 		p.transport = newTransport(p.flights.Timeout)
 	}
@@ -336,6 +341,14 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.stats.Rejected.Add(1)
 		p.serveStatus(w, http.StatusBadRequest, cacheStatus{detail: "bad-request-target"})
 		return
+	}
+	if up := r.Header["Upgrade"]; up != nil && !webSocketUpgrade(up) {
+		// Only WebSocket is tunnelled. Any other upgrade, h2c above
+		// all, would open a tunnel to the origin past every rule here
+		// (h2c smuggling): the field is hop-by-hop, and a proxy may
+		// ignore it (RFC 9110 section 7.8), so the request goes on as
+		// an ordinary one.
+		delete(r.Header, "Upgrade")
 	}
 	if hasBody(r) {
 		bb := p.bufferRequestBody(w, r)
@@ -487,7 +500,7 @@ func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshn
 			p.stats.Abandoned.Add(1)
 			return false // the client left; the flight goes on without it
 		}
-		p.serveError(w, r, key, req, stale, err, fwd, now)
+		p.serveError(w, r, key, vkey, req, stale, err, fwd, now)
 		return false
 	}
 	if f.again {
@@ -509,7 +522,7 @@ func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshn
 		if e.Decision.Reason != freshness.ReasonAuthorization {
 			// The resource itself is not shareable. (An answer to
 			// credentials says nothing about the next client's.)
-			p.markPass(key, e)
+			p.markPass(vkey, e)
 		}
 		p.serve(w, r, e, f.own, st, now)
 	case !e.Decision.Shareable:
@@ -606,10 +619,12 @@ func (p *Proxy) refresh(r *http.Request, key, vkey string, stale *Entry) {
 			// Keep serving the stale entry; ask again after a pause.
 			pause := p.backOff(stale, f, err)
 			p.log.Warn("background refresh failed", "key", key, "status", statusOf(f), "err", err, "retry_in", pause)
-		case !f.entry.Decision.Shareable:
+		case !f.entry.Decision.Shareable && f.entry.Decision.Reason != freshness.ReasonAuthorization:
 			// The origin no longer lets this be shared: stop serving
-			// the stale copy.
-			p.markPass(key, f.entry)
+			// the stale copy. (An answer to the credentials of the
+			// client whose hit started the refresh says nothing about
+			// the resource.)
+			p.markPass(vkey, f.entry)
 		case !f.stored && f.status != 0:
 			// Nothing worth keeping came back (max-age=0 without
 			// validators, say): do not ask again on every stale hit.
@@ -672,6 +687,10 @@ func statusOf(f *fetched) int {
 }
 
 // markPass remembers, for PassTTL, that key's responses cannot be shared.
+// Callers give the variant key when the request was for a known variant
+// (lookup returns the URL's own key otherwise), so that one variant's
+// answer (too large, or private) neither passes every other variant of the
+// URL nor drops their stored responses with the Vary marker.
 func (p *Proxy) markPass(key string, e *Entry) {
 	p.store.Set(key, &Entry{Pass: true}, p.passTTL)
 	p.log.Debug("response not shareable; passing key", "key", key, "reason", e.Decision.Reason)
@@ -692,6 +711,19 @@ func bypass(r *http.Request) (fwd, detail string) {
 		return "bypass", "request-body"
 	}
 	return "", ""
+}
+
+// webSocketUpgrade reports whether Upgrade asks for WebSocket alone
+// (RFC 6455 section 4.1).
+func webSocketUpgrade(values []string) bool {
+	for _, v := range values {
+		for f := range strings.SplitSeq(v, ",") {
+			if !strings.EqualFold(textproto.TrimString(f), "websocket") {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 func isServerError(status int) bool {
@@ -804,9 +836,9 @@ func (p *Proxy) serveStaleOnError(w http.ResponseWriter, r *http.Request, stale 
 
 // serveError answers a failed fetch: with the stale entry where it may
 // stand in, otherwise 504 for a timeout and 502 for anything else.
-func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, key string, req freshness.RequestDirectives, stale *Entry, err error, fwd string, now time.Time) {
+func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, key, vkey string, req freshness.RequestDirectives, stale *Entry, err error, fwd string, now time.Time) {
 	if errors.Is(err, errTooLarge) {
-		p.markPass(key, &Entry{Decision: freshness.Decision{Reason: "too-large"}})
+		p.markPass(vkey, &Entry{Decision: freshness.Decision{Reason: "too-large"}})
 		p.passThrough(w, r, key, "miss", "too-large")
 		return
 	}

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"io"
 	"net"
 	"net/http"
@@ -110,6 +111,9 @@ func TestRequestTargetCannotChooseTheHost(t *testing.T) {
 		{"dot segments", "GET /a/../../admin HTTP/1.1", 400, ""},
 		{"escaped dot segments", "GET /a/%2e%2E/admin HTTP/1.1", 400, ""},
 		{"malformed escape", "GET /a%zz HTTP/1.1", 400, ""},
+		{"escaped slash after dots", "GET /..%2Fadmin HTTP/1.1", 400, ""},
+		{"escaped dots and slash", "GET /x/%2E%2E%2F..%2Fadmin HTTP/1.1", 400, ""},
+		{"escaped backslash after dots", "GET /x/..%5C..%5Cadmin HTTP/1.1", 400, ""},
 		{"absolute-form uses its path only", "GET http://" + sec + "/abs?q=1 HTTP/1.1", 200, "/abs?q=1"},
 		{"double slash is a path, not an authority", "GET //" + sec + "/x HTTP/1.1", 200, "//" + sec + "/x"},
 	} {
@@ -224,6 +228,7 @@ func TestForwardingFieldsCannotPoisonTheCache(t *testing.T) {
 	p := newTestProxy(t, o, clk, Config{})
 	addr := serveProxy(t, p)
 	attack := "Host: evil.example\r\nX-Forwarded-Host: evil.example\r\nX-Forwarded-Proto: gopher\r\n" +
+		"X_Forwarded_Host: evil.example\r\nX-Original_URL: /admin\r\n" +
 		"X-Forwarded-For: 6.6.6.6\r\nForwarded: host=evil.example\r\nX-Original-URL: /admin\r\n" +
 		"X-Real-IP: 6.6.6.6\r\nX-HTTP-Method-Override: DELETE\r\n"
 
@@ -244,6 +249,11 @@ func TestForwardingFieldsCannotPoisonTheCache(t *testing.T) {
 		for _, f := range append(append([]string{}, forwardingFields...), methodOverrides...) {
 			if v := h.Get(f); v != "" {
 				t.Errorf("upstream request %d carried %s: %q", i, f, v)
+			}
+		}
+		for k := range h {
+			if strings.Contains(k, "_") {
+				t.Errorf("upstream request %d carried %s, which CGI reads as a dashed name", i, k)
 			}
 		}
 		if got := h.Values("Via"); !cmp.Equal(got, []string{via}) {
@@ -385,5 +395,114 @@ func TestGetWithABodyIsNeverShared(t *testing.T) {
 	}
 	if n := o.count(); n != 3 {
 		t.Errorf("origin requests = %d, want 3", n)
+	}
+}
+
+// Attacks found in review of the fixes above.
+
+// An Upgrade request is answered for its client alone and carries that
+// client's fields upstream: its answer must never be stored, even when the
+// origin ignores the upgrade. Any upgrade but WebSocket is dropped, so no
+// tunnel (h2c) opens past corral.
+func TestUpgradeRequestsAreNeverStored(t *testing.T) {
+	clk := newClock()
+	var upgrades pathLog
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		if u := r.Header.Get("Upgrade"); u != "" {
+			upgrades.paths = append(upgrades.paths, u)
+		}
+		w.Header().Set("Cache-Control", "max-age=60")
+		io.WriteString(w, "host:"+r.Header.Get("X-Forwarded-Host"))
+	})
+	p := newTestProxy(t, o, clk, Config{})
+	for _, upgrade := range []string{"websocket", "h2c", "foo"} {
+		path := "/page-" + upgrade
+		req := httptest.NewRequest(http.MethodGet, "http://evil.example"+path, nil)
+		req.Header.Set("Upgrade", upgrade)
+		req.Header.Set("Connection", "Upgrade")
+		p.ServeHTTP(httptest.NewRecorder(), req)
+		if res, _ := get(p, path); strings.Contains(res.Body, "evil") {
+			t.Errorf("after an Upgrade: %s, everyone got %q (%s)", upgrade, res.Body, res.CacheStatus)
+		}
+	}
+	if diff := cmp.Diff([]string{"websocket"}, upgrades.paths); diff != "" {
+		t.Errorf("upgrades the origin saw (-want +got):\n%s", diff)
+	}
+}
+
+// A passed-through request keeps its client's preconditions; the answer
+// to them (a 412 here) is that client's alone and must not be stored.
+func TestPassedThroughConditionalIsNeverStored(t *testing.T) {
+	clk := newClock()
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "public, max-age=60")
+		if r.Header.Get("Cookie") == "" {
+			w.Header().Set("Set-Cookie", "s=1")
+		}
+		if m := r.Header.Get("If-Match"); m != "" && m != `"v1"` {
+			w.WriteHeader(http.StatusPreconditionFailed)
+			return
+		}
+		w.Header().Set("ETag", `"v1"`)
+		io.WriteString(w, "lib")
+	})
+	p := newTestProxy(t, o, clk, Config{})
+	get(p, "/lib.js") // Set-Cookie: the URL is passed through for a while
+	if res, _ := get(p, "/lib.js", "Cookie", "s=1", "If-Match", `"bogus"`); res.Status != http.StatusPreconditionFailed {
+		t.Fatalf("the attacker's own answer: %d, want 412", res.Status)
+	}
+	if res, _ := get(p, "/lib.js", "Cookie", "s=1"); res.Status != 200 || res.Body != "lib" {
+		t.Errorf("the next client got %d %q (%s), want 200 \"lib\"", res.Status, res.Body, res.CacheStatus)
+	}
+}
+
+// A refresh started by a stale hit that carried credentials gets an answer
+// for those credentials: it must not mark the URL as unshareable.
+func TestRefreshWithCredentialsKeepsTheShield(t *testing.T) {
+	clk := newClock()
+	o := newOrigin(t, clk, answer("max-age=1, stale-while-revalidate=30", "v"))
+	p := newTestProxy(t, o, clk, Config{})
+	get(p, "/swr")
+	clk.Advance(2 * time.Second)
+	get(p, "/swr", "Authorization", "Bearer x") // stale, and a refresh with the credentials
+	p.Wait()
+	// A herd meets an origin that answers once all of it has arrived:
+	// passed through, every client would cost a request of its own.
+	release := make(chan struct{})
+	o.set(holding(make(chan struct{}, 64), release, answer("max-age=1, stale-while-revalidate=30", "v")))
+	before := o.count()
+	herd(t, p, 20, "/swr", nil, releaseWhenEntered(20, release))
+	p.Wait()
+	if n := o.count() - before; n > 1 {
+		t.Errorf("20 anonymous requests after a refresh with credentials cost %d upstream requests, want at most 1", n)
+	}
+}
+
+// One variant too large to store passes that variant, not the URL: the
+// other variants stay stored.
+func TestTooLargeVariantPassesOnlyItself(t *testing.T) {
+	clk := newClock()
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "max-age=60")
+		w.Header().Set("Vary", "Accept-Encoding")
+		if r.Header.Get("Accept-Encoding") == "gzip" {
+			io.WriteString(w, "small")
+			return
+		}
+		w.Write(bytes.Repeat([]byte("x"), 2<<10))
+	})
+	p := newTestProxy(t, o, clk, Config{MaxObjectBytes: 1 << 10})
+	get(p, "/enc", "Accept-Encoding", "gzip")
+	if res, _ := get(p, "/enc", "Accept-Encoding", "identity"); res.Status != 200 || len(res.Body) != 2<<10 {
+		t.Fatalf("the large variant: %d with %d bytes", res.Status, len(res.Body))
+	}
+	before := o.count()
+	for range 10 {
+		if res, _ := get(p, "/enc", "Accept-Encoding", "gzip"); res.Body != "small" {
+			t.Fatalf("gzip variant: %q", res.Body)
+		}
+	}
+	if n := o.count() - before; n != 0 {
+		t.Errorf("10 requests for the stored variant cost %d upstream requests, want 0", n)
 	}
 }

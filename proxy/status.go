@@ -84,6 +84,7 @@ type passed struct {
 	uri       string      // the client's request URI
 	reqHeader http.Header // the client's request header
 	reqTime   time.Time
+	mayStore  bool // the request went upstream as one whose answer may be stored
 }
 
 // passThrough sends r upstream on its own and streams the answer back,
@@ -92,7 +93,7 @@ type passed struct {
 // again as soon as the origin says so. fwd and detail go to Cache-Status.
 func (p *Proxy) passThrough(w http.ResponseWriter, r *http.Request, target, fwd, detail string) {
 	p.stats.Passed.Add(1)
-	info := passed{st: cacheStatus{fwd: fwd, detail: detail}, host: r.Host, uri: target, reqHeader: r.Header, reqTime: p.now()}
+	info := passed{st: cacheStatus{fwd: fwd, detail: detail}, host: r.Host, uri: target, reqHeader: r.Header, reqTime: p.now(), mayStore: mayStore(r)}
 	p.pass.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), passKey{}, info)))
 }
 
@@ -105,7 +106,12 @@ func (p *Proxy) modifyPassed(resp *http.Response) error {
 	st := info.st
 	var e *Entry
 	switch {
-	case resp.Request.Method == http.MethodGet && resp.Request.ContentLength == 0 && info.reqHeader.Get("Range") == "":
+	case resp.Request.Method == http.MethodGet && info.mayStore && !conditionalOrRange(resp.Request.Header):
+		// Stored only when it went upstream as a shared fetch would have
+		// sent it, but for fields that the answer varies on: under the
+		// forwarding policy for stored answers (forward), and without
+		// the client's preconditions or range, whose answer (a 412, a
+		// 206) is that client's alone.
 		e = p.storeOnTheWay(resp, info, info.reqTime)
 	case resp.Request.Method == http.MethodPost && p.namesItself(info, resp.Header.Get("Content-Location")):
 		// RFC 9110 section 9.3.3: a POST answer with explicit freshness
@@ -143,7 +149,7 @@ func (p *Proxy) storeOnTheWay(resp *http.Response, info passed, since time.Time)
 	if len(e.Vary) > 0 && e.VaryKey != varyKey(e.Vary, info.reqHeader) {
 		return e
 	}
-	t := &teeBody{ReadCloser: resp.Body, kept: bodyBuffer{budget: p.buffers, limit: p.maxObject}, done: func(body []byte) {
+	t := &teeBody{ReadCloser: resp.Body, kept: bodyBuffer{budget: p.copyBuffers, limit: p.maxObject}, done: func(body []byte) {
 		p.put(info.uri, e.withBody(body), since, nil)
 	}}
 	if resp.ContentLength > 0 && t.kept.resize(resp.ContentLength) != nil {

@@ -101,6 +101,13 @@ func normalizeTarget(s string) (string, error) {
 	if dotSegment(out) {
 		return "", errors.New("dot segments in request-target")
 	}
+	// Escaped separators are kept escaped, and so distinct, but an
+	// origin that decodes them (or takes a backslash for a slash) would
+	// walk /..%2Fadmin out of the upstream's path prefix.
+	path, _, _ := strings.Cut(out, "?")
+	if decoded, err := url.PathUnescape(path); err == nil && decoded != path && dotSegment(strings.ReplaceAll(decoded, `\`, "/")) {
+		return "", errors.New("escaped dot segments in request-target")
+	}
 	return out, nil
 }
 
