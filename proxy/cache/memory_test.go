@@ -11,6 +11,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"corral/proxy/cache"
+	"corral/proxy/cache/acceptance"
 )
 
 var bg = context.Background()
@@ -19,6 +20,12 @@ func newMemory(t *testing.T, cfg cache.Config) *cache.Memory {
 	m := cache.NewMemory(cfg)
 	t.Cleanup(m.Close)
 	return m
+}
+
+func TestMemoryAcceptance(t *testing.T) {
+	acceptance.Run(t, func(t *testing.T, now func() time.Time) cache.Store {
+		return newMemory(t, cache.Config{MaxBytes: 64 << 20, Keep: time.Minute, Now: now})
+	})
 }
 
 // local is what a proxy might keep beside an entry.
