@@ -24,9 +24,9 @@ type Config struct {
 	// kept is refused. Zero keeps records only until that bound.
 	Keep time.Duration
 
-	// Now is the clock entries expire by. Nil means time.Now, with a
-	// cleanup once a second; with Now set, expired entries are dropped
-	// when read or evicted, and no goroutine ticks.
+	// Now is the clock entries expire by; nil means time.Now. Expired
+	// entries are never read, and a cleanup once a second of real time
+	// drops them.
 	Now func() time.Time
 
 	// Local, when set, is called by Set with each entry it is about to
@@ -88,11 +88,13 @@ func NewMemory(cfg Config) *Memory {
 	return m
 }
 
-// clock is otter's view of Config.Now.
+// clock is otter's view of Config.Now. Its ticks, which only start
+// cleanups, are real: a ticker that otter never stops is collected once
+// Close has stopped the goroutine that reads it.
 type clock func() time.Time
 
-func (c clock) NowNano() int64                      { return c().UnixNano() }
-func (c clock) Tick(time.Duration) <-chan time.Time { return nil }
+func (c clock) NowNano() int64                        { return c().UnixNano() }
+func (c clock) Tick(d time.Duration) <-chan time.Time { return time.Tick(d) }
 
 // entryOverhead is what a stored Entry costs on the heap beside its bytes,
 // as bench's BenchmarkStoreOverhead measures it: the Entry with its

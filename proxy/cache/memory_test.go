@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -139,5 +140,25 @@ func TestPurgeRecordsOlderThanKeepAreGone(t *testing.T) {
 		if !errors.Is(err, want) {
 			t.Errorf("Set begun at t0+%v: %v, want %v", since, err, want)
 		}
+	}
+}
+
+// TestExpiredEntriesLeaveTheBudget: entries past their ttl on the store's
+// clock stop counting once otter cleans up, which Bytes asks for.
+func TestExpiredEntriesLeaveTheBudget(t *testing.T) {
+	var now atomic.Int64 // otter's cleanup goroutine reads the clock too
+	now.Store(time.Date(2026, 11, 26, 8, 0, 0, 0, time.UTC).UnixNano())
+	m := newMemory(t, cache.Config{MaxBytes: 1 << 20, Now: func() time.Time { return time.Unix(0, now.Load()) }})
+	for i := range 10 {
+		if err := m.Set(bg, "/e/"+strconv.Itoa(i), &cache.Entry{ID: 1, Status: 200}, time.Second, cache.Cond{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if m.Bytes() == 0 {
+		t.Fatal("ten entries weigh nothing")
+	}
+	now.Add(int64(2 * time.Second))
+	if b, n := m.Bytes(), m.Len(); b != 0 || n != 0 {
+		t.Errorf("after expiry the store holds %d bytes in %d entries, want none", b, n)
 	}
 }
