@@ -1,0 +1,164 @@
+package cache_test
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"corral/proxy/cache"
+	"corral/proxy/cache/acceptance"
+)
+
+var bg = context.Background()
+
+func newMemory(t *testing.T, cfg cache.Config) *cache.Memory {
+	m := cache.NewMemory(cfg)
+	t.Cleanup(m.Close)
+	return m
+}
+
+func TestMemoryAcceptance(t *testing.T) {
+	acceptance.Run(t, func(t *testing.T, now func() time.Time) cache.Store {
+		return newMemory(t, cache.Config{MaxBytes: 64 << 20, Keep: time.Minute, Now: now})
+	})
+}
+
+// local is what a proxy might keep beside an entry.
+type local struct {
+	status string
+}
+
+func TestGetLocalHandsBackWhatLocalMade(t *testing.T) {
+	calls := 0
+	m := newMemory(t, cache.Config{MaxBytes: 1 << 20, Local: func(e *cache.Entry) any {
+		calls++
+		return &local{status: strconv.Itoa(e.Status)}
+	}})
+	e := &cache.Entry{Kind: cache.Response, ID: cache.NewID(), Status: 203}
+	if err := m.Set(bg, "/a", e, time.Hour, cache.Cond{}); err != nil {
+		t.Fatal(err)
+	}
+	got, l := m.GetLocal("/a")
+	if got != e {
+		t.Errorf("GetLocal returned %p, want the entry stored, %p", got, e)
+	}
+	if diff := cmp.Diff(&local{status: "203"}, l, cmp.AllowUnexported(local{})); diff != "" {
+		t.Errorf("local value (-want +got):\n%s", diff)
+	}
+	if got, l := m.GetLocal("/absent"); got != nil || l != nil {
+		t.Errorf("GetLocal of an absent key = %v, %v; want nil, nil", got, l)
+	}
+	if calls != 1 {
+		t.Errorf("Local called %d times for one Set, want 1", calls)
+	}
+}
+
+// TestGetLocalAllocatesNothing: the hit path's one allocation per hit is
+// the proxy's to spend, not the store's.
+func TestGetLocalAllocatesNothing(t *testing.T) {
+	m := newMemory(t, cache.Config{MaxBytes: 1 << 20, Local: func(*cache.Entry) any { return &local{} }})
+	if err := m.Set(bg, "/a", &cache.Entry{ID: 1, Status: 200}, time.Hour, cache.Cond{}); err != nil {
+		t.Fatal(err)
+	}
+	var sink *local
+	allocs := testing.AllocsPerRun(1000, func() {
+		_, l := m.GetLocal("/a")
+		sink = l.(*local)
+	})
+	if allocs != 0 || sink == nil {
+		t.Errorf("GetLocal and the assertion of its value allocate %v times, want 0", allocs)
+	}
+}
+
+func TestUniqueKeyFloodStaysWithinBudget(t *testing.T) {
+	const budget = 4 << 20
+	m := newMemory(t, cache.Config{MaxBytes: budget})
+	body := make([]byte, 200)
+	var peak int64
+	for i := range 30_000 {
+		e := &cache.Entry{ID: cache.NewID(), Status: 200, Header: http.Header{"Content-Type": {"application/json"}}, Body: body}
+		if err := m.Set(bg, "/api/stats?nonce="+strconv.Itoa(i), e, time.Hour, cache.Cond{}); err != nil {
+			t.Fatal(err)
+		}
+		if i%5_000 == 0 {
+			peak = max(peak, m.Bytes())
+		}
+	}
+	peak = max(peak, m.Bytes())
+	if peak > budget {
+		t.Errorf("store held %d bytes, over its %d budget", peak, budget)
+	}
+	if m.Len() == 0 {
+		t.Errorf("store kept nothing")
+	}
+	if m.Evictions() == 0 {
+		t.Errorf("no evictions counted for 30,000 entries of over 1 KiB in a 4 MiB store")
+	}
+}
+
+func TestBytesCountsTheLatestWrite(t *testing.T) {
+	for i := range 100 {
+		m := cache.NewMemory(cache.Config{MaxBytes: 1 << 20})
+		e := &cache.Entry{ID: 1, Status: 200, Body: make([]byte, 100)}
+		if err := m.Set(bg, "/k", e, time.Hour, cache.Cond{}); err != nil {
+			t.Fatal(err)
+		}
+		if got, want := m.Bytes(), int64(len("/k")+cache.Size(e)); got != want {
+			t.Fatalf("try %d: Bytes() = %d right after storing one entry, want %d", i, got, want)
+		}
+		m.Close()
+	}
+}
+
+// TestPurgeRecordsOlderThanKeepAreGone: once swept, a record no longer
+// forbids anything by itself, so a write whose fetch began before what is
+// kept is refused.
+func TestPurgeRecordsOlderThanKeepAreGone(t *testing.T) {
+	t0 := time.Date(2026, 11, 26, 8, 0, 0, 0, time.UTC)
+	m := newMemory(t, cache.Config{MaxBytes: 1 << 20, Keep: time.Minute})
+	for i := range cache.MaxPurgeRecords {
+		if _, err := m.Purge(bg, "/p/"+strconv.Itoa(i), false, t0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Past the bound, two minutes on: the sweep drops every record.
+	if _, err := m.Purge(bg, "/q", false, t0.Add(2*time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	e := &cache.Entry{ID: 1, Status: 200}
+	for since, want := range map[time.Duration]error{
+		30 * time.Second: cache.ErrPurged, // before the cutoff at t0+1m
+		90 * time.Second: nil,             // after it, and /p/7's record is gone
+	} {
+		err := m.Set(bg, "/p/7", e, time.Hour, cache.Cond{Since: t0.Add(since)})
+		if !errors.Is(err, want) {
+			t.Errorf("Set begun at t0+%v: %v, want %v", since, err, want)
+		}
+	}
+}
+
+// TestExpiredEntriesLeaveTheBudget: entries past their ttl on the store's
+// clock stop counting once otter cleans up, which Bytes asks for.
+func TestExpiredEntriesLeaveTheBudget(t *testing.T) {
+	var now atomic.Int64 // otter's cleanup goroutine reads the clock too
+	now.Store(time.Date(2026, 11, 26, 8, 0, 0, 0, time.UTC).UnixNano())
+	m := newMemory(t, cache.Config{MaxBytes: 1 << 20, Now: func() time.Time { return time.Unix(0, now.Load()) }})
+	for i := range 10 {
+		if err := m.Set(bg, "/e/"+strconv.Itoa(i), &cache.Entry{ID: 1, Status: 200}, time.Second, cache.Cond{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if m.Bytes() == 0 {
+		t.Fatal("ten entries weigh nothing")
+	}
+	now.Add(int64(2 * time.Second))
+	if b, n := m.Bytes(), m.Len(); b != 0 || n != 0 {
+		t.Errorf("after expiry the store holds %d bytes in %d entries, want none", b, n)
+	}
+}
