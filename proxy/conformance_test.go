@@ -721,3 +721,48 @@ func TestConformancePostContentLocation(t *testing.T) {
 		steps:   []step{{method: "POST", want: ok("posted"), upstream: 1}, {want: ok("fetched"), upstream: 2}},
 	}})
 }
+
+// Issue 11, item 5: Accept-Language and Accept-Encoding are normalised for
+// Vary (RFC 9111 section 4.1), and a stored response in the language a
+// request prefers above all is selected for it.
+func TestConformanceVaryNormalised(t *testing.T) {
+	lang := func(cl string) answerSpec {
+		return answerSpec{header: []string{"Cache-Control", "max-age=60", "Vary", "Accept-Language", "Content-Language", cl}, body: cl}
+	}
+	enc := answerSpec{header: []string{"Cache-Control", "max-age=60", "Vary", "Accept-Encoding"}, body: "x"}
+	al := func(v string) []string { return []string{"Accept-Language", v} }
+	runConformance(t, []conformanceCase{{
+		name:    "vary-normalise-lang-order, -case and -space",
+		answers: []answerSpec{lang("de"), lang("fr")},
+		steps: []step{
+			{header: al("en, de"), want: ok("de"), upstream: 1},
+			{header: al("de, en"), want: ok("de"), upstream: 1},
+			{header: al("eN, De"), want: ok("de"), upstream: 1},
+			{header: al(" en ,   de"), want: ok("de"), upstream: 1},
+		},
+	}, {
+		name:    "vary-normalise-lang-select: a stored response in the request's first choice",
+		answers: []answerSpec{lang("de"), lang("fr")},
+		steps: []step{
+			{header: al("en, de"), want: ok("de"), upstream: 1},
+			{header: al("fr;q=0.5, de;q=1.0"), want: wantSpec{Status: 200, Body: "de", Header: hdr("Cache-Status", "corral; hit; ttl=60")}, upstream: 1},
+			{header: al("DE;q=0.9, fr;q=0.1"), want: ok("de"), upstream: 1},
+		},
+	}, {
+		name:    "no selection when the first choice is not stored, or tied",
+		answers: []answerSpec{lang("de"), lang("fr"), lang("fr")},
+		steps: []step{
+			{header: al("en, de"), want: ok("de"), upstream: 1},
+			{header: al("fr;q=1, de;q=0.5"), want: ok("fr"), upstream: 2},
+			{header: al("de, it"), want: ok("fr"), upstream: 3},
+		},
+	}, {
+		name:    "vary-normalise-encoding: order, case and spaces",
+		answers: []answerSpec{enc},
+		steps: []step{
+			{header: []string{"Accept-Encoding", "gzip, br"}, want: ok("x"), upstream: 1},
+			{header: []string{"Accept-Encoding", "br,GZIP"}, want: ok("x"), upstream: 1},
+			{header: []string{"Accept-Encoding", "gzip"}, want: ok("x"), upstream: 2},
+		},
+	}})
+}

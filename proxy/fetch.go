@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
+	"net/textproto"
 	"slices"
 	"strconv"
 	"strings"
@@ -240,20 +242,29 @@ func (p *Proxy) put(key string, e *Entry, reqTime time.Time, replaces *Entry) bo
 		// for the same Vary keeps its generation and lives as long as
 		// its longest-lived variant.
 		until := now.Add(ttl)
-		gen := p.varyGens.Add(1)
+		marker := &Entry{Vary: e.Vary, varyGen: p.varyGens.Add(1)}
 		if old, ok := p.store.Get(key); ok && old.Status == 0 && !old.Pass && slices.Equal(old.Vary, e.Vary) {
-			gen = old.varyGen
+			marker.varyGen, marker.languages = old.varyGen, old.languages
 			if old.markerUntil.After(until) {
 				until = old.markerUntil
 			}
 		}
-		vk := variantKey(key, gen, e.VaryKey)
+		marker.markerUntil = until
+		vk := variantKey(key, marker.varyGen, e.VaryKey)
 		if replaces != nil {
 			if cur, _ := p.store.Get(vk); cur != replaces {
 				return false
 			}
 		}
-		p.store.Set(key, &Entry{Vary: e.Vary, varyGen: gen, markerUntil: until}, until.Sub(now))
+		if lang := contentLanguage(e); lang != "" && marker.languages[lang] != e.VaryKey && len(marker.languages) < maxLanguages {
+			m := maps.Clone(marker.languages)
+			if m == nil {
+				m = make(map[string]string, 1)
+			}
+			m[lang] = e.VaryKey
+			marker.languages = m
+		}
+		p.store.Set(key, marker, until.Sub(now))
 		p.store.Set(vk, e, ttl)
 		return true
 	})
@@ -295,6 +306,32 @@ func (p *Proxy) lookup(key string, h http.Header) (*Entry, string) {
 		return e, key
 	}
 	vk := variantKey(key, e.varyGen, varyKey(e.Vary, h))
-	v, _ := p.store.Get(vk)
+	v, ok := p.store.Get(vk)
+	if !ok && e.languages != nil {
+		if other, ok := e.languages[firstLanguage(sentValues(h, "Accept-Language"))]; ok {
+			// Another request's answer is in the language this
+			// request prefers above all others.
+			ovk := variantKey(key, e.varyGen, other)
+			if v, ok := p.store.Get(ovk); ok {
+				return v, ovk
+			}
+		}
+	}
 	return v, vk
+}
+
+// maxLanguages bounds the languages a Vary marker remembers.
+const maxLanguages = 16
+
+// contentLanguage is the language of e, a response that varies on
+// Accept-Language alone, when it names exactly one; "" otherwise.
+func contentLanguage(e *Entry) string {
+	if len(e.Vary) != 1 || e.Vary[0] != "Accept-Language" {
+		return ""
+	}
+	vs := e.Header.Values("Content-Language")
+	if len(vs) != 1 || strings.Contains(vs[0], ",") {
+		return ""
+	}
+	return strings.ToLower(textproto.TrimString(vs[0]))
 }

@@ -5,6 +5,7 @@ import (
 	"net/textproto"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 
 	"corral/freshness"
@@ -196,6 +197,11 @@ func joinVary(names []string, values func(string) []string) string {
 	for _, name := range names {
 		b.WriteString(name)
 		b.WriteByte(':')
+		if unordered[name] {
+			b.WriteString(strings.Join(normalList(values(name)), ","))
+			b.WriteByte('\n')
+			continue
+		}
 		for i, v := range values(name) {
 			if i > 0 {
 				b.WriteByte(',')
@@ -210,6 +216,61 @@ func joinVary(names []string, values func(string) []string) string {
 		b.WriteByte('\n')
 	}
 	return b.String()
+}
+
+// unordered are the request fields whose members mean the same in any
+// order, letter case or spacing (RFC 9110 sections 12.5.3 and 12.5.4: a
+// member's preference is its q-value, and codings and language tags are
+// case-insensitive): variants are keyed on them normalised, as RFC 9111
+// section 4.1 allows, so that "en, de" and "DE,en" select one response.
+var unordered = map[string]bool{"Accept-Encoding": true, "Accept-Language": true}
+
+// normalList returns the members of list fields, lower-cased, without
+// white space, sorted.
+func normalList(values []string) []string {
+	var out []string
+	for _, v := range values {
+		for m := range strings.SplitSeq(v, ",") {
+			m = strings.ToLower(strings.Join(strings.Fields(m), ""))
+			if m != "" {
+				out = append(out, m)
+			}
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// firstLanguage returns the language tag an Accept-Language prefers above
+// every other (the highest q-value, RFC 9110 section 12.5.4), lower-cased;
+// "" when none does: several share the highest, or it is "*".
+func firstLanguage(values []string) string {
+	best, bestQ, tie := "", 0.0, false
+	for _, v := range values {
+		for m := range strings.SplitSeq(v, ",") {
+			tag, params, _ := strings.Cut(m, ";")
+			tag = strings.ToLower(textproto.TrimString(tag))
+			q := 1.0
+			if k, val, ok := strings.Cut(textproto.TrimString(params), "="); ok && strings.EqualFold(textproto.TrimString(k), "q") {
+				f, err := strconv.ParseFloat(textproto.TrimString(val), 64)
+				if err != nil || f < 0 || f > 1 {
+					return "" // malformed: select nothing
+				}
+				q = f
+			}
+			switch {
+			case tag == "" || q == 0:
+			case q > bestQ:
+				best, bestQ, tie = tag, q, false
+			case q == bestQ && tag != best:
+				tie = true
+			}
+		}
+	}
+	if tie || best == "*" {
+		return ""
+	}
+	return best
 }
 
 // loggedWriter notes the status and body size of a response, for the

@@ -39,6 +39,14 @@ type Entry struct {
 	varyGen     uint64
 	markerUntil time.Time
 
+	// languages maps, for a marker of a response that varies on
+	// Accept-Language alone, each stored variant's Content-Language to
+	// its variant key, so that a request whose first choice is that
+	// language is answered by it (RFC 9111 section 4.1 lets a cache
+	// select a response by its own knowledge of the field). Copied on
+	// write; at most maxLanguages.
+	languages map[string]string
+
 	// Pass marks a key whose last response could not be shared: until
 	// the Entry expires, requests for it go upstream each on its own
 	// instead of queueing behind a flight (Varnish's hit-for-miss).
