@@ -3,6 +3,7 @@ package proxy
 import (
 	stdcmp "cmp"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httptrace"
@@ -616,6 +617,15 @@ func TestDefaultStaleIfErrorWhenTheOriginIsGone(t *testing.T) {
 		breakIt func(o *origin, release chan struct{})
 	}{
 		{"connection refused", func(o *origin, _ chan struct{}) { o.Close() }},
+		{"connection reset", func(o *origin, _ chan struct{}) {
+			o.set(func(w http.ResponseWriter, r *http.Request) {
+				conn, _, err := http.NewResponseController(w).Hijack()
+				if err == nil {
+					conn.(*net.TCPConn).SetLinger(0) // RST, not FIN
+					conn.Close()
+				}
+			})
+		}},
 		{"timeout", func(o *origin, release chan struct{}) {
 			o.set(func(w http.ResponseWriter, r *http.Request) { <-release })
 		}},
