@@ -34,3 +34,4 @@ fuzz:
 	$(GO) test ./freshness -run '^$$' -fuzz FuzzEvaluate -fuzztime 60s
 	$(GO) test ./proxy -run '^$$' -fuzz FuzzUpstreamRequest -fuzztime 5m
 	$(GO) test ./freshness -run '^$$' -fuzz FuzzTargeted -fuzztime 60s
+	$(GO) test ./proxy/cache -run '^$$' -fuzz FuzzUnmarshal -fuzztime 60s
