@@ -212,6 +212,15 @@ func TestRequestBodyRefusals(t *testing.T) {
 // the connection.
 func rawConn(t *testing.T, addr, raw string, halfClose bool) (resp *http.Response, body string, closed bool) {
 	t.Helper()
+	resp, body = dialExchange(t, addr, raw, halfClose, &closed)
+	return resp, body, closed
+}
+
+// dialExchange sends raw on a new connection to addr, closes its sending
+// half if asked, and reads one response; with closed, it also tells
+// whether the server then closed the connection.
+func dialExchange(t *testing.T, addr, raw string, halfClose bool, closed *bool) (*http.Response, string) {
+	t.Helper()
 	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -225,17 +234,20 @@ func rawConn(t *testing.T, addr, raw string, halfClose bool) (resp *http.Respons
 		conn.(*net.TCPConn).CloseWrite()
 	}
 	br := bufio.NewReader(conn)
-	resp, err = http.ReadResponse(br, nil)
+	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
 		t.Fatalf("reading the answer to %q: %v", raw, err)
 	}
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	// A server that keeps the connection waits for the next request; a
-	// short deadline tells the two apart.
-	conn.SetReadDeadline(time.Now().Add(2 * time.Second))
-	_, err = br.ReadByte()
-	return resp, string(b), err != nil && !errors.Is(err, os.ErrDeadlineExceeded)
+	if closed != nil {
+		// A server that keeps the connection waits for the next
+		// request; a short deadline tells the two apart.
+		conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+		_, err = br.ReadByte()
+		*closed = err != nil && !errors.Is(err, os.ErrDeadlineExceeded)
+	}
+	return resp, string(b)
 }
 
 // Issue 9, item 9: over a real connection, bad framing is the client's
