@@ -158,6 +158,11 @@ func (g *guard) paused(key string) error {
 // credentials. A 429 to one user's credentials speaks of that user's quota
 // alone, and pauses nothing.
 //
+// Only answers to GET and HEAD count: they ask for the resource that the
+// key's shared fetches ask for. Another method's answer speaks of that
+// method's handler (a broken form, a preflight nobody configured), and
+// any client may send one.
+//
 // One key's trouble pauses that key only: one broken endpoint or one
 // rate-limited URL must not turn every other URL into a 503. The whole
 // origin pauses when such answers come for several paths at once (see
@@ -168,6 +173,8 @@ func (g *guard) paused(key string) error {
 // only spend it more.
 func (g *guard) noteRetryAfter(req *http.Request, key string, resp *http.Response) {
 	switch {
+	case req.Method != http.MethodGet && req.Method != http.MethodHead:
+		return
 	case resp.StatusCode == http.StatusServiceUnavailable:
 	case resp.StatusCode == http.StatusTooManyRequests && req.Header.Get("Authorization") == "":
 	default:

@@ -17,11 +17,12 @@ import (
 // every URL for as long as it asked. It must pause its own key only, and the
 // whole origin only on evidence that the origin as a whole is overloaded.
 
-// pausingOrigin answers the paths under /busy/ with status and, unless it
-// is empty, Retry-After retry; anything else with a cacheable 200.
+// pausingOrigin answers the paths that start with /busy (/busy/a, /busy1)
+// with status and, unless it is empty, Retry-After retry, whatever the
+// method; anything else with a cacheable 200.
 func pausingOrigin(status int, retry string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if strings.HasPrefix(r.URL.Path, "/busy/") {
+		if strings.HasPrefix(r.URL.Path, "/busy") {
 			if retry != "" {
 				w.Header().Set("Retry-After", retry)
 			}
@@ -369,5 +370,42 @@ func TestPausedKeysStayBounded(t *testing.T) {
 	}
 	if err := send(maxPausedKeys + 50); !errors.As(err, &busy) {
 		t.Errorf("after the pauses ended, a new key's pause was not recorded: %v", err)
+	}
+}
+
+// TestOnlyGetAndHeadAnswersPause is the third attack of the review: a POST
+// or OPTIONS that the origin answers 503 with Retry-After paused the GET
+// key of its URL, and three of them the whole origin. An answer to another
+// method speaks of that method's handler (a broken form, a CORS
+// preflight), not of the resource every GET shares.
+func TestOnlyGetAndHeadAnswersPause(t *testing.T) {
+	for _, method := range []string{http.MethodPost, http.MethodOptions, http.MethodPut, http.MethodDelete} {
+		t.Run(method, func(t *testing.T) {
+			clk := newClock()
+			o := newOrigin(t, clk, pausingOrigin(http.StatusServiceUnavailable, "30"))
+			p := newTestProxy(t, o, clk, Config{})
+			for _, path := range []string{"/busy1", "/busy2", "/busy3"} {
+				if got, _ := do(p, method, path); got.Status != 503 {
+					t.Fatalf("%s %s got %d (%s), want the origin's 503", method, path, got.Status, got.CacheStatus)
+				}
+			}
+			steps := []struct {
+				name string
+				path string
+				want outcome
+			}{
+				{"GET of the same URL still goes upstream", "/busy1",
+					outcome{503, "corral; fwd=uri-miss; fwd-status=503; detail=error-status", "30"}},
+				{"and so does any other URL: the origin is not paused", "/cold", coldOK},
+			}
+			for _, s := range steps {
+				if diff := cmp.Diff(s.want, getOutcome(p, s.path)); diff != "" {
+					t.Errorf("%s: GET %s (-want +got):\n%s", s.name, s.path, diff)
+				}
+			}
+			if n := o.count(); n != 5 {
+				t.Errorf("origin saw %d requests, want 5: every one sent", n)
+			}
+		})
 	}
 }
