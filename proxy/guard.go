@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,7 +26,8 @@ import (
 // answers with a stale response or a 503.
 //
 // A key is the upstream request's escaped path and query, read from its
-// URL: the guard needs nothing else from the proxy.
+// URL: the guard needs nothing else from the proxy but the upstream's own
+// path, which it leaves out when it tells endpoints apart.
 type guard struct {
 	next     http.RoundTripper
 	limiter  *rate.Limiter // nil: no rate cap
@@ -33,6 +35,7 @@ type guard struct {
 	maxQueue int64
 	maxWait  time.Duration // longest a request may queue: the upstream timeout
 	maxPause time.Duration // longest pause a Retry-After makes; zero: none
+	base     string        // the upstream's escaped path, without a final slash
 	now      func() time.Time
 	observe  func(time.Duration) // how long each exchange took, body included
 	log      *slog.Logger
@@ -81,6 +84,9 @@ func newGuard(next http.RoundTripper, cfg Config, maxWait time.Duration, now fun
 	}
 	if g.log == nil {
 		g.log = slog.Default()
+	}
+	if cfg.Upstream != nil {
+		g.base = strings.TrimSuffix(cfg.Upstream.EscapedPath(), "/")
 	}
 	if rps > 0 {
 		// A burst of one spaces requests 1/rps apart, so that no
@@ -165,12 +171,12 @@ func (g *guard) paused(key string) error {
 //
 // One key's trouble pauses that key only: one broken endpoint or one
 // rate-limited URL must not turn every other URL into a 503. The whole
-// origin pauses when such answers come for several paths at once (see
-// pauses.overloaded), for as long as the answer that completed the
-// evidence asked, up to maxPause. 429s count there too: corral's
-// anonymous requests all come from one address, and a limit that three
-// paths hit within seconds is that address's, so any other path would
-// only spend it more.
+// origin pauses when such answers come for several endpoints at once (see
+// pauses.overloaded and endpoint), for as long as the answer that
+// completed the evidence asked, up to maxPause. 429s count there too:
+// corral's anonymous requests all come from one address, and a limit that
+// three endpoints hit within seconds is that address's, so any other path
+// would only spend it more.
 func (g *guard) noteRetryAfter(req *http.Request, key string, resp *http.Response) {
 	switch {
 	case req.Method != http.MethodGet && req.Method != http.MethodHead:
@@ -186,10 +192,10 @@ func (g *guard) noteRetryAfter(req *http.Request, key string, resp *http.Respons
 		return
 	}
 	g.pauses.hold(key, now.Add(d), now)
-	if g.pauses.overloaded(req.URL.EscapedPath(), now) {
+	if g.pauses.overloaded(endpoint(strings.TrimPrefix(req.URL.EscapedPath(), g.base)), now) {
 		g.hold(d)
 		g.log.Warn("origin overloaded: pausing every upstream request",
-			"status", resp.StatusCode, "paths", overloadPaths, "within", overloadWindow, "for", d)
+			"status", resp.StatusCode, "endpoints", overloadEndpoints, "within", overloadWindow, "for", d)
 	}
 }
 

@@ -378,7 +378,7 @@ func TestInflightCapTurnsAwayAtOnce(t *testing.T) {
 	}
 }
 
-// TestOriginWidePauseHoldsEveryKey has three paths answer 429 with
+// TestOriginWidePauseHoldsEveryKey has three endpoints answer 429 with
 // Retry-After at once: the origin's limit is corral's, not one URL's, and
 // every key waits it out (one path's answer pauses only its own key, as
 // security_pause_test.go checks).
@@ -386,7 +386,7 @@ func TestOriginWidePauseHoldsEveryKey(t *testing.T) {
 	clk := newClock()
 	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
-		case "/limited/1", "/limited/2", "/limited/3":
+		case "/limited1", "/limited2", "/limited3":
 			w.Header().Set("Retry-After", "30")
 			w.WriteHeader(http.StatusTooManyRequests)
 			return
@@ -400,7 +400,7 @@ func TestOriginWidePauseHoldsEveryKey(t *testing.T) {
 	p := newTestProxy(t, o, clk, Config{})
 	get(p, "/stale")
 	get(p, "/strict")
-	for _, path := range []string{"/limited/1", "/limited/2", "/limited/3"} {
+	for _, path := range []string{"/limited1", "/limited2", "/limited3"} {
 		get(p, path) // the origin asks for 30 s of quiet
 	}
 	clk.Advance(5 * time.Second)

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -9,7 +10,7 @@ import (
 // pauses remembers, key by key, the pauses the origin asked for with
 // Retry-After (RFC 9110 section 10.2.3), and tells when such answers add up
 // to evidence that the origin as a whole is overloaded: answers for
-// overloadPaths distinct paths within overloadWindow.
+// overloadEndpoints distinct endpoints within overloadWindow.
 //
 // Clients choose the keys, so the records are bounded: with maxPausedKeys
 // pauses running, a new key's pause is not recorded, and that key is asked
@@ -26,19 +27,19 @@ type pauses struct {
 	mu      sync.RWMutex
 	keys    map[string]time.Time // when each key's pause ends
 	sweepAt time.Time            // no pause recorded ends before this
-	recent  []overload           // at most overloadPaths-1, one per path
+	recent  []overload           // at most overloadEndpoints-1, one per endpoint
 }
 
-// overload is one path's answer that said the origin was overloaded.
+// overload is one endpoint's answer that said the origin was overloaded.
 type overload struct {
-	path string
-	at   time.Time
+	endpoint string
+	at       time.Time
 }
 
 const (
-	maxPausedKeys  = 10_000
-	overloadPaths  = 3
-	overloadWindow = 10 * time.Second
+	maxPausedKeys     = 10_000
+	overloadEndpoints = 3
+	overloadWindow    = 10 * time.Second
 )
 
 // hold pauses key until end, unless a pause that ends later runs already
@@ -102,30 +103,66 @@ func (p *pauses) sweep(now time.Time) {
 	p.n.Store(int64(len(p.keys)))
 }
 
-// overloaded records that path's answer at now said the origin was
-// overloaded, and reports whether overloadPaths distinct paths have said so
-// within overloadWindow. Evidence that reported true is spent: after the
-// pause it leads to, the origin has to say it again.
-//
-// Paths, not keys: a client chooses the query freely, and one broken
-// endpoint answers 503 whatever the query is. It takes several endpoints
-// failing at once to speak for the origin.
-func (p *pauses) overloaded(path string, now time.Time) bool {
+// overloaded records that endpoint's answer at now said the origin was
+// overloaded, and reports whether overloadEndpoints distinct endpoints have
+// said so within overloadWindow. Evidence that reported true is spent:
+// after the pause it leads to, the origin has to say it again.
+func (p *pauses) overloaded(endpoint string, now time.Time) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	kept := p.recent[:0]
 	for _, o := range p.recent {
-		if o.path != path && now.Sub(o.at) < overloadWindow {
+		if o.endpoint != endpoint && now.Sub(o.at) < overloadWindow {
 			kept = append(kept, o)
 		}
 	}
-	if len(kept)+1 >= overloadPaths {
+	if len(kept)+1 >= overloadEndpoints {
 		clear(p.recent)
 		p.recent = p.recent[:0]
 		return true
 	}
-	p.recent = append(kept, overload{path, now})
+	p.recent = append(kept, overload{endpoint, now})
 	return false
+}
+
+// endpoint names the part of the origin that an answer for the escaped
+// path (below the upstream's own path) speaks for, as evidence of an
+// overloaded origin: its first segment, lower-cased, without ;params,
+// however many slashes lead to it, and with %2F, %3B and %5C read as the
+// separators an origin may decode them to. /Broken/a, //broken/ and
+// /broken;x=1 are all "broken".
+//
+// The evidence must take several parts of the origin failing at once, and
+// one client chooses the path freely: not only the query but the slashes,
+// the case, the ;params, and whatever a catch-all route swallows. Many
+// frameworks route all of those to the one handler, so each variant of a
+// path counted on its own would let one client make one broken handler
+// look like an overloaded origin. The first segment is coarse on purpose.
+// Its price: /api/stats and /api/users are one endpoint, so an origin
+// whose whole API lies under one prefix gets per-URL pauses only, never an
+// origin-wide one. That fails safe. Without the origin-wide pause, corral
+// keeps asking about each URL at most once per pause, within the
+// upstream caps; with it too easy to reach, one client stalls every
+// uncached URL for everyone.
+func endpoint(path string) string {
+	path = strings.TrimLeft(path, "/")
+	for i := 0; i < len(path); i++ {
+		if c := path[i]; c == '/' || c == ';' || c == '%' && encodedSeparator(path[i:]) {
+			path = path[:i]
+			break
+		}
+	}
+	return strings.ToLower(path)
+}
+
+// encodedSeparator reports whether s starts with '/', ';' or '\\'
+// percent-encoded.
+func encodedSeparator(s string) bool {
+	if len(s) < 3 {
+		return false
+	}
+	s = s[:3]
+	return strings.EqualFold(s, "%2F") || strings.EqualFold(s, "%3B") || strings.EqualFold(s, "%5C")
 }
 
 func later(a, b time.Time) time.Time {

@@ -122,7 +122,8 @@ type Config struct {
 	// UpstreamMaxPause caps how long a Retry-After from the origin (RFC
 	// 9110 section 10.2.3) on a 503, or on a 429 to a request without
 	// credentials, holds back the requests for its URL, or for every URL
-	// once several paths answered so within seconds. Zero means 30s;
+	// once several endpoints (first path segments) answered so within
+	// seconds. Zero means 30s;
 	// negative means never pause, as with net.Dialer's KeepAlive. Either
 	// way a failed background refresh waits as long as the origin asked,
 	// up to five minutes.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"testing"
@@ -118,30 +119,36 @@ func TestOneBrokenEndpointPausesOnlyItself(t *testing.T) {
 
 // TestOverloadOnSeveralPathsPausesTheOrigin checks the rule for an
 // origin-wide pause: answers with Retry-After that say "overloaded" (503,
-// or 429 to a request without credentials) for three distinct paths within
-// ten seconds.
+// or 429 to a request without credentials) for three distinct endpoints
+// (first path segments below the upstream's path) within ten seconds.
 func TestOverloadOnSeveralPathsPausesTheOrigin(t *testing.T) {
 	tests := []struct {
-		name   string
-		status int
-		retry  string
-		paths  []string
-		gap    time.Duration // between the answers
-		hdr    []string
-		paused bool
+		name     string
+		status   int
+		retry    string
+		paths    []string
+		gap      time.Duration // between the answers
+		hdr      []string
+		upstream string // the upstream's path
+		paused   bool
 	}{
-		{"503s on three paths within 10s", 503, "20", []string{"/busy/1", "/busy/2", "/busy/3"}, 4 * time.Second, nil, true},
-		{"anonymous 429s on three paths within 10s", 429, "20", []string{"/busy/1", "/busy/2", "/busy/3"}, 4 * time.Second, nil, true},
-		{"the same path asked three times is one path", 503, "20", []string{"/busy/1", "/busy/1?a", "/busy/1?b"}, 0, nil, false},
-		{"three paths over more than 10s", 503, "20", []string{"/busy/1", "/busy/2", "/busy/3"}, 6 * time.Second, nil, false},
-		{"429s to one user's credentials", 429, "20", []string{"/busy/1", "/busy/2", "/busy/3"}, 0, []string{"Authorization", "Bearer greedy"}, false},
-		{"503s without Retry-After", 503, "", []string{"/busy/1", "/busy/2", "/busy/3"}, 0, nil, false},
+		{"503s on three endpoints within 10s", 503, "20", []string{"/busy1", "/busy2/a", "/busy3?q"}, 4 * time.Second, nil, "", true},
+		{"anonymous 429s on three endpoints within 10s", 429, "20", []string{"/busy1", "/busy2", "/busy3"}, 4 * time.Second, nil, "", true},
+		{"the same path asked three times is one endpoint", 503, "20", []string{"/busy1", "/busy1?a", "/busy1?b"}, 0, nil, "", false},
+		{"three paths under one first segment are one endpoint", 503, "20", []string{"/busy/1", "/busy/2", "/busy/3"}, 0, nil, "", false},
+		{"the upstream's own path is no endpoint", 503, "20", []string{"/busy1", "/busy2", "/busy3"}, 0, nil, "/app/", true},
+		{"three endpoints over more than 10s", 503, "20", []string{"/busy1", "/busy2", "/busy3"}, 6 * time.Second, nil, "", false},
+		{"429s to one user's credentials", 429, "20", []string{"/busy1", "/busy2", "/busy3"}, 0, []string{"Authorization", "Bearer greedy"}, "", false},
+		{"503s without Retry-After", 503, "", []string{"/busy1", "/busy2", "/busy3"}, 0, nil, "", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			clk := newClock()
-			o := newOrigin(t, clk, pausingOrigin(tt.status, tt.retry))
-			p := newTestProxy(t, o, clk, Config{})
+			o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+				r.URL.Path = strings.TrimPrefix(r.URL.Path, strings.TrimSuffix(tt.upstream, "/"))
+				pausingOrigin(tt.status, tt.retry)(w, r)
+			})
+			p := newTestProxy(t, o, clk, Config{Upstream: &url.URL{Path: tt.upstream}})
 			for i, path := range tt.paths {
 				if i > 0 {
 					clk.Advance(tt.gap)
@@ -212,7 +219,7 @@ func TestMaxPauseBoundsRetryAfter(t *testing.T) {
 			clk := newClock()
 			o := newOrigin(t, clk, pausingOrigin(http.StatusServiceUnavailable, "3600"))
 			p := newTestProxy(t, o, clk, Config{UpstreamMaxPause: tt.maxPause})
-			for _, path := range []string{"/busy/1", "/busy/2", "/busy/3"} {
+			for _, path := range []string{"/busy1", "/busy2", "/busy3"} {
 				get(p, path)
 			}
 			if tt.want == 0 {
@@ -306,10 +313,10 @@ func TestPauseGauges(t *testing.T) {
 	if diff := cmp.Diff(want(0, 2), gauges()); diff != "" {
 		t.Errorf("two keys paused (-want +got):\n%s", diff)
 	}
-	get(p, "/busy/2")
-	get(p, "/busy/3")
+	get(p, "/busy2")
+	get(p, "/busy3")
 	if diff := cmp.Diff(want(1, 4), gauges()); diff != "" {
-		t.Errorf("three paths overloaded (-want +got):\n%s", diff)
+		t.Errorf("three endpoints overloaded (-want +got):\n%s", diff)
 	}
 	get(p, "/cold")
 	if n := scrape(t, a)["corral_upstream_throttled_total"]; n != 1 {
@@ -407,5 +414,78 @@ func TestOnlyGetAndHeadAnswersPause(t *testing.T) {
 				t.Errorf("origin saw %d requests, want 5: every one sent", n)
 			}
 		})
+	}
+}
+
+// TestPathVariantsAreOneEndpoint is the first attack of the review: an
+// origin that routes /broken, /broken/ and //broken alike (as many
+// frameworks do) answered each 503 with Retry-After, and one client that
+// asked for the three made them look like three paths failing at once:
+// every uncached URL got 503. Evidence of an overloaded origin counts
+// endpoints, the first path segment below the upstream's path, lower-cased,
+// without ;params, however many slashes lead to it.
+func TestPathVariantsAreOneEndpoint(t *testing.T) {
+	tests := []struct {
+		name  string
+		paths []string
+	}{
+		{"trailing and doubled slashes", []string{"/broken", "/broken/", "//broken"}},
+		{"letter case", []string{"/broken", "/Broken", "/BROKEN"}},
+		{";params", []string{"/broken", "/broken;a", "/broken;b=1/"}},
+		{"a catch-all route", []string{"/broken/a", "/broken/b", "/broken/c"}},
+		{"encoded separators", []string{"/broken%2Fa", "/broken%3Bb", "/broken%2fc"}},
+		{"all of it at once", []string{"///BROKEN;x//a", "/broken/", "/Broken%3b/b"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clk := newClock()
+			o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+				if strings.Contains(strings.ToLower(r.URL.Path), "broken") {
+					w.Header().Set("Retry-After", "30")
+					w.WriteHeader(http.StatusServiceUnavailable)
+					return
+				}
+				answer("max-age=60", "ok "+r.URL.Path)(w, r)
+			})
+			p := newTestProxy(t, o, clk, Config{})
+			for _, path := range tt.paths {
+				if got, _ := get(p, path); got.Status != 503 || !strings.Contains(got.CacheStatus, "fwd-status=503") {
+					t.Fatalf("GET %s got %d (%s), want the origin's 503", path, got.Status, got.CacheStatus)
+				}
+			}
+			if diff := cmp.Diff(coldOK, getOutcome(p, "/cold")); diff != "" {
+				t.Errorf("a cold URL after one endpoint's variants failed (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestEndpoint pins the identity under which answers count as evidence of
+// an overloaded origin.
+func TestEndpoint(t *testing.T) {
+	tests := map[string]string{
+		"/":                    "",
+		"":                     "",
+		"/broken":              "broken",
+		"/broken/":             "broken",
+		"//broken":             "broken",
+		"///BROKEN//a":         "broken",
+		"/Broken;jsessionid=1": "broken",
+		"/broken%2Fa":          "broken",
+		"/broken%2fa":          "broken",
+		"/broken%3Bx":          "broken",
+		"/broken%5Ca":          "broken",
+		"/broken%20a":          "broken%20a",
+		"/broken%2":            "broken%2",
+		"/api/stats?x=1":       "api",
+		"/api/users":           "api",
+		"/;x/broken":           "",
+	}
+	got := make(map[string]string, len(tests))
+	for path := range tests {
+		got[path] = endpoint(path)
+	}
+	if diff := cmp.Diff(tests, got); diff != "" {
+		t.Errorf("endpoint (-want +got):\n%s", diff)
 	}
 }
