@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,9 +20,10 @@ import (
 // fetches and passed-through requests alike. It keeps corral from
 // amplifying an origin's trouble: it caps the request rate and the
 // requests in flight across all keys, lets at most maxQueue requests wait
-// for their turn, and after a 503 (or a 429 not addressed to one user's
-// credentials) with Retry-After sends nothing more for that key until the
-// origin said it may, nor for any key when several paths said so at once.
+// for their turn, and after a 503 to a GET or HEAD (or a 429 that more
+// than one client got) with Retry-After sends nothing more for that key
+// until the origin said it may, nor for any key when several endpoints
+// said so at once.
 // Whatever it turns away fails at once with a *busyError, which the proxy
 // answers with a stale response or a 503.
 //
@@ -160,9 +162,17 @@ func (g *guard) paused(key string) error {
 
 // noteRetryAfter pauses key for as long as resp's Retry-After says, up to
 // maxPause, when resp says the origin cannot serve key now: a 503 (RFC
-// 9110 section 15.6.4), or a 429 (RFC 6585 section 4) to a request without
-// credentials. A 429 to one user's credentials speaks of that user's quota
-// alone, and pauses nothing.
+// 9110 section 15.6.4), or a 429 (RFC 6585 section 4) that is not one
+// client's own.
+//
+// A 429 to a request with Authorization speaks of that user's quota, and
+// pauses nothing. So may any other 429: the origin may count an API key,
+// a session cookie or anything else the request carries, which corral
+// cannot tell apart from a limit on corral's own address. So a 429 pauses
+// its key only once 429s for the key came for requests of quotaClients
+// distinct clients (IP addresses) within overloadWindow (see
+// pauses.limitedForMany). Until then it answers its own request, and the
+// requests coalesced with it, and nobody else's.
 //
 // Only answers to GET and HEAD count: they ask for the resource that the
 // key's shared fetches ask for. Another method's answer speaks of that
@@ -171,24 +181,30 @@ func (g *guard) paused(key string) error {
 //
 // One key's trouble pauses that key only: one broken endpoint or one
 // rate-limited URL must not turn every other URL into a 503. The whole
-// origin pauses when such answers come for several endpoints at once (see
-// pauses.overloaded and endpoint), for as long as the answer that
-// completed the evidence asked, up to maxPause. 429s count there too:
-// corral's anonymous requests all come from one address, and a limit that
-// three endpoints hit within seconds is that address's, so any other path
-// would only spend it more.
+// origin pauses when answers that paused their keys come for several
+// endpoints at once (see pauses.overloaded and endpoint), for as long as
+// the answer that completed the evidence asked, up to maxPause. 429s from
+// several clients count there too: corral's anonymous requests all come
+// from one address, and a limit that three endpoints hit within seconds is
+// that address's, so any other path would only spend it more. One
+// client's 429s never count: they paused nothing.
 func (g *guard) noteRetryAfter(req *http.Request, key string, resp *http.Response) {
+	quota := false
 	switch {
 	case req.Method != http.MethodGet && req.Method != http.MethodHead:
 		return
 	case resp.StatusCode == http.StatusServiceUnavailable:
 	case resp.StatusCode == http.StatusTooManyRequests && req.Header.Get("Authorization") == "":
+		quota = true
 	default:
 		return
 	}
 	now := g.now()
 	d := min(retryAfter(resp.Header.Get("Retry-After"), now), g.maxPause)
 	if d <= 0 {
+		return
+	}
+	if quota && !g.pauses.limitedForMany(key, clientOf(req.Context()), now) {
 		return
 	}
 	g.pauses.hold(key, now.Add(d), now)
@@ -305,4 +321,27 @@ func (b *doneBody) Close() error {
 	err := b.ReadCloser.Close()
 	b.once.Do(b.done)
 	return err
+}
+
+// clientKey carries, in a shared fetch's context, the RemoteAddr of the
+// client whose request started the fetch: the guard tells by it whether a
+// 429 is one client's own. (A passed-through request carries its
+// client's in its passed value.)
+type clientKey struct{}
+
+// withClient returns ctx carrying r's RemoteAddr for the guard. Only a
+// flight calls it: a hit never goes upstream, and must not allocate.
+func withClient(ctx context.Context, r *http.Request) context.Context {
+	return context.WithValue(ctx, clientKey{}, r.RemoteAddr)
+}
+
+// clientOf returns the IP address of the client an upstream request with
+// context ctx was made for; the zero Addr when unknown, which counts as
+// one client.
+func clientOf(ctx context.Context) netip.Addr {
+	if info, ok := ctx.Value(passKey{}).(passed); ok {
+		return peerAddr(info.client)
+	}
+	remote, _ := ctx.Value(clientKey{}).(string)
+	return peerAddr(remote)
 }

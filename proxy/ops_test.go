@@ -379,8 +379,9 @@ func TestInflightCapTurnsAwayAtOnce(t *testing.T) {
 }
 
 // TestOriginWidePauseHoldsEveryKey has three endpoints answer 429 with
-// Retry-After at once: the origin's limit is corral's, not one URL's, and
-// every key waits it out (one path's answer pauses only its own key, as
+// Retry-After at once to two clients each: the origin's limit is corral's,
+// not one URL's or one client's, and every key waits it out (one path's
+// answer pauses only its own key, and one client's 429s nothing, as
 // security_pause_test.go checks).
 func TestOriginWidePauseHoldsEveryKey(t *testing.T) {
 	clk := newClock()
@@ -401,7 +402,9 @@ func TestOriginWidePauseHoldsEveryKey(t *testing.T) {
 	get(p, "/stale")
 	get(p, "/strict")
 	for _, path := range []string{"/limited1", "/limited2", "/limited3"} {
-		get(p, path) // the origin asks for 30 s of quiet
+		for _, client := range []string{"192.0.2.1:1", "198.51.100.7:1"} {
+			doFrom(p, client, http.MethodGet, path) // the origin asks for 30 s of quiet
+		}
 	}
 	clk.Advance(5 * time.Second)
 	before := o.count()
