@@ -171,7 +171,7 @@ func (g *guard) paused(key string) error {
 // cannot tell apart from a limit on corral's own address. So a 429 pauses
 // its key only once 429s for the key came for requests of quotaClients
 // distinct clients (IP addresses) within overloadWindow (see
-// pauses.limitedForMany). Until then it answers its own request, and the
+// pauses.holdShared). Until then it answers its own request, and the
 // requests coalesced with it, and nobody else's.
 //
 // Only answers to GET and HEAD count: they ask for the resource that the
@@ -204,10 +204,12 @@ func (g *guard) noteRetryAfter(req *http.Request, key string, resp *http.Respons
 	if d <= 0 {
 		return
 	}
-	if quota && !g.pauses.limitedForMany(key, clientOf(req.Context()), now) {
-		return
+	switch {
+	case !quota:
+		g.pauses.hold(key, now.Add(d), now)
+	case !g.pauses.holdShared(key, clientOf(req.Context()), now.Add(d), now):
+		return // for all corral knows, one client's own quota
 	}
-	g.pauses.hold(key, now.Add(d), now)
 	if g.pauses.overloaded(endpoint(strings.TrimPrefix(req.URL.EscapedPath(), g.base)), now) {
 		g.hold(d)
 		g.log.Warn("origin overloaded: pausing every upstream request",

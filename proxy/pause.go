@@ -91,12 +91,13 @@ func (p *pauses) hold(key string, end, now time.Time) {
 	p.put(key, r)
 }
 
-// limitedForMany records that the origin answered key with a 429 at now
-// to a request made for client, and reports whether 429s for key came for
-// quotaClients distinct clients within overloadWindow: a limit, then, that
-// is not one client's own. Evidence that reported true is spent. With the
-// records full, a new key's 429 is not recorded and reports false.
-func (p *pauses) limitedForMany(key string, client netip.Addr, now time.Time) bool {
+// holdShared records that the origin answered key with a 429 at now to a
+// request made for client, and once 429s for key came for quotaClients
+// distinct clients within overloadWindow (a limit, then, that is not one
+// client's own) pauses key until end as hold does, and reports true. The
+// evidence is spent then. With the records full, a new key's 429 is not
+// recorded and reports false.
+func (p *pauses) holdShared(key string, client netip.Addr, end, now time.Time) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.sweep(now)
@@ -119,6 +120,7 @@ func (p *pauses) limitedForMany(key string, client netip.Addr, now time.Time) bo
 	}
 	if others+1 >= quotaClients {
 		r.limited = [quotaClients - 1]sighting{}
+		r.end = later(r.end, end)
 		p.put(key, r)
 		return true
 	}
