@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
+	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,14 +20,16 @@ import (
 // fetches and passed-through requests alike. It keeps corral from
 // amplifying an origin's trouble: it caps the request rate and the
 // requests in flight across all keys, lets at most maxQueue requests wait
-// for their turn, and after a 503 (or a 429 not addressed to one user's
-// credentials) with Retry-After sends nothing more for that key until the
-// origin said it may, nor for any key when several paths said so at once.
+// for their turn, and after a 503 to a GET or HEAD (or a 429 that more
+// than one client got) with Retry-After sends nothing more for that key
+// until the origin said it may, nor for any key when several endpoints
+// said so at once.
 // Whatever it turns away fails at once with a *busyError, which the proxy
 // answers with a stale response or a 503.
 //
 // A key is the upstream request's escaped path and query, read from its
-// URL: the guard needs nothing else from the proxy.
+// URL: the guard needs nothing else from the proxy but the upstream's own
+// path, which it leaves out when it tells endpoints apart.
 type guard struct {
 	next     http.RoundTripper
 	limiter  *rate.Limiter // nil: no rate cap
@@ -33,6 +37,7 @@ type guard struct {
 	maxQueue int64
 	maxWait  time.Duration // longest a request may queue: the upstream timeout
 	maxPause time.Duration // longest pause a Retry-After makes; zero: none
+	base     string        // the upstream's escaped path, without a final slash
 	now      func() time.Time
 	observe  func(time.Duration) // how long each exchange took, body included
 	log      *slog.Logger
@@ -81,6 +86,9 @@ func newGuard(next http.RoundTripper, cfg Config, maxWait time.Duration, now fun
 	}
 	if g.log == nil {
 		g.log = slog.Default()
+	}
+	if cfg.Upstream != nil {
+		g.base = strings.TrimSuffix(cfg.Upstream.EscapedPath(), "/")
 	}
 	if rps > 0 {
 		// A burst of one spaces requests 1/rps apart, so that no
@@ -154,22 +162,40 @@ func (g *guard) paused(key string) error {
 
 // noteRetryAfter pauses key for as long as resp's Retry-After says, up to
 // maxPause, when resp says the origin cannot serve key now: a 503 (RFC
-// 9110 section 15.6.4), or a 429 (RFC 6585 section 4) to a request without
-// credentials. A 429 to one user's credentials speaks of that user's quota
-// alone, and pauses nothing.
+// 9110 section 15.6.4), or a 429 (RFC 6585 section 4) that is not one
+// client's own.
+//
+// A 429 to a request with Authorization speaks of that user's quota, and
+// pauses nothing. So may any other 429: the origin may count an API key,
+// a session cookie or anything else the request carries, which corral
+// cannot tell apart from a limit on corral's own address. So a 429 pauses
+// its key only once 429s for the key came for requests of quotaClients
+// distinct clients (IP addresses) within overloadWindow (see
+// pauses.holdShared). Until then it answers its own request, and the
+// requests coalesced with it, and nobody else's.
+//
+// Only answers to GET and HEAD count: they ask for the resource that the
+// key's shared fetches ask for. Another method's answer speaks of that
+// method's handler (a broken form, a preflight nobody configured), and
+// any client may send one.
 //
 // One key's trouble pauses that key only: one broken endpoint or one
 // rate-limited URL must not turn every other URL into a 503. The whole
-// origin pauses when such answers come for several paths at once (see
-// pauses.overloaded), for as long as the answer that completed the
-// evidence asked, up to maxPause. 429s count there too: corral's
-// anonymous requests all come from one address, and a limit that three
-// paths hit within seconds is that address's, so any other path would
-// only spend it more.
+// origin pauses when answers that paused their keys come for several
+// endpoints at once (see pauses.overloaded and endpoint), for as long as
+// the answer that completed the evidence asked, up to maxPause. 429s from
+// several clients count there too: corral's anonymous requests all come
+// from one address, and a limit that three endpoints hit within seconds is
+// that address's, so any other path would only spend it more. One
+// client's 429s never count: they paused nothing.
 func (g *guard) noteRetryAfter(req *http.Request, key string, resp *http.Response) {
+	quota := false
 	switch {
+	case req.Method != http.MethodGet && req.Method != http.MethodHead:
+		return
 	case resp.StatusCode == http.StatusServiceUnavailable:
 	case resp.StatusCode == http.StatusTooManyRequests && req.Header.Get("Authorization") == "":
+		quota = true
 	default:
 		return
 	}
@@ -178,11 +204,16 @@ func (g *guard) noteRetryAfter(req *http.Request, key string, resp *http.Respons
 	if d <= 0 {
 		return
 	}
-	g.pauses.hold(key, now.Add(d), now)
-	if g.pauses.overloaded(req.URL.EscapedPath(), now) {
+	switch {
+	case !quota:
+		g.pauses.hold(key, now.Add(d), now)
+	case !g.pauses.holdShared(key, clientOf(req.Context()), now.Add(d), now):
+		return // for all corral knows, one client's own quota
+	}
+	if g.pauses.overloaded(endpoint(strings.TrimPrefix(req.URL.EscapedPath(), g.base)), now) {
 		g.hold(d)
 		g.log.Warn("origin overloaded: pausing every upstream request",
-			"status", resp.StatusCode, "paths", overloadPaths, "within", overloadWindow, "for", d)
+			"status", resp.StatusCode, "endpoints", overloadEndpoints, "within", overloadWindow, "for", d)
 	}
 }
 
@@ -292,4 +323,27 @@ func (b *doneBody) Close() error {
 	err := b.ReadCloser.Close()
 	b.once.Do(b.done)
 	return err
+}
+
+// clientKey carries, in a shared fetch's context, the RemoteAddr of the
+// client whose request started the fetch: the guard tells by it whether a
+// 429 is one client's own. (A passed-through request carries its
+// client's in its passed value.)
+type clientKey struct{}
+
+// withClient returns ctx carrying r's RemoteAddr for the guard. Only a
+// flight calls it: a hit never goes upstream, and must not allocate.
+func withClient(ctx context.Context, r *http.Request) context.Context {
+	return context.WithValue(ctx, clientKey{}, r.RemoteAddr)
+}
+
+// clientOf returns the IP address of the client an upstream request with
+// context ctx was made for; the zero Addr when unknown, which counts as
+// one client.
+func clientOf(ctx context.Context) netip.Addr {
+	if info, ok := ctx.Value(passKey{}).(passed); ok {
+		return peerAddr(info.client)
+	}
+	remote, _ := ctx.Value(clientKey{}).(string)
+	return peerAddr(remote)
 }

@@ -112,7 +112,16 @@ func get(p http.Handler, path string, hdr ...string) (response, http.Header) {
 }
 
 func do(p http.Handler, method, path string, hdr ...string) (response, http.Header) {
+	return doFrom(p, "", method, path, hdr...)
+}
+
+// doFrom is do for a client at the RemoteAddr client; "" keeps
+// httptest's 192.0.2.1:1234.
+func doFrom(p http.Handler, client, method, path string, hdr ...string) (response, http.Header) {
 	req := httptest.NewRequest(method, path, nil)
+	if client != "" {
+		req.RemoteAddr = client
+	}
 	for i := 0; i+1 < len(hdr); i += 2 {
 		req.Header.Add(hdr[i], hdr[i+1])
 	}

@@ -378,15 +378,16 @@ func TestInflightCapTurnsAwayAtOnce(t *testing.T) {
 	}
 }
 
-// TestOriginWidePauseHoldsEveryKey has three paths answer 429 with
-// Retry-After at once: the origin's limit is corral's, not one URL's, and
-// every key waits it out (one path's answer pauses only its own key, as
+// TestOriginWidePauseHoldsEveryKey has three endpoints answer 429 with
+// Retry-After at once to two clients each: the origin's limit is corral's,
+// not one URL's or one client's, and every key waits it out (one path's
+// answer pauses only its own key, and one client's 429s nothing, as
 // security_pause_test.go checks).
 func TestOriginWidePauseHoldsEveryKey(t *testing.T) {
 	clk := newClock()
 	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
-		case "/limited/1", "/limited/2", "/limited/3":
+		case "/limited1", "/limited2", "/limited3":
 			w.Header().Set("Retry-After", "30")
 			w.WriteHeader(http.StatusTooManyRequests)
 			return
@@ -400,8 +401,10 @@ func TestOriginWidePauseHoldsEveryKey(t *testing.T) {
 	p := newTestProxy(t, o, clk, Config{})
 	get(p, "/stale")
 	get(p, "/strict")
-	for _, path := range []string{"/limited/1", "/limited/2", "/limited/3"} {
-		get(p, path) // the origin asks for 30 s of quiet
+	for _, path := range []string{"/limited1", "/limited2", "/limited3"} {
+		for _, client := range []string{"192.0.2.1:1", "198.51.100.7:1"} {
+			doFrom(p, client, http.MethodGet, path) // the origin asks for 30 s of quiet
+		}
 	}
 	clk.Advance(5 * time.Second)
 	before := o.count()

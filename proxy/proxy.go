@@ -120,12 +120,14 @@ type Config struct {
 	TrustedProxies []netip.Prefix
 
 	// UpstreamMaxPause caps how long a Retry-After from the origin (RFC
-	// 9110 section 10.2.3) on a 503, or on a 429 to a request without
-	// credentials, holds back the requests for its URL, or for every URL
-	// once several paths answered so within seconds. Zero means 30s;
-	// negative means never pause, as with net.Dialer's KeepAlive. Either
-	// way a failed background refresh waits as long as the origin asked,
-	// up to five minutes.
+	// 9110 section 10.2.3) holds back the requests for its URL, or for
+	// every URL once several endpoints (first path segments) answered so
+	// within seconds. Only answers to GET and HEAD pause: a 503, or a 429
+	// to requests without Authorization from two clients (IP addresses)
+	// within ten seconds; one client's 429 is its own quota. Zero means
+	// 30s; negative means never pause, as with net.Dialer's KeepAlive.
+	// Either way a failed background refresh waits as long as the origin
+	// asked, up to five minutes.
 	UpstreamMaxPause time.Duration
 
 	// Transport makes upstream requests. Nil means a transport tuned for
@@ -484,7 +486,7 @@ func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshn
 	defer interim.close()
 	f, shared, err := p.flights.Do(r.Context(), p.flightKey(r, vkey), func(ctx context.Context) (*fetched, error) {
 		leader = true
-		ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{Got1xxResponse: interim.write})
+		ctx = httptrace.WithClientTrace(withClient(ctx, r), &httptrace.ClientTrace{Got1xxResponse: interim.write})
 		f, err := p.fetch(ctx, r, key, vkey, stale)
 		if stale != nil && (err != nil || (!f.again && isServerError(f.entry.Status))) {
 			// A failed validation: until the pause ends, a client's
@@ -611,7 +613,9 @@ func (p *Proxy) refresh(r *http.Request, key, vkey string, stale *Entry) {
 		return
 	}
 	started := p.flights.Refresh(r.Context(), p.flightKey(r, vkey), func(ctx context.Context) (*fetched, error) {
-		f, err := p.fetch(ctx, r, key, vkey, stale)
+		// Made for the client whose stale hit started it, as far as the
+		// guard's count of 429s goes.
+		f, err := p.fetch(withClient(ctx, r), r, key, vkey, stale)
 		switch {
 		case err == nil && f.again:
 			// The URI varies now; its variants refresh on their own.

@@ -1,11 +1,14 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -17,11 +20,12 @@ import (
 // every URL for as long as it asked. It must pause its own key only, and the
 // whole origin only on evidence that the origin as a whole is overloaded.
 
-// pausingOrigin answers the paths under /busy/ with status and, unless it
-// is empty, Retry-After retry; anything else with a cacheable 200.
+// pausingOrigin answers the paths that start with /busy (/busy/a, /busy1)
+// with status and, unless it is empty, Retry-After retry, whatever the
+// method; anything else with a cacheable 200.
 func pausingOrigin(status int, retry string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if strings.HasPrefix(r.URL.Path, "/busy/") {
+		if strings.HasPrefix(r.URL.Path, "/busy") {
 			if retry != "" {
 				w.Header().Set("Retry-After", retry)
 			}
@@ -56,13 +60,16 @@ var (
 // TestOneTooManyRequestsPausesOnlyItsKey is the attack of issue 9: one
 // anonymous request that the origin answers 429 with Retry-After: 300 made
 // every uncached URL answer 503 for five minutes. A 429 (RFC 6585 section
-// 4) speaks of the URL it answers.
+// 4) speaks of the URL it answers, and pauses it once two clients got one
+// (see TestQuotaOfSeveralClientsPausesItsKey).
 func TestOneTooManyRequestsPausesOnlyItsKey(t *testing.T) {
 	clk := newClock()
 	o := newOrigin(t, clk, pausingOrigin(http.StatusTooManyRequests, "300"))
 	p := newTestProxy(t, o, clk, Config{})
-	if got := getOutcome(p, "/busy/a"); got.Status != http.StatusTooManyRequests {
-		t.Fatalf("the limited URL got %+v, want the origin's 429", got)
+	for _, client := range []string{clientA, clientB} { // not one client's own quota
+		if got, _ := doFrom(p, client, http.MethodGet, "/busy/a"); got.Status != http.StatusTooManyRequests {
+			t.Fatalf("the limited URL got %+v, want the origin's 429", got)
+		}
 	}
 	clk.Advance(time.Second)
 
@@ -81,12 +88,12 @@ func TestOneTooManyRequestsPausesOnlyItsKey(t *testing.T) {
 			t.Errorf("%s: GET %s (-want +got):\n%s", s.name, s.path, diff)
 		}
 	}
-	if n := o.count(); n != 3 {
-		t.Errorf("origin saw %d requests, want 3: none for the paused URL", n)
+	if n := o.count(); n != 4 {
+		t.Errorf("origin saw %d requests, want 4: none for the paused URL", n)
 	}
 	clk.Advance(29 * time.Second)
-	if got := getOutcome(p, "/busy/a"); got.Status != http.StatusTooManyRequests || o.count() != 4 {
-		t.Errorf("after the pause the limited URL got %+v and the origin saw %d requests; want the origin's 429, 4", got, o.count())
+	if got := getOutcome(p, "/busy/a"); got.Status != http.StatusTooManyRequests || o.count() != 5 {
+		t.Errorf("after the pause the limited URL got %+v and the origin saw %d requests; want the origin's 429, 5", got, o.count())
 	}
 }
 
@@ -116,37 +123,52 @@ func TestOneBrokenEndpointPausesOnlyItself(t *testing.T) {
 }
 
 // TestOverloadOnSeveralPathsPausesTheOrigin checks the rule for an
-// origin-wide pause: answers with Retry-After that say "overloaded" (503,
-// or 429 to a request without credentials) for three distinct paths within
-// ten seconds.
+// origin-wide pause: answers with Retry-After that say "overloaded" and
+// paused their keys (503s to GET, or 429s without credentials that two
+// clients got) for three distinct endpoints (first path segments below
+// the upstream's path) within ten seconds.
 func TestOverloadOnSeveralPathsPausesTheOrigin(t *testing.T) {
 	tests := []struct {
-		name   string
-		status int
-		retry  string
-		paths  []string
-		gap    time.Duration // between the answers
-		hdr    []string
-		paused bool
+		name     string
+		status   int
+		retry    string
+		paths    []string
+		gap      time.Duration // between the answers
+		hdr      []string
+		from     []string // the clients asking each path in turn; nil: one
+		upstream string   // the upstream's path
+		paused   bool
 	}{
-		{"503s on three paths within 10s", 503, "20", []string{"/busy/1", "/busy/2", "/busy/3"}, 4 * time.Second, nil, true},
-		{"anonymous 429s on three paths within 10s", 429, "20", []string{"/busy/1", "/busy/2", "/busy/3"}, 4 * time.Second, nil, true},
-		{"the same path asked three times is one path", 503, "20", []string{"/busy/1", "/busy/1?a", "/busy/1?b"}, 0, nil, false},
-		{"three paths over more than 10s", 503, "20", []string{"/busy/1", "/busy/2", "/busy/3"}, 6 * time.Second, nil, false},
-		{"429s to one user's credentials", 429, "20", []string{"/busy/1", "/busy/2", "/busy/3"}, 0, []string{"Authorization", "Bearer greedy"}, false},
-		{"503s without Retry-After", 503, "", []string{"/busy/1", "/busy/2", "/busy/3"}, 0, nil, false},
+		{"503s on three endpoints within 10s", 503, "20", []string{"/busy1", "/busy2/a", "/busy3?q"}, 4 * time.Second, nil, nil, "", true},
+		{"anonymous 429s on three endpoints within 10s, each from two clients", 429, "20", []string{"/busy1", "/busy2", "/busy3"}, 4 * time.Second, nil, []string{clientA, clientB}, "", true},
+		{"anonymous 429s on three endpoints from one client", 429, "20", []string{"/busy1", "/busy2", "/busy3"}, 0, nil, nil, "", false},
+		{"the same path asked three times is one endpoint", 503, "20", []string{"/busy1", "/busy1?a", "/busy1?b"}, 0, nil, nil, "", false},
+		{"three paths under one first segment are one endpoint", 503, "20", []string{"/busy/1", "/busy/2", "/busy/3"}, 0, nil, nil, "", false},
+		{"the upstream's own path is no endpoint", 503, "20", []string{"/busy1", "/busy2", "/busy3"}, 0, nil, nil, "/app/", true},
+		{"three endpoints over more than 10s", 503, "20", []string{"/busy1", "/busy2", "/busy3"}, 6 * time.Second, nil, nil, "", false},
+		{"429s to one user's credentials", 429, "20", []string{"/busy1", "/busy2", "/busy3"}, 0, []string{"Authorization", "Bearer greedy"}, []string{clientA, clientB}, "", false},
+		{"503s without Retry-After", 503, "", []string{"/busy1", "/busy2", "/busy3"}, 0, nil, nil, "", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			clk := newClock()
-			o := newOrigin(t, clk, pausingOrigin(tt.status, tt.retry))
-			p := newTestProxy(t, o, clk, Config{})
+			o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+				r.URL.Path = strings.TrimPrefix(r.URL.Path, strings.TrimSuffix(tt.upstream, "/"))
+				pausingOrigin(tt.status, tt.retry)(w, r)
+			})
+			p := newTestProxy(t, o, clk, Config{Upstream: &url.URL{Path: tt.upstream}})
+			from := tt.from
+			if from == nil {
+				from = []string{clientA}
+			}
 			for i, path := range tt.paths {
 				if i > 0 {
 					clk.Advance(tt.gap)
 				}
-				if got, _ := get(p, path, tt.hdr...); got.Status != tt.status {
-					t.Fatalf("GET %s got %d (%s), want the origin's %d", path, got.Status, got.CacheStatus, tt.status)
+				for _, client := range from {
+					if got, _ := doFrom(p, client, http.MethodGet, path, tt.hdr...); got.Status != tt.status {
+						t.Fatalf("GET %s from %s got %d (%s), want the origin's %d", path, client, got.Status, got.CacheStatus, tt.status)
+					}
 				}
 			}
 			before := o.count()
@@ -211,7 +233,7 @@ func TestMaxPauseBoundsRetryAfter(t *testing.T) {
 			clk := newClock()
 			o := newOrigin(t, clk, pausingOrigin(http.StatusServiceUnavailable, "3600"))
 			p := newTestProxy(t, o, clk, Config{UpstreamMaxPause: tt.maxPause})
-			for _, path := range []string{"/busy/1", "/busy/2", "/busy/3"} {
+			for _, path := range []string{"/busy1", "/busy2", "/busy3"} {
 				get(p, path)
 			}
 			if tt.want == 0 {
@@ -305,10 +327,10 @@ func TestPauseGauges(t *testing.T) {
 	if diff := cmp.Diff(want(0, 2), gauges()); diff != "" {
 		t.Errorf("two keys paused (-want +got):\n%s", diff)
 	}
-	get(p, "/busy/2")
-	get(p, "/busy/3")
+	get(p, "/busy2")
+	get(p, "/busy3")
 	if diff := cmp.Diff(want(1, 4), gauges()); diff != "" {
-		t.Errorf("three paths overloaded (-want +got):\n%s", diff)
+		t.Errorf("three endpoints overloaded (-want +got):\n%s", diff)
 	}
 	get(p, "/cold")
 	if n := scrape(t, a)["corral_upstream_throttled_total"]; n != 1 {
@@ -369,5 +391,313 @@ func TestPausedKeysStayBounded(t *testing.T) {
 	}
 	if err := send(maxPausedKeys + 50); !errors.As(err, &busy) {
 		t.Errorf("after the pauses ended, a new key's pause was not recorded: %v", err)
+	}
+}
+
+// TestOnlyGetAndHeadAnswersPause is the third attack of the review: a POST
+// or OPTIONS that the origin answers 503 with Retry-After paused the GET
+// key of its URL, and three of them the whole origin. An answer to another
+// method speaks of that method's handler (a broken form, a CORS
+// preflight), not of the resource every GET shares.
+func TestOnlyGetAndHeadAnswersPause(t *testing.T) {
+	for _, method := range []string{http.MethodPost, http.MethodOptions, http.MethodPut, http.MethodDelete} {
+		t.Run(method, func(t *testing.T) {
+			clk := newClock()
+			o := newOrigin(t, clk, pausingOrigin(http.StatusServiceUnavailable, "30"))
+			p := newTestProxy(t, o, clk, Config{})
+			for _, path := range []string{"/busy1", "/busy2", "/busy3"} {
+				if got, _ := do(p, method, path); got.Status != 503 {
+					t.Fatalf("%s %s got %d (%s), want the origin's 503", method, path, got.Status, got.CacheStatus)
+				}
+			}
+			steps := []struct {
+				name string
+				path string
+				want outcome
+			}{
+				{"GET of the same URL still goes upstream", "/busy1",
+					outcome{503, "corral; fwd=uri-miss; fwd-status=503; detail=error-status", "30"}},
+				{"and so does any other URL: the origin is not paused", "/cold", coldOK},
+			}
+			for _, s := range steps {
+				if diff := cmp.Diff(s.want, getOutcome(p, s.path)); diff != "" {
+					t.Errorf("%s: GET %s (-want +got):\n%s", s.name, s.path, diff)
+				}
+			}
+			if n := o.count(); n != 5 {
+				t.Errorf("origin saw %d requests, want 5: every one sent", n)
+			}
+		})
+	}
+}
+
+// TestPathVariantsAreOneEndpoint is the first attack of the review: an
+// origin that routes /broken, /broken/ and //broken alike (as many
+// frameworks do) answered each 503 with Retry-After, and one client that
+// asked for the three made them look like three paths failing at once:
+// every uncached URL got 503. Evidence of an overloaded origin counts
+// endpoints, the first path segment below the upstream's path, lower-cased,
+// without ;params, however many slashes lead to it.
+func TestPathVariantsAreOneEndpoint(t *testing.T) {
+	tests := []struct {
+		name  string
+		paths []string
+	}{
+		{"trailing and doubled slashes", []string{"/broken", "/broken/", "//broken"}},
+		{"letter case", []string{"/broken", "/Broken", "/BROKEN"}},
+		{";params", []string{"/broken", "/broken;a", "/broken;b=1/"}},
+		{"a catch-all route", []string{"/broken/a", "/broken/b", "/broken/c"}},
+		{"encoded separators", []string{"/broken%2Fa", "/broken%3Bb", "/broken%2fc"}},
+		{"all of it at once", []string{"///BROKEN;x//a", "/broken/", "/Broken%3b/b"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clk := newClock()
+			o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+				if strings.Contains(strings.ToLower(r.URL.Path), "broken") {
+					w.Header().Set("Retry-After", "30")
+					w.WriteHeader(http.StatusServiceUnavailable)
+					return
+				}
+				answer("max-age=60", "ok "+r.URL.Path)(w, r)
+			})
+			p := newTestProxy(t, o, clk, Config{})
+			for _, path := range tt.paths {
+				if got, _ := get(p, path); got.Status != 503 || !strings.Contains(got.CacheStatus, "fwd-status=503") {
+					t.Fatalf("GET %s got %d (%s), want the origin's 503", path, got.Status, got.CacheStatus)
+				}
+			}
+			if diff := cmp.Diff(coldOK, getOutcome(p, "/cold")); diff != "" {
+				t.Errorf("a cold URL after one endpoint's variants failed (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestEndpoint pins the identity under which answers count as evidence of
+// an overloaded origin.
+func TestEndpoint(t *testing.T) {
+	tests := map[string]string{
+		"/":                    "",
+		"":                     "",
+		"/broken":              "broken",
+		"/broken/":             "broken",
+		"//broken":             "broken",
+		"///BROKEN//a":         "broken",
+		"/Broken;jsessionid=1": "broken",
+		"/broken%2Fa":          "broken",
+		"/broken%2fa":          "broken",
+		"/broken%3Bx":          "broken",
+		"/broken%5Ca":          "broken",
+		"/broken%20a":          "broken%20a",
+		"/broken%2":            "broken%2",
+		"/api/stats?x=1":       "api",
+		"/api/users":           "api",
+		"/;x/broken":           "",
+	}
+	got := make(map[string]string, len(tests))
+	for path := range tests {
+		got[path] = endpoint(path)
+	}
+	if diff := cmp.Diff(tests, got); diff != "" {
+		t.Errorf("endpoint (-want +got):\n%s", diff)
+	}
+}
+
+// Client addresses, as RemoteAddr gives them.
+const (
+	clientA = "192.0.2.1:1234" // httptest's default
+	clientB = "198.51.100.7:4321"
+	clientC = "[2001:db8::1]:443"
+)
+
+// TestOneClientsQuotaPausesNoOneElse is the second attack of the review:
+// the origin answers 429 with Retry-After to one client's API key (or
+// session cookie) and 200 to everyone else. One request with that key
+// made everyone's request for the URL get 503, and three such URLs every
+// uncached URL. A 429 that one client alone gets speaks of that client.
+func TestOneClientsQuotaPausesNoOneElse(t *testing.T) {
+	for _, hdr := range [][]string{{"X-Api-Key", "abuser"}, {"Cookie", "session=abuser"}} {
+		t.Run(hdr[0], func(t *testing.T) {
+			clk := newClock()
+			o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+				if strings.Contains(r.Header.Get(hdr[0]), "abuser") {
+					w.Header().Set("Retry-After", "30")
+					w.WriteHeader(http.StatusTooManyRequests)
+					return
+				}
+				answer("max-age=60", "ok "+r.URL.Path)(w, r)
+			})
+			p := newTestProxy(t, o, clk, Config{})
+			limited := outcome{429, "corral; fwd=uri-miss; fwd-status=429; detail=error-status", "30"}
+			steps := []struct {
+				name   string
+				client string
+				path   string
+				hdr    []string
+				want   outcome
+			}{
+				{"the abuser hits its quota", clientA, "/quota1", hdr, limited},
+				{"and again: its own 429 from the origin", clientA, "/quota1", hdr, limited},
+				{"from another address, the same key still goes upstream", clientB, "/quota1", nil,
+					outcome{200, "corral; fwd=uri-miss; fwd-status=200; stored; ttl=60", ""}},
+				{"the abuser's second endpoint", clientA, "/quota2", hdr, limited},
+				{"the abuser's third endpoint", clientA, "/quota3", hdr, limited},
+				{"the origin is not paused", clientB, "/cold", nil, coldOK},
+			}
+			for _, s := range steps {
+				r, h := doFrom(p, s.client, http.MethodGet, s.path, s.hdr...)
+				if diff := cmp.Diff(s.want, outcome{r.Status, r.CacheStatus, h.Get("Retry-After")}); diff != "" {
+					t.Errorf("%s: GET %s (-want +got):\n%s", s.name, s.path, diff)
+				}
+			}
+			if n := o.count(); n != 6 {
+				t.Errorf("origin saw %d requests, want 6: every one sent", n)
+			}
+		})
+	}
+}
+
+// TestQuotaOfSeveralClientsPausesItsKey: a 429 with Retry-After pauses its
+// key once 429s for that key came for requests of two distinct clients
+// within ten seconds, shared fetches and passed-through requests alike:
+// then the limit is likely corral's, not one client's. Such 429s count
+// toward an origin-wide pause; one client's never do.
+func TestQuotaOfSeveralClientsPausesItsKey(t *testing.T) {
+	type ask struct {
+		client string
+		path   string
+		hdr    []string
+		after  time.Duration // since the previous request
+	}
+	noStore := []string{"Cache-Control", "no-store"} // passed through
+	tests := []struct {
+		name   string
+		asks   []ask
+		probe  string // asked by clientC afterwards
+		paused bool
+	}{
+		{"two clients within 10s", []ask{{clientA, "/busy1", nil, 0}, {clientB, "/busy1", nil, 9 * time.Second}}, "/busy1", true},
+		{"two clients, passed through", []ask{{clientA, "/busy1", noStore, 0}, {clientB, "/busy1", noStore, 0}}, "/busy1", true},
+		{"a fetch and a pass-through", []ask{{clientA, "/busy1", nil, 0}, {clientB, "/busy1", noStore, 0}}, "/busy1", true},
+		{"one client three times", []ask{{clientA, "/busy1", nil, 0}, {clientA, "/busy1", nil, 0}, {clientA, "/busy1", nil, 0}}, "/busy1", false},
+		{"one client from two ports", []ask{{clientA, "/busy1", nil, 0}, {"192.0.2.1:9999", "/busy1", nil, 0}}, "/busy1", false},
+		{"two clients over more than 10s", []ask{{clientA, "/busy1", nil, 0}, {clientB, "/busy1", nil, 10 * time.Second}}, "/busy1", false},
+		{"two clients, two keys", []ask{{clientA, "/busy1", nil, 0}, {clientB, "/busy1?page=2", nil, 0}}, "/busy1", false},
+		{"two clients on each of three endpoints pause the origin", []ask{
+			{clientA, "/busy1", nil, 0}, {clientB, "/busy1", nil, 0},
+			{clientA, "/busy2", nil, 0}, {clientB, "/busy2", nil, 0},
+			{clientA, "/busy3", nil, 0}, {clientB, "/busy3", nil, 0},
+		}, "/cold", true},
+		{"one client on three endpoints does not", []ask{
+			{clientA, "/busy1", nil, 0}, {clientA, "/busy2", nil, 0}, {clientA, "/busy3", nil, 0},
+		}, "/cold", false},
+		{"nor do three clients on one endpoint each", []ask{
+			{clientA, "/busy1", nil, 0}, {clientB, "/busy2", nil, 0}, {clientC, "/busy3", nil, 0},
+		}, "/cold", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clk := newClock()
+			o := newOrigin(t, clk, pausingOrigin(http.StatusTooManyRequests, "20"))
+			p := newTestProxy(t, o, clk, Config{})
+			for _, a := range tt.asks {
+				clk.Advance(a.after)
+				if r, _ := doFrom(p, a.client, http.MethodGet, a.path, a.hdr...); r.Status != 429 {
+					t.Fatalf("GET %s from %s got %d (%s), want the origin's 429", a.path, a.client, r.Status, r.CacheStatus)
+				}
+			}
+			before := o.count()
+			r, h := doFrom(p, clientC, http.MethodGet, tt.probe)
+			got := outcome{r.Status, r.CacheStatus, h.Get("Retry-After")}
+			want, sent := turnedAway("20"), int64(0)
+			if !tt.paused {
+				want, sent = outcome{429, "corral; fwd=uri-miss; fwd-status=429; detail=error-status", "20"}, 1
+				if tt.probe == "/cold" {
+					want = coldOK
+				}
+			}
+			if diff := cmp.Diff(want, got); diff != "" || o.count()-before != sent {
+				t.Errorf("GET %s from a third client (-want +got):\n%s\norigin saw %d requests, want %d", tt.probe, diff, o.count()-before, sent)
+			}
+		})
+	}
+}
+
+// TestUpstreamRequestsCarryTheirClient checks what the guard counts 429s
+// by: every upstream request carries the address of the client it was
+// made for, whether it is a shared fetch, a background refresh (the
+// client whose stale hit started it) or a passed-through request.
+func TestUpstreamRequestsCarryTheirClient(t *testing.T) {
+	clk := newClock()
+	o := newOrigin(t, clk, answer("max-age=1, stale-while-revalidate=60", "x"))
+	tr := newTransport(time.Minute)
+	t.Cleanup(tr.CloseIdleConnections)
+	var mu sync.Mutex
+	var got []string
+	record := roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		mu.Lock()
+		got = append(got, r.URL.RequestURI()+" "+clientOf(r.Context()).String())
+		mu.Unlock()
+		return tr.RoundTrip(r)
+	})
+	p := newTestProxy(t, o, clk, Config{Transport: record})
+	doFrom(p, clientA, http.MethodGet, "/a")                              // a shared fetch
+	clk.Advance(2 * time.Second)                                          // stale now
+	doFrom(p, clientB, http.MethodGet, "/a")                              // a stale hit: a refresh
+	p.Wait()                                                              // for the refresh
+	doFrom(p, clientC, http.MethodGet, "/b", "Cache-Control", "no-store") // passed through
+	doFrom(p, clientC, http.MethodPost, "/c")                             // passed through
+	want := []string{"/a 192.0.2.1", "/a 198.51.100.7", "/b 2001:db8::1", "/c 2001:db8::1"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("upstream requests and their clients (-want +got):\n%s", diff)
+	}
+}
+
+// TestQuotaRecordsStayBounded floods the guard with keys that answer 429
+// with Retry-After to one client, as a client spending its own quota on
+// URLs it makes up can: the records of who got a 429 share the bound of
+// the pause records, hold one address per key, and expire with the
+// window.
+func TestQuotaRecordsStayBounded(t *testing.T) {
+	clk := newClock()
+	limited := roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		return &http.Response{StatusCode: 429, Header: http.Header{"Retry-After": {"60"}}, Body: http.NoBody, Request: r}, nil
+	})
+	g := newGuard(limited, Config{}, time.Minute, clk.Now, func(time.Duration) {})
+	send := func(i int, client string) error {
+		ctx := context.WithValue(context.Background(), clientKey{}, client)
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://origin.example/quota?i="+strconv.Itoa(i), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := g.RoundTrip(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err
+	}
+	for i := range maxPausedKeys + 100 {
+		if err := send(i, clientA); err != nil {
+			t.Fatalf("key %d was not sent: %v", i, err)
+		}
+		if n := len(g.pauses.keys); n > maxPausedKeys {
+			t.Fatalf("after %d keys, %d records; want at most %d", i+1, n, maxPausedKeys)
+		}
+	}
+	if origin, keys := g.pausedNow(); origin || keys != 0 {
+		t.Errorf("one client's 429s paused the origin (%v) or %d keys", origin, keys)
+	}
+	if err := send(0, clientB); err != nil {
+		t.Fatalf("a second client's request was not sent: %v", err)
+	}
+	var busy *busyError
+	if err := send(0, clientC); !errors.As(err, &busy) {
+		t.Errorf("after 429s for two clients, the key was sent again: %v", err)
+	}
+	clk.Advance(overloadWindow)
+	g.pausedNow() // sweeps
+	if n := len(g.pauses.keys); n != 1 {
+		t.Errorf("after the window, %d records; want 1: the paused key's", n)
 	}
 }

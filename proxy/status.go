@@ -84,7 +84,8 @@ type passed struct {
 	uri       string      // the client's request URI
 	reqHeader http.Header // the client's request header
 	reqTime   time.Time
-	mayStore  bool // the request went upstream as one whose answer may be stored
+	mayStore  bool   // the request went upstream as one whose answer may be stored
+	client    string // the client's RemoteAddr, for the guard (clientOf)
 }
 
 // passThrough sends r upstream on its own and streams the answer back,
@@ -93,7 +94,7 @@ type passed struct {
 // again as soon as the origin says so. fwd and detail go to Cache-Status.
 func (p *Proxy) passThrough(w http.ResponseWriter, r *http.Request, target, fwd, detail string) {
 	p.stats.Passed.Add(1)
-	info := passed{st: cacheStatus{fwd: fwd, detail: detail}, host: r.Host, uri: target, reqHeader: r.Header, reqTime: p.now(), mayStore: mayStore(r)}
+	info := passed{st: cacheStatus{fwd: fwd, detail: detail}, host: r.Host, uri: target, reqHeader: r.Header, reqTime: p.now(), mayStore: mayStore(r), client: r.RemoteAddr}
 	p.pass.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), passKey{}, info)))
 }
 
