@@ -32,22 +32,29 @@ type Group[V any] struct {
 type Fetch[V any] func(ctx context.Context) (V, error)
 
 // Do returns the result of the fetch for key, starting one unless a fetch for
-// key is already running, in which case it waits for that one instead and
-// reports shared. If ctx ends first, Do returns ctx.Err() at once and the
+// key is already running, in which case it waits for that one instead. led
+// reports whether this caller's fetch ran: false when the result came from
+// another caller's. If ctx ends first, Do returns ctx.Err() at once and the
 // fetch goes on for whoever else waits, or for nobody.
-func (g *Group[V]) Do(ctx context.Context, key string, fetch Fetch[V]) (v V, shared bool, err error) {
+func (g *Group[V]) Do(ctx context.Context, key string, fetch Fetch[V]) (v V, led bool, err error) {
 	// Each caller counts as running until its flight has delivered, even
 	// after it left: singleflight delivers only once the fetch returned,
 	// so Wait outlasts every fetch without knowing which caller led it.
 	g.begin()
-	ch := g.sf.DoChan(key, g.run(ctx, fetch))
+	// ran is written by the flight's goroutine before it delivers, and
+	// read here after the delivery: the channel orders the two.
+	var ran bool
+	ch := g.sf.DoChan(key, g.run(ctx, func(ctx context.Context) (V, error) {
+		ran = true
+		return fetch(ctx)
+	}))
 	select {
 	case r := <-ch:
 		g.end()
 		if r.Err != nil {
-			return v, r.Shared, r.Err
+			return v, ran, r.Err
 		}
-		return r.Val.(V), r.Shared, nil
+		return r.Val.(V), ran, nil
 	case <-ctx.Done():
 		go func() {
 			<-ch

@@ -50,7 +50,10 @@ func TestOneFetchPerKeyWhileItRuns(t *testing.T) {
 	// the flight in progress and must join it.
 	first := make(chan string, 1)
 	go func() {
-		v, _, _ := g.Do(context.Background(), "k", fetch)
+		v, led, _ := g.Do(context.Background(), "k", fetch)
+		if !led {
+			v = "did not lead: " + v
+		}
 		first <- v
 	}()
 	within(t, started, "the first fetch")
@@ -58,13 +61,13 @@ func TestOneFetchPerKeyWhileItRuns(t *testing.T) {
 	const n = 500
 	var wg sync.WaitGroup
 	results := make([]string, n)
-	shared := make([]bool, n)
+	led := make([]bool, n)
 	joined := make(chan struct{}, n)
 	for i := range n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			results[i], shared[i], _ = g.Do(joinCtx{context.Background(), joined}, "k", fetch)
+			results[i], led[i], _ = g.Do(joinCtx{context.Background(), joined}, "k", fetch)
 		}()
 	}
 	for range n {
@@ -80,8 +83,8 @@ func TestOneFetchPerKeyWhileItRuns(t *testing.T) {
 		t.Errorf("%d fetches for one key, want 1", f)
 	}
 	for i := range n {
-		if results[i] != "v" || !shared[i] {
-			t.Fatalf("caller %d got %q shared=%v, want the shared v", i, results[i], shared[i])
+		if results[i] != "v" || led[i] {
+			t.Fatalf("caller %d got %q led=%v, want the first caller's v", i, results[i], led[i])
 		}
 	}
 }

@@ -478,14 +478,10 @@ const (
 // outcome. It reports true when the outcome was a response for another
 // variant, which r should look up again.
 func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, key, vkey string, stale *Entry, fwd string, retried bool) (again bool) {
-	// The closure below runs only for the caller that starts the flight.
-	// It records that, so the leader alone may receive a response that
-	// turns out to be meant for its own request only.
-	leader := false
 	interim := &interimWriter{w: w}
 	defer interim.close()
-	f, shared, err := p.flights.Do(r.Context(), p.flightKey(r, vkey), func(ctx context.Context) (*fetched, error) {
-		leader = true
+	f, leader, err := p.flights.Do(r.Context(), p.flightKey(r, vkey), func(ctx context.Context) (*fetched, error) {
+		// Only the caller that starts the flight runs this: the leader.
 		ctx = httptrace.WithClientTrace(withClient(ctx, r), &httptrace.ClientTrace{Got1xxResponse: interim.write})
 		f, err := p.fetch(ctx, r, key, vkey, stale)
 		if stale != nil && (err != nil || (!f.again && isServerError(f.entry.Status))) {
@@ -513,7 +509,7 @@ func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshn
 		return true
 	}
 	e := f.entry
-	st := cacheStatus{fwd: fwd, fwdStatus: f.status, stored: f.stored, collapsed: shared && !leader}
+	st := cacheStatus{fwd: fwd, fwdStatus: f.status, stored: f.stored, collapsed: !leader}
 	if f.stored {
 		st.ttl, st.hasTTL = e.Decision.TTL(now), true
 	}
