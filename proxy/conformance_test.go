@@ -654,9 +654,13 @@ func TestInterimResponses(t *testing.T) {
 	clk := newClock()
 	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Link", "</app.css>; rel=preload")
+		// Never for a client: corral's own field, and a hop-by-hop one.
+		w.Header().Set("Corral-Cache-Control", "max-age=600")
+		w.Header().Set("Connection", "X-Hop")
+		w.Header().Set("X-Hop", "hop")
 		w.WriteHeader(http.StatusEarlyHints)
 		h := w.Header()
-		delete(h, "Link")
+		clear(h)
 		h.Set("Cache-Control", "max-age=60")
 		io.WriteString(w, "final")
 	})
@@ -674,6 +678,11 @@ func TestInterimResponses(t *testing.T) {
 		trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
 			s.Interim = append(s.Interim, code)
 			s.Link = h.Get("Link")
+			for _, f := range []string{"Corral-Cache-Control", "X-Hop"} {
+				if v := h.Get(f); v != "" {
+					s.Link += "; leaked " + f
+				}
+			}
 			return nil
 		}}
 		req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(t.Context(), trace), method, addr+"/page", nil)
@@ -775,4 +784,46 @@ func TestConformanceVaryNormalised(t *testing.T) {
 			{header: []string{"Accept-Encoding", "gzip"}, want: ok("x"), upstream: 2},
 		},
 	}})
+}
+
+// An origin that keeps sending interim responses past the upstream
+// timeout: net/http's transport may deliver one after the fetch ended,
+// and it must not be written while the handler answers 504.
+func TestInterimResponsesAfterTheTimeout(t *testing.T) {
+	clk := newClock()
+	stop := make(chan struct{})
+	defer close(stop)
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		for i := 0; ; i++ {
+			w.Header().Set("Link", "</x"+strconv.Itoa(i)+">; rel=preload")
+			w.WriteHeader(http.StatusEarlyHints)
+			select {
+			case <-stop:
+				return
+			case <-r.Context().Done():
+				return
+			default:
+			}
+		}
+	})
+	p := newTestProxy(t, o, clk, Config{UpstreamTimeout: 50 * time.Millisecond})
+	addr := "http://" + serveProxy(t, p)
+	var wg sync.WaitGroup
+	for i := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := http.Get(addr + "/flood-" + strconv.Itoa(i))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusGatewayTimeout {
+				t.Errorf("status %d, want 504", resp.StatusCode)
+			}
+		}()
+	}
+	wg.Wait()
 }

@@ -479,7 +479,7 @@ const (
 // variant, which r should look up again.
 func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, key, vkey string, stale *Entry, fwd string, retried bool) (again bool) {
 	interim := &interimWriter{w: w}
-	defer interim.close()
+	defer interim.close() // the client left: the fetch may go on
 	f, leader, err := p.flights.Do(r.Context(), p.flightKey(r, vkey), func(ctx context.Context) (*fetched, error) {
 		// Only the caller that starts the flight runs this: the leader.
 		ctx = httptrace.WithClientTrace(withClient(ctx, r), &httptrace.ClientTrace{Got1xxResponse: interim.write})
@@ -492,6 +492,10 @@ func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshn
 		}
 		return f, err
 	})
+	// net/http's transport may still deliver interim responses it had
+	// read when the fetch ended: none may reach w once this handler
+	// writes to it.
+	interim.close()
 	now := p.now()
 	if err != nil {
 		if r.Context().Err() != nil {
@@ -580,10 +584,34 @@ func (iw *interimWriter) write(code int, header textproto.MIMEHeader) error {
 	for k, vs := range header {
 		h[k] = append([]string(nil), vs...)
 	}
+	filterInterim(h)
 	iw.w.WriteHeader(code)
 	clear(h) // net/http keeps the fields of a 1xx for the final answer
 	return nil
 }
+
+// filterInterim drops from an interim response's fields what never leaves
+// corral: hop-by-hop fields and Corral-Cache-Control.
+func filterInterim(h http.Header) {
+	removeHopHeaders(h)
+	delete(h, corralOnly)
+}
+
+// interimFilter is the ResponseWriter a passed-through request writes to:
+// ReverseProxy copies an interim response's fields as the origin sent them.
+type interimFilter struct {
+	http.ResponseWriter
+}
+
+func (w interimFilter) WriteHeader(code int) {
+	if code >= 100 && code < 200 && code != http.StatusSwitchingProtocols {
+		filterInterim(w.Header())
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+// Unwrap lets http.ResponseController reach Flush and Hijack.
+func (w interimFilter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 func (iw *interimWriter) close() {
 	iw.mu.Lock()

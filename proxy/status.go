@@ -95,7 +95,7 @@ type passed struct {
 func (p *Proxy) passThrough(w http.ResponseWriter, r *http.Request, target, fwd, detail string) {
 	p.stats.Passed.Add(1)
 	info := passed{st: cacheStatus{fwd: fwd, detail: detail}, host: r.Host, uri: target, reqHeader: r.Header, reqTime: p.now(), mayStore: mayStore(r), client: r.RemoteAddr}
-	p.pass.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), passKey{}, info)))
+	p.pass.ServeHTTP(interimFilter{w}, r.WithContext(context.WithValue(r.Context(), passKey{}, info)))
 }
 
 func (p *Proxy) modifyPassed(resp *http.Response) error {
