@@ -352,3 +352,33 @@ func TestDateAndLastModifiedFormats(t *testing.T) {
 		})
 	}
 }
+
+// RFC 9110 sections 9.3.3 and 8.7: a POST answer may be stored only as a
+// 200 or 203 with the origin's own explicit freshness.
+func TestPostAnswers(t *testing.T) {
+	post := func(status int, kv ...string) Exchange {
+		x := exchange(status, kv...)
+		x.Method = http.MethodPost
+		return x
+	}
+	ruled := post(200)
+	ruled.Rule = "max-age=60"
+	tests := []struct {
+		name string
+		x    Exchange
+		want bool
+	}{
+		{"200 with max-age", post(200, "Cache-Control", "max-age=60"), true},
+		{"203 with Expires", post(203, "Expires", t0.Add(time.Minute).Format(http.TimeFormat)), true},
+		{"200 without freshness", post(200), false},
+		{"200 with only a rule's freshness", ruled, false},
+		{"201 with max-age", post(201, "Cache-Control", "max-age=60"), false},
+		{"400 with max-age", post(400, "Cache-Control", "max-age=60"), false},
+		{"500 with max-age", post(500, "Cache-Control", "max-age=60"), false},
+	}
+	for _, tt := range tests {
+		if got := (Policy{}).Evaluate(tt.x).Storable; got != tt.want {
+			t.Errorf("%s: storable %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}

@@ -200,10 +200,13 @@ func (p Policy) unstorable(x Exchange, cc Directives, source Source, stripped []
 	reqCC := ParseRequest(x.RequestHeader)
 	_, explicit := explicitLifetime(x, cc, source)
 	switch {
-	case x.Method == http.MethodPost && !explicit:
+	case x.Method == http.MethodPost && (!originExplicit(x) || (x.Status != http.StatusOK && x.Status != http.StatusNonAuthoritativeInfo)):
 		// RFC 9110 section 9.3.3: a POST answer is storable only with
-		// explicit freshness (and a Content-Location naming the target,
-		// which the caller checks).
+		// the origin's own explicit freshness (a rule speaks of what
+		// GETs return, not of what a client's POST body made), and
+		// only as the representation a 200 or 203 carries (section
+		// 8.7); the caller checks that Content-Location names the
+		// target.
 		return ReasonMethod
 	case x.Method != http.MethodGet && x.Method != http.MethodPost:
 		return ReasonMethod
@@ -239,7 +242,22 @@ func (p Policy) unstorable(x Exchange, cc Directives, source Source, stripped []
 	if !explicit && !cc.Public && !heuristicStatus[x.Status] {
 		return ReasonNoFreshness
 	}
+	if rule && !heuristicStatus[x.Status] && !originExplicit(x) {
+		// A rule stores what any client would get: the statuses RFC
+		// 9110 section 15.1 deems cacheable by default. A 400 or 412 is
+		// an answer to one request's fields, and stored by a rule it
+		// would deny the URL to everyone (cache-poisoned denial of
+		// service); the origin's own freshness still stores one.
+		return ReasonStatus
+	}
 	return ""
+}
+
+// originExplicit reports whether the origin's own fields, rules aside,
+// give the response an explicit lifetime.
+func originExplicit(x Exchange) bool {
+	_, explicit := explicitLifetime(x, ParseResponse(x.Header), FromCacheControl)
+	return explicit
 }
 
 // explicitLifetime is the lifetime the response states (RFC 9111 section

@@ -83,6 +83,12 @@ func TestTargeted(t *testing.T) {
 			result{verdict{Reason: ReasonSetCookie, Lifetime: time.Minute, Strip: []string{"Set-Cookie"}}, FromRule}},
 		{"rule: never shares an answer to credentials, even with public", Policy{}, withRule("public, max-age=60", withAuth(exchange(200))),
 			result{verdict{Reason: ReasonAuthorization, Lifetime: time.Minute}, FromRule}},
+		{"rule: a 400 is one request's answer, not stored", Policy{}, withRule("max-age=60", exchange(400)),
+			result{verdict{Reason: ReasonStatus, Lifetime: time.Minute}, FromRule}},
+		{"rule: a 404 is stored, as any client gets it", Policy{}, withRule("max-age=60", exchange(404)),
+			result{verdict{Storable: true, Shareable: true, Lifetime: time.Minute}, FromRule}},
+		{"rule: a 400 with the origin's own max-age is stored", Policy{}, withRule("max-age=60", exchange(400, "Cache-Control", "max-age=5")),
+			result{verdict{Storable: true, Shareable: true, Lifetime: time.Minute}, FromRule}},
 		{"rule: never stores an error status", Policy{}, withRule("max-age=60", exchange(503)),
 			result{verdict{Reason: ReasonErrorStatus, Shareable: true, Lifetime: time.Minute, NoStale: true}, FromRule}},
 	}

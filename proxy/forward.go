@@ -17,8 +17,8 @@ import (
 //     cache keys on: only corral's Via. An origin that built a link from a
 //     client's Host would otherwise have it served to everyone.
 //   - A request answered for its client alone (other methods, upgrades)
-//     carries X-Forwarded-For with the client's address, X-Forwarded-Host
-//     with its Host and X-Forwarded-Proto. When the client is one of
+//     carries X-Forwarded-For with the client's address and
+//     X-Forwarded-Proto. When the client is one of
 //     TrustedProxies, the X-Forwarded-For chain, X-Forwarded-Host,
 //     X-Forwarded-Proto and Forwarded it sent are kept, and its address
 //     is appended to the chain.
@@ -42,7 +42,10 @@ func (p *Proxy) forward(out http.Header, in *http.Request, mayStore bool) {
 			}
 		}
 	} else {
-		out.Set("X-Forwarded-Host", in.Host)
+		// Not the client's Host as X-Forwarded-Host: it is text the
+		// client chose, and an origin that builds links from it would
+		// put them in an answer that may yet be stored (a POST that
+		// names its own URL).
 		proto := "http"
 		if in.TLS != nil {
 			proto = "https"

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"corral/proxy/rules"
 )
 
 // These tests attack corral the way issue 9 found it broken: each sends
@@ -262,7 +264,7 @@ func TestForwardingFieldsForUnsafeRequests(t *testing.T) {
 		want    map[string]string
 	}{
 		{"untrusted client", nil, map[string]string{
-			"X-Forwarded-For": "192.0.2.1", "X-Forwarded-Host": "corral.example", "X-Forwarded-Proto": "http", "Forwarded": "",
+			"X-Forwarded-For": "192.0.2.1", "X-Forwarded-Host": "", "X-Forwarded-Proto": "http", "Forwarded": "",
 		}},
 		{"trusted proxy", []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}, map[string]string{
 			"X-Forwarded-For": "203.0.113.9, 192.0.2.1", "X-Forwarded-Host": "public.example", "X-Forwarded-Proto": "https", "Forwarded": "for=203.0.113.9",
@@ -487,5 +489,99 @@ func TestTooLargeVariantPassesOnlyItself(t *testing.T) {
 	}
 	if n := o.count() - before; n != 0 {
 		t.Errorf("10 requests for the stored variant cost %d upstream requests, want 0", n)
+	}
+}
+
+// Attacks found in the second review.
+
+// A POST answer that names its own URL may answer later GETs, but only a
+// 200 or 203 with the origin's own freshness, to a POST that carried
+// nothing that makes the answer one client's.
+func TestPostCannotPlantAnAnswer(t *testing.T) {
+	clk := newClock()
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "max-age=60")
+		w.Header().Set("Content-Location", r.URL.Path)
+		host := r.Header.Get("X-Forwarded-Host")
+		if host == "" {
+			host = r.Host
+		}
+		switch b, _ := io.ReadAll(r.Body); {
+		case r.Method == http.MethodGet:
+			io.WriteString(w, "good")
+		case string(b) == "crash":
+			w.WriteHeader(http.StatusInternalServerError)
+		case string(b) == "bad":
+			w.WriteHeader(http.StatusBadRequest)
+		case r.Header.Get("If-Match") != "":
+			w.WriteHeader(http.StatusPreconditionFailed)
+		default:
+			io.WriteString(w, "posted "+r.Header.Get("X-Http-Method-Override")+" <a href=//"+host+"/login>")
+		}
+	})
+	p := newTestProxy(t, o, clk, Config{})
+	post := func(path, body string, hdr ...string) {
+		req := httptest.NewRequest(http.MethodPost, "http://evil.example"+path, strings.NewReader(body))
+		for i := 0; i+1 < len(hdr); i += 2 {
+			req.Header.Set(hdr[i], hdr[i+1])
+		}
+		p.ServeHTTP(httptest.NewRecorder(), req)
+	}
+	for _, tt := range []struct {
+		name, body string
+		hdr        []string
+	}{
+		{"a 500", "crash", nil},
+		{"a 400", "bad", nil},
+		{"a 412 to a precondition", "x", []string{"If-Match", `"nope"`}},
+		{"a method override", "x", []string{"X-HTTP-Method-Override", "DELETE"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			path := "/p-" + strings.ReplaceAll(tt.name, " ", "-")
+			get(p, path) // a good answer stored
+			post(path, tt.body, tt.hdr...)
+			if res, _ := get(p, path); res.Status != 200 || res.Body != "good" {
+				t.Errorf("after the POST, everyone got %d %q (%s), want the good answer", res.Status, res.Body, res.CacheStatus)
+			}
+		})
+	}
+	// A POST from a client that gave its own Host: the answer is stored,
+	// but nothing of that Host went upstream to end up in it.
+	post("/page", "x")
+	if res, _ := get(p, "/page"); strings.Contains(res.Body, "evil") || !strings.Contains(res.CacheStatus, "hit") {
+		t.Errorf("after a POST with Host evil.example, everyone got %q (%s)", res.Body, res.CacheStatus)
+	}
+}
+
+// A rule decides how long what any client gets stays fresh: never that a
+// POST body's answer, or an error one request's fields caused, is stored
+// for everyone.
+func TestRuleCannotStoreOneClientsAnswer(t *testing.T) {
+	clk := newClock()
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		if r.Method == http.MethodPost {
+			w.Header().Set("Content-Location", r.URL.Path)
+			io.WriteString(w, "posted "+string(b))
+			return
+		}
+		if r.Header.Get("X-Bad") != "" {
+			http.Error(w, "bad request", http.StatusBadRequest)
+			return
+		}
+		io.WriteString(w, "good")
+	})
+	r, err := rules.Parse("/ max-age=60")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newTestProxy(t, o, clk, Config{Rules: []rules.Rule{r}})
+	req := httptest.NewRequest(http.MethodPost, "/cl", strings.NewReader("evil=1"))
+	p.ServeHTTP(httptest.NewRecorder(), req)
+	get(p, "/cpdos", "X-Bad", "1")
+	for _, path := range []string{"/cl", "/cpdos"} {
+		if res, _ := get(p, path); res.Body != "good" {
+			t.Errorf("GET %s: everyone got %d %q (%s), want the good answer", path, res.Status, res.Body, res.CacheStatus)
+		}
 	}
 }

@@ -114,7 +114,7 @@ func (p *Proxy) modifyPassed(resp *http.Response) error {
 		// the client's preconditions or range, whose answer (a 412, a
 		// 206) is that client's alone.
 		e = p.storeOnTheWay(resp, info, info.reqTime)
-	case resp.Request.Method == http.MethodPost && p.namesItself(info, resp.Header.Get("Content-Location")):
+	case resp.Request.Method == http.MethodPost && postStorable(resp.Request.Header) && p.namesItself(info, resp.Header.Get("Content-Location")):
 		// RFC 9110 section 9.3.3: a POST answer with explicit freshness
 		// and a Content-Location that is its own target may answer
 		// later GETs for it. It is stored after the invalidation above,
@@ -210,6 +210,24 @@ func (p *Proxy) Purge(uri string, prefix bool) int {
 	})
 	p.stats.Purged.Add(int64(n))
 	return n
+}
+
+// postStorable reports whether a POST sent upstream with header h may
+// have its answer stored for later GETs: it carried no field that makes
+// the answer one client's, a precondition or range, a method override,
+// or a trusted proxy's X-Forwarded-Host or Forwarded.
+func postStorable(h http.Header) bool {
+	if conditionalOrRange(h) {
+		return false
+	}
+	for _, list := range [][]string{methodOverrides, {"X-Forwarded-Host", "Forwarded"}} {
+		for _, f := range list {
+			if h[f] != nil {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // namesItself reports whether a Content-Location names the target of the
