@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -826,4 +827,30 @@ func TestInterimResponsesAfterTheTimeout(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+}
+
+// A variant whose language changed is no longer selected for the old one.
+func TestLanguageSelectionFollowsTheStoredLanguage(t *testing.T) {
+	clk := newClock()
+	var english atomic.Bool
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		lang := "fr" // French for everyone, until English exists
+		if english.Load() && strings.HasPrefix(r.Header.Get("Accept-Language"), "en") {
+			lang = "en"
+		}
+		w.Header().Set("Cache-Control", "max-age=1")
+		w.Header().Set("Vary", "Accept-Language")
+		w.Header().Set("Content-Language", lang)
+		io.WriteString(w, lang)
+	})
+	p := newTestProxy(t, o, clk, Config{})
+	get(p, "/lang", "Accept-Language", "en") // French, stored under en
+	english.Store(true)
+	clk.Advance(2 * time.Second)
+	if res, _ := get(p, "/lang", "Accept-Language", "en"); res.Body != "en" {
+		t.Fatalf("en after the change: %q", res.Body)
+	}
+	if res, _ := get(p, "/lang", "Accept-Language", "fr"); res.Body != "fr" {
+		t.Errorf("a French client got %q (%s), want French", res.Body, res.CacheStatus)
+	}
 }

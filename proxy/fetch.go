@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"net/http"
 	"net/textproto"
 	"slices"
@@ -151,7 +150,7 @@ func (p *Proxy) newEntryFor(method, key string, reqHeader http.Header, status in
 		ResponseTime:  respTime,
 	}
 	path, _, _ := strings.Cut(key, "?")
-	rule, ruled := rules.Match(p.rules, path)
+	rule, ruled := rules.Match(p.rules, rulePath(path))
 	if ruled {
 		x.Rule = rule.Directives
 	}
@@ -256,14 +255,7 @@ func (p *Proxy) put(key string, e *Entry, reqTime time.Time, replaces *Entry) bo
 				return false
 			}
 		}
-		if lang := contentLanguage(e); lang != "" && marker.languages[lang] != e.VaryKey && len(marker.languages) < maxLanguages {
-			m := maps.Clone(marker.languages)
-			if m == nil {
-				m = make(map[string]string, 1)
-			}
-			m[lang] = e.VaryKey
-			marker.languages = m
-		}
+		marker.languages = withLanguage(marker.languages, contentLanguage(e), e.VaryKey)
 		p.store.Set(key, marker, until.Sub(now))
 		p.store.Set(vk, e, ttl)
 		return true
@@ -308,16 +300,40 @@ func (p *Proxy) lookup(key string, h http.Header) (*Entry, string) {
 	vk := variantKey(key, e.varyGen, varyKey(e.Vary, h))
 	v, ok := p.store.Get(vk)
 	if !ok && e.languages != nil {
-		if other, ok := e.languages[firstLanguage(sentValues(h, "Accept-Language"))]; ok {
+		lang := firstLanguage(sentValues(h, "Accept-Language"))
+		if other, ok := e.languages[lang]; ok {
 			// Another request's answer is in the language this
-			// request prefers above all others.
+			// request prefers above all others: checked again here,
+			// since that variant may have been stored anew since.
 			ovk := variantKey(key, e.varyGen, other)
-			if v, ok := p.store.Get(ovk); ok {
+			if v, ok := p.store.Get(ovk); ok && contentLanguage(v) == lang {
 				return v, ovk
 			}
 		}
 	}
 	return v, vk
+}
+
+// withLanguage returns languages, copied, with lang mapped to varyKey and
+// no other language mapped to it; the same map when nothing changes.
+func withLanguage(languages map[string]string, lang, varyKey string) map[string]string {
+	stale := false
+	for l, vk := range languages {
+		stale = stale || (vk == varyKey && l != lang)
+	}
+	if !stale && (lang == "" || languages[lang] == varyKey || len(languages) >= maxLanguages) {
+		return languages
+	}
+	m := make(map[string]string, len(languages)+1)
+	for l, vk := range languages {
+		if vk != varyKey {
+			m[l] = vk
+		}
+	}
+	if lang != "" && len(m) < maxLanguages {
+		m[lang] = varyKey
+	}
+	return m
 }
 
 // maxLanguages bounds the languages a Vary marker remembers.

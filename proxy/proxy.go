@@ -243,14 +243,15 @@ func New(cfg Config) (*Proxy, error) {
 	return p, nil
 }
 
-// setRules checks rs as rules.Parse would, normalises their prefixes as
-// request keys are, and makes a decision counter for each.
+// setRules checks rs as rules.Parse would, brings their prefixes to the
+// form rulePath gives request paths, and makes a decision counter for each.
 func (p *Proxy) setRules(rs []rules.Rule) error {
 	p.stats.RuleDecisions = make(map[string]*atomic.Int64, len(rs))
 	for _, given := range rs {
 		r, err := rules.Parse(given.String())
 		if err == nil {
 			r.Prefix, err = normalizeTarget(r.Prefix)
+			r.Prefix = rulePath(r.Prefix)
 		}
 		if err == nil && p.stats.RuleDecisions[r.Prefix] != nil {
 			err = fmt.Errorf("a rule for prefix %s is given already", r.Prefix)
@@ -390,7 +391,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				p.serve(w, r, e, e.Header, cacheStatus{hit: true, ttl: e.Decision.TTL(now), hasTTL: true, detail: "stale-while-revalidate"}, now)
 				p.refresh(r, key, vkey, e)
 				return
-			case use.Refused && now.UnixNano() < e.refreshAt.Load():
+			case use.Refused && e.failedRecently(now):
 				// The client asked for a fresher answer, but the last
 				// attempt to validate this one failed moments ago.
 				p.stats.Hits.Add(1)
@@ -398,7 +399,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				return
 			case use.Refused:
 				fwd = "request" // the client asked for a fresher answer
-			case now.UnixNano() < e.refreshAt.Load() && e.Decision.UsableOnErrorFor(now, req):
+			case e.failedRecently(now) && e.Decision.UsableOnErrorFor(now, req):
 				// Its validation failed moments ago, and it may stand in
 				// for a failing origin: serve it, rather than ask the
 				// origin again for every request until it recovers.
@@ -665,10 +666,11 @@ func (p *Proxy) refresh(r *http.Request, key, vkey string, stale *Entry) {
 	}
 }
 
-// backOff keeps the origin from being asked about stale again, by a
-// background refresh or a client's no-cache, for a pause after a failed
-// validation: at least refreshBackoff, longer if the origin, or the
-// guard, said how long. It returns the pause.
+// backOff records a failed validation of stale: background refreshes wait
+// for a pause, at least refreshBackoff, longer if the origin, or the
+// guard, said how long; and for refreshBackoff alone (failedRecently),
+// requests that stale may answer are answered by it without asking the
+// origin again. It returns the refresh pause.
 func (p *Proxy) backOff(stale *Entry, f *fetched, err error) time.Duration {
 	pause := refreshBackoff
 	var busy *busyError
@@ -677,7 +679,9 @@ func (p *Proxy) backOff(stale *Entry, f *fetched, err error) time.Duration {
 	} else if err == nil {
 		pause = max(pause, min(retryAfter(f.entry.Header.Get("Retry-After"), p.now()), maxRetryAfter))
 	}
-	stale.refreshAt.Store(p.now().Add(pause).UnixNano())
+	now := p.now()
+	stale.refreshAt.Store(now.Add(pause).UnixNano())
+	stale.failedAt.Store(now.UnixNano())
 	return pause
 }
 

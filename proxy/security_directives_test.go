@@ -289,3 +289,30 @@ func TestOutageCostsOneRequestPerBackOff(t *testing.T) {
 		t.Errorf("origin requests = %d, want 4: one failed validation per second", n)
 	}
 }
+
+// One client whose fields make a validation fail (the origin rejects
+// them, and asks for 300 s of quiet) must not pin the stale answer on
+// everyone for that long: a second later, the next request asks again.
+func TestOneClientCannotPinAStaleAnswer(t *testing.T) {
+	clk := newClock()
+	var version atomic.Int64
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("X-Bad") != "" {
+			w.Header().Set("Retry-After", "300")
+			http.Error(w, "bad", http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Cache-Control", "max-age=1")
+		fmt.Fprint(w, "v", version.Add(1))
+	})
+	p := newTestProxy(t, o, clk, Config{Policy: freshness.Policy{DefaultSIE: 5 * time.Minute}})
+	get(p, "/pin")
+	clk.Advance(1200 * time.Millisecond)
+	if res, _ := get(p, "/pin", "X-Bad", "1"); res.Body != "v1" {
+		t.Fatalf("the attacker's request: %q (%s)", res.Body, res.CacheStatus)
+	}
+	clk.Advance(1100 * time.Millisecond)
+	if res, _ := get(p, "/pin"); res.Body != "v2" {
+		t.Errorf("a second after the failed validation, everyone still got %q (%s), want the origin's new answer", res.Body, res.CacheStatus)
+	}
+}

@@ -99,6 +99,9 @@ func TestRequestTargetCannotChooseTheHost(t *testing.T) {
 		{"escaped slash after dots", "GET /..%2Fadmin HTTP/1.1", 400, ""},
 		{"escaped dots and slash", "GET /x/%2E%2E%2F..%2Fadmin HTTP/1.1", 400, ""},
 		{"escaped backslash after dots", "GET /x/..%5C..%5Cadmin HTTP/1.1", 400, ""},
+		{"dots with a parameter", "GET /..;/admin/x HTTP/1.1", 400, ""},
+		{"dots with an escaped parameter", "GET /..%3B/admin HTTP/1.1", 400, ""},
+		{"escaped NUL", "GET /..%00/admin HTTP/1.1", 400, ""},
 		{"absolute-form uses its path only", "GET http://" + sec + "/abs?q=1 HTTP/1.1", 200, "/abs?q=1"},
 		{"double slash is a path, not an authority", "GET //" + sec + "/x HTTP/1.1", 200, "//" + sec + "/x"},
 	} {
@@ -582,6 +585,50 @@ func TestRuleCannotStoreOneClientsAnswer(t *testing.T) {
 	for _, path := range []string{"/cl", "/cpdos"} {
 		if res, _ := get(p, path); res.Body != "good" {
 			t.Errorf("GET %s: everyone got %d %q (%s), want the good answer", path, res.Status, res.Body, res.CacheStatus)
+		}
+	}
+}
+
+func TestRulePath(t *testing.T) {
+	for in, want := range map[string]string{
+		"/api/stats":     "/api/stats",
+		"/admin%2Fme":    "/admin/me",
+		"/ADMIN/me":      "/admin/me",
+		"//admin/":       "/admin/",
+		"/admin;x/me":    "/admin/me",
+		"/a//b///c/":     "/a/b/c/",
+		"/admin%5Cme":    "/admin/me",
+		"/":              "/",
+		"/%2Fadmin%2F":   "/admin/",
+		"/caf%C3%A9/Bar": "/café/bar",
+	} {
+		if got := rulePath(in); got != want {
+			t.Errorf("rulePath(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// A path-prefix rule that keeps part of the site out of the cache holds
+// for every spelling of the path an origin may read alike.
+func TestExclusionRuleHoldsForEverySpelling(t *testing.T) {
+	clk := newClock()
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "private, no-store")
+		io.WriteString(w, "page for "+r.Header.Get("Cookie"))
+	})
+	var rs []rules.Rule
+	for _, line := range []string{"/ max-age=60", "/admin/ no-store"} {
+		r, err := rules.Parse(line)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rs = append(rs, r)
+	}
+	p := newTestProxy(t, o, clk, Config{Rules: rs})
+	for _, path := range []string{"/admin/me", "/admin%2Fme", "/ADMIN/me", "//admin/me", "/admin;x/me"} {
+		get(p, path, "Cookie", "session=VICTIM")
+		if res, _ := get(p, path); strings.Contains(res.Body, "VICTIM") {
+			t.Errorf("GET %s without the cookie got %q (%s)", path, res.Body, res.CacheStatus)
 		}
 	}
 }

@@ -57,6 +57,14 @@ type Entry struct {
 	// is not asked again on every stale hit.
 	refreshAt atomic.Int64
 
+	// failedAt is when, in Unix nanoseconds, the last validation of e
+	// with the origin failed. For refreshBackoff after it, requests that
+	// e may answer stale are answered by it without asking again. It is
+	// apart from refreshAt, which may run for minutes: one client can
+	// make a validation fail (with fields the origin rejects), and must
+	// not pin a stale answer on everyone for longer than that.
+	failedAt atomic.Int64
+
 	// served remembers the field values of the last answer from e. They
 	// change at most once a second, and a hot entry is served thousands
 	// of times in one: the hit path formats them only when they change.
@@ -88,6 +96,13 @@ func (e *Entry) decidedBy() (field freshness.Source, rule string) {
 		return freshness.FromCacheControl, e.forCorral.rule
 	}
 	return e.Decision.Source, ""
+}
+
+// failedRecently reports whether a validation of e failed less than
+// refreshBackoff before now.
+func (e *Entry) failedRecently(now time.Time) bool {
+	at := e.failedAt.Load()
+	return at != 0 && now.UnixNano()-at < int64(refreshBackoff)
 }
 
 // servedFields are the values serve sets on an answer from an Entry.

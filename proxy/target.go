@@ -105,8 +105,13 @@ func normalizeTarget(s string) (string, error) {
 	// origin that decodes them (or takes a backslash for a slash) would
 	// walk /..%2Fadmin out of the upstream's path prefix.
 	path, _, _ := strings.Cut(out, "?")
-	if decoded, err := url.PathUnescape(path); err == nil && decoded != path && dotSegment(strings.ReplaceAll(decoded, `\`, "/")) {
-		return "", errors.New("escaped dot segments in request-target")
+	if decoded, err := url.PathUnescape(path); err == nil && decoded != path {
+		if dotSegment(strings.ReplaceAll(decoded, `\`, "/")) {
+			return "", errors.New("escaped dot segments in request-target")
+		}
+		if strings.ContainsRune(decoded, 0) {
+			return "", errors.New("NUL in request-target") // C-based origins stop reading there
+		}
 	}
 	return out, nil
 }
@@ -126,6 +131,9 @@ func clean(s string) bool {
 func dotSegment(target string) bool {
 	path, _, _ := strings.Cut(target, "?")
 	for seg := range strings.SplitSeq(path, "/") {
+		// "..;x" is ".." to Tomcat and Spring, which drop a segment's
+		// parameters before resolving it.
+		seg, _, _ = strings.Cut(seg, ";")
 		if seg == "." || seg == ".." {
 			return true
 		}
@@ -178,4 +186,31 @@ func (p *Proxy) upstreamURL(target string) *url.URL {
 		decoded = escaped
 	}
 	return &url.URL{Scheme: p.upstream.Scheme, Host: p.upstream.Host, Path: decoded, RawPath: escaped, RawQuery: query}
+}
+
+// rulePath is the form of a path that the operator's rules match: decoded,
+// lower-cased, with backslashes as slashes, runs of slashes as one, and
+// ";params" cut from each segment. An origin may read /ADMIN/me,
+// /admin%2Fme, //admin/me or /admin;x/me as /admin/me, and a rule such as
+// '/admin/ no-store' must keep all of them out of a broader rule's reach.
+// Only matching uses it; the key and what goes upstream keep their form.
+func rulePath(path string) string {
+	if clean(path) && !strings.Contains(path, "//") && !strings.Contains(path, ";") && strings.ToLower(path) == path {
+		return path // the common case, without allocating
+	}
+	decoded, err := url.PathUnescape(path)
+	if err != nil {
+		decoded = path
+	}
+	decoded = strings.ToLower(strings.ReplaceAll(decoded, `\`, "/"))
+	segs := strings.Split(decoded, "/")
+	out := segs[:1]
+	for i, seg := range segs[1:] {
+		seg, _, _ = strings.Cut(seg, ";")
+		if seg == "" && i < len(segs)-2 {
+			continue // an empty segment between two others: a doubled slash
+		}
+		out = append(out, seg)
+	}
+	return strings.Join(out, "/")
 }
