@@ -191,7 +191,7 @@ func (p *Proxy) get(ctx context.Context, key string) *local {
 	}
 	e, err := p.store.Get(ctx, key)
 	if err != nil {
-		if !errors.Is(err, cache.ErrNotFound) {
+		if !errors.Is(err, cache.ErrNotFound) && ctx.Err() == nil { // a client that left is no news
 			p.log.Warn("cache read failed; treated as a miss", "key", key, "err", err)
 		}
 		return nil

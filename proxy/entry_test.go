@@ -1,10 +1,14 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -92,5 +96,56 @@ func TestDecodedEntriesServeAlike(t *testing.T) {
 				t.Errorf("hit on a decoded entry differs (-this process +decoded):\n%s", diff)
 			}
 		})
+	}
+}
+
+// downStore fails every call, as a shared store out of reach does.
+type downStore struct{}
+
+var errDown = errors.New("store out of reach")
+
+func (downStore) Get(context.Context, string) (*cache.Entry, error) { return nil, errDown }
+func (downStore) Set(context.Context, string, *cache.Entry, time.Duration, cache.Cond) error {
+	return errDown
+}
+func (downStore) Delete(context.Context, string) error { return errDown }
+func (downStore) Purge(context.Context, string, bool, time.Time) (int, error) {
+	return 0, errDown
+}
+
+// TestFailingStoreIsAMiss: a store that fails costs the origin a request
+// per client request, and the log a line, but never a client an error: a
+// failed read is a miss, a failed write is not stored.
+func TestFailingStoreIsAMiss(t *testing.T) {
+	clk := newClock()
+	o := newOrigin(t, clk, answer("max-age=60", "hello"))
+	var buf bytes.Buffer
+	var mu sync.Mutex
+	log := slog.New(slog.NewTextHandler(lockedWriter{&mu, &buf}, nil))
+	p := newTestProxy(t, o, clk, Config{Store: downStore{}, Logger: log})
+	var got []response
+	for range 2 {
+		res, _ := get(p, "/a")
+		got = append(got, res)
+	}
+	if n := p.Purge("/a", false); n != 0 {
+		t.Errorf("Purge reported %d entries dropped from a store that is down", n)
+	}
+	want := []response{ // never "stored"
+		{Status: 200, Body: "hello", CacheStatus: "corral; fwd=uri-miss; fwd-status=200"},
+		{Status: 200, Body: "hello", CacheStatus: "corral; fwd=uri-miss; fwd-status=200"},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("answers behind a failing store (-want +got):\n%s", diff)
+	}
+	if n := o.count(); n != 2 {
+		t.Errorf("origin saw %d requests, want 2", n)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, msg := range []string{"cache read failed", "cache write failed", "cache purge failed"} {
+		if !strings.Contains(buf.String(), msg) {
+			t.Errorf("no %q in the log:\n%s", msg, buf.String())
+		}
 	}
 }
