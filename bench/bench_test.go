@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"corral/proxy"
+	"corral/proxy/cache"
 )
 
 // runLimit bounds any one run of a paced load, whatever b.N asks for.
@@ -363,13 +364,13 @@ func BenchmarkZipfBudget(b *testing.B) {
 	weight := entryWeight(b, keys[0])
 	stores := []struct {
 		name string
-		new  func() (proxy.Store, func() int)
+		new  func() (cache.Store, func() int)
 	}{
-		{"corral", func() (proxy.Store, func() int) {
+		{"corral", func() (cache.Store, func() int) {
 			m := proxy.NewMemory(weight * capacity)
 			return m, m.Len
 		}},
-		{"lru", func() (proxy.Store, func() int) {
+		{"lru", func() (cache.Store, func() int) {
 			s := newLRUStore(capacity)
 			return s, func() int { s.mu.Lock(); defer s.mu.Unlock(); return s.ll.Len() }
 		}},

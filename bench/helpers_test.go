@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"corral/proxy"
+	"corral/proxy/cache"
 )
 
 // A front is what clients talk to in a scenario: the origin itself, the
@@ -180,8 +181,10 @@ func (c *ceiling) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 	w.Write(c.body) //nolint:errcheck
 }
 
-// lruStore is a proxy.Store with a plain LRU policy over at most
-// maxEntries entries, to compare corral's admission policy against.
+// lruStore is a cache.Store with a plain LRU policy over at most
+// maxEntries entries, to compare corral's admission policy against. It
+// keeps no purge records (Cond.Since is ignored): the benchmarks never
+// purge.
 type lruStore struct {
 	maxEntries int
 
@@ -192,7 +195,7 @@ type lruStore struct {
 
 type lruItem struct {
 	key     string
-	e       *proxy.Entry
+	e       *cache.Entry
 	expires time.Time
 }
 
@@ -200,31 +203,43 @@ func newLRUStore(maxEntries int) *lruStore {
 	return &lruStore{maxEntries: maxEntries, ll: list.New(), items: map[string]*list.Element{}}
 }
 
-func (s *lruStore) Get(key string) (*proxy.Entry, bool) {
+func (s *lruStore) Get(_ context.Context, key string) (*cache.Entry, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	el, ok := s.items[key]
 	if !ok {
-		return nil, false
+		return nil, cache.ErrNotFound
 	}
 	it := el.Value.(*lruItem)
 	if time.Now().After(it.expires) {
 		s.ll.Remove(el)
 		delete(s.items, key)
-		return nil, false
+		return nil, cache.ErrNotFound
 	}
 	s.ll.MoveToFront(el)
-	return it.e, true
+	return it.e, nil
 }
 
-func (s *lruStore) Set(key string, e *proxy.Entry, ttl time.Duration) {
+func (s *lruStore) Set(_ context.Context, key string, e *cache.Entry, ttl time.Duration, cond cache.Cond) error {
+	if ttl <= 0 {
+		return nil
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	el, found := s.items[key]
+	if found && time.Now().After(el.Value.(*lruItem).expires) {
+		s.ll.Remove(el)
+		delete(s.items, key)
+		el, found = nil, false
+	}
+	if cond.IfAbsent && found || cond.IfID != 0 && (!found || el.Value.(*lruItem).e.ID != cond.IfID) {
+		return cache.ErrConflict
+	}
 	it := &lruItem{key: key, e: e, expires: time.Now().Add(ttl)}
-	if el, ok := s.items[key]; ok {
+	if found {
 		el.Value = it
 		s.ll.MoveToFront(el)
-		return
+		return nil
 	}
 	s.items[key] = s.ll.PushFront(it)
 	for s.ll.Len() > s.maxEntries {
@@ -232,29 +247,31 @@ func (s *lruStore) Set(key string, e *proxy.Entry, ttl time.Duration) {
 		s.ll.Remove(el)
 		delete(s.items, el.Value.(*lruItem).key)
 	}
+	return nil
 }
 
-func (s *lruStore) Delete(key string) {
+func (s *lruStore) Delete(_ context.Context, key string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if el, ok := s.items[key]; ok {
 		s.ll.Remove(el)
 		delete(s.items, key)
 	}
+	return nil
 }
 
-func (s *lruStore) DeletePrefix(prefix string) int {
+func (s *lruStore) Purge(_ context.Context, key string, prefix bool, _ time.Time) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	n := 0
-	for key, el := range s.items {
-		if strings.HasPrefix(key, prefix) {
+	for k, el := range s.items {
+		if k == key || prefix && strings.HasPrefix(k, key) {
 			s.ll.Remove(el)
-			delete(s.items, key)
+			delete(s.items, k)
 			n++
 		}
 	}
-	return n
+	return n, nil
 }
 
 // zipfKeys are the paths of the many-keys workloads: fixed width, so that

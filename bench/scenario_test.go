@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"corral/proxy"
+	"corral/proxy/cache"
 	"corral/proxy/rules"
 )
 
@@ -103,19 +104,20 @@ func TestNaiveStoresFirstOKAnswerPerPath(t *testing.T) {
 }
 
 func TestLRUStoreEvictsLeastRecentlyUsed(t *testing.T) {
+	ctx := t.Context()
 	s := newLRUStore(2)
-	e := &proxy.Entry{Status: http.StatusOK}
-	s.Set("a", e, time.Hour)
-	s.Set("b", e, time.Hour)
-	s.Get("a") // b is now the least recently used
-	s.Set("c", e, time.Hour)
+	e := &cache.Entry{Status: http.StatusOK}
+	s.Set(ctx, "a", e, time.Hour, cache.Cond{})
+	s.Set(ctx, "b", e, time.Hour, cache.Cond{})
+	s.Get(ctx, "a") // b is now the least recently used
+	s.Set(ctx, "c", e, time.Hour, cache.Cond{})
 	for key, want := range map[string]bool{"a": true, "b": false, "c": true} {
-		if _, ok := s.Get(key); ok != want {
-			t.Errorf("Get(%q) found=%v, want %v", key, ok, want)
+		if _, err := s.Get(ctx, key); (err == nil) != want {
+			t.Errorf("Get(%q) found=%v, want %v", key, err == nil, want)
 		}
 	}
-	s.Set("d", e, -time.Second)
-	if _, ok := s.Get("d"); ok {
+	s.Set(ctx, "d", e, -time.Second, cache.Cond{})
+	if _, err := s.Get(ctx, "d"); err == nil {
 		t.Error("an expired entry was served")
 	}
 }

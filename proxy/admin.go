@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"corral/proxy/cache"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
@@ -172,7 +174,7 @@ func (p *Proxy) Ready(ctx context.Context) error {
 		conn.Close()
 		return nil
 	}
-	if s, ok := p.store.(interface{ Len() int }); ok && s.Len() > 0 {
+	if s, ok := p.store.(cache.Sizer); ok && s.Len() > 0 {
 		return nil
 	}
 	return fmt.Errorf("upstream unreachable (%v) and nothing cached", err)

@@ -7,11 +7,11 @@ import (
 	"net/http"
 	"net/textproto"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
 	"corral/freshness"
+	"corral/proxy/cache"
 	"corral/proxy/rules"
 )
 
@@ -25,7 +25,7 @@ var errInterim = errors.New("upstream answered with an interim status as final")
 // fetched is the outcome of one upstream exchange, shared by every client
 // that waited on it.
 type fetched struct {
-	entry  *Entry
+	entry  *local
 	status int  // what the origin answered: 304 for a revalidation, 0 when no call was needed
 	stored bool // entry went into the store
 
@@ -42,12 +42,12 @@ type fetched struct {
 // fetch asks the origin for the resource of in, revalidating stale when it
 // has validators, and stores the answer when it may. It buffers at most
 // MaxObjectBytes of body, and only what the buffer budget lets it.
-func (p *Proxy) fetch(ctx context.Context, in *http.Request, key, vkey string, stale *Entry) (*fetched, error) {
+func (p *Proxy) fetch(ctx context.Context, in *http.Request, key, vkey string, stale *local) (*fetched, error) {
 	// Two requests can both miss, then run their flights one after the
 	// other: the second flight starts just after the first one stored its
 	// answer. Look again before calling the origin.
-	cur, vk := p.lookup(key, in.Header)
-	if cur != nil && cur != stale && !cur.Pass && cur.Decision.State(p.now()) == freshness.Fresh {
+	cur, vk := p.lookup(ctx, key, in.Header)
+	if cur != nil && (stale == nil || cur.ID != stale.ID) && cur.Kind == cache.Response && cur.Decision.State(p.now()) == freshness.Fresh {
 		return &fetched{entry: cur, own: cur.Header}, nil
 	}
 	if vkey == key && vk != key {
@@ -103,7 +103,7 @@ func (p *Proxy) fetch(ctx context.Context, in *http.Request, key, vkey string, s
 	if resp.StatusCode == http.StatusNotModified && stale != nil {
 		p.stats.upstream(resp.StatusCode, nil)
 		e, own := p.revalidated(key, reqHeader, stale, resp.Header, *sent, respTime)
-		return &fetched{entry: e, own: own, status: resp.StatusCode, stored: p.put(key, e, *sent, stale)}, nil
+		return &fetched{entry: e, own: own, status: resp.StatusCode, stored: p.put(ctx, key, e, *sent, stale)}, nil
 	}
 
 	// The body is held against the buffer budget until it is stored
@@ -125,20 +125,22 @@ func (p *Proxy) fetch(ctx context.Context, in *http.Request, key, vkey string, s
 		// section 4), which must not replace it, however cacheable.
 		return &fetched{entry: e, own: own, status: resp.StatusCode}, nil
 	}
-	return &fetched{entry: e, own: own, status: resp.StatusCode, stored: p.put(key, e, *sent, nil)}, nil
+	return &fetched{entry: e, own: own, status: resp.StatusCode, stored: p.put(ctx, key, e, *sent, nil)}, nil
 }
 
-// newEntry builds the Entry for a response to a request for key sent
+// newEntry builds the entry for a response to a request for key sent
 // upstream with reqHeader, judged by the operator's rule for key's path if
 // there is one. own is the header as the origin sent it, for the client
-// that asked; the Entry's header loses the fields that may not be shared.
-// Neither holds Corral-Cache-Control, which is for corral alone.
-func (p *Proxy) newEntry(key string, reqHeader http.Header, status int, header http.Header, body []byte, reqTime, respTime time.Time) (e *Entry, own http.Header) {
+// that asked; the entry's header loses the fields that may not be shared.
+// Neither what is served nor own holds Corral-Cache-Control, which is for
+// corral alone, or Age, computed when served; the stored header keeps
+// both, for a process that recomputes the Decision from it.
+func (p *Proxy) newEntry(key string, reqHeader http.Header, status int, header http.Header, body []byte, reqTime, respTime time.Time) (e *local, own http.Header) {
 	return p.newEntryFor(http.MethodGet, key, reqHeader, status, header, body, reqTime, respTime)
 }
 
 // newEntryFor is newEntry for a response to method.
-func (p *Proxy) newEntryFor(method, key string, reqHeader http.Header, status int, header http.Header, body []byte, reqTime, respTime time.Time) (e *Entry, own http.Header) {
+func (p *Proxy) newEntryFor(method, key string, reqHeader http.Header, status int, header http.Header, body []byte, reqTime, respTime time.Time) (e *local, own http.Header) {
 	own = header.Clone()
 	removeHopHeaders(own)
 	x := freshness.Exchange{
@@ -155,28 +157,37 @@ func (p *Proxy) newEntryFor(method, key string, reqHeader http.Header, status in
 		x.Rule = rule.Directives
 	}
 	d := p.policy.Evaluate(x)
-	corralCC := own[corralOnly]
-	delete(own, corralOnly)
 	own.Del("Content-Length") // set from the body when served
-	own.Del("Age")            // computed when served
 	if own.Get("Date") == "" {
 		own.Set("Date", respTime.UTC().Format(http.TimeFormat))
 	}
-	h := own
-	if len(d.StripFields) > 0 {
+	h := own // the stored header
+	if len(d.StripFields) > 0 || own["Age"] != nil || own[corralOnly] != nil {
 		h = own.Clone()
 		for _, f := range d.StripFields {
 			h.Del(f)
 		}
 	}
-	e = &Entry{Status: status, Header: h, Body: body, Decision: d, Vary: varyNames(h)}
-	if corralCC != nil || d.Source == freshness.FromRule {
-		e.forCorral = &forCorral{field: corralCC}
+	delete(own, corralOnly)
+	delete(own, "Age")
+	e = &local{
+		Entry: &cache.Entry{
+			Kind:         cache.Response,
+			ID:           cache.NewID(),
+			RequestTime:  reqTime,
+			ResponseTime: respTime,
+			Status:       status,
+			Header:       h,
+			Body:         body,
+			Vary:         varyNames(h),
+		},
+		Header:   servedHeader(h),
+		Decision: d,
 	}
 	if d.Source == freshness.FromRule {
 		// Counted when the rule decides, once per upstream response,
 		// never per hit.
-		e.forCorral.rule = rule.Prefix
+		e.rule = rule.Prefix
 		p.stats.RuleDecisions[rule.Prefix].Add(1)
 	}
 	if len(e.Vary) > 0 {
@@ -186,19 +197,17 @@ func (p *Proxy) newEntryFor(method, key string, reqHeader http.Header, status in
 }
 
 // revalidated merges a 304's header into the stale entry it validated
-// (RFC 9111 section 4.3.4) and returns the refreshed Entry. The stale
-// entry's Corral-Cache-Control, kept out of its header, counts as stored
-// with it.
-func (p *Proxy) revalidated(key string, reqHeader http.Header, stale *Entry, header http.Header, reqTime, respTime time.Time) (*Entry, http.Header) {
+// (RFC 9111 section 4.3.4) and returns the refreshed entry. The stale
+// entry's Corral-Cache-Control, never served, counts as stored with it; its
+// Age, of the exchange that fetched it, does not.
+func (p *Proxy) revalidated(key string, reqHeader http.Header, stale *local, header http.Header, reqTime, respTime time.Time) (*local, http.Header) {
 	update := header.Clone()
 	removeHopHeaders(update)
 	for _, f := range notUpdatedBy304 {
 		update.Del(f)
 	}
-	merged := stale.Header.Clone()
-	if stale.forCorral != nil && stale.forCorral.field != nil {
-		merged[corralOnly] = stale.forCorral.field
-	}
+	merged := stale.Entry.Header.Clone()
+	delete(merged, "Age")
 	for k, v := range update {
 		merged[k] = v
 	}
@@ -207,16 +216,16 @@ func (p *Proxy) revalidated(key string, reqHeader http.Header, stale *Entry, hea
 
 // put stores e, fetched by a request sent at reqTime, under key (or under
 // its variant key, with a Vary marker at key) when its decision allows and
-// key was not invalidated since, and reports whether it did. An e that
+// key was not purged since, and reports whether it did. An e that
 // revalidates replaces is stored only while replaces still is: a 304 must
 // not bring back a body that was purged while it was asked for.
-func (p *Proxy) put(key string, e *Entry, reqTime time.Time, replaces *Entry) bool {
+func (p *Proxy) put(ctx context.Context, key string, e *local, reqTime time.Time, replaces *local) bool {
 	if !e.Decision.Storable {
 		return false
 	}
 	now := p.now()
 	ttl := e.Decision.Until().Sub(now)
-	if e.Header.Get("ETag") != "" || e.Header.Get("Last-Modified") != "" {
+	if e.Entry.Header.Get("ETag") != "" || e.Entry.Header.Get("Last-Modified") != "" {
 		// Past its stale windows the entry still saves a body transfer
 		// when the origin answers a conditional request with 304.
 		ttl += validatorGrace
@@ -225,88 +234,78 @@ func (p *Proxy) put(key string, e *Entry, reqTime time.Time, replaces *Entry) bo
 		return false
 	}
 	defer p.warnEvictions(now)
-	return p.tombstones.store(key, reqTime, func() bool {
-		if len(e.Vary) == 0 {
-			if replaces != nil {
-				if cur, _ := p.store.Get(key); cur != replaces {
-					return false
-				}
-			}
-			p.store.Set(key, e, ttl)
-			return true
+	cond := cache.Cond{Since: reqTime}
+	if replaces != nil {
+		cond.IfID = replaces.ID
+	}
+	if len(e.Vary) == 0 {
+		return p.set(ctx, key, e, ttl, cond)
+	}
+	// Variants live under keys of their marker's generation: a marker
+	// that is dropped (purged, replaced by a pass mark, evicted) takes
+	// its variants out of reach with it. A marker for the same Vary keeps
+	// its generation and lives as long as its longest-lived variant.
+	until := now.Add(ttl)
+	marker := &local{Entry: &cache.Entry{Kind: cache.VaryMarker, ID: cache.NewID(), Vary: e.Vary, Gen: cache.NewID()}}
+	if old := p.get(ctx, key); old != nil && old.Kind == cache.VaryMarker && slices.Equal(old.Vary, e.Vary) {
+		marker.Gen, marker.languages = old.Gen, old.languages
+		if old.Until.After(until) {
+			until = old.Until
 		}
-		// Variants live under keys of their marker's generation: a
-		// marker that is dropped (purged, replaced by a pass mark,
-		// evicted) takes its variants out of reach with it. A marker
-		// for the same Vary keeps its generation and lives as long as
-		// its longest-lived variant.
-		until := now.Add(ttl)
-		marker := &Entry{Vary: e.Vary, varyGen: p.varyGens.Add(1)}
-		if old, ok := p.store.Get(key); ok && old.Status == 0 && !old.Pass && slices.Equal(old.Vary, e.Vary) {
-			marker.varyGen, marker.languages = old.varyGen, old.languages
-			if old.markerUntil.After(until) {
-				until = old.markerUntil
-			}
-		}
-		marker.markerUntil = until
-		vk := variantKey(key, marker.varyGen, e.VaryKey)
-		if replaces != nil {
-			if cur, _ := p.store.Get(vk); cur != replaces {
-				return false
-			}
-		}
-		marker.languages = withLanguage(marker.languages, contentLanguage(e), e.VaryKey)
-		p.store.Set(key, marker, until.Sub(now))
-		p.store.Set(vk, e, ttl)
-		return true
-	})
+	}
+	marker.Until = until
+	marker.languages = withLanguage(marker.languages, contentLanguage(e), e.VaryKey)
+	// The variant goes first: if its condition fails, the marker is left
+	// as it was. A purge between the two writes refuses the marker, and
+	// the variant, under a generation no marker leads to, is out of reach.
+	vk := cache.VariantKey(key, marker.Gen, e.VaryKey)
+	if !p.set(ctx, vk, e, ttl, cond) {
+		return false
+	}
+	return p.set(ctx, key, marker, until.Sub(now), cache.Cond{Since: reqTime})
 }
 
 // warnEvictions logs, at most once a minute, that the memory budget is
 // pushing entries out: a sign that -cache-bytes is too small for the
 // working set.
 func (p *Proxy) warnEvictions(now time.Time) {
-	mem, ok := p.store.(*Memory)
+	size, ok := p.store.(cache.Sizer)
 	if !ok {
 		return
 	}
-	n, seen := mem.Evictions(), p.evictionsWarned.Load()
+	n, seen := size.Evictions(), p.evictionsWarned.Load()
 	last := p.evictionWarnAt.Load()
 	if n == seen || now.UnixNano()-last < int64(time.Minute) || !p.evictionWarnAt.CompareAndSwap(last, now.UnixNano()) {
 		return
 	}
 	p.evictionsWarned.Store(n)
-	p.log.Warn("cache full: evicting entries to stay within -cache-bytes", "evicted", n-seen, "stored_bytes", mem.Bytes())
+	p.log.Warn("cache full: evicting entries to stay within -cache-bytes", "evicted", n-seen, "stored_bytes", size.Bytes())
 }
 
 // validatorGrace is how long an entry with validators is kept past the
 // last moment it could be served, for revalidation.
 const validatorGrace = time.Minute
 
-func variantKey(key string, gen uint64, varyKey string) string {
-	return key + "\x00" + strconv.FormatUint(gen, 36) + "\x00" + varyKey
-}
-
 // lookup returns what the store holds for a request to key with header h,
 // following a Vary marker to the variant, and the key it was found under.
-func (p *Proxy) lookup(key string, h http.Header) (*Entry, string) {
-	e, ok := p.store.Get(key)
-	if !ok {
+func (p *Proxy) lookup(ctx context.Context, key string, h http.Header) (*local, string) {
+	e := p.get(ctx, key)
+	if e == nil {
 		return nil, key
 	}
-	if e.Status != 0 || e.Pass {
+	if e.Kind != cache.VaryMarker {
 		return e, key
 	}
-	vk := variantKey(key, e.varyGen, varyKey(e.Vary, h))
-	v, ok := p.store.Get(vk)
-	if !ok && e.languages != nil {
+	vk := cache.VariantKey(key, e.Gen, varyKey(e.Vary, h))
+	v := p.get(ctx, vk)
+	if v == nil && e.languages != nil {
 		lang := firstLanguage(sentValues(h, "Accept-Language"))
 		if other, ok := e.languages[lang]; ok {
 			// Another request's answer is in the language this
 			// request prefers above all others: checked again here,
 			// since that variant may have been stored anew since.
-			ovk := variantKey(key, e.varyGen, other)
-			if v, ok := p.store.Get(ovk); ok && contentLanguage(v) == lang {
+			ovk := cache.VariantKey(key, e.Gen, other)
+			if v := p.get(ctx, ovk); v != nil && contentLanguage(v) == lang {
 				return v, ovk
 			}
 		}
@@ -341,7 +340,7 @@ const maxLanguages = 16
 
 // contentLanguage is the language of e, a response that varies on
 // Accept-Language alone, when it names exactly one; "" otherwise.
-func contentLanguage(e *Entry) string {
+func contentLanguage(e *local) string {
 	if len(e.Vary) != 1 || e.Vary[0] != "Accept-Language" {
 		return ""
 	}

@@ -2,14 +2,19 @@ package proxy
 
 import (
 	"bufio"
+	"context"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"corral/proxy/cache"
 )
 
 // recordingTransport answers every upstream request with a cacheable 200
@@ -69,7 +74,9 @@ func FuzzUpstreamRequest(f *testing.F) {
 	clk := newClock()
 	rt := &recordingTransport{}
 	upstream, _ := url.Parse("http://origin.test:9000")
-	p, err := New(Config{Upstream: upstream, Transport: rt, Now: clk.Now})
+	store := &keyedMemory{Memory: NewMemory(256 << 20)}
+	defer store.Close()
+	p, err := New(Config{Upstream: upstream, Transport: rt, Now: clk.Now, Store: store})
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -111,13 +118,13 @@ func FuzzUpstreamRequest(f *testing.F) {
 			}
 			keys[u.RequestURI()] = true
 		}
-		for k := range p.ownStore.c.Keys() {
+		for _, k := range store.Keys() {
 			base, _, _ := strings.Cut(k, "\x00")
 			if !keys[base] {
 				t.Fatalf("%q stored an entry under %q, but fetched only %v", raw, k, keys)
 			}
-			e, _ := p.ownStore.Get(k)
-			if e == nil || len(e.Vary) == 0 || e.Status == 0 || http.CanonicalHeaderKey(name) == "Via" {
+			e, _ := store.Get(t.Context(), k)
+			if e == nil || len(e.Vary) == 0 || e.Kind != cache.Response || http.CanonicalHeaderKey(name) == "Via" {
 				continue
 			}
 			if len(sent) != 1 || e.VaryKey != sentVaryKey(e.Vary, sent[0].Header) {
@@ -139,4 +146,38 @@ func token(s string) bool {
 		}
 	}
 	return true
+}
+
+// keyedMemory is a Memory store, as NewMemory makes, that remembers the
+// keys written to it since it was last purged whole, for a test to walk.
+type keyedMemory struct {
+	*cache.Memory
+	mu   sync.Mutex
+	keys map[string]bool
+}
+
+func (m *keyedMemory) Set(ctx context.Context, key string, e *cache.Entry, ttl time.Duration, cond cache.Cond) error {
+	m.mu.Lock()
+	if m.keys == nil {
+		m.keys = map[string]bool{}
+	}
+	m.keys[key] = true
+	m.mu.Unlock()
+	return m.Memory.Set(ctx, key, e, ttl, cond)
+}
+
+func (m *keyedMemory) Purge(ctx context.Context, key string, prefix bool, at time.Time) (int, error) {
+	if prefix && key == "" {
+		m.mu.Lock()
+		clear(m.keys)
+		m.mu.Unlock()
+	}
+	return m.Memory.Purge(ctx, key, prefix, at)
+}
+
+// Keys returns the keys written since the last purge of everything.
+func (m *keyedMemory) Keys() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Collect(maps.Keys(m.keys))
 }

@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+
+	"corral/proxy/cache"
 )
 
 // Metrics exports the proxy's Stats, its store's size and its latency
@@ -93,7 +95,7 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descPaused, prometheus.GaugeValue, paused, "origin")
 	ch <- prometheus.MustNewConstMetric(descPausedKey, prometheus.GaugeValue, float64(keys))
 	ch <- prometheus.MustNewConstMetric(descBuffered, prometheus.GaugeValue, float64(m.p.buffers.InUse()))
-	if mem, ok := m.p.store.(*Memory); ok {
+	if mem, ok := m.p.store.(cache.Sizer); ok {
 		counter(descEvictions, mem.Evictions())
 		ch <- prometheus.MustNewConstMetric(descBytes, prometheus.GaugeValue, float64(mem.Bytes()))
 		ch <- prometheus.MustNewConstMetric(descEntries, prometheus.GaugeValue, float64(mem.Len()))

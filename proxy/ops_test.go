@@ -630,27 +630,6 @@ func TestOneUsersTooManyRequestsPausesNoOneElse(t *testing.T) {
 	}
 }
 
-// TestTombstonesStayBounded floods invalidations of unique URIs, as a
-// client sending unsafe requests can: the records stay bounded, and a
-// fetch that started before the flood still does not store.
-func TestTombstonesStayBounded(t *testing.T) {
-	ts := tombstones{keep: 30 * time.Second}
-	t0 := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
-	for i := range 5 * maxTombstones {
-		ts.forget("/k/"+strconv.Itoa(i), false, t0.Add(time.Duration(i)*time.Millisecond), func() {})
-		if len(ts.keys) > maxTombstones || len(ts.prefixes) > maxTombstones {
-			t.Fatalf("after %d invalidations, %d key and %d prefix records; want at most %d each", i+1, len(ts.keys), len(ts.prefixes), maxTombstones)
-		}
-	}
-	set := func() bool { return true }
-	if ts.store("/k/0", t0, set) {
-		t.Errorf("a fetch that started before its key was invalidated stored its answer")
-	}
-	if ts.store("/never/invalidated", t0.Add(time.Hour), set) != true {
-		t.Errorf("a fetch that started after every invalidation was refused")
-	}
-}
-
 // TestPurgedVariantsStayGone follows a Vary marker that is replaced by a
 // pass mark before the purge: the variants stored under it must not come
 // back when a new marker appears.

@@ -26,6 +26,7 @@ import (
 
 	"corral/coalesce"
 	"corral/freshness"
+	"corral/proxy/cache"
 	"corral/proxy/rules"
 )
 
@@ -39,8 +40,12 @@ type Config struct {
 	Upstream *url.URL
 
 	// Store holds cached responses. Nil means an in-memory store of
-	// CacheBytes.
-	Store Store
+	// CacheBytes. A store made by NewMemory keeps beside each entry what
+	// the proxy derives from it; behind any other store, that is
+	// recomputed on every read, and a failed refresh's back-off is not
+	// remembered. Gauges, eviction warnings and readiness read the store
+	// through cache.Sizer, when it implements it.
+	Store cache.Store
 
 	// CacheBytes is the in-memory store's budget. Zero means 256 MiB.
 	CacheBytes int64
@@ -146,8 +151,9 @@ type Config struct {
 type Proxy struct {
 	upstream       *url.URL
 	upstreamPath   string // escaped, without a final slash
-	store          Store
-	ownStore       *Memory // the store New made, which Shutdown stops
+	store          cache.Store
+	locals         localStore    // store, when it keeps a local beside each entry
+	ownStore       *cache.Memory // the store New made, which Shutdown stops
 	maxObject      int64
 	maxRequestBody int64
 	bodyTimeout    time.Duration
@@ -170,11 +176,9 @@ type Proxy struct {
 	pass           *httputil.ReverseProxy
 	stats          Stats
 	metrics        *Metrics
-	tombstones     tombstones // recent invalidations, against late write-backs
 
-	varyGens        atomic.Uint64 // the last Vary marker generation
-	evictionsWarned atomic.Int64  // evictions counted by the last warning
-	evictionWarnAt  atomic.Int64  // Unix nanoseconds of that warning
+	evictionsWarned atomic.Int64 // evictions counted by the last warning
+	evictionWarnAt  atomic.Int64 // Unix nanoseconds of that warning
 }
 
 // New returns a Proxy for cfg.
@@ -202,14 +206,15 @@ func New(cfg Config) (*Proxy, error) {
 	if err := p.setRules(cfg.Rules); err != nil {
 		return nil, err
 	}
-	p.flights.Timeout = orDefault(cfg.UpstreamTimeout, 30*time.Second)
-	p.tombstones.keep = p.flights.Timeout
+	p.flights.Timeout = orDefault(cfg.UpstreamTimeout, defaultUpstreamTimeout)
 	p.metrics = newMetrics(p)
 	cacheBytes := orDefault(cfg.CacheBytes, 256<<20)
 	if p.store == nil {
-		p.ownStore = NewMemory(cacheBytes)
+		// Purge records hold as long as a fetch can run.
+		p.ownStore = cache.NewMemory(cache.Config{MaxBytes: cacheBytes, Keep: p.flights.Timeout})
 		p.store = p.ownStore
 	}
+	p.locals, _ = p.store.(localStore)
 	// Request bodies and the copies passed-through answers keep each
 	// take at most a quarter, so that what clients hold open can never
 	// take the half that shared fetches need.
@@ -264,6 +269,9 @@ func (p *Proxy) setRules(rs []rules.Rule) error {
 	}
 	return nil
 }
+
+// defaultUpstreamTimeout is Config.UpstreamTimeout's default.
+const defaultUpstreamTimeout = 30 * time.Second
 
 func orDefault[T int64 | time.Duration](v, def T) T {
 	if v <= 0 {
@@ -366,12 +374,12 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	req := p.requestDirectives(r)
 	for attempt := 0; ; attempt++ {
-		e, vkey := p.lookup(key, r.Header)
+		e, vkey := p.lookup(r.Context(), key, r.Header)
 		now := start // one clock read for the hit path
 		if p.fakeClock || attempt > 0 {
 			now = p.now()
 		}
-		if e != nil && e.Pass {
+		if e != nil && e.Kind == cache.PassMark {
 			p.passThrough(w, r, key, "miss", "uncacheable")
 			return
 		}
@@ -478,7 +486,7 @@ const (
 // fetchAndServe waits for the coalesced fetch of r's key and serves its
 // outcome. It reports true when the outcome was a response for another
 // variant, which r should look up again.
-func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, key, vkey string, stale *Entry, fwd string, retried bool) (again bool) {
+func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, key, vkey string, stale *local, fwd string, retried bool) (again bool) {
 	interim := &interimWriter{w: w}
 	defer interim.close() // the client left: the fetch may go on
 	f, leader, err := p.flights.Do(r.Context(), p.flightKey(r, vkey), func(ctx context.Context) (*fetched, error) {
@@ -525,7 +533,7 @@ func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshn
 		if e.Decision.Reason != freshness.ReasonAuthorization {
 			// The resource itself is not shareable. (An answer to
 			// credentials says nothing about the next client's.)
-			p.markPass(vkey, e)
+			p.markPass(r.Context(), vkey, e.Decision.Reason)
 		}
 		p.serve(w, r, e, f.own, st, now)
 	case !e.Decision.Shareable:
@@ -632,7 +640,7 @@ func (p *Proxy) flightKey(r *http.Request, vkey string) string {
 
 // refresh revalidates stale in the background, once per key at a time,
 // and not again before a failed refresh's back-off has passed.
-func (p *Proxy) refresh(r *http.Request, key, vkey string, stale *Entry) {
+func (p *Proxy) refresh(r *http.Request, key, vkey string, stale *local) {
 	now := p.now()
 	if now.UnixNano() < stale.refreshAt.Load() {
 		return
@@ -653,7 +661,7 @@ func (p *Proxy) refresh(r *http.Request, key, vkey string, stale *Entry) {
 			// the stale copy. (An answer to the credentials of the
 			// client whose hit started the refresh says nothing about
 			// the resource.)
-			p.markPass(vkey, f.entry)
+			p.markPass(ctx, vkey, f.entry.Decision.Reason)
 		case !f.stored && f.status != 0:
 			// Nothing worth keeping came back (max-age=0 without
 			// validators, say): do not ask again on every stale hit.
@@ -671,7 +679,7 @@ func (p *Proxy) refresh(r *http.Request, key, vkey string, stale *Entry) {
 // guard, said how long; and for refreshBackoff alone (failedRecently),
 // requests that stale may answer are answered by it without asking the
 // origin again. It returns the refresh pause.
-func (p *Proxy) backOff(stale *Entry, f *fetched, err error) time.Duration {
+func (p *Proxy) backOff(stale *local, f *fetched, err error) time.Duration {
 	pause := refreshBackoff
 	var busy *busyError
 	if errors.As(err, &busy) {
@@ -723,9 +731,10 @@ func statusOf(f *fetched) int {
 // (lookup returns the URL's own key otherwise), so that one variant's
 // answer (too large, or private) neither passes every other variant of the
 // URL nor drops their stored responses with the Vary marker.
-func (p *Proxy) markPass(key string, e *Entry) {
-	p.store.Set(key, &Entry{Pass: true}, p.passTTL)
-	p.log.Debug("response not shareable; passing key", "key", key, "reason", e.Decision.Reason)
+func (p *Proxy) markPass(ctx context.Context, key, reason string) {
+	e := &cache.Entry{Kind: cache.PassMark, ID: cache.NewID(), Reason: reason}
+	p.set(ctx, key, &local{Entry: e}, p.passTTL, cache.Cond{})
+	p.log.Debug("response not shareable; passing key", "key", key, "reason", reason)
 }
 
 // bypass returns why r goes straight upstream without the cache, as a
@@ -768,7 +777,7 @@ func isServerError(status int) bool {
 
 // serve writes e to w with header h, which is copied: the stored header
 // is never handed to a client.
-func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, e *Entry, h http.Header, st cacheStatus, now time.Time) {
+func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, e *local, h http.Header, st cacheStatus, now time.Time) {
 	out := w.Header()
 	// The fields set below share the one allocation of the copy; each
 	// gets a slice capped at its one value, so an append to one cannot
@@ -861,16 +870,16 @@ func bodyAllowed(status int) bool {
 
 // serveStaleOnError serves stale in place of an origin failure
 // (RFC 5861 section 4).
-func (p *Proxy) serveStaleOnError(w http.ResponseWriter, r *http.Request, stale *Entry, fwdStatus int, now time.Time) {
+func (p *Proxy) serveStaleOnError(w http.ResponseWriter, r *http.Request, stale *local, fwdStatus int, now time.Time) {
 	p.stats.StaleOnError.Add(1)
 	p.serve(w, r, stale, stale.Header, cacheStatus{fwd: "stale", fwdStatus: fwdStatus, ttl: stale.Decision.TTL(now), hasTTL: true, detail: "stale-if-error"}, now)
 }
 
 // serveError answers a failed fetch: with the stale entry where it may
 // stand in, otherwise 504 for a timeout and 502 for anything else.
-func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, key, vkey string, req freshness.RequestDirectives, stale *Entry, err error, fwd string, now time.Time) {
+func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, key, vkey string, req freshness.RequestDirectives, stale *local, err error, fwd string, now time.Time) {
 	if errors.Is(err, errTooLarge) {
-		p.markPass(vkey, &Entry{Decision: freshness.Decision{Reason: "too-large"}})
+		p.markPass(r.Context(), vkey, "too-large")
 		p.passThrough(w, r, key, "miss", "too-large")
 		return
 	}

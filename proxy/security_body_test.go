@@ -19,6 +19,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+
+	"corral/proxy/cache"
 )
 
 // These tests attack corral through request bodies and memory, the way
@@ -446,7 +448,7 @@ func TestBufferedBodiesStayWithinOneBudget(t *testing.T) {
 	// of the resource: no object was marked uncacheable.
 	var marked []string
 	for _, path := range paths[:objects] {
-		if e, ok := p.store.Get(path); ok && e.Pass {
+		if e := p.get(t.Context(), path); e != nil && e.Kind == cache.PassMark {
 			marked = append(marked, path)
 		}
 	}
@@ -538,11 +540,11 @@ func TestStoredBodyKeepsNoSpareRoom(t *testing.T) {
 			})
 			p := newTestProxy(t, o, clk, Config{})
 			if path == "/passed" {
-				p.markPass(path, &Entry{})
+				p.markPass(t.Context(), path, "")
 			}
 			get(p, path)
-			e, ok := p.store.Get(path)
-			if !ok || e.Pass {
+			e := p.get(t.Context(), path)
+			if e == nil || e.Kind == cache.PassMark {
 				t.Fatalf("%s not stored", path)
 			}
 			if len(e.Body) != size || cap(e.Body) > size+size/8 {

@@ -105,7 +105,7 @@ func (p *Proxy) modifyPassed(resp *http.Response) error {
 		p.invalidate(info, resp.Header)
 	}
 	st := info.st
-	var e *Entry
+	var e *local
 	switch {
 	case resp.Request.Method == http.MethodGet && info.mayStore && !conditionalOrRange(resp.Request.Header):
 		// Stored only when it went upstream as a shared fetch would have
@@ -134,9 +134,9 @@ func (p *Proxy) modifyPassed(resp *http.Response) error {
 // storeOnTheWay wraps resp's body so that, when the client has read all
 // of it, the response is stored if the cache may store it. The copy holds
 // at most MaxObjectBytes, and only what the buffer budget lets it: past
-// either it lets go and the body only streams. It returns the Entry as
+// either it lets go and the body only streams. It returns the entry as
 // judged from the header.
-func (p *Proxy) storeOnTheWay(resp *http.Response, info passed, since time.Time) *Entry {
+func (p *Proxy) storeOnTheWay(resp *http.Response, info passed, since time.Time) *local {
 	// The answer is judged, and its variant keyed, by the request as it
 	// went upstream. It is stored only if a shared fetch for the same
 	// client request would have sent the fields the answer varies on
@@ -151,7 +151,8 @@ func (p *Proxy) storeOnTheWay(resp *http.Response, info passed, since time.Time)
 		return e
 	}
 	t := &teeBody{ReadCloser: resp.Body, kept: bodyBuffer{budget: p.copyBuffers, limit: p.maxObject}, done: func(body []byte) {
-		p.put(info.uri, e.withBody(body), since, nil)
+		// The client's context may end as soon as it has read the body.
+		p.put(context.WithoutCancel(resp.Request.Context()), info.uri, e.withBody(body), since, nil)
 	}}
 	if resp.ContentLength > 0 && t.kept.resize(resp.ContentLength) != nil {
 		return e // no room for the copy now: the body only streams
@@ -195,19 +196,12 @@ func (t *teeBody) Close() error {
 // keeps the fetches for them already under way from storing their
 // answers afterwards. It reports how many entries it dropped.
 func (p *Proxy) Purge(uri string, prefix bool) int {
-	n := 0
-	p.tombstones.forget(uri, prefix, p.now(), func() {
-		if prefix {
-			n = p.store.DeletePrefix(uri)
-			return
-		}
-		// A Vary marker takes its variants out of reach with it: a
-		// later marker starts a new generation of variant keys.
-		if _, ok := p.store.Get(uri); ok {
-			p.store.Delete(uri)
-			n = 1
-		}
-	})
+	// A Vary marker takes its variants out of reach with it: a later
+	// marker starts a new generation of variant keys.
+	n, err := p.store.Purge(context.Background(), uri, prefix, p.now())
+	if err != nil {
+		p.log.Warn("cache purge failed", "uri", uri, "prefix", prefix, "err", err)
+	}
 	p.stats.Purged.Add(int64(n))
 	return n
 }

@@ -162,3 +162,41 @@ func TestExpiredEntriesLeaveTheBudget(t *testing.T) {
 		t.Errorf("after expiry the store holds %d bytes in %d entries, want none", b, n)
 	}
 }
+
+// TestTombstonesStayBounded floods purges of unique URIs, as a client
+// sending unsafe requests can: the records (the proxy's tombstones once)
+// stay bounded, and a fetch that began before the flood still does not
+// store.
+func TestTombstonesStayBounded(t *testing.T) {
+	m := newMemory(t, cache.Config{MaxBytes: 1 << 20, Keep: 30 * time.Second})
+	t0 := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	for i := range 5 * cache.MaxPurgeRecords {
+		if _, err := m.Purge(bg, "/k/"+strconv.Itoa(i), false, t0.Add(time.Duration(i)*time.Millisecond)); err != nil {
+			t.Fatal(err)
+		}
+		if keys, prefixes := cache.PurgeRecords(m); keys > cache.MaxPurgeRecords || prefixes > cache.MaxPurgeRecords {
+			t.Fatalf("after %d purges, %d key and %d prefix records; want at most %d each", i+1, keys, prefixes, cache.MaxPurgeRecords)
+		}
+	}
+	e := &cache.Entry{ID: 1, Status: 200}
+	if err := m.Set(bg, "/k/0", e, time.Hour, cache.Cond{Since: t0}); !errors.Is(err, cache.ErrPurged) {
+		t.Errorf("a fetch that began before its key was purged stored its answer: Set = %v, want %v", err, cache.ErrPurged)
+	}
+	if err := m.Set(bg, "/never/purged", e, time.Hour, cache.Cond{Since: t0.Add(time.Hour)}); err != nil {
+		t.Errorf("a fetch that began after every purge was refused: %v", err)
+	}
+}
+
+func TestSetLocalKeepsWhatTheCallerGives(t *testing.T) {
+	called := false
+	m := cache.NewMemory(cache.Config{MaxBytes: 1 << 20, Local: func(*cache.Entry) any { called = true; return "from Config.Local" }})
+	defer m.Close()
+	e := &cache.Entry{Kind: cache.Response, ID: cache.NewID(), Status: 200}
+	if err := m.SetLocal(context.Background(), "k", e, "mine", time.Minute, cache.Cond{}); err != nil {
+		t.Fatal(err)
+	}
+	got, local := m.GetLocal("k")
+	if got != e || local != "mine" || called {
+		t.Errorf("GetLocal = %p, %v (Config.Local called: %v); want the entry and \"mine\"", got, local, called)
+	}
+}
