@@ -58,10 +58,6 @@ type guard struct {
 // than minutes of 503s cost corral's clients.
 const defaultMaxPause = 30 * time.Second
 
-// sentKey marks a request whose sender wants to know when it left the
-// guard: the value is a *time.Time that RoundTrip sets.
-type sentKey struct{}
-
 // busyError is what the guard answers instead of sending a request.
 type busyError struct {
 	retryAfter time.Duration // when the client might try again
@@ -101,30 +97,39 @@ func newGuard(next http.RoundTripper, cfg Config, maxWait time.Duration, now fun
 	return g
 }
 
+// RoundTrip sends req as send does, for callers that need no send time,
+// such as httputil.ReverseProxy.
 func (g *guard) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, _, err := g.send(req)
+	return resp, err
+}
+
+// send sends req unless the guard holds it back, and returns the answer
+// and when the request left the guard, after any wait for its turn: the
+// request_time of RFC 9111 section 4.2.3, which a wait in the queue must
+// not age. sent is the zero time when the request was not sent.
+func (g *guard) send(req *http.Request) (resp *http.Response, sent time.Time, err error) {
 	key := req.URL.RequestURI()
 	if err := g.paused(key); err != nil {
-		return nil, err
+		return nil, time.Time{}, err
 	}
 	if err := g.admit(req.Context()); err != nil {
-		return nil, err
+		return nil, time.Time{}, err
 	}
 	if err := g.paused(key); err != nil { // the origin may have asked while we waited
 		g.release()
-		return nil, err
+		return nil, time.Time{}, err
 	}
-	if sent, ok := req.Context().Value(sentKey{}).(*time.Time); ok {
-		*sent = g.now()
-	}
+	sent = g.now()
 	g.inflight.Add(1)
 	var once sync.Once
 	free := func() { once.Do(g.done) }
 	start := time.Now()
-	resp, err := g.next.RoundTrip(req)
+	resp, err = g.next.RoundTrip(req)
 	if err != nil {
 		g.observe(time.Since(start))
 		free()
-		return nil, err
+		return nil, sent, err
 	}
 	g.lastAnswer.Store(g.now().UnixNano())
 	g.noteRetryAfter(req, key, resp)
@@ -137,13 +142,13 @@ func (g *guard) RoundTrip(req *http.Request) (*http.Response, error) {
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		// Its body must stay the connection itself for ReverseProxy.
 		g.observe(time.Since(start))
-		return resp, nil
+		return resp, sent, nil
 	}
 	resp.Body = &doneBody{ReadCloser: resp.Body, done: func() {
 		g.observe(time.Since(start))
 		free()
 	}}
-	return resp, nil
+	return resp, sent, nil
 }
 
 // paused turns a request for key away while a pause the origin asked for
