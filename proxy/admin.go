@@ -164,7 +164,7 @@ func purgeTarget(raw string, prefix bool) (string, error) {
 // upstream answered lately or accepts a connection now, or the store holds
 // responses it could serve stale.
 func (p *Proxy) Ready(ctx context.Context) error {
-	if last := p.guard.lastAnswer.Load(); last != 0 && p.now().Sub(time.Unix(0, last)) < readyRecent {
+	if last := p.guard.Stats().LastAnswer; !last.IsZero() && p.now().Sub(last) < readyRecent {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, readyDialTimeout)

@@ -28,6 +28,7 @@ import (
 	"corral/freshness"
 	"corral/proxy/cache"
 	"corral/proxy/rules"
+	"corral/proxy/upstream"
 )
 
 // via is corral's pseudonym in Via headers (RFC 9110 section 7.6.3) and
@@ -166,7 +167,7 @@ type Proxy struct {
 	requestNoCache RequestNoCache
 	revalidate     time.Duration // RevalidateInterval; 0 when none
 	transport      http.RoundTripper
-	guard          *guard // wraps transport
+	guard          *upstream.Guard // wraps transport
 	now            func() time.Time
 	fakeClock      bool // now is not time.Now
 	trustedProxies []netip.Prefix
@@ -228,8 +229,18 @@ func New(cfg Config) (*Proxy, error) {
 		p.now = time.Now
 	}
 	p.fakeClock = cfg.Now != nil
-	p.guard = newGuard(p.transport, cfg, p.flights.Timeout, p.now,
-		func(d time.Duration) { p.metrics.upstream.Observe(d.Seconds()) })
+	p.guard = upstream.New(upstream.Config{
+		Transport:   p.transport,
+		MaxRPS:      cfg.UpstreamMaxRPS,
+		MaxInflight: cfg.UpstreamMaxInflight,
+		MaxQueue:    cfg.UpstreamMaxQueue,
+		MaxWait:     p.flights.Timeout,
+		MaxPause:    cfg.UpstreamMaxPause,
+		BasePath:    p.upstreamPath,
+		Now:         p.now,
+		Observe:     func(d time.Duration) { p.metrics.upstream.Observe(d.Seconds()) },
+		Logger:      cfg.Logger,
+	})
 	if p.log == nil {
 		p.log = slog.Default()
 	}
@@ -240,6 +251,9 @@ func New(cfg Config) (*Proxy, error) {
 			pr.Out.URL = p.upstreamURL(info.uri)
 			pr.Out.Host = ""
 			p.forward(pr.Out.Header, pr.In, mayStore(pr.In))
+			// For the guard: the client it is made for, and an answer
+			// that streams to that client alone.
+			pr.Out = pr.Out.WithContext(upstream.WithStreaming(upstream.WithClient(pr.Out.Context(), peerAddr(info.client))))
 		},
 		Transport:      p.guard,
 		ModifyResponse: p.modifyPassed,
@@ -683,9 +697,9 @@ func (p *Proxy) backOff(stale *local, f *fetched, err error) time.Duration {
 	pause := refreshBackoff
 	var busy *busyError
 	if errors.As(err, &busy) {
-		pause = max(pause, busy.retryAfter)
+		pause = max(pause, busy.RetryAfter)
 	} else if err == nil {
-		pause = max(pause, min(retryAfter(f.entry.Header.Get("Retry-After"), p.now()), maxRetryAfter))
+		pause = max(pause, min(upstream.ParseRetryAfter(f.entry.Header.Get("Retry-After"), p.now()), maxRetryAfter))
 	}
 	now := p.now()
 	stale.refreshAt.Store(now.Add(pause).UnixNano())
@@ -694,30 +708,13 @@ func (p *Proxy) backOff(stale *local, f *fetched, err error) time.Duration {
 }
 
 // refreshBackoff is the shortest pause after a failed background refresh;
-// maxRetryAfter the longest an origin's Retry-After can make it, and the
-// longest Retry-After corral estimates for its own queue. A background
+// maxRetryAfter the longest an origin's Retry-After can make it. A background
 // refresh has no client waiting on it, so it may honour the origin longer
 // than the pauses of client requests, which Config.UpstreamMaxPause caps.
 const (
 	refreshBackoff = time.Second
 	maxRetryAfter  = 5 * time.Minute
 )
-
-// retryAfter parses Retry-After (RFC 9110 section 10.2.3), delay-seconds
-// or an HTTP-date, into a pause from now; zero when absent or invalid.
-// Callers cap it: the origin may ask for years.
-func retryAfter(v string, now time.Time) time.Duration {
-	if v == "" {
-		return 0
-	}
-	var d time.Duration
-	if secs, err := strconv.ParseUint(v, 10, 32); err == nil {
-		d = time.Duration(secs) * time.Second
-	} else if t, err := http.ParseTime(v); err == nil {
-		d = t.Sub(now)
-	}
-	return max(d, 0)
-}
 
 func statusOf(f *fetched) int {
 	if f == nil {
@@ -925,7 +922,7 @@ func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, key, vkey str
 // serveBusy answers 503 with the guard's Retry-After.
 func (p *Proxy) serveBusy(w http.ResponseWriter, busy *busyError, st cacheStatus) {
 	p.stats.Busy.Add(1)
-	secs := (busy.retryAfter + time.Second - 1) / time.Second
+	secs := (busy.RetryAfter + time.Second - 1) / time.Second
 	w.Header().Set("Retry-After", strconv.FormatInt(int64(secs), 10))
 	p.serveStatus(w, http.StatusServiceUnavailable, st)
 }
