@@ -70,7 +70,7 @@ func (p *Proxy) bufferRequestBody(w http.ResponseWriter, r *http.Request) *bodyB
 		switch {
 		case errors.Is(err, errBuffersFull):
 			st.detail = "buffers-full"
-			p.serveBusy(w, &busyError{RetryAfter: time.Second, Why: "buffer budget spent"}, st)
+			p.serveBusy(w, &busyError{retryAfter: time.Second, why: "buffer budget spent"}, st)
 			return nil
 		case errors.Is(err, errTooLarge):
 			st.detail = "request-too-large"

@@ -78,7 +78,7 @@ func (p *Proxy) fetch(ctx context.Context, in *http.Request, key, vkey string, s
 	// The guard says when the request left, after any wait for the
 	// upstream caps: that is the request_time of RFC 9111 section 4.2.3,
 	// and a wait in the queue must not age the answer.
-	resp, sent, err := p.guard.Send(out)
+	resp, sent, err := p.guard.send(out)
 	var busy *busyError
 	if errors.As(err, &busy) {
 		return nil, err // never sent: not an upstream exchange

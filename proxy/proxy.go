@@ -167,7 +167,7 @@ type Proxy struct {
 	requestNoCache RequestNoCache
 	revalidate     time.Duration // RevalidateInterval; 0 when none
 	transport      http.RoundTripper
-	guard          *upstream.Guard // wraps transport
+	guard          *guard // wraps transport
 	now            func() time.Time
 	fakeClock      bool // now is not time.Now
 	trustedProxies []netip.Prefix
@@ -229,18 +229,8 @@ func New(cfg Config) (*Proxy, error) {
 		p.now = time.Now
 	}
 	p.fakeClock = cfg.Now != nil
-	p.guard = upstream.New(upstream.Config{
-		Transport:   p.transport,
-		MaxRPS:      cfg.UpstreamMaxRPS,
-		MaxInflight: cfg.UpstreamMaxInflight,
-		MaxQueue:    cfg.UpstreamMaxQueue,
-		MaxWait:     p.flights.Timeout,
-		MaxPause:    cfg.UpstreamMaxPause,
-		BasePath:    p.upstreamPath,
-		Now:         p.now,
-		Observe:     func(d time.Duration) { p.metrics.upstream.Observe(d.Seconds()) },
-		Logger:      cfg.Logger,
-	})
+	p.guard = newGuard(p.transport, cfg, p.flights.Timeout, p.now,
+		func(d time.Duration) { p.metrics.upstream.Observe(d.Seconds()) })
 	if p.log == nil {
 		p.log = slog.Default()
 	}
@@ -251,9 +241,6 @@ func New(cfg Config) (*Proxy, error) {
 			pr.Out.URL = p.upstreamURL(info.uri)
 			pr.Out.Host = ""
 			p.forward(pr.Out.Header, pr.In, mayStore(pr.In))
-			// For the guard: the client it is made for, and an answer
-			// that streams to that client alone.
-			pr.Out = pr.Out.WithContext(upstream.WithStreaming(upstream.WithClient(pr.Out.Context(), peerAddr(info.client))))
 		},
 		Transport:      p.guard,
 		ModifyResponse: p.modifyPassed,
@@ -697,7 +684,7 @@ func (p *Proxy) backOff(stale *local, f *fetched, err error) time.Duration {
 	pause := refreshBackoff
 	var busy *busyError
 	if errors.As(err, &busy) {
-		pause = max(pause, busy.RetryAfter)
+		pause = max(pause, busy.retryAfter)
 	} else if err == nil {
 		pause = max(pause, min(upstream.ParseRetryAfter(f.entry.Header.Get("Retry-After"), p.now()), maxRetryAfter))
 	}
@@ -922,7 +909,7 @@ func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, key, vkey str
 // serveBusy answers 503 with the guard's Retry-After.
 func (p *Proxy) serveBusy(w http.ResponseWriter, busy *busyError, st cacheStatus) {
 	p.stats.Busy.Add(1)
-	secs := (busy.RetryAfter + time.Second - 1) / time.Second
+	secs := (busy.retryAfter + time.Second - 1) / time.Second
 	w.Header().Set("Retry-After", strconv.FormatInt(int64(secs), 10))
 	p.serveStatus(w, http.StatusServiceUnavailable, st)
 }
