@@ -101,9 +101,9 @@ type clientKey struct{}
 
 // WithClient returns ctx carrying addr, the IP address of the client an
 // upstream request with that context is made for: for a shared fetch, the
-// client whose request started it. The guard counts 429s by it (see
-// noteRetryAfter); a request without one counts as the one client whose
-// address is unknown.
+// client whose request started it. A 429 pauses its key only once
+// requests of two distinct clients got one; a request without an address
+// counts as the one client whose address is unknown.
 func WithClient(ctx context.Context, addr netip.Addr) context.Context {
 	return context.WithValue(ctx, clientKey{}, addr)
 }
