@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -32,16 +33,23 @@ import (
 // With a token, /metrics and /purge require "Authorization: Bearer <token>";
 // the health endpoints never do, so that probes need no secret.
 type Admin struct {
-	p        *Proxy
+	p        admined
+	log      *slog.Logger
 	token    string
 	mux      *http.ServeMux
 	draining atomic.Bool
 }
 
+// admined is what the admin endpoints need of a Proxy.
+type admined interface {
+	Ready(ctx context.Context) error
+	Purge(uri string, prefix bool) int
+}
+
 // NewAdmin returns the admin handler for p, guarded by token if it is not
 // empty.
 func NewAdmin(p *Proxy, token string) *Admin {
-	a := &Admin{p: p, token: token, mux: http.NewServeMux()}
+	a := &Admin{p: p, log: p.log, token: token, mux: http.NewServeMux()}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(p.Metrics(), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	a.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -130,7 +138,7 @@ func (a *Admin) purge(w http.ResponseWriter, r *http.Request) {
 	n := 0
 	for _, target := range targets {
 		m := a.p.Purge(target, prefix)
-		a.p.log.Info("purged", "target", target, "prefix", prefix, "entries", m)
+		a.log.Info("purged", "target", target, "prefix", prefix, "entries", m)
 		n += m
 	}
 	w.Header().Set("Content-Type", "application/json")
@@ -164,7 +172,7 @@ func purgeTarget(raw string, prefix bool) (string, error) {
 // upstream answered lately or accepts a connection now, or the store holds
 // responses it could serve stale.
 func (p *Proxy) Ready(ctx context.Context) error {
-	if last := p.guard.lastAnswer.Load(); last != 0 && p.now().Sub(time.Unix(0, last)) < readyRecent {
+	if last := p.guard.Stats().LastAnswer; !last.IsZero() && p.now().Sub(last) < readyRecent {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, readyDialTimeout)

@@ -57,11 +57,7 @@ func (p *Proxy) fetch(ctx context.Context, in *http.Request, key, vkey string, s
 		return &fetched{again: true}, nil
 	}
 
-	// The guard notes when the request leaves, after any wait for the
-	// upstream caps: that is the request_time of RFC 9111 section 4.2.3,
-	// and a wait in the queue must not age the answer.
-	sent := new(time.Time)
-	out, err := http.NewRequestWithContext(context.WithValue(ctx, sentKey{}, sent), http.MethodGet, p.upstreamURL(key).String(), nil)
+	out, err := http.NewRequestWithContext(ctx, http.MethodGet, p.upstreamURL(key).String(), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -79,8 +75,10 @@ func (p *Proxy) fetch(ctx context.Context, in *http.Request, key, vkey string, s
 		}
 	}
 
-	*sent = p.now() // the guard moves it on if the request waits
-	resp, err := p.guard.RoundTrip(out)
+	// The guard says when the request left, after any wait for the
+	// upstream caps: that is the request_time of RFC 9111 section 4.2.3,
+	// and a wait in the queue must not age the answer.
+	resp, sent, err := p.guard.send(out)
 	var busy *busyError
 	if errors.As(err, &busy) {
 		return nil, err // never sent: not an upstream exchange
@@ -102,8 +100,8 @@ func (p *Proxy) fetch(ctx context.Context, in *http.Request, key, vkey string, s
 
 	if resp.StatusCode == http.StatusNotModified && stale != nil {
 		p.stats.upstream(resp.StatusCode, nil)
-		e, own := p.revalidated(key, reqHeader, stale, resp.Header, *sent, respTime)
-		return &fetched{entry: e, own: own, status: resp.StatusCode, stored: p.put(ctx, key, e, *sent, stale)}, nil
+		e, own := p.revalidated(key, reqHeader, stale, resp.Header, sent, respTime)
+		return &fetched{entry: e, own: own, status: resp.StatusCode, stored: p.put(ctx, key, e, sent, stale)}, nil
 	}
 
 	// The body is held against the buffer budget until it is stored
@@ -119,13 +117,13 @@ func (p *Proxy) fetch(ctx context.Context, in *http.Request, key, vkey string, s
 	if err != nil {
 		return nil, fmt.Errorf("reading upstream body: %w", err)
 	}
-	e, own := p.newEntry(key, reqHeader, resp.StatusCode, resp.Header, bb.trimmed(), *sent, respTime)
+	e, own := p.newEntry(key, reqHeader, resp.StatusCode, resp.Header, bb.trimmed(), sent, respTime)
 	if isServerError(resp.StatusCode) && stale != nil && stale.Decision.UsableOnError(respTime) {
 		// The stored response stands in for the error (RFC 5861
 		// section 4), which must not replace it, however cacheable.
 		return &fetched{entry: e, own: own, status: resp.StatusCode}, nil
 	}
-	return &fetched{entry: e, own: own, status: resp.StatusCode, stored: p.put(ctx, key, e, *sent, nil)}, nil
+	return &fetched{entry: e, own: own, status: resp.StatusCode, stored: p.put(ctx, key, e, sent, nil)}, nil
 }
 
 // newEntry builds the entry for a response to a request for key sent

@@ -83,17 +83,16 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	for prefix, n := range s.RuleDecisions {
 		counter(descRules, n.Load(), prefix)
 	}
-	g := m.p.guard
-	counter(descThrottled, g.throttled.Load())
-	ch <- prometheus.MustNewConstMetric(descInflight, prometheus.GaugeValue, float64(g.inflight.Load()))
-	ch <- prometheus.MustNewConstMetric(descQueued, prometheus.GaugeValue, float64(g.queued.Load()))
-	origin, keys := g.pausedNow()
+	g := m.p.guard.Stats()
+	counter(descThrottled, g.Throttled)
+	ch <- prometheus.MustNewConstMetric(descInflight, prometheus.GaugeValue, float64(g.Inflight))
+	ch <- prometheus.MustNewConstMetric(descQueued, prometheus.GaugeValue, float64(g.Queued))
 	paused := 0.0
-	if origin {
+	if g.OriginPaused {
 		paused = 1
 	}
 	ch <- prometheus.MustNewConstMetric(descPaused, prometheus.GaugeValue, paused, "origin")
-	ch <- prometheus.MustNewConstMetric(descPausedKey, prometheus.GaugeValue, float64(keys))
+	ch <- prometheus.MustNewConstMetric(descPausedKey, prometheus.GaugeValue, float64(g.PausedKeys))
 	ch <- prometheus.MustNewConstMetric(descBuffered, prometheus.GaugeValue, float64(m.p.buffers.InUse()))
 	if mem, ok := m.p.store.(cache.Sizer); ok {
 		counter(descEvictions, mem.Evictions())

@@ -735,7 +735,7 @@ func queueBehindFirst(t *testing.T, p *Proxy, arrived <-chan struct{}, path stri
 	go func() { r, _ := get(p, path, hdr...); second <- r }()
 	// A queued request has no channel to say so: watch the guard's own
 	// count, yielding, not sleeping, for at most 10s.
-	for deadline := time.Now().Add(10 * time.Second); p.guard.queued.Load() != 1; runtime.Gosched() {
+	for deadline := time.Now().Add(10 * time.Second); p.guard.Stats().Queued != 1; runtime.Gosched() {
 		if time.Now().After(deadline) {
 			t.Fatal("the second request never queued")
 		}

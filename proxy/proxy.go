@@ -28,6 +28,7 @@ import (
 	"corral/freshness"
 	"corral/proxy/cache"
 	"corral/proxy/rules"
+	"corral/proxy/upstream"
 )
 
 // via is corral's pseudonym in Via headers (RFC 9110 section 7.6.3) and
@@ -685,7 +686,7 @@ func (p *Proxy) backOff(stale *local, f *fetched, err error) time.Duration {
 	if errors.As(err, &busy) {
 		pause = max(pause, busy.retryAfter)
 	} else if err == nil {
-		pause = max(pause, min(retryAfter(f.entry.Header.Get("Retry-After"), p.now()), maxRetryAfter))
+		pause = max(pause, min(upstream.ParseRetryAfter(f.entry.Header.Get("Retry-After"), p.now()), maxRetryAfter))
 	}
 	now := p.now()
 	stale.refreshAt.Store(now.Add(pause).UnixNano())
@@ -694,30 +695,13 @@ func (p *Proxy) backOff(stale *local, f *fetched, err error) time.Duration {
 }
 
 // refreshBackoff is the shortest pause after a failed background refresh;
-// maxRetryAfter the longest an origin's Retry-After can make it, and the
-// longest Retry-After corral estimates for its own queue. A background
+// maxRetryAfter the longest an origin's Retry-After can make it. A background
 // refresh has no client waiting on it, so it may honour the origin longer
 // than the pauses of client requests, which Config.UpstreamMaxPause caps.
 const (
 	refreshBackoff = time.Second
 	maxRetryAfter  = 5 * time.Minute
 )
-
-// retryAfter parses Retry-After (RFC 9110 section 10.2.3), delay-seconds
-// or an HTTP-date, into a pause from now; zero when absent or invalid.
-// Callers cap it: the origin may ask for years.
-func retryAfter(v string, now time.Time) time.Duration {
-	if v == "" {
-		return 0
-	}
-	var d time.Duration
-	if secs, err := strconv.ParseUint(v, 10, 32); err == nil {
-		d = time.Duration(secs) * time.Second
-	} else if t, err := http.ParseTime(v); err == nil {
-		d = t.Sub(now)
-	}
-	return max(d, 0)
-}
 
 func statusOf(f *fetched) int {
 	if f == nil {

@@ -1,8 +1,6 @@
 package proxy
 
 import (
-	"context"
-	"errors"
 	"io"
 	"net/http"
 	"net/url"
@@ -13,6 +11,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"corral/proxy/upstream"
 )
 
 // These tests play an origin that asks for quiet with Retry-After (RFC 9110
@@ -346,54 +346,6 @@ type roundTripFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
-// TestPausedKeysStayBounded floods the guard with keys that each answer 503
-// with Retry-After, as an origin's one broken endpoint does under queries a
-// client makes up: the records stay bounded, a key past the bound goes
-// unpaused rather than growing them, and ended pauses make room.
-func TestPausedKeysStayBounded(t *testing.T) {
-	clk := newClock()
-	unavailable := roundTripFunc(func(r *http.Request) (*http.Response, error) {
-		return &http.Response{StatusCode: 503, Header: http.Header{"Retry-After": {"60"}}, Body: http.NoBody, Request: r}, nil
-	})
-	g := newGuard(unavailable, Config{}, time.Minute, clk.Now, func(time.Duration) {})
-	send := func(i int) error {
-		req, err := http.NewRequest(http.MethodGet, "http://origin.example/broken?i="+strconv.Itoa(i), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp, err := g.RoundTrip(req)
-		if err == nil {
-			resp.Body.Close()
-		}
-		return err
-	}
-	var busy *busyError
-	for i := range maxPausedKeys + 100 {
-		if err := send(i); err != nil {
-			t.Fatalf("key %d, asked for the first time, was not sent: %v", i, err)
-		}
-		if n := len(g.pauses.keys); n > maxPausedKeys {
-			t.Fatalf("after %d keys, %d pause records; want at most %d", i+1, n, maxPausedKeys)
-		}
-	}
-	if err := send(0); !errors.As(err, &busy) {
-		t.Errorf("the first key, paused, was sent again: %v", err)
-	}
-	if err := send(maxPausedKeys + 50); err != nil {
-		t.Errorf("a key past the bound was held back (%v); want it sent, unpaused", err)
-	}
-	if g.holdUntil.Load() != 0 {
-		t.Errorf("one path's 503s paused the whole origin")
-	}
-	clk.Advance(30 * time.Second) // every pause ended
-	if err := send(maxPausedKeys + 50); err != nil {
-		t.Fatalf("after the pauses, a key was held back: %v", err)
-	}
-	if err := send(maxPausedKeys + 50); !errors.As(err, &busy) {
-		t.Errorf("after the pauses ended, a new key's pause was not recorded: %v", err)
-	}
-}
-
 // TestOnlyGetAndHeadAnswersPause is the third attack of the review: a POST
 // or OPTIONS that the origin answers 503 with Retry-After paused the GET
 // key of its URL, and three of them the whole origin. An answer to another
@@ -471,36 +423,6 @@ func TestPathVariantsAreOneEndpoint(t *testing.T) {
 				t.Errorf("a cold URL after one endpoint's variants failed (-want +got):\n%s", diff)
 			}
 		})
-	}
-}
-
-// TestEndpoint pins the identity under which answers count as evidence of
-// an overloaded origin.
-func TestEndpoint(t *testing.T) {
-	tests := map[string]string{
-		"/":                    "",
-		"":                     "",
-		"/broken":              "broken",
-		"/broken/":             "broken",
-		"//broken":             "broken",
-		"///BROKEN//a":         "broken",
-		"/Broken;jsessionid=1": "broken",
-		"/broken%2Fa":          "broken",
-		"/broken%2fa":          "broken",
-		"/broken%3Bx":          "broken",
-		"/broken%5Ca":          "broken",
-		"/broken%20a":          "broken%20a",
-		"/broken%2":            "broken%2",
-		"/api/stats?x=1":       "api",
-		"/api/users":           "api",
-		"/;x/broken":           "",
-	}
-	got := make(map[string]string, len(tests))
-	for path := range tests {
-		got[path] = endpoint(path)
-	}
-	if diff := cmp.Diff(tests, got); diff != "" {
-		t.Errorf("endpoint (-want +got):\n%s", diff)
 	}
 }
 
@@ -637,7 +559,7 @@ func TestUpstreamRequestsCarryTheirClient(t *testing.T) {
 	var got []string
 	record := roundTripFunc(func(r *http.Request) (*http.Response, error) {
 		mu.Lock()
-		got = append(got, r.URL.RequestURI()+" "+clientOf(r.Context()).String())
+		got = append(got, r.URL.RequestURI()+" "+upstream.ClientOf(r.Context()).String())
 		mu.Unlock()
 		return tr.RoundTrip(r)
 	})
@@ -651,53 +573,5 @@ func TestUpstreamRequestsCarryTheirClient(t *testing.T) {
 	want := []string{"/a 192.0.2.1", "/a 198.51.100.7", "/b 2001:db8::1", "/c 2001:db8::1"}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("upstream requests and their clients (-want +got):\n%s", diff)
-	}
-}
-
-// TestQuotaRecordsStayBounded floods the guard with keys that answer 429
-// with Retry-After to one client, as a client spending its own quota on
-// URLs it makes up can: the records of who got a 429 share the bound of
-// the pause records, hold one address per key, and expire with the
-// window.
-func TestQuotaRecordsStayBounded(t *testing.T) {
-	clk := newClock()
-	limited := roundTripFunc(func(r *http.Request) (*http.Response, error) {
-		return &http.Response{StatusCode: 429, Header: http.Header{"Retry-After": {"60"}}, Body: http.NoBody, Request: r}, nil
-	})
-	g := newGuard(limited, Config{}, time.Minute, clk.Now, func(time.Duration) {})
-	send := func(i int, client string) error {
-		ctx := context.WithValue(context.Background(), clientKey{}, client)
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://origin.example/quota?i="+strconv.Itoa(i), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp, err := g.RoundTrip(req)
-		if err == nil {
-			resp.Body.Close()
-		}
-		return err
-	}
-	for i := range maxPausedKeys + 100 {
-		if err := send(i, clientA); err != nil {
-			t.Fatalf("key %d was not sent: %v", i, err)
-		}
-		if n := len(g.pauses.keys); n > maxPausedKeys {
-			t.Fatalf("after %d keys, %d records; want at most %d", i+1, n, maxPausedKeys)
-		}
-	}
-	if origin, keys := g.pausedNow(); origin || keys != 0 {
-		t.Errorf("one client's 429s paused the origin (%v) or %d keys", origin, keys)
-	}
-	if err := send(0, clientB); err != nil {
-		t.Fatalf("a second client's request was not sent: %v", err)
-	}
-	var busy *busyError
-	if err := send(0, clientC); !errors.As(err, &busy) {
-		t.Errorf("after 429s for two clients, the key was sent again: %v", err)
-	}
-	clk.Advance(overloadWindow)
-	g.pausedNow() // sweeps
-	if n := len(g.pauses.keys); n != 1 {
-		t.Errorf("after the window, %d records; want 1: the paused key's", n)
 	}
 }

@@ -85,7 +85,7 @@ type passed struct {
 	reqHeader http.Header // the client's request header
 	reqTime   time.Time
 	mayStore  bool   // the request went upstream as one whose answer may be stored
-	client    string // the client's RemoteAddr, for the guard (clientOf)
+	client    string // the client's RemoteAddr, for the guard's count of 429s
 }
 
 // passThrough sends r upstream on its own and streams the answer back,

@@ -1,13 +1,11 @@
-package proxy
+package upstream
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"log/slog"
 	"math"
 	"net/http"
-	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,21 +14,20 @@ import (
 	"golang.org/x/time/rate"
 )
 
-// guard is the RoundTripper every upstream request goes through, shared
-// fetches and passed-through requests alike. It keeps corral from
-// amplifying an origin's trouble: it caps the request rate and the
-// requests in flight across all keys, lets at most maxQueue requests wait
-// for their turn, and after a 503 to a GET or HEAD (or a 429 that more
-// than one client got) with Retry-After sends nothing more for that key
-// until the origin said it may, nor for any key when several endpoints
-// said so at once.
-// Whatever it turns away fails at once with a *busyError, which the proxy
-// answers with a stale response or a 503.
+// Guard is the http.RoundTripper every upstream request goes through,
+// shared fetches and passed-through requests alike. It caps the request
+// rate and the requests in flight across all keys, lets at most MaxQueue
+// requests wait for their turn, and after a 503 to a GET or HEAD (or a 429
+// that more than one client got) with Retry-After sends nothing more for
+// that key until the origin said it may, nor for any key when several
+// endpoints said so at once.
+// Whatever it turns away fails at once with a *BusyError.
 //
 // A key is the upstream request's escaped path and query, read from its
-// URL: the guard needs nothing else from the proxy but the upstream's own
-// path, which it leaves out when it tells endpoints apart.
-type guard struct {
+// URL. What else the guard needs to know of a request comes in its
+// context: the client it was made for (WithClient), and whether its answer
+// streams to that client alone (WithStreaming).
+type Guard struct {
 	next     http.RoundTripper
 	limiter  *rate.Limiter // nil: no rate cap
 	slots    chan struct{} // nil: no cap on requests in flight
@@ -51,84 +48,98 @@ type guard struct {
 }
 
 // defaultMaxPause caps the origin's Retry-After when Config leaves
-// UpstreamMaxPause zero. Retry-After is advice, and often a rate
-// limiter's reset time rather than a measure of the origin's trouble:
-// past 30 seconds, one request for the paused key (or, origin-wide, for
-// any key) to see whether the trouble is over costs the origin far less
-// than minutes of 503s cost corral's clients.
+// MaxPause zero. Retry-After is advice, and often a rate limiter's reset
+// time rather than a measure of the origin's trouble: past 30 seconds, one
+// request for the paused key (or, origin-wide, for any key) to see whether
+// the trouble is over costs the origin far less than minutes of 503s cost
+// the proxy's clients.
 const defaultMaxPause = 30 * time.Second
 
-// sentKey marks a request whose sender wants to know when it left the
-// guard: the value is a *time.Time that RoundTrip sets.
-type sentKey struct{}
+// maxQueueDelay is the longest Retry-After the guard estimates for its
+// own queue.
+const maxQueueDelay = 5 * time.Minute
 
-// busyError is what the guard answers instead of sending a request.
-type busyError struct {
-	retryAfter time.Duration // when the client might try again
-	why        string
-}
-
-func (e *busyError) Error() string {
-	return fmt.Sprintf("upstream request not sent: %s (retry after %s)", e.why, e.retryAfter)
-}
-
-// newGuard returns a guard in front of next with cfg's caps. A zero rps or
-// inflight puts no cap on that dimension; maxQueue bounds the waiters when
-// either is set, and maxWait how long each may wait.
-func newGuard(next http.RoundTripper, cfg Config, maxWait time.Duration, now func() time.Time, observe func(time.Duration)) *guard {
-	rps, inflight := cfg.UpstreamMaxRPS, cfg.UpstreamMaxInflight
-	g := &guard{next: next, maxQueue: int64(cfg.UpstreamMaxQueue), maxWait: maxWait, now: now, observe: observe, log: cfg.Logger}
+// New returns a Guard with cfg's caps in front of cfg.Transport.
+func New(cfg Config) *Guard {
+	g := &Guard{
+		next:     cfg.Transport,
+		maxQueue: int64(cfg.MaxQueue),
+		maxWait:  cfg.MaxWait,
+		base:     strings.TrimSuffix(cfg.BasePath, "/"),
+		now:      cfg.Now,
+		observe:  cfg.Observe,
+		log:      cfg.Logger,
+	}
 	switch {
-	case cfg.UpstreamMaxPause == 0:
+	case cfg.MaxPause == 0:
 		g.maxPause = defaultMaxPause
-	case cfg.UpstreamMaxPause > 0:
-		g.maxPause = cfg.UpstreamMaxPause
+	case cfg.MaxPause > 0:
+		g.maxPause = cfg.MaxPause
+	}
+	if g.next == nil {
+		g.next = http.DefaultTransport
+	}
+	if g.now == nil {
+		g.now = time.Now
+	}
+	if g.observe == nil {
+		g.observe = func(time.Duration) {}
 	}
 	if g.log == nil {
 		g.log = slog.Default()
 	}
-	if cfg.Upstream != nil {
-		g.base = strings.TrimSuffix(cfg.Upstream.EscapedPath(), "/")
-	}
-	if rps > 0 {
+	if cfg.MaxRPS > 0 {
 		// A burst of one spaces requests 1/rps apart, so that no
 		// window of a second holds more than rps of them.
-		g.limiter = rate.NewLimiter(rate.Limit(rps), 1)
+		g.limiter = rate.NewLimiter(rate.Limit(cfg.MaxRPS), 1)
 	}
-	if inflight > 0 {
-		g.slots = make(chan struct{}, inflight)
+	if cfg.MaxInflight > 0 {
+		g.slots = make(chan struct{}, cfg.MaxInflight)
 	}
 	return g
 }
 
-func (g *guard) RoundTrip(req *http.Request) (*http.Response, error) {
+// RoundTrip sends req as Send does, for callers that need no send time,
+// such as httputil.ReverseProxy.
+func (g *Guard) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, _, err := g.Send(req)
+	return resp, err
+}
+
+// Send sends req unless the guard holds it back, and returns the answer
+// and when the request left the guard, after any wait for its turn: the
+// request_time of RFC 9111 section 4.2.3, which a wait in the queue must
+// not age. sent is the zero time when the request was not sent.
+//
+// The request's slot is freed when its body is closed; or once the
+// header is in, for a request marked WithStreaming and for a 101, whose
+// body is the upgraded connection itself.
+func (g *Guard) Send(req *http.Request) (resp *http.Response, sent time.Time, err error) {
 	key := req.URL.RequestURI()
 	if err := g.paused(key); err != nil {
-		return nil, err
+		return nil, time.Time{}, err
 	}
 	if err := g.admit(req.Context()); err != nil {
-		return nil, err
+		return nil, time.Time{}, err
 	}
 	if err := g.paused(key); err != nil { // the origin may have asked while we waited
 		g.release()
-		return nil, err
+		return nil, time.Time{}, err
 	}
-	if sent, ok := req.Context().Value(sentKey{}).(*time.Time); ok {
-		*sent = g.now()
-	}
+	sent = g.now()
 	g.inflight.Add(1)
 	var once sync.Once
 	free := func() { once.Do(g.done) }
 	start := time.Now()
-	resp, err := g.next.RoundTrip(req)
+	resp, err = g.next.RoundTrip(req)
 	if err != nil {
 		g.observe(time.Since(start))
 		free()
-		return nil, err
+		return nil, sent, err
 	}
 	g.lastAnswer.Store(g.now().UnixNano())
 	g.noteRetryAfter(req, key, resp)
-	if _, passing := req.Context().Value(passKey{}).(passed); passing || resp.StatusCode == http.StatusSwitchingProtocols {
+	if streaming(req.Context()) || resp.StatusCode == http.StatusSwitchingProtocols {
 		// A passed-through answer streams at its one client's pace, and
 		// an upgraded connection lives on its own terms: neither keeps
 		// a slot from the shared fetches once its header is in.
@@ -137,18 +148,34 @@ func (g *guard) RoundTrip(req *http.Request) (*http.Response, error) {
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		// Its body must stay the connection itself for ReverseProxy.
 		g.observe(time.Since(start))
-		return resp, nil
+		return resp, sent, nil
 	}
 	resp.Body = &doneBody{ReadCloser: resp.Body, done: func() {
 		g.observe(time.Since(start))
 		free()
 	}}
-	return resp, nil
+	return resp, sent, nil
+}
+
+// Stats returns what g counts now.
+func (g *Guard) Stats() Stats {
+	origin, keys := g.pausedNow()
+	s := Stats{
+		Throttled:    g.throttled.Load(),
+		Inflight:     g.inflight.Load(),
+		Queued:       g.queued.Load(),
+		OriginPaused: origin,
+		PausedKeys:   keys,
+	}
+	if last := g.lastAnswer.Load(); last != 0 {
+		s.LastAnswer = time.Unix(0, last)
+	}
+	return s
 }
 
 // paused turns a request for key away while a pause the origin asked for
 // runs: the whole origin's or key's own, whichever ends later.
-func (g *guard) paused(key string) error {
+func (g *Guard) paused(key string) error {
 	now := g.now()
 	wait, why := time.Duration(g.holdUntil.Load()-now.UnixNano()), "the origin asked for a pause"
 	if end := g.pauses.until(key); end.Sub(now) > wait {
@@ -188,7 +215,7 @@ func (g *guard) paused(key string) error {
 // from one address, and a limit that three endpoints hit within seconds is
 // that address's, so any other path would only spend it more. One
 // client's 429s never count: they paused nothing.
-func (g *guard) noteRetryAfter(req *http.Request, key string, resp *http.Response) {
+func (g *Guard) noteRetryAfter(req *http.Request, key string, resp *http.Response) {
 	quota := false
 	switch {
 	case req.Method != http.MethodGet && req.Method != http.MethodHead:
@@ -200,14 +227,14 @@ func (g *guard) noteRetryAfter(req *http.Request, key string, resp *http.Respons
 		return
 	}
 	now := g.now()
-	d := min(retryAfter(resp.Header.Get("Retry-After"), now), g.maxPause)
+	d := min(ParseRetryAfter(resp.Header.Get("Retry-After"), now), g.maxPause)
 	if d <= 0 {
 		return
 	}
 	switch {
 	case !quota:
 		g.pauses.hold(key, now.Add(d), now)
-	case !g.pauses.holdShared(key, clientOf(req.Context()), now.Add(d), now):
+	case !g.pauses.holdShared(key, ClientOf(req.Context()), now.Add(d), now):
 		return // for all corral knows, one client's own quota
 	}
 	if g.pauses.overloaded(endpoint(strings.TrimPrefix(req.URL.EscapedPath(), g.base)), now) {
@@ -219,14 +246,14 @@ func (g *guard) noteRetryAfter(req *http.Request, key string, resp *http.Respons
 
 // pausedNow reports whether the whole origin is paused, and how many keys
 // are.
-func (g *guard) pausedNow() (origin bool, keys int) {
+func (g *Guard) pausedNow() (origin bool, keys int) {
 	now := g.now()
 	return g.holdUntil.Load() > now.UnixNano(), g.pauses.live(now)
 }
 
 // admit waits for a slot and a token, unless maxQueue requests already
 // wait, or the wait would outlast ctx.
-func (g *guard) admit(ctx context.Context) error {
+func (g *Guard) admit(ctx context.Context) error {
 	if (g.limiter == nil && g.slots == nil) || g.tryAdmit() {
 		return nil
 	}
@@ -261,7 +288,7 @@ func (g *guard) admit(ctx context.Context) error {
 }
 
 // tryAdmit takes a slot and a token if both are there now.
-func (g *guard) tryAdmit() bool {
+func (g *Guard) tryAdmit() bool {
 	if g.slots != nil {
 		select {
 		case g.slots <- struct{}{}:
@@ -276,19 +303,19 @@ func (g *guard) tryAdmit() bool {
 	return true
 }
 
-func (g *guard) release() {
+func (g *Guard) release() {
 	if g.slots != nil {
 		<-g.slots
 	}
 }
 
-func (g *guard) done() {
+func (g *Guard) done() {
 	g.inflight.Add(-1)
 	g.release()
 }
 
 // hold stops requests for every key for d, or until a later hold ends.
-func (g *guard) hold(d time.Duration) {
+func (g *Guard) hold(d time.Duration) {
 	until := g.now().Add(d).UnixNano()
 	for {
 		cur := g.holdUntil.Load()
@@ -299,17 +326,17 @@ func (g *guard) hold(d time.Duration) {
 }
 
 // queueDelay estimates when a request turned away now might get through.
-func (g *guard) queueDelay() time.Duration {
+func (g *Guard) queueDelay() time.Duration {
 	if g.limiter == nil {
 		return time.Second
 	}
 	secs := float64(g.queued.Load()+1) / float64(g.limiter.Limit())
-	return time.Duration(math.Min(secs, maxRetryAfter.Seconds()) * float64(time.Second))
+	return time.Duration(math.Min(secs, maxQueueDelay.Seconds()) * float64(time.Second))
 }
 
-func (g *guard) turnAway(retry time.Duration, why string) error {
+func (g *Guard) turnAway(retry time.Duration, why string) error {
 	g.throttled.Add(1)
-	return &busyError{retryAfter: max(retry, time.Second), why: why}
+	return &BusyError{RetryAfter: max(retry, time.Second), Why: why}
 }
 
 // doneBody calls done once, when the body is closed.
@@ -323,27 +350,4 @@ func (b *doneBody) Close() error {
 	err := b.ReadCloser.Close()
 	b.once.Do(b.done)
 	return err
-}
-
-// clientKey carries, in a shared fetch's context, the RemoteAddr of the
-// client whose request started the fetch: the guard tells by it whether a
-// 429 is one client's own. (A passed-through request carries its
-// client's in its passed value.)
-type clientKey struct{}
-
-// withClient returns ctx carrying r's RemoteAddr for the guard. Only a
-// flight calls it: a hit never goes upstream, and must not allocate.
-func withClient(ctx context.Context, r *http.Request) context.Context {
-	return context.WithValue(ctx, clientKey{}, r.RemoteAddr)
-}
-
-// clientOf returns the IP address of the client an upstream request with
-// context ctx was made for; the zero Addr when unknown, which counts as
-// one client.
-func clientOf(ctx context.Context) netip.Addr {
-	if info, ok := ctx.Value(passKey{}).(passed); ok {
-		return peerAddr(info.client)
-	}
-	remote, _ := ctx.Value(clientKey{}).(string)
-	return peerAddr(remote)
 }

@@ -1,0 +1,91 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"corral/proxy/upstream"
+)
+
+// guard is the proxy's side of its upstream guard (package upstream),
+// which every upstream request goes through, shared fetches and
+// passed-through requests alike. It tells the guard what the guard needs
+// to know of a request, and turns the guard's *upstream.BusyError into the
+// proxy's busyError, which the proxy answers with a stale response or a
+// 503.
+type guard struct {
+	*upstream.Guard
+}
+
+// newGuard returns a guard in front of next with cfg's caps. A zero rps or
+// inflight puts no cap on that dimension; UpstreamMaxQueue bounds the
+// waiters when either is set, and maxWait how long each may wait.
+func newGuard(next http.RoundTripper, cfg Config, maxWait time.Duration, now func() time.Time, observe func(time.Duration)) *guard {
+	var base string
+	if cfg.Upstream != nil {
+		base = strings.TrimSuffix(cfg.Upstream.EscapedPath(), "/")
+	}
+	return &guard{upstream.New(upstream.Config{
+		Transport:   next,
+		MaxRPS:      cfg.UpstreamMaxRPS,
+		MaxInflight: cfg.UpstreamMaxInflight,
+		MaxQueue:    cfg.UpstreamMaxQueue,
+		MaxWait:     maxWait,
+		MaxPause:    cfg.UpstreamMaxPause,
+		BasePath:    base,
+		Now:         now,
+		Observe:     observe,
+		Logger:      cfg.Logger,
+	})}
+}
+
+// RoundTrip sends a passed-through request, for httputil.ReverseProxy.
+// Such a request runs on its client's request's context, whose passed
+// value names the client: the guard learns it (for its count of 429s),
+// and that the answer streams to that client alone, so that its slot is
+// freed once the header is in.
+func (g *guard) RoundTrip(req *http.Request) (*http.Response, error) {
+	if info, ok := req.Context().Value(passKey{}).(passed); ok {
+		req = req.WithContext(upstream.WithStreaming(upstream.WithClient(req.Context(), peerAddr(info.client))))
+	}
+	resp, err := g.Guard.RoundTrip(req)
+	return resp, held(err)
+}
+
+// send sends a shared fetch's request, made with withClient's context, and
+// returns when it left the guard: see upstream.Guard.Send.
+func (g *guard) send(req *http.Request) (*http.Response, time.Time, error) {
+	resp, sent, err := g.Guard.Send(req)
+	return resp, sent, held(err)
+}
+
+// withClient returns ctx carrying the address of r's client, for the
+// upstream guard's count of 429s. Only a flight calls it: a hit never
+// goes upstream, and must not allocate.
+func withClient(ctx context.Context, r *http.Request) context.Context {
+	return upstream.WithClient(ctx, peerAddr(r.RemoteAddr))
+}
+
+// busyError is what corral answers instead of sending a request upstream:
+// the guard held it back, or the buffer budget had no room for its body.
+type busyError struct {
+	retryAfter time.Duration // when the client might try again
+	why        string
+}
+
+func (e *busyError) Error() string {
+	return fmt.Sprintf("upstream request not sent: %s (retry after %s)", e.why, e.retryAfter)
+}
+
+// held returns err, or the busyError for it when the guard held the
+// request back.
+func held(err error) error {
+	if busy, ok := errors.AsType[*upstream.BusyError](err); ok {
+		return &busyError{retryAfter: busy.RetryAfter, why: busy.Why}
+	}
+	return err
+}

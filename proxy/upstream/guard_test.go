@@ -1,0 +1,171 @@
+package upstream
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// clock is a settable clock for Config.Now.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newClock() *clock { return &clock{t: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)} }
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// Client addresses.
+var (
+	clientA = netip.MustParseAddr("192.0.2.1")
+	clientB = netip.MustParseAddr("198.51.100.7")
+	clientC = netip.MustParseAddr("2001:db8::1")
+)
+
+// TestPausedKeysStayBounded floods the guard with keys that each answer 503
+// with Retry-After, as an origin's one broken endpoint does under queries a
+// client makes up: the records stay bounded, a key past the bound goes
+// unpaused rather than growing them, and ended pauses make room.
+func TestPausedKeysStayBounded(t *testing.T) {
+	clk := newClock()
+	unavailable := roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		return &http.Response{StatusCode: 503, Header: http.Header{"Retry-After": {"60"}}, Body: http.NoBody, Request: r}, nil
+	})
+	g := New(Config{Transport: unavailable, MaxWait: time.Minute, Now: clk.Now})
+	send := func(i int) error {
+		req, err := http.NewRequest(http.MethodGet, "http://origin.example/broken?i="+strconv.Itoa(i), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := g.RoundTrip(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err
+	}
+	var busy *BusyError
+	for i := range maxPausedKeys + 100 {
+		if err := send(i); err != nil {
+			t.Fatalf("key %d, asked for the first time, was not sent: %v", i, err)
+		}
+		if n := len(g.pauses.keys); n > maxPausedKeys {
+			t.Fatalf("after %d keys, %d pause records; want at most %d", i+1, n, maxPausedKeys)
+		}
+	}
+	if err := send(0); !errors.As(err, &busy) {
+		t.Errorf("the first key, paused, was sent again: %v", err)
+	}
+	if err := send(maxPausedKeys + 50); err != nil {
+		t.Errorf("a key past the bound was held back (%v); want it sent, unpaused", err)
+	}
+	if g.holdUntil.Load() != 0 {
+		t.Errorf("one path's 503s paused the whole origin")
+	}
+	clk.Advance(30 * time.Second) // every pause ended
+	if err := send(maxPausedKeys + 50); err != nil {
+		t.Fatalf("after the pauses, a key was held back: %v", err)
+	}
+	if err := send(maxPausedKeys + 50); !errors.As(err, &busy) {
+		t.Errorf("after the pauses ended, a new key's pause was not recorded: %v", err)
+	}
+}
+
+// TestEndpoint pins the identity under which answers count as evidence of
+// an overloaded origin.
+func TestEndpoint(t *testing.T) {
+	tests := map[string]string{
+		"/":                    "",
+		"":                     "",
+		"/broken":              "broken",
+		"/broken/":             "broken",
+		"//broken":             "broken",
+		"///BROKEN//a":         "broken",
+		"/Broken;jsessionid=1": "broken",
+		"/broken%2Fa":          "broken",
+		"/broken%2fa":          "broken",
+		"/broken%3Bx":          "broken",
+		"/broken%5Ca":          "broken",
+		"/broken%20a":          "broken%20a",
+		"/broken%2":            "broken%2",
+		"/api/stats?x=1":       "api",
+		"/api/users":           "api",
+		"/;x/broken":           "",
+	}
+	got := make(map[string]string, len(tests))
+	for path := range tests {
+		got[path] = endpoint(path)
+	}
+	if diff := cmp.Diff(tests, got); diff != "" {
+		t.Errorf("endpoint (-want +got):\n%s", diff)
+	}
+}
+
+// TestQuotaRecordsStayBounded floods the guard with keys that answer 429
+// with Retry-After to one client, as a client spending its own quota on
+// URLs it makes up can: the records of who got a 429 share the bound of
+// the pause records, hold one address per key, and expire with the
+// window.
+func TestQuotaRecordsStayBounded(t *testing.T) {
+	clk := newClock()
+	limited := roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		return &http.Response{StatusCode: 429, Header: http.Header{"Retry-After": {"60"}}, Body: http.NoBody, Request: r}, nil
+	})
+	g := New(Config{Transport: limited, MaxWait: time.Minute, Now: clk.Now})
+	send := func(i int, client netip.Addr) error {
+		ctx := WithClient(context.Background(), client)
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://origin.example/quota?i="+strconv.Itoa(i), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := g.RoundTrip(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err
+	}
+	for i := range maxPausedKeys + 100 {
+		if err := send(i, clientA); err != nil {
+			t.Fatalf("key %d was not sent: %v", i, err)
+		}
+		if n := len(g.pauses.keys); n > maxPausedKeys {
+			t.Fatalf("after %d keys, %d records; want at most %d", i+1, n, maxPausedKeys)
+		}
+	}
+	if origin, keys := g.pausedNow(); origin || keys != 0 {
+		t.Errorf("one client's 429s paused the origin (%v) or %d keys", origin, keys)
+	}
+	if err := send(0, clientB); err != nil {
+		t.Fatalf("a second client's request was not sent: %v", err)
+	}
+	var busy *BusyError
+	if err := send(0, clientC); !errors.As(err, &busy) {
+		t.Errorf("after 429s for two clients, the key was sent again: %v", err)
+	}
+	clk.Advance(overloadWindow)
+	g.pausedNow() // sweeps
+	if n := len(g.pauses.keys); n != 1 {
+		t.Errorf("after the window, %d records; want 1: the paused key's", n)
+	}
+}
