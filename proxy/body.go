@@ -66,22 +66,22 @@ func (p *Proxy) bufferRequestBody(w http.ResponseWriter, r *http.Request) *bodyB
 	if err != nil {
 		bb.release()
 		w.Header().Set("Connection", "close")
-		st := cacheStatus{fwd: "request"}
+		st := cacheStatus{fwd: fwdRequest}
 		switch {
 		case errors.Is(err, errBuffersFull):
-			st.detail = "buffers-full"
+			st.detail = detailBuffersFull
 			p.serveBusy(w, &busyError{retryAfter: time.Second, why: "buffer budget spent"}, st)
 			return nil
 		case errors.Is(err, errTooLarge):
-			st.detail = "request-too-large"
+			st.detail = detailRequestTooLarge
 			p.stats.Rejected.Add(1)
 			p.serveStatus(w, http.StatusRequestEntityTooLarge, st)
 		case errors.Is(err, errBodyTimeout):
-			st.detail = "request-timeout"
+			st.detail = detailRequestTimeout
 			p.stats.Rejected.Add(1)
 			p.serveStatus(w, http.StatusRequestTimeout, st)
 		default:
-			st.detail = "bad-request-body"
+			st.detail = detailBadRequestBody
 			p.stats.Rejected.Add(1)
 			p.serveStatus(w, http.StatusBadRequest, st)
 		}

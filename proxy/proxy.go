@@ -350,7 +350,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	key, err := requestTarget(r)
 	if err != nil {
 		p.stats.Rejected.Add(1)
-		p.serveStatus(w, http.StatusBadRequest, cacheStatus{detail: "bad-request-target"})
+		p.serveStatus(w, http.StatusBadRequest, cacheStatus{detail: detailBadRequestTarget})
 		return
 	}
 	if up := r.Header["Upgrade"]; up != nil && !webSocketUpgrade(up) {
@@ -368,8 +368,8 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		defer bb.release()
 	}
-	if fwd, detail := bypass(r); fwd != "" {
-		p.passThrough(w, r, key, fwd, detail)
+	if fwd, d := bypass(r); fwd != "" {
+		p.passThrough(w, r, key, fwd, d)
 		return
 	}
 	req := p.requestDirectives(r)
@@ -380,51 +380,51 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			now = p.now()
 		}
 		if e != nil && e.Kind == cache.PassMark {
-			p.passThrough(w, r, key, "miss", "uncacheable")
+			p.passThrough(w, r, key, fwdMiss, detailUncacheable)
 			return
 		}
-		fwd := "uri-miss"
+		fwd := fwdURIMiss
 		if e != nil {
 			switch use := e.Decision.UseFor(now, req, p.revalidate); {
 			case use.State == freshness.Fresh:
 				p.stats.Hits.Add(1)
 				st := cacheStatus{hit: true, ttl: e.Decision.TTL(now), hasTTL: true}
 				if use.Recent {
-					st.detail = "revalidated-recently" // the client asked for a fresher one
+					st.detail = detailRevalidatedRecently // the client asked for a fresher one
 				}
 				p.serve(w, r, e, e.Header, st, now)
 				return
 			case use.State == freshness.StaleWhileRevalidate:
 				p.stats.StaleHits.Add(1)
-				p.serve(w, r, e, e.Header, cacheStatus{hit: true, ttl: e.Decision.TTL(now), hasTTL: true, detail: "stale-while-revalidate"}, now)
+				p.serve(w, r, e, e.Header, cacheStatus{hit: true, ttl: e.Decision.TTL(now), hasTTL: true, detail: detailStaleWhileRevalidate}, now)
 				p.refresh(r, key, vkey, e)
 				return
 			case use.Refused && e.failedRecently(now):
 				// The client asked for a fresher answer, but the last
 				// attempt to validate this one failed moments ago.
 				p.stats.Hits.Add(1)
-				p.serve(w, r, e, e.Header, cacheStatus{hit: true, ttl: e.Decision.TTL(now), hasTTL: true, detail: "revalidation-failed"}, now)
+				p.serve(w, r, e, e.Header, cacheStatus{hit: true, ttl: e.Decision.TTL(now), hasTTL: true, detail: detailRevalidationFailed}, now)
 				return
 			case use.Refused:
-				fwd = "request" // the client asked for a fresher answer
+				fwd = fwdRequest // the client asked for a fresher answer
 			case e.failedRecently(now) && e.Decision.UsableOnErrorFor(now, req):
 				// Its validation failed moments ago, and it may stand in
 				// for a failing origin: serve it, rather than ask the
 				// origin again for every request until it recovers.
 				p.stats.StaleOnError.Add(1)
-				p.serve(w, r, e, e.Header, cacheStatus{hit: true, ttl: e.Decision.TTL(now), hasTTL: true, detail: "stale-if-error"}, now)
+				p.serve(w, r, e, e.Header, cacheStatus{hit: true, ttl: e.Decision.TTL(now), hasTTL: true, detail: detailStaleIfError}, now)
 				return
 			default:
-				fwd = "stale"
+				fwd = fwdStale
 			}
 		} else if vkey != key {
-			fwd = "vary-miss"
+			fwd = fwdVaryMiss
 		}
 		switch {
 		case req.OnlyIfCached:
 			// RFC 9111 section 5.2.1.7: nothing usable is stored.
 			p.stats.Errors.Add(1)
-			p.serveStatus(w, http.StatusGatewayTimeout, cacheStatus{detail: "only-if-cached"})
+			p.serveStatus(w, http.StatusGatewayTimeout, cacheStatus{detail: detailOnlyIfCached})
 			return
 		case r.Header.Get("Range") != "" && e == nil:
 			// With nothing stored, the range goes upstream as it is. A
@@ -432,12 +432,12 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			// coalesced, and the range served from it: a pass-through
 			// would leave it unvalidated, and the next ranged reload
 			// upstream too.
-			p.passThrough(w, r, key, fwd, "range")
+			p.passThrough(w, r, key, fwd, detailRange)
 			return
 		case req.NoStore:
 			// The answer may not be stored (RFC 9111 section 5.2.1.5),
 			// so it could not be shared with a herd either.
-			p.passThrough(w, r, key, fwd, "request-no-store")
+			p.passThrough(w, r, key, fwd, detailRequestNoStore)
 			return
 		}
 		if !p.fetchAndServe(w, r, req, key, vkey, e, fwd, attempt > 0) {
@@ -486,7 +486,7 @@ const (
 // fetchAndServe waits for the coalesced fetch of r's key and serves its
 // outcome. It reports true when the outcome was a response for another
 // variant, which r should look up again.
-func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, key, vkey string, stale *local, fwd string, retried bool) (again bool) {
+func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, key, vkey string, stale *local, fwd fwdReason, retried bool) (again bool) {
 	interim := &interimWriter{w: w}
 	defer interim.close() // the client left: the fetch may go on
 	f, leader, err := p.flights.Do(r.Context(), p.flightKey(r, vkey), func(ctx context.Context) (*fetched, error) {
@@ -516,7 +516,7 @@ func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshn
 	}
 	if f.again {
 		if retried {
-			p.passThrough(w, r, key, "vary-miss", "")
+			p.passThrough(w, r, key, fwdVaryMiss, "")
 			return false
 		}
 		return true
@@ -529,7 +529,7 @@ func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshn
 	switch {
 	case leader && !e.Decision.Shareable:
 		p.stats.Misses.Add(1)
-		st.detail = e.Decision.Reason
+		st.detail = detail(e.Decision.Reason)
 		if e.Decision.Reason != freshness.ReasonAuthorization {
 			// The resource itself is not shareable. (An answer to
 			// credentials says nothing about the next client's.)
@@ -538,10 +538,10 @@ func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshn
 		p.serve(w, r, e, f.own, st, now)
 	case !e.Decision.Shareable:
 		// Meant for the leader's request alone: fetch our own.
-		p.passThrough(w, r, key, "miss", e.Decision.Reason)
+		p.passThrough(w, r, key, fwdMiss, detail(e.Decision.Reason))
 	case len(e.Vary) > 0 && e.VaryKey != varyKey(e.Vary, r.Header):
 		if retried {
-			p.passThrough(w, r, key, "vary-miss", "")
+			p.passThrough(w, r, key, fwdVaryMiss, "")
 			return false
 		}
 		return true
@@ -549,7 +549,7 @@ func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshn
 		p.serveStaleOnError(w, r, stale, f.status, now)
 	default:
 		if !f.stored {
-			st.detail = e.Decision.Reason
+			st.detail = detail(e.Decision.Reason)
 		}
 		h := e.Header
 		if leader {
@@ -739,17 +739,17 @@ func (p *Proxy) markPass(ctx context.Context, key, reason string) {
 
 // bypass returns why r goes straight upstream without the cache, as a
 // Cache-Status fwd and detail, or "" when the cache handles it.
-func bypass(r *http.Request) (fwd, detail string) {
+func bypass(r *http.Request) (fwdReason, detail) {
 	switch {
 	case r.Method != http.MethodGet && r.Method != http.MethodHead:
-		return "method", ""
+		return fwdMethod, ""
 	case r.Header["Upgrade"] != nil:
-		return "bypass", "upgrade"
+		return fwdBypass, detailUpgrade
 	case r.ContentLength != 0:
 		// A GET with a body has no meaning HTTP defines (RFC 9110
 		// section 9.3.1), but some origins read it, so the answer may
 		// depend on it: never shared or stored, nor shared with.
-		return "bypass", "request-body"
+		return fwdBypass, detailRequestBody
 	}
 	return "", ""
 }
@@ -791,7 +791,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, e *local, h http.H
 	f := e.fields(st, now)
 	// Age goes on whatever the cache served, and on fetched responses
 	// that arrived with an age of their own (RFC 9111 section 5.1).
-	if st.hit || st.fwdStatus == 0 || st.detail == "stale-if-error" || f.age > 0 {
+	if st.hit || st.fwdStatus == 0 || st.detail == detailStaleIfError || f.age > 0 {
 		set("Age", f.ageText)
 	}
 	if vs := out["Via"]; len(vs) > 0 {
@@ -872,15 +872,15 @@ func bodyAllowed(status int) bool {
 // (RFC 5861 section 4).
 func (p *Proxy) serveStaleOnError(w http.ResponseWriter, r *http.Request, stale *local, fwdStatus int, now time.Time) {
 	p.stats.StaleOnError.Add(1)
-	p.serve(w, r, stale, stale.Header, cacheStatus{fwd: "stale", fwdStatus: fwdStatus, ttl: stale.Decision.TTL(now), hasTTL: true, detail: "stale-if-error"}, now)
+	p.serve(w, r, stale, stale.Header, cacheStatus{fwd: fwdStale, fwdStatus: fwdStatus, ttl: stale.Decision.TTL(now), hasTTL: true, detail: detailStaleIfError}, now)
 }
 
 // serveError answers a failed fetch: with the stale entry where it may
 // stand in, otherwise 504 for a timeout and 502 for anything else.
-func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, key, vkey string, req freshness.RequestDirectives, stale *local, err error, fwd string, now time.Time) {
+func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, key, vkey string, req freshness.RequestDirectives, stale *local, err error, fwd fwdReason, now time.Time) {
 	if errors.Is(err, errTooLarge) {
-		p.markPass(r.Context(), vkey, "too-large")
-		p.passThrough(w, r, key, "miss", "too-large")
+		p.markPass(r.Context(), vkey, string(detailTooLarge))
+		p.passThrough(w, r, key, fwdMiss, detailTooLarge)
 		return
 	}
 	if errors.Is(err, errBuffersFull) {
@@ -891,10 +891,10 @@ func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, key, vkey str
 		// next fetch may fit.
 		if stale != nil && stale.Decision.UsableDisconnected() {
 			p.stats.StaleOnBusy.Add(1)
-			p.serve(w, r, stale, stale.Header, cacheStatus{hit: true, ttl: stale.Decision.TTL(now), hasTTL: true, detail: "buffers-full"}, now)
+			p.serve(w, r, stale, stale.Header, cacheStatus{hit: true, ttl: stale.Decision.TTL(now), hasTTL: true, detail: detailBuffersFull}, now)
 			return
 		}
-		p.passThrough(w, r, key, "miss", "buffers-full")
+		p.passThrough(w, r, key, fwdMiss, detailBuffersFull)
 		return
 	}
 	var busy *busyError
@@ -903,23 +903,23 @@ func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, key, vkey str
 		// disconnected from it.
 		if stale != nil && stale.Decision.UsableDisconnected() {
 			p.stats.StaleOnBusy.Add(1)
-			p.serve(w, r, stale, stale.Header, cacheStatus{hit: true, ttl: stale.Decision.TTL(now), hasTTL: true, detail: "upstream-busy"}, now)
+			p.serve(w, r, stale, stale.Header, cacheStatus{hit: true, ttl: stale.Decision.TTL(now), hasTTL: true, detail: detailUpstreamBusy}, now)
 			return
 		}
-		p.serveBusy(w, busy, cacheStatus{fwd: fwd, detail: "upstream-busy"})
+		p.serveBusy(w, busy, cacheStatus{fwd: fwd, detail: detailUpstreamBusy})
 		return
 	}
 	if stale != nil && stale.Decision.UsableOnErrorFor(now, req) {
 		p.serveStaleOnError(w, r, stale, 0, now)
 		return
 	}
-	status, detail := http.StatusBadGateway, "upstream-error"
+	status, d := http.StatusBadGateway, detailUpstreamError
 	if errors.Is(err, context.DeadlineExceeded) {
-		status, detail = http.StatusGatewayTimeout, "upstream-timeout"
+		status, d = http.StatusGatewayTimeout, detailUpstreamTimeout
 	}
 	p.stats.Errors.Add(1)
 	p.log.Warn("upstream fetch failed", "path", r.URL.Path, "err", err)
-	p.serveStatus(w, status, cacheStatus{fwd: fwd, detail: detail})
+	p.serveStatus(w, status, cacheStatus{fwd: fwd, detail: d})
 }
 
 // serveBusy answers 503 with the guard's Retry-After.
