@@ -897,8 +897,8 @@ func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, key, vkey str
 		p.passThrough(w, r, key, fwdMiss, detailBuffersFull)
 		return
 	}
-	var busy *busyError
-	if errors.As(err, &busy) {
+	status, d, busy := upstreamFailure(err)
+	if busy != nil {
 		// corral held the request back to spare the origin: as good as
 		// disconnected from it.
 		if stale != nil && stale.Decision.UsableDisconnected() {
@@ -906,20 +906,30 @@ func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, key, vkey str
 			p.serve(w, r, stale, stale.Header, cacheStatus{hit: true, ttl: stale.Decision.TTL(now), hasTTL: true, detail: detailUpstreamBusy}, now)
 			return
 		}
-		p.serveBusy(w, busy, cacheStatus{fwd: fwd, detail: detailUpstreamBusy})
+		p.serveBusy(w, busy, cacheStatus{fwd: fwd, detail: d})
 		return
 	}
 	if stale != nil && stale.Decision.UsableOnErrorFor(now, req) {
 		p.serveStaleOnError(w, r, stale, 0, now)
 		return
 	}
-	status, d := http.StatusBadGateway, detailUpstreamError
-	if errors.Is(err, context.DeadlineExceeded) {
-		status, d = http.StatusGatewayTimeout, detailUpstreamTimeout
-	}
 	p.stats.Errors.Add(1)
 	p.log.Warn("upstream fetch failed", "path", r.URL.Path, "err", err)
 	p.serveStatus(w, status, cacheStatus{fwd: fwd, detail: d})
+}
+
+// upstreamFailure maps an upstream exchange that failed with err, shared
+// fetch or passed-through request, to corral's own answer: 503 when the
+// upstream guard held it back (busy says for how long), 504 when the
+// origin took longer than UpstreamTimeout, 502 for anything else.
+func upstreamFailure(err error) (status int, d detail, busy *busyError) {
+	switch {
+	case errors.As(err, &busy):
+		return http.StatusServiceUnavailable, detailUpstreamBusy, busy
+	case errors.Is(err, context.DeadlineExceeded):
+		return http.StatusGatewayTimeout, detailUpstreamTimeout, nil
+	}
+	return http.StatusBadGateway, detailUpstreamError, nil
 }
 
 // serveBusy answers 503 with the guard's Retry-After.

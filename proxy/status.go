@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"errors"
 	"io"
 	"net/http"
 	"net/url"
@@ -335,16 +334,16 @@ func (p *Proxy) passError(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	info, _ := r.Context().Value(passKey{}).(passed)
 	st := info.st
-	var busy *busyError
-	if errors.As(err, &busy) {
-		st.detail = detailUpstreamBusy
+	status, d, busy := upstreamFailure(err)
+	if busy != nil {
+		st.detail = d
 		p.serveBusy(w, busy, st)
 		return
 	}
 	p.stats.upstream(0, err)
-	status := http.StatusBadGateway
-	if errors.Is(err, context.DeadlineExceeded) {
-		status, st.detail = http.StatusGatewayTimeout, detailUpstreamTimeout
+	if status != http.StatusBadGateway {
+		// A 502 keeps the detail of why the request was passed.
+		st.detail = d
 	}
 	p.log.Warn("upstream request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 	w.Header().Set("Cache-Status", st.String())
