@@ -334,7 +334,8 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 }
 
 // ServeHTTP answers r from the cache when it can, and otherwise from the
-// origin: lookup, then serve, serve-and-refresh, or fetch.
+// origin, and counts what became of it: each request once, in exactly one
+// outcome, which the handlers below return rather than count.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p.stats.Requests.Add(1)
 	start := time.Now()
@@ -347,11 +348,17 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}()
 	}
 	defer func() { p.metrics.client.Observe(time.Since(start).Seconds()) }()
+	p.stats.count(p.handle(w, r, start))
+}
+
+// handle answers r: it refuses a request it will not forward, passes one
+// the cache stays out of, and answers the others from the store or a
+// fetch (answer). It is the one place that answers a request again.
+func (p *Proxy) handle(w http.ResponseWriter, r *http.Request, start time.Time) requestOutcome {
 	key, err := requestTarget(r)
 	if err != nil {
-		p.stats.Rejected.Add(1)
 		p.serveStatus(w, http.StatusBadRequest, cacheStatus{detail: detailBadRequestTarget})
-		return
+		return outRejected
 	}
 	if up := r.Header["Upgrade"]; up != nil && !webSocketUpgrade(up) {
 		// Only WebSocket is tunnelled. Any other upgrade, h2c above
@@ -362,90 +369,129 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		delete(r.Header, "Upgrade")
 	}
 	if hasBody(r) {
-		bb := p.bufferRequestBody(w, r)
+		bb, o := p.bufferRequestBody(w, r)
 		if bb == nil {
-			return // refused, and answered
+			return o // refused, and answered
 		}
 		defer bb.release()
 	}
 	if fwd, d := bypass(r); fwd != "" {
-		p.passThrough(w, r, key, fwd, d)
-		return
+		return p.passThrough(w, r, key, fwd, d)
 	}
 	req := p.requestDirectives(r)
-	for attempt := 0; ; attempt++ {
-		e, vkey := p.lookup(r.Context(), key, r.Header)
-		now := start // one clock read for the hit path
-		if p.fakeClock || attempt > 0 {
-			now = p.now()
-		}
-		if e != nil && e.Kind == cache.PassMark {
-			p.passThrough(w, r, key, fwdMiss, detailUncacheable)
-			return
-		}
-		fwd := fwdURIMiss
-		if e != nil {
-			switch use := e.Decision.UseFor(now, req, p.revalidate); {
-			case use.State == freshness.Fresh:
-				p.stats.Hits.Add(1)
-				st := cacheStatus{hit: true, ttl: e.Decision.TTL(now), hasTTL: true}
-				if use.Recent {
-					st.detail = detailRevalidatedRecently // the client asked for a fresher one
-				}
-				p.serve(w, r, e, e.Header, st, now)
-				return
-			case use.State == freshness.StaleWhileRevalidate:
-				p.stats.StaleHits.Add(1)
-				p.serve(w, r, e, e.Header, cacheStatus{hit: true, ttl: e.Decision.TTL(now), hasTTL: true, detail: detailStaleWhileRevalidate}, now)
-				p.refresh(r, key, vkey, e)
-				return
-			case use.Refused && e.failedRecently(now):
-				// The client asked for a fresher answer, but the last
-				// attempt to validate this one failed moments ago.
-				p.stats.Hits.Add(1)
-				p.serve(w, r, e, e.Header, cacheStatus{hit: true, ttl: e.Decision.TTL(now), hasTTL: true, detail: detailRevalidationFailed}, now)
-				return
-			case use.Refused:
-				fwd = fwdRequest // the client asked for a fresher answer
-			case e.failedRecently(now) && e.Decision.UsableOnErrorFor(now, req):
-				// Its validation failed moments ago, and it may stand in
-				// for a failing origin: serve it, rather than ask the
-				// origin again for every request until it recovers.
-				p.stats.StaleOnError.Add(1)
-				p.serve(w, r, e, e.Header, cacheStatus{hit: true, ttl: e.Decision.TTL(now), hasTTL: true, detail: detailStaleIfError}, now)
-				return
-			default:
-				fwd = fwdStale
-			}
-		} else if vkey != key {
-			fwd = fwdVaryMiss
-		}
-		switch {
-		case req.OnlyIfCached:
-			// RFC 9111 section 5.2.1.7: nothing usable is stored.
-			p.stats.Errors.Add(1)
-			p.serveStatus(w, http.StatusGatewayTimeout, cacheStatus{detail: detailOnlyIfCached})
-			return
-		case r.Header.Get("Range") != "" && e == nil:
-			// With nothing stored, the range goes upstream as it is. A
-			// stored response that needs validating is revalidated whole,
-			// coalesced, and the range served from it: a pass-through
-			// would leave it unvalidated, and the next ranged reload
-			// upstream too.
-			p.passThrough(w, r, key, fwd, detailRange)
-			return
-		case req.NoStore:
-			// The answer may not be stored (RFC 9111 section 5.2.1.5),
-			// so it could not be shared with a herd either.
-			p.passThrough(w, r, key, fwd, detailRequestNoStore)
-			return
-		}
-		if !p.fetchAndServe(w, r, req, key, vkey, e, fwd, attempt > 0) {
-			return
-		}
-		// The shared answer was for another variant: look again, now
-		// that the store knows what the response varies on.
+	now := start // one clock read for the hit path
+	if p.fakeClock {
+		now = p.now()
 	}
+	o, varied := p.answer(w, r, req, key, now)
+	if varied {
+		// The shared answer turned out to vary, and to be for another
+		// variant than r's: look again, now that the store knows what
+		// the response varies on, and join the variant's own flight.
+		// Should that answer too be for another variant, r goes
+		// upstream on its own.
+		if o, varied = p.answer(w, r, req, key, p.now()); varied {
+			o = p.passThrough(w, r, key, fwdVaryMiss, "")
+		}
+	}
+	return o
+}
+
+// answer looks r up, decides what the store's answer is good for, and
+// dispatches: to serving it, serving it stale while refreshing it, passing
+// r upstream on its own, or fetching. varied reports, with nothing written
+// to w, that the fetch answered another variant than r's.
+func (p *Proxy) answer(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, key string, now time.Time) (o requestOutcome, varied bool) {
+	e, vkey := p.lookup(r.Context(), key, r.Header)
+	v := p.decide(r, req, key, e, vkey, now)
+	switch v.do {
+	case doServe:
+		p.serve(w, r, e, e.Header, cacheStatus{hit: true, ttl: e.Decision.TTL(now), hasTTL: true, detail: v.detail}, now)
+		return v.hit, false
+	case doServeStale:
+		p.serve(w, r, e, e.Header, cacheStatus{hit: true, ttl: e.Decision.TTL(now), hasTTL: true, detail: detailStaleWhileRevalidate}, now)
+		p.refresh(r, key, vkey, e)
+		return outStale, false
+	case doPass:
+		return p.passThrough(w, r, key, v.fwd, v.detail), false
+	case doRefuse:
+		p.serveStatus(w, http.StatusGatewayTimeout, cacheStatus{detail: v.detail})
+		return outError, false
+	}
+	return p.fetchAndServe(w, r, req, key, vkey, e, v.fwd)
+}
+
+// verdict is what decide made of a request and what the store holds for
+// it.
+type verdict struct {
+	do     action
+	fwd    fwdReason      // why the request goes upstream (doPass, doFetch)
+	detail detail         // for Cache-Status
+	hit    requestOutcome // which kind of hit serving the stored response is (doServe)
+}
+
+// action is what the flow does with a request.
+type action uint8
+
+const (
+	doFetch      action = iota // ask the origin, coalesced with the requests for the same variant
+	doServe                    // serve the stored response
+	doServeStale               // serve the stored response stale, and refresh it in the background
+	doPass                     // send the request upstream on its own
+	doRefuse                   // answer 504: only-if-cached, and nothing usable is stored
+)
+
+// decide says what to do with r, given e, what lookup found for it under
+// vkey (nil for nothing), at now. It writes nothing and counts nothing.
+func (p *Proxy) decide(r *http.Request, req freshness.RequestDirectives, key string, e *local, vkey string, now time.Time) verdict {
+	if e != nil && e.Kind == cache.PassMark {
+		return verdict{do: doPass, fwd: fwdMiss, detail: detailUncacheable}
+	}
+	fwd := fwdURIMiss
+	if e != nil {
+		switch use := e.Decision.UseFor(now, req, p.revalidate); {
+		case use.State == freshness.Fresh:
+			v := verdict{do: doServe, hit: outHit}
+			if use.Recent {
+				v.detail = detailRevalidatedRecently // the client asked for a fresher one
+			}
+			return v
+		case use.State == freshness.StaleWhileRevalidate:
+			return verdict{do: doServeStale}
+		case use.Refused && e.failedRecently(now):
+			// The client asked for a fresher answer, but the last
+			// attempt to validate this one failed moments ago.
+			return verdict{do: doServe, hit: outHit, detail: detailRevalidationFailed}
+		case use.Refused:
+			fwd = fwdRequest // the client asked for a fresher answer
+		case e.failedRecently(now) && e.Decision.UsableOnErrorFor(now, req):
+			// Its validation failed moments ago, and it may stand in
+			// for a failing origin: serve it, rather than ask the
+			// origin again for every request until it recovers.
+			return verdict{do: doServe, hit: outStaleOnError, detail: detailStaleIfError}
+		default:
+			fwd = fwdStale
+		}
+	} else if vkey != key {
+		fwd = fwdVaryMiss
+	}
+	switch {
+	case req.OnlyIfCached:
+		// RFC 9111 section 5.2.1.7: nothing usable is stored.
+		return verdict{do: doRefuse, detail: detailOnlyIfCached}
+	case r.Header.Get("Range") != "" && e == nil:
+		// With nothing stored, the range goes upstream as it is. A
+		// stored response that needs validating is revalidated whole,
+		// coalesced, and the range served from it: a pass-through
+		// would leave it unvalidated, and the next ranged reload
+		// upstream too.
+		return verdict{do: doPass, fwd: fwd, detail: detailRange}
+	case req.NoStore:
+		// The answer may not be stored (RFC 9111 section 5.2.1.5),
+		// so it could not be shared with a herd either.
+		return verdict{do: doPass, fwd: fwd, detail: detailRequestNoStore}
+	}
+	return verdict{do: doFetch, fwd: fwd}
 }
 
 // requestDirectives reads r's Cache-Control and Pragma. Under
@@ -483,10 +529,10 @@ const (
 	RequestNoCacheIgnore
 )
 
-// fetchAndServe waits for the coalesced fetch of r's key and serves its
-// outcome. It reports true when the outcome was a response for another
-// variant, which r should look up again.
-func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, key, vkey string, stale *local, fwd fwdReason, retried bool) (again bool) {
+// fetchAndServe waits for the coalesced fetch of r's variant and serves
+// what it brought. varied reports, with nothing written to w, that the
+// fetch answered another variant than r's.
+func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, key, vkey string, stale *local, fwd fwdReason) (o requestOutcome, varied bool) {
 	interim := &interimWriter{w: w}
 	defer interim.close() // the client left: the fetch may go on
 	f, leader, err := p.flights.Do(r.Context(), p.flightKey(r, vkey), func(ctx context.Context) (*fetched, error) {
@@ -508,19 +554,30 @@ func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshn
 	now := p.now()
 	if err != nil {
 		if r.Context().Err() != nil {
-			p.stats.Abandoned.Add(1)
-			return false // the client left; the flight goes on without it
+			return outAbandoned, false // the client left; the flight goes on without it
 		}
-		p.serveError(w, r, key, vkey, req, stale, err, fwd, now)
-		return false
+		return p.serveError(w, r, key, vkey, req, stale, err, fwd, now), false
 	}
+	if otherVariant(f, r) {
+		return 0, true
+	}
+	return p.serveFetched(w, r, req, key, vkey, stale, fwd, f, leader, now), false
+}
+
+// otherVariant reports whether what a flight fetched answers another
+// variant than r's: the URI turned out to vary while the flight waited to
+// start, or its shareable answer varies on fields that r sent otherwise.
+func otherVariant(f *fetched, r *http.Request) bool {
 	if f.again {
-		if retried {
-			p.passThrough(w, r, key, fwdVaryMiss, "")
-			return false
-		}
 		return true
 	}
+	e := f.entry
+	return e.Decision.Shareable && len(e.Vary) > 0 && e.VaryKey != varyKey(e.Vary, r.Header)
+}
+
+// serveFetched serves f, what the flight for r's variant fetched, which
+// led says r's request started.
+func (p *Proxy) serveFetched(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, key, vkey string, stale *local, fwd fwdReason, f *fetched, leader bool, now time.Time) requestOutcome {
 	e := f.entry
 	st := cacheStatus{fwd: fwd, fwdStatus: f.status, stored: f.stored, collapsed: !leader}
 	if f.stored {
@@ -528,7 +585,6 @@ func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshn
 	}
 	switch {
 	case leader && !e.Decision.Shareable:
-		p.stats.Misses.Add(1)
 		st.detail = detail(e.Decision.Reason)
 		if e.Decision.Reason != freshness.ReasonAuthorization {
 			// The resource itself is not shareable. (An answer to
@@ -536,39 +592,31 @@ func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshn
 			p.markPass(r.Context(), vkey, e.Decision.Reason)
 		}
 		p.serve(w, r, e, f.own, st, now)
+		return outMiss
 	case !e.Decision.Shareable:
 		// Meant for the leader's request alone: fetch our own.
-		p.passThrough(w, r, key, fwdMiss, detail(e.Decision.Reason))
-	case len(e.Vary) > 0 && e.VaryKey != varyKey(e.Vary, r.Header):
-		if retried {
-			p.passThrough(w, r, key, fwdVaryMiss, "")
-			return false
-		}
-		return true
+		return p.passThrough(w, r, key, fwdMiss, detail(e.Decision.Reason))
 	case isServerError(e.Status) && stale != nil && stale.Decision.UsableOnErrorFor(now, req):
-		p.serveStaleOnError(w, r, stale, f.status, now)
-	default:
-		if !f.stored {
-			st.detail = detail(e.Decision.Reason)
-		}
-		h := e.Header
-		if leader {
-			h = f.own
-		}
-		switch {
-		case f.status == 0: // another flight had just stored it
-			p.stats.Hits.Add(1)
-			st = cacheStatus{hit: true, ttl: e.Decision.TTL(now), hasTTL: true, collapsed: true}
-		case !leader:
-			p.stats.Coalesced.Add(1)
-		case f.status == http.StatusNotModified:
-			p.stats.Revalidated.Add(1)
-		default:
-			p.stats.Misses.Add(1)
-		}
-		p.serve(w, r, e, h, st, now)
+		return p.serveStaleOnError(w, r, stale, f.status, now)
 	}
-	return false
+	if !f.stored {
+		st.detail = detail(e.Decision.Reason)
+	}
+	h := e.Header
+	if leader {
+		h = f.own
+	}
+	o := outMiss
+	switch {
+	case f.status == 0: // another flight had just stored it
+		o, st = outHit, cacheStatus{hit: true, ttl: e.Decision.TTL(now), hasTTL: true, collapsed: true}
+	case !leader:
+		o = outCoalesced
+	case f.status == http.StatusNotModified:
+		o = outRevalidated
+	}
+	p.serve(w, r, e, h, st, now)
+	return o
 }
 
 // interimWriter passes the interim responses (RFC 9110 section 15.2) of a
@@ -606,13 +654,15 @@ func filterInterim(h http.Header) {
 	delete(h, corralOnly)
 }
 
-// interimFilter is the ResponseWriter a passed-through request writes to:
-// ReverseProxy copies an interim response's fields as the origin sent them.
-type interimFilter struct {
+// passWriter is the ResponseWriter a passed-through request writes to. It
+// filters interim responses, whose fields ReverseProxy copies as the origin
+// sent them, and carries the request's outcome back from passError.
+type passWriter struct {
 	http.ResponseWriter
+	outcome requestOutcome
 }
 
-func (w interimFilter) WriteHeader(code int) {
+func (w *passWriter) WriteHeader(code int) {
 	if code >= 100 && code < 200 && code != http.StatusSwitchingProtocols {
 		filterInterim(w.Header())
 	}
@@ -620,7 +670,7 @@ func (w interimFilter) WriteHeader(code int) {
 }
 
 // Unwrap lets http.ResponseController reach Flush and Hijack.
-func (w interimFilter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+func (w *passWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 func (iw *interimWriter) close() {
 	iw.mu.Lock()
@@ -870,18 +920,17 @@ func bodyAllowed(status int) bool {
 
 // serveStaleOnError serves stale in place of an origin failure
 // (RFC 5861 section 4).
-func (p *Proxy) serveStaleOnError(w http.ResponseWriter, r *http.Request, stale *local, fwdStatus int, now time.Time) {
-	p.stats.StaleOnError.Add(1)
+func (p *Proxy) serveStaleOnError(w http.ResponseWriter, r *http.Request, stale *local, fwdStatus int, now time.Time) requestOutcome {
 	p.serve(w, r, stale, stale.Header, cacheStatus{fwd: fwdStale, fwdStatus: fwdStatus, ttl: stale.Decision.TTL(now), hasTTL: true, detail: detailStaleIfError}, now)
+	return outStaleOnError
 }
 
 // serveError answers a failed fetch: with the stale entry where it may
 // stand in, otherwise 504 for a timeout and 502 for anything else.
-func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, key, vkey string, req freshness.RequestDirectives, stale *local, err error, fwd fwdReason, now time.Time) {
+func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, key, vkey string, req freshness.RequestDirectives, stale *local, err error, fwd fwdReason, now time.Time) requestOutcome {
 	if errors.Is(err, errTooLarge) {
 		p.markPass(r.Context(), vkey, string(detailTooLarge))
-		p.passThrough(w, r, key, fwdMiss, detailTooLarge)
-		return
+		return p.passThrough(w, r, key, fwdMiss, detailTooLarge)
 	}
 	if errors.Is(err, errBuffersFull) {
 		// Too large for the buffer budget left now, for this fetch
@@ -890,32 +939,27 @@ func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, key, vkey str
 		// upstream on their own, streamed. The key is not marked; the
 		// next fetch may fit.
 		if stale != nil && stale.Decision.UsableDisconnected() {
-			p.stats.StaleOnBusy.Add(1)
 			p.serve(w, r, stale, stale.Header, cacheStatus{hit: true, ttl: stale.Decision.TTL(now), hasTTL: true, detail: detailBuffersFull}, now)
-			return
+			return outStaleOnBusy
 		}
-		p.passThrough(w, r, key, fwdMiss, detailBuffersFull)
-		return
+		return p.passThrough(w, r, key, fwdMiss, detailBuffersFull)
 	}
 	status, d, busy := upstreamFailure(err)
 	if busy != nil {
 		// corral held the request back to spare the origin: as good as
 		// disconnected from it.
 		if stale != nil && stale.Decision.UsableDisconnected() {
-			p.stats.StaleOnBusy.Add(1)
 			p.serve(w, r, stale, stale.Header, cacheStatus{hit: true, ttl: stale.Decision.TTL(now), hasTTL: true, detail: detailUpstreamBusy}, now)
-			return
+			return outStaleOnBusy
 		}
-		p.serveBusy(w, busy, cacheStatus{fwd: fwd, detail: d})
-		return
+		return p.serveBusy(w, busy, cacheStatus{fwd: fwd, detail: d})
 	}
 	if stale != nil && stale.Decision.UsableOnErrorFor(now, req) {
-		p.serveStaleOnError(w, r, stale, 0, now)
-		return
+		return p.serveStaleOnError(w, r, stale, 0, now)
 	}
-	p.stats.Errors.Add(1)
 	p.log.Warn("upstream fetch failed", "path", r.URL.Path, "err", err)
 	p.serveStatus(w, status, cacheStatus{fwd: fwd, detail: d})
+	return outError
 }
 
 // upstreamFailure maps an upstream exchange that failed with err, shared
@@ -933,11 +977,11 @@ func upstreamFailure(err error) (status int, d detail, busy *busyError) {
 }
 
 // serveBusy answers 503 with the guard's Retry-After.
-func (p *Proxy) serveBusy(w http.ResponseWriter, busy *busyError, st cacheStatus) {
-	p.stats.Busy.Add(1)
+func (p *Proxy) serveBusy(w http.ResponseWriter, busy *busyError, st cacheStatus) requestOutcome {
 	secs := (busy.retryAfter + time.Second - 1) / time.Second
 	w.Header().Set("Retry-After", strconv.FormatInt(int64(secs), 10))
 	p.serveStatus(w, http.StatusServiceUnavailable, st)
+	return outBusy
 }
 
 // serveStatus answers with status and its text, for errors corral makes.

@@ -139,10 +139,12 @@ type passed struct {
 // never to another client. A complete GET answer that turns out storable
 // is stored on the way, so that a URL marked uncacheable becomes cacheable
 // again as soon as the origin says so. fwd and detail go to Cache-Status.
-func (p *Proxy) passThrough(w http.ResponseWriter, r *http.Request, target string, fwd fwdReason, detail detail) {
-	p.stats.Passed.Add(1)
+// It returns outPassed, or outBusy when the upstream guard held r back.
+func (p *Proxy) passThrough(w http.ResponseWriter, r *http.Request, target string, fwd fwdReason, detail detail) requestOutcome {
 	info := passed{st: cacheStatus{fwd: fwd, detail: detail}, host: r.Host, uri: target, reqHeader: r.Header, reqTime: p.now(), mayStore: mayStore(r), client: r.RemoteAddr}
-	p.pass.ServeHTTP(interimFilter{w}, r.WithContext(context.WithValue(r.Context(), passKey{}, info)))
+	pw := &passWriter{ResponseWriter: w, outcome: outPassed}
+	p.pass.ServeHTTP(pw, r.WithContext(context.WithValue(r.Context(), passKey{}, info)))
+	return pw.outcome
 }
 
 func (p *Proxy) modifyPassed(resp *http.Response) error {
@@ -337,7 +339,10 @@ func (p *Proxy) passError(w http.ResponseWriter, r *http.Request, err error) {
 	status, d, busy := upstreamFailure(err)
 	if busy != nil {
 		st.detail = d
-		p.serveBusy(w, busy, st)
+		o := p.serveBusy(w, busy, st)
+		if pw, ok := w.(*passWriter); ok {
+			pw.outcome = o // never sent: not a passed request
+		}
 		return
 	}
 	p.stats.upstream(0, err)
