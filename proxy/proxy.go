@@ -171,14 +171,36 @@ type Proxy struct {
 	fakeClock      bool // now is not time.Now
 	trustedProxies []netip.Prefix
 	log            *slog.Logger
-	logRequests    bool // a line per request, at debug level
-	flights        coalesce.Group[*fetched]
+	logRequests    bool    // a line per request, at debug level
+	flights        flights // a coalesce.Group
 	pass           *httputil.ReverseProxy
 	stats          Stats
 	metrics        *Metrics
 
 	evictionsWarned atomic.Int64 // evictions counted by the last warning
 	evictionWarnAt  atomic.Int64 // Unix nanoseconds of that warning
+}
+
+// flights runs at most one fetch per key at a time, and hands its result
+// to every request that asked for the key while it ran. coalesce.Group is
+// one, within this process. It is an interface, as groupcache's
+// flightGroup is, for the flight across a fleet of replicas that plugs in
+// here next: a fetch starts from a flight value, never from a client's
+// request, so that it can run anywhere.
+type flights interface {
+	// Do returns the result of the fetch for key, running fetch unless
+	// one for key runs already; led reports whether fetch ran. If ctx
+	// ends first, Do returns ctx.Err() and the fetch goes on.
+	Do(ctx context.Context, key string, fetch coalesce.Fetch[*fetched]) (f *fetched, led bool, err error)
+
+	// Refresh starts, in the background, the fetch that start makes,
+	// unless a refresh of key runs already; it calls start only when it
+	// starts one, and reports whether it did.
+	Refresh(ctx context.Context, key string, start func() coalesce.Fetch[*fetched]) bool
+
+	// Wait blocks until the fetches started so far have finished, or
+	// ctx ends.
+	Wait(ctx context.Context) error
 }
 
 // New returns a Proxy for cfg.
@@ -206,12 +228,13 @@ func New(cfg Config) (*Proxy, error) {
 	if err := p.setRules(cfg.Rules); err != nil {
 		return nil, err
 	}
-	p.flights.Timeout = orDefault(cfg.UpstreamTimeout, defaultUpstreamTimeout)
+	timeout := orDefault(cfg.UpstreamTimeout, defaultUpstreamTimeout)
+	p.flights = &coalesce.Group[*fetched]{Timeout: timeout}
 	p.metrics = newMetrics(p)
 	cacheBytes := orDefault(cfg.CacheBytes, 256<<20)
 	if p.store == nil {
 		// Purge records hold as long as a fetch can run.
-		p.ownStore = cache.NewMemory(cache.Config{MaxBytes: cacheBytes, Keep: p.flights.Timeout})
+		p.ownStore = cache.NewMemory(cache.Config{MaxBytes: cacheBytes, Keep: timeout})
 		p.store = p.ownStore
 	}
 	p.locals, _ = p.store.(localStore)
@@ -222,13 +245,13 @@ func New(cfg Config) (*Proxy, error) {
 	p.requestBuffers = &buffers{limit: p.buffers.limit / 4, parent: p.buffers}
 	p.copyBuffers = &buffers{limit: p.buffers.limit / 4, parent: p.buffers}
 	if p.transport == nil {
-		p.transport = newTransport(p.flights.Timeout)
+		p.transport = newTransport(timeout)
 	}
 	if p.now == nil {
 		p.now = time.Now
 	}
 	p.fakeClock = cfg.Now != nil
-	p.guard = newGuard(p.transport, cfg, p.flights.Timeout, p.now,
+	p.guard = newGuard(p.transport, cfg, timeout, p.now,
 		func(d time.Duration) { p.metrics.upstream.Observe(d.Seconds()) })
 	if p.log == nil {
 		p.log = slog.Default()
@@ -533,12 +556,15 @@ const (
 // what it brought. varied reports, with nothing written to w, that the
 // fetch answered another variant than r's.
 func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, key, vkey string, stale *local, fwd fwdReason) (o requestOutcome, varied bool) {
+	in := p.newFlight(r, key, vkey, stale)
 	interim := &interimWriter{w: w}
 	defer interim.close() // the client left: the fetch may go on
-	f, leader, err := p.flights.Do(r.Context(), p.flightKey(r, vkey), func(ctx context.Context) (*fetched, error) {
+	f, leader, err := p.flights.Do(r.Context(), in.id, func(ctx context.Context) (*fetched, error) {
 		// Only the caller that starts the flight runs this: the leader.
-		ctx = httptrace.WithClientTrace(withClient(ctx, r), &httptrace.ClientTrace{Got1xxResponse: interim.write})
-		f, err := p.fetch(ctx, r, key, vkey, stale)
+		// It may run on after the leader's handler returned, and reads
+		// in, never r.
+		ctx = httptrace.WithClientTrace(in.withClient(ctx), &httptrace.ClientTrace{Got1xxResponse: interim.write})
+		f, err := p.fetch(ctx, in)
 		if stale != nil && (err != nil || (!f.again && isServerError(f.entry.Status))) {
 			// A failed validation: until the pause ends, a client's
 			// no-cache is answered from stale rather than by asking a
@@ -688,17 +714,30 @@ func (p *Proxy) flightKey(r *http.Request, vkey string) string {
 	return vkey
 }
 
-// refresh revalidates stale in the background, once per key at a time,
-// and not again before a failed refresh's back-off has passed.
+// refresh revalidates stale, which r's lookup found under vkey, in the
+// background, once per key at a time, and not again before a failed
+// refresh's back-off has passed. The refresh outlives r's handler: it
+// starts from a flight built from r, only when it starts.
 func (p *Proxy) refresh(r *http.Request, key, vkey string, stale *local) {
 	now := p.now()
 	if now.UnixNano() < stale.refreshAt.Load() {
 		return
 	}
-	started := p.flights.Refresh(r.Context(), p.flightKey(r, vkey), func(ctx context.Context) (*fetched, error) {
+	started := p.flights.Refresh(r.Context(), p.flightKey(r, vkey), func() coalesce.Fetch[*fetched] {
+		return p.refreshFetch(p.newFlight(r, key, vkey, stale))
+	})
+	if started {
+		p.stats.Refreshes.Add(1)
+	}
+}
+
+// refreshFetch is the fetch of a background refresh that starts from in.
+func (p *Proxy) refreshFetch(in flight) coalesce.Fetch[*fetched] {
+	key, vkey, stale := in.key, in.vkey, in.stale
+	return func(ctx context.Context) (*fetched, error) {
 		// Made for the client whose stale hit started it, as far as the
 		// guard's count of 429s goes.
-		f, err := p.fetch(withClient(ctx, r), r, key, vkey, stale)
+		f, err := p.fetch(in.withClient(ctx), in)
 		switch {
 		case err == nil && f.again:
 			// The URI varies now; its variants refresh on their own.
@@ -718,9 +757,6 @@ func (p *Proxy) refresh(r *http.Request, key, vkey string, stale *local) {
 			stale.refreshAt.Store(p.now().Add(refreshBackoff).UnixNano())
 		}
 		return f, err
-	})
-	if started {
-		p.stats.Refreshes.Add(1)
 	}
 }
 
