@@ -99,7 +99,7 @@ func (p *Proxy) bufferRequestBody(w http.ResponseWriter, r *http.Request) (*body
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
 	}
-	return bb, 0
+	return bb, outNone
 }
 
 // readRequestBody reads r's body into bb within RequestBodyTimeout, which

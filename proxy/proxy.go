@@ -441,7 +441,7 @@ func (p *Proxy) answer(w http.ResponseWriter, r *http.Request, req freshness.Req
 		p.serveStatus(w, http.StatusGatewayTimeout, cacheStatus{detail: v.detail})
 		return outError, false
 	}
-	return p.fetchAndServe(w, r, req, key, vkey, e, v.fwd)
+	return p.fetchAndServe(w, r, req, p.newFlight(r, key, vkey, e), v.fwd)
 }
 
 // verdict is what decide made of a request and what the store holds for
@@ -552,11 +552,11 @@ const (
 	RequestNoCacheIgnore
 )
 
-// fetchAndServe waits for the coalesced fetch of r's variant and serves
+// fetchAndServe starts or joins the flight in, built from r, and serves
 // what it brought. varied reports, with nothing written to w, that the
 // fetch answered another variant than r's.
-func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, key, vkey string, stale *local, fwd fwdReason) (o requestOutcome, varied bool) {
-	in := p.newFlight(r, key, vkey, stale)
+func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, in flight, fwd fwdReason) (o requestOutcome, varied bool) {
+	stale := in.stale
 	interim := &interimWriter{w: w}
 	defer interim.close() // the client left: the fetch may go on
 	f, leader, err := p.flights.Do(r.Context(), in.id, func(ctx context.Context) (*fetched, error) {
@@ -582,12 +582,12 @@ func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshn
 		if r.Context().Err() != nil {
 			return outAbandoned, false // the client left; the flight goes on without it
 		}
-		return p.serveError(w, r, key, vkey, req, stale, err, fwd, now), false
+		return p.serveError(w, r, req, in, fwd, err, now), false
 	}
 	if otherVariant(f, r) {
-		return 0, true
+		return outNone, true
 	}
-	return p.serveFetched(w, r, req, key, vkey, stale, fwd, f, leader, now), false
+	return p.serveFetched(w, r, req, in, fwd, f, leader, now), false
 }
 
 // otherVariant reports whether what a flight fetched answers another
@@ -601,10 +601,10 @@ func otherVariant(f *fetched, r *http.Request) bool {
 	return e.Decision.Shareable && len(e.Vary) > 0 && e.VaryKey != varyKey(e.Vary, r.Header)
 }
 
-// serveFetched serves f, what the flight for r's variant fetched, which
-// led says r's request started.
-func (p *Proxy) serveFetched(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, key, vkey string, stale *local, fwd fwdReason, f *fetched, leader bool, now time.Time) requestOutcome {
-	e := f.entry
+// serveFetched serves f, what the flight in fetched for r; leader says
+// r's request started it.
+func (p *Proxy) serveFetched(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, in flight, fwd fwdReason, f *fetched, leader bool, now time.Time) requestOutcome {
+	stale, e := in.stale, f.entry
 	st := cacheStatus{fwd: fwd, fwdStatus: f.status, stored: f.stored, collapsed: !leader}
 	if f.stored {
 		st.ttl, st.hasTTL = e.Decision.TTL(now), true
@@ -615,13 +615,13 @@ func (p *Proxy) serveFetched(w http.ResponseWriter, r *http.Request, req freshne
 		if e.Decision.Reason != freshness.ReasonAuthorization {
 			// The resource itself is not shareable. (An answer to
 			// credentials says nothing about the next client's.)
-			p.markPass(r.Context(), vkey, e.Decision.Reason)
+			p.markPass(r.Context(), in.vkey, e.Decision.Reason)
 		}
 		p.serve(w, r, e, f.own, st, now)
 		return outMiss
 	case !e.Decision.Shareable:
 		// Meant for the leader's request alone: fetch our own.
-		return p.passThrough(w, r, key, fwdMiss, detail(e.Decision.Reason))
+		return p.passThrough(w, r, in.key, fwdMiss, detail(e.Decision.Reason))
 	case isServerError(e.Status) && stale != nil && stale.Decision.UsableOnErrorFor(now, req):
 		return p.serveStaleOnError(w, r, stale, f.status, now)
 	}
@@ -961,11 +961,13 @@ func (p *Proxy) serveStaleOnError(w http.ResponseWriter, r *http.Request, stale 
 	return outStaleOnError
 }
 
-// serveError answers a failed fetch: with the stale entry where it may
-// stand in, otherwise 504 for a timeout and 502 for anything else.
-func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, key, vkey string, req freshness.RequestDirectives, stale *local, err error, fwd fwdReason, now time.Time) requestOutcome {
+// serveError answers a failed fetch of the flight in: with its stale
+// entry where it may stand in, upstream on r's own when the answer was
+// too large to share, and otherwise as upstreamFailure says.
+func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, in flight, fwd fwdReason, err error, now time.Time) requestOutcome {
+	key, stale := in.key, in.stale
 	if errors.Is(err, errTooLarge) {
-		p.markPass(r.Context(), vkey, string(detailTooLarge))
+		p.markPass(r.Context(), in.vkey, string(detailTooLarge))
 		return p.passThrough(w, r, key, fwdMiss, detailTooLarge)
 	}
 	if errors.Is(err, errBuffersFull) {
