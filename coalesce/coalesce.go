@@ -64,11 +64,13 @@ func (g *Group[V]) Do(ctx context.Context, key string, fetch Fetch[V]) (v V, led
 	}
 }
 
-// Refresh starts fetch for key in the background and returns at once. It
+// Refresh starts a fetch for key in the background and returns at once. It
 // reports false, and does nothing, when a refresh of key is already running.
+// start makes the fetch: Refresh calls it, on the caller's goroutine, only
+// when the refresh starts, so that what the fetch needs is built only then.
 // A Do for key while the refresh runs waits for it rather than fetching
 // again, and a refresh that starts while a Do's fetch runs joins that fetch.
-func (g *Group[V]) Refresh(ctx context.Context, key string, fetch Fetch[V]) bool {
+func (g *Group[V]) Refresh(ctx context.Context, key string, start func() Fetch[V]) bool {
 	g.mu.Lock()
 	if g.refreshing[key] {
 		g.mu.Unlock()
@@ -81,7 +83,7 @@ func (g *Group[V]) Refresh(ctx context.Context, key string, fetch Fetch[V]) bool
 	g.running++
 	g.mu.Unlock()
 
-	run := g.run(ctx, fetch)
+	run := g.run(ctx, start())
 	go func() {
 		g.sf.Do(key, run) //nolint:errcheck // the fetch reports its own outcome
 		g.mu.Lock()

@@ -177,11 +177,11 @@ func TestRefreshIsOncePerKeyAndSharedWithDo(t *testing.T) {
 	var g Group[string]
 	h := newHeldFetch("fresh")
 	fetches, started, release, fetch := &h.calls, h.started, h.release, h.fetch
-	if !g.Refresh(context.Background(), "k", fetch) {
+	if !g.Refresh(context.Background(), "k", func() Fetch[string] { return fetch }) {
 		t.Fatal("first Refresh did not start")
 	}
 	within(t, started, "the refresh")
-	if g.Refresh(context.Background(), "k", fetch) {
+	if g.Refresh(context.Background(), "k", func() Fetch[string] { return fetch }) {
 		t.Error("second Refresh started while the first ran")
 	}
 	got := make(chan string, 1)
@@ -199,7 +199,7 @@ func TestRefreshIsOncePerKeyAndSharedWithDo(t *testing.T) {
 	if f := fetches.Load(); f != 1 {
 		t.Errorf("%d fetches, want 1: Do joined the refresh", f)
 	}
-	if !g.Refresh(context.Background(), "k", func(context.Context) (string, error) { return "", nil }) {
+	if !g.Refresh(context.Background(), "k", func() Fetch[string] { return func(context.Context) (string, error) { return "", nil } }) {
 		t.Error("Refresh after the first finished did not start")
 	}
 	g.Wait(context.Background()) //nolint:errcheck // no deadline
@@ -230,5 +230,26 @@ func TestWaitOutlastsAFetchItsCallerLeft(t *testing.T) {
 	close(h.release)
 	if err := g.Wait(context.Background()); err != nil {
 		t.Errorf("Wait after the fetch ended: %v", err)
+	}
+}
+
+// TestRefreshMakesItsFetchOnlyWhenItStarts: what a refresh's fetch needs
+// is built only for a refresh that runs, not for every caller that asks.
+func TestRefreshMakesItsFetchOnlyWhenItStarts(t *testing.T) {
+	var g Group[string]
+	h := newHeldFetch("fresh")
+	var made int
+	start := func() Fetch[string] {
+		made++
+		return h.fetch
+	}
+	for range 3 {
+		g.Refresh(context.Background(), "k", start)
+	}
+	within(t, h.started, "the refresh")
+	close(h.release)
+	g.Wait(context.Background()) //nolint:errcheck // no deadline
+	if made != 1 {
+		t.Errorf("the fetch was made %d times for one refresh, want 1", made)
 	}
 }

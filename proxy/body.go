@@ -30,14 +30,15 @@ func hasBody(r *http.Request) bool {
 // slot or an origin connection. The body goes upstream with its length
 // known, and can be sent again if the transport retries.
 //
-// It answers the client itself and returns nil when the body is refused:
+// It answers the client itself and returns nil, with the outcome, when
+// the body is refused:
 // 413 past MaxRequestBodyBytes (RFC 9110 section 15.5.14), 408 past
 // RequestBodyTimeout (section 15.5.9), 400 for a body cut short or badly
 // framed (section 15.5.1; RFC 9112 section 6.3), 503 when the buffer
 // budget cannot hold it now. Each of these closes the connection: the
 // unread rest of the body must not be taken for the next request. The
 // caller releases the returned buffer once r has been answered.
-func (p *Proxy) bufferRequestBody(w http.ResponseWriter, r *http.Request) *bodyBuffer {
+func (p *Proxy) bufferRequestBody(w http.ResponseWriter, r *http.Request) (*bodyBuffer, requestOutcome) {
 	if len(r.TransferEncoding) > 0 {
 		// RFC 9112 section 6.1: a request with both Content-Length and
 		// Transfer-Encoding may be an attempt at request smuggling, and
@@ -66,26 +67,22 @@ func (p *Proxy) bufferRequestBody(w http.ResponseWriter, r *http.Request) *bodyB
 	if err != nil {
 		bb.release()
 		w.Header().Set("Connection", "close")
-		st := cacheStatus{fwd: "request"}
+		st := cacheStatus{fwd: fwdRequest}
 		switch {
 		case errors.Is(err, errBuffersFull):
-			st.detail = "buffers-full"
-			p.serveBusy(w, &busyError{retryAfter: time.Second, why: "buffer budget spent"}, st)
-			return nil
+			st.detail = detailBuffersFull
+			return nil, p.serveBusy(w, &busyError{retryAfter: time.Second, why: "buffer budget spent"}, st)
 		case errors.Is(err, errTooLarge):
-			st.detail = "request-too-large"
-			p.stats.Rejected.Add(1)
+			st.detail = detailRequestTooLarge
 			p.serveStatus(w, http.StatusRequestEntityTooLarge, st)
 		case errors.Is(err, errBodyTimeout):
-			st.detail = "request-timeout"
-			p.stats.Rejected.Add(1)
+			st.detail = detailRequestTimeout
 			p.serveStatus(w, http.StatusRequestTimeout, st)
 		default:
-			st.detail = "bad-request-body"
-			p.stats.Rejected.Add(1)
+			st.detail = detailBadRequestBody
 			p.serveStatus(w, http.StatusBadRequest, st)
 		}
-		return nil
+		return nil, outRejected
 	}
 	if onConn {
 		// Lift the deadline: once the body is in, the server reads the
@@ -102,7 +99,7 @@ func (p *Proxy) bufferRequestBody(w http.ResponseWriter, r *http.Request) *bodyB
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
 	}
-	return bb
+	return bb, outNone
 }
 
 // readRequestBody reads r's body into bb within RequestBodyTimeout, which

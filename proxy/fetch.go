@@ -39,14 +39,52 @@ type fetched struct {
 	own http.Header
 }
 
-// fetch asks the origin for the resource of in, revalidating stale when it
-// has validators, and stores the answer when it may. It buffers at most
+// flight is what a shared fetch starts from: a value built from the
+// client request that starts or joins the flight, before it does, as
+// ReverseProxy clones its outgoing request. A fetch may outlive the
+// handler of the request that started it (the client left; a background
+// refresh), so it reads this, never the client's request. Nothing in it
+// is modified once built.
+type flight struct {
+	id     string      // the coalescing key (flightKey)
+	key    string      // the request target: path and query
+	vkey   string      // the variant key lookup found; key when the URI is not known to vary
+	header http.Header // the request fields a shared fetch sends (sharedFetchHeader)
+	client string      // the RemoteAddr of the client whose request it is, for the guard
+	stale  *local      // the stored response to validate; nil when none
+}
+
+// newFlight builds the flight for r, a request for key whose lookup found
+// stale (or nil) under vkey. Only a request that starts or joins a flight
+// builds one: a hit never does.
+func (p *Proxy) newFlight(r *http.Request, key, vkey string, stale *local) flight {
+	return flight{
+		id:     p.flightKey(r, vkey),
+		key:    key,
+		vkey:   vkey,
+		header: sharedFetchHeader(r.Header),
+		client: r.RemoteAddr,
+		stale:  stale,
+	}
+}
+
+// withClient returns ctx carrying the flight's client for the guard, which
+// tells by it whether a 429 is one client's own. The guard reads the
+// address alone from the request it is given.
+func (in flight) withClient(ctx context.Context) context.Context {
+	return withClient(ctx, &http.Request{RemoteAddr: in.client})
+}
+
+// fetch asks the origin for the resource of in, revalidating in.stale when
+// it has validators, and stores the answer when it may. It buffers at most
 // MaxObjectBytes of body, and only what the buffer budget lets it.
-func (p *Proxy) fetch(ctx context.Context, in *http.Request, key, vkey string, stale *local) (*fetched, error) {
+func (p *Proxy) fetch(ctx context.Context, in flight) (*fetched, error) {
+	key, vkey, stale := in.key, in.vkey, in.stale
 	// Two requests can both miss, then run their flights one after the
 	// other: the second flight starts just after the first one stored its
-	// answer. Look again before calling the origin.
-	cur, vk := p.lookup(ctx, key, in.Header)
+	// answer. Look again before calling the origin. (in.header holds the
+	// fields the variants are keyed on as the client sent them.)
+	cur, vk := p.lookup(ctx, key, in.header)
 	if cur != nil && (stale == nil || cur.ID != stale.ID) && cur.Kind == cache.Response && cur.Decision.State(p.now()) == freshness.Fresh {
 		return &fetched{entry: cur, own: cur.Header}, nil
 	}
@@ -63,9 +101,9 @@ func (p *Proxy) fetch(ctx context.Context, in *http.Request, key, vkey string, s
 	}
 	// The variant is keyed on what goes upstream, not on what the client
 	// sent: a field it names in Connection, say, never reaches the origin.
-	reqHeader := sharedFetchHeader(in.Header)
+	reqHeader := in.header
 	out.Header = reqHeader.Clone()
-	p.forward(out.Header, in, true)
+	forwardShared(out.Header)
 	if stale != nil {
 		if v := stale.Header.Get("ETag"); v != "" {
 			out.Header.Set("If-None-Match", v)

@@ -23,17 +23,11 @@ import (
 //     X-Forwarded-Proto and Forwarded it sent are kept, and its address
 //     is appended to the chain.
 func (p *Proxy) forward(out http.Header, in *http.Request, mayStore bool) {
-	dropUnderscored(out)
-	for _, f := range forwardingFields {
-		out.Del(f)
-	}
-	out.Add("Via", via)
 	if mayStore {
-		for _, f := range methodOverrides {
-			out.Del(f)
-		}
+		forwardShared(out)
 		return
 	}
+	dropForwarding(out)
 	peer := peerAddr(in.RemoteAddr)
 	if peer.IsValid() && p.trusted(peer) {
 		for _, f := range []string{"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Forwarded"} {
@@ -55,6 +49,27 @@ func (p *Proxy) forward(out http.Header, in *http.Request, mayStore bool) {
 	if peer.IsValid() {
 		out.Add("X-Forwarded-For", peer.String())
 	}
+}
+
+// forwardShared sets the forwarding fields of out, the header of an
+// upstream request whose answer may be stored or shared: corral's Via
+// alone (see forward). It needs no client request: a shared fetch
+// starts from its flight.
+func forwardShared(out http.Header) {
+	dropForwarding(out)
+	for _, f := range methodOverrides {
+		out.Del(f)
+	}
+}
+
+// dropForwarding drops a client's own forwarding fields, and any field
+// with an underscore in its name, from out, and adds corral's Via.
+func dropForwarding(out http.Header) {
+	dropUnderscored(out)
+	for _, f := range forwardingFields {
+		out.Del(f)
+	}
+	out.Add("Via", via)
 }
 
 // mayStore reports whether the answer to r may be stored or shared.

@@ -742,3 +742,63 @@ func queueBehindFirst(t *testing.T, p *Proxy, arrived <-chan struct{}, path stri
 	}
 	return second
 }
+
+// TestEachRequestCountedOnce checks, over traffic of every kind, that
+// each request is counted in exactly one outcome: a passed request that
+// the upstream guard turns away is busy, not passed as well.
+func TestEachRequestCountedOnce(t *testing.T) {
+	clk := newClock()
+	arrived, release := make(chan struct{}), make(chan struct{})
+	hold := holding(arrived, release, answer("max-age=60", "x"))
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/slow":
+			hold(w, r)
+		case "/private":
+			answer("private", "x")(w, r)
+		default:
+			answer("max-age=60", "x")(w, r)
+		}
+	})
+	p := newTestProxy(t, o, clk, Config{UpstreamMaxInflight: 1})
+	slow := make(chan response)
+	go func() { r, _ := get(p, "/slow"); slow <- r }()
+	wait(t, arrived, "the slow fetch")
+
+	if r, _ := get(p, "/other"); r.Status != http.StatusServiceUnavailable {
+		t.Errorf("GET while the only slot is taken: %d, want 503", r.Status)
+	}
+	if r, _ := do(p, http.MethodPost, "/other"); r.Status != http.StatusServiceUnavailable {
+		t.Errorf("POST while the only slot is taken: %d, want 503", r.Status)
+	}
+	close(release)
+	wait(t, slow, "the slow answer")
+	get(p, "/slow")                                       // hit
+	get(p, "/private")                                    // miss
+	get(p, "/private")                                    // passed
+	get(p, "/nothing", "Cache-Control", "only-if-cached") // error
+	get(p, "http:@other:6000/")                           // rejected
+
+	s := p.Stats()
+	counted := map[string]int64{
+		"hits": s.Hits.Load(), "stale": s.StaleHits.Load(), "misses": s.Misses.Load(),
+		"revalidated": s.Revalidated.Load(), "coalesced": s.Coalesced.Load(),
+		"stale-on-error": s.StaleOnError.Load(), "passed": s.Passed.Load(), "errors": s.Errors.Load(),
+		"abandoned": s.Abandoned.Load(), "stale-on-busy": s.StaleOnBusy.Load(), "busy": s.Busy.Load(),
+		"rejected": s.Rejected.Load(),
+	}
+	want := map[string]int64{
+		"hits": 1, "stale": 0, "misses": 2, "revalidated": 0, "coalesced": 0, "stale-on-error": 0,
+		"passed": 1, "errors": 1, "abandoned": 0, "stale-on-busy": 0, "busy": 2, "rejected": 1,
+	}
+	if diff := cmp.Diff(want, counted); diff != "" {
+		t.Errorf("outcomes (-want +got):\n%s", diff)
+	}
+	var sum int64
+	for _, n := range counted {
+		sum += n
+	}
+	if n := s.Requests.Load(); sum != n {
+		t.Errorf("outcomes add up to %d, want %d: each request counted once", sum, n)
+	}
+}

@@ -172,14 +172,36 @@ type Proxy struct {
 	fakeClock      bool // now is not time.Now
 	trustedProxies []netip.Prefix
 	log            *slog.Logger
-	logRequests    bool // a line per request, at debug level
-	flights        coalesce.Group[*fetched]
+	logRequests    bool    // a line per request, at debug level
+	flights        flights // a coalesce.Group
 	pass           *httputil.ReverseProxy
 	stats          Stats
 	metrics        *Metrics
 
 	evictionsWarned atomic.Int64 // evictions counted by the last warning
 	evictionWarnAt  atomic.Int64 // Unix nanoseconds of that warning
+}
+
+// flights runs at most one fetch per key at a time, and hands its result
+// to every request that asked for the key while it ran. coalesce.Group is
+// one, within this process. It is an interface, as groupcache's
+// flightGroup is, for the flight across a fleet of replicas that plugs in
+// here next: a fetch starts from a flight value, never from a client's
+// request, so that it can run anywhere.
+type flights interface {
+	// Do returns the result of the fetch for key, running fetch unless
+	// one for key runs already; led reports whether fetch ran. If ctx
+	// ends first, Do returns ctx.Err() and the fetch goes on.
+	Do(ctx context.Context, key string, fetch coalesce.Fetch[*fetched]) (f *fetched, led bool, err error)
+
+	// Refresh starts, in the background, the fetch that start makes,
+	// unless a refresh of key runs already; it calls start only when it
+	// starts one, and reports whether it did.
+	Refresh(ctx context.Context, key string, start func() coalesce.Fetch[*fetched]) bool
+
+	// Wait blocks until the fetches started so far have finished, or
+	// ctx ends.
+	Wait(ctx context.Context) error
 }
 
 // New returns a Proxy for cfg.
@@ -207,12 +229,13 @@ func New(cfg Config) (*Proxy, error) {
 	if err := p.setRules(cfg.Rules); err != nil {
 		return nil, err
 	}
-	p.flights.Timeout = orDefault(cfg.UpstreamTimeout, defaultUpstreamTimeout)
+	timeout := orDefault(cfg.UpstreamTimeout, defaultUpstreamTimeout)
+	p.flights = &coalesce.Group[*fetched]{Timeout: timeout}
 	p.metrics = newMetrics(p)
 	cacheBytes := orDefault(cfg.CacheBytes, 256<<20)
 	if p.store == nil {
 		// Purge records hold as long as a fetch can run.
-		p.ownStore = cache.NewMemory(cache.Config{MaxBytes: cacheBytes, Keep: p.flights.Timeout})
+		p.ownStore = cache.NewMemory(cache.Config{MaxBytes: cacheBytes, Keep: timeout})
 		p.store = p.ownStore
 	}
 	p.locals, _ = p.store.(localStore)
@@ -223,13 +246,13 @@ func New(cfg Config) (*Proxy, error) {
 	p.requestBuffers = &buffers{limit: p.buffers.limit / 4, parent: p.buffers}
 	p.copyBuffers = &buffers{limit: p.buffers.limit / 4, parent: p.buffers}
 	if p.transport == nil {
-		p.transport = newTransport(p.flights.Timeout)
+		p.transport = newTransport(timeout)
 	}
 	if p.now == nil {
 		p.now = time.Now
 	}
 	p.fakeClock = cfg.Now != nil
-	p.guard = newGuard(p.transport, cfg, p.flights.Timeout, p.now,
+	p.guard = newGuard(p.transport, cfg, timeout, p.now,
 		func(d time.Duration) { p.metrics.upstream.Observe(d.Seconds()) })
 	if p.log == nil {
 		p.log = slog.Default()
@@ -335,7 +358,8 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 }
 
 // ServeHTTP answers r from the cache when it can, and otherwise from the
-// origin: lookup, then serve, serve-and-refresh, or fetch.
+// origin, and counts what became of it: each request once, in exactly one
+// outcome, which the handlers below return rather than count.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p.stats.Requests.Add(1)
 	start := time.Now()
@@ -348,11 +372,17 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}()
 	}
 	defer func() { p.metrics.client.Observe(time.Since(start).Seconds()) }()
+	p.stats.count(p.handle(w, r, start))
+}
+
+// handle answers r: it refuses a request it will not forward, passes one
+// the cache stays out of, and answers the others from the store or a
+// fetch (answer). It is the one place that answers a request again.
+func (p *Proxy) handle(w http.ResponseWriter, r *http.Request, start time.Time) requestOutcome {
 	key, err := requestTarget(r)
 	if err != nil {
-		p.stats.Rejected.Add(1)
-		p.serveStatus(w, http.StatusBadRequest, cacheStatus{detail: "bad-request-target"})
-		return
+		p.serveStatus(w, http.StatusBadRequest, cacheStatus{detail: detailBadRequestTarget})
+		return outRejected
 	}
 	if up := r.Header["Upgrade"]; up != nil && !webSocketUpgrade(up) {
 		// Only WebSocket is tunnelled. Any other upgrade, h2c above
@@ -363,90 +393,129 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		delete(r.Header, "Upgrade")
 	}
 	if hasBody(r) {
-		bb := p.bufferRequestBody(w, r)
+		bb, o := p.bufferRequestBody(w, r)
 		if bb == nil {
-			return // refused, and answered
+			return o // refused, and answered
 		}
 		defer bb.release()
 	}
-	if fwd, detail := bypass(r); fwd != "" {
-		p.passThrough(w, r, key, fwd, detail)
-		return
+	if fwd, d := bypass(r); fwd != "" {
+		return p.passThrough(w, r, key, fwd, d)
 	}
 	req := p.requestDirectives(r)
-	for attempt := 0; ; attempt++ {
-		e, vkey := p.lookup(r.Context(), key, r.Header)
-		now := start // one clock read for the hit path
-		if p.fakeClock || attempt > 0 {
-			now = p.now()
-		}
-		if e != nil && e.Kind == cache.PassMark {
-			p.passThrough(w, r, key, "miss", "uncacheable")
-			return
-		}
-		fwd := "uri-miss"
-		if e != nil {
-			switch use := e.Decision.UseFor(now, req, p.revalidate); {
-			case use.State == freshness.Fresh:
-				p.stats.Hits.Add(1)
-				st := cacheStatus{hit: true, ttl: e.Decision.TTL(now), hasTTL: true}
-				if use.Recent {
-					st.detail = "revalidated-recently" // the client asked for a fresher one
-				}
-				p.serve(w, r, e, e.Header, st, now)
-				return
-			case use.State == freshness.StaleWhileRevalidate:
-				p.stats.StaleHits.Add(1)
-				p.serve(w, r, e, e.Header, cacheStatus{hit: true, ttl: e.Decision.TTL(now), hasTTL: true, detail: "stale-while-revalidate"}, now)
-				p.refresh(r, key, vkey, e)
-				return
-			case use.Refused && e.failedRecently(now):
-				// The client asked for a fresher answer, but the last
-				// attempt to validate this one failed moments ago.
-				p.stats.Hits.Add(1)
-				p.serve(w, r, e, e.Header, cacheStatus{hit: true, ttl: e.Decision.TTL(now), hasTTL: true, detail: "revalidation-failed"}, now)
-				return
-			case use.Refused:
-				fwd = "request" // the client asked for a fresher answer
-			case e.failedRecently(now) && e.Decision.UsableOnErrorFor(now, req):
-				// Its validation failed moments ago, and it may stand in
-				// for a failing origin: serve it, rather than ask the
-				// origin again for every request until it recovers.
-				p.stats.StaleOnError.Add(1)
-				p.serve(w, r, e, e.Header, cacheStatus{hit: true, ttl: e.Decision.TTL(now), hasTTL: true, detail: "stale-if-error"}, now)
-				return
-			default:
-				fwd = "stale"
-			}
-		} else if vkey != key {
-			fwd = "vary-miss"
-		}
-		switch {
-		case req.OnlyIfCached:
-			// RFC 9111 section 5.2.1.7: nothing usable is stored.
-			p.stats.Errors.Add(1)
-			p.serveStatus(w, http.StatusGatewayTimeout, cacheStatus{detail: "only-if-cached"})
-			return
-		case r.Header.Get("Range") != "" && e == nil:
-			// With nothing stored, the range goes upstream as it is. A
-			// stored response that needs validating is revalidated whole,
-			// coalesced, and the range served from it: a pass-through
-			// would leave it unvalidated, and the next ranged reload
-			// upstream too.
-			p.passThrough(w, r, key, fwd, "range")
-			return
-		case req.NoStore:
-			// The answer may not be stored (RFC 9111 section 5.2.1.5),
-			// so it could not be shared with a herd either.
-			p.passThrough(w, r, key, fwd, "request-no-store")
-			return
-		}
-		if !p.fetchAndServe(w, r, req, key, vkey, e, fwd, attempt > 0) {
-			return
-		}
-		// The shared answer was for another variant: look again, now
-		// that the store knows what the response varies on.
+	now := start // one clock read for the hit path
+	if p.fakeClock {
+		now = p.now()
 	}
+	o, varied := p.answer(w, r, req, key, now)
+	if varied {
+		// The shared answer turned out to vary, and to be for another
+		// variant than r's: look again, now that the store knows what
+		// the response varies on, and join the variant's own flight.
+		// Should that answer too be for another variant, r goes
+		// upstream on its own.
+		if o, varied = p.answer(w, r, req, key, p.now()); varied {
+			o = p.passThrough(w, r, key, fwdVaryMiss, "")
+		}
+	}
+	return o
+}
+
+// answer looks r up, decides what the store's answer is good for, and
+// dispatches: to serving it, serving it stale while refreshing it, passing
+// r upstream on its own, or fetching. varied reports, with nothing written
+// to w, that the fetch answered another variant than r's.
+func (p *Proxy) answer(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, key string, now time.Time) (o requestOutcome, varied bool) {
+	e, vkey := p.lookup(r.Context(), key, r.Header)
+	v := p.decide(r, req, key, e, vkey, now)
+	switch v.do {
+	case doServe:
+		p.serve(w, r, e, e.Header, cacheStatus{hit: true, ttl: e.Decision.TTL(now), hasTTL: true, detail: v.detail}, now)
+		return v.hit, false
+	case doServeStale:
+		p.serve(w, r, e, e.Header, cacheStatus{hit: true, ttl: e.Decision.TTL(now), hasTTL: true, detail: detailStaleWhileRevalidate}, now)
+		p.refresh(r, key, vkey, e)
+		return outStale, false
+	case doPass:
+		return p.passThrough(w, r, key, v.fwd, v.detail), false
+	case doRefuse:
+		p.serveStatus(w, http.StatusGatewayTimeout, cacheStatus{detail: v.detail})
+		return outError, false
+	}
+	return p.fetchAndServe(w, r, req, p.newFlight(r, key, vkey, e), v.fwd)
+}
+
+// verdict is what decide made of a request and what the store holds for
+// it.
+type verdict struct {
+	do     action
+	fwd    fwdReason      // why the request goes upstream (doPass, doFetch)
+	detail detail         // for Cache-Status
+	hit    requestOutcome // which kind of hit serving the stored response is (doServe)
+}
+
+// action is what the flow does with a request.
+type action uint8
+
+const (
+	doFetch      action = iota // ask the origin, coalesced with the requests for the same variant
+	doServe                    // serve the stored response
+	doServeStale               // serve the stored response stale, and refresh it in the background
+	doPass                     // send the request upstream on its own
+	doRefuse                   // answer 504: only-if-cached, and nothing usable is stored
+)
+
+// decide says what to do with r, given e, what lookup found for it under
+// vkey (nil for nothing), at now. It writes nothing and counts nothing.
+func (p *Proxy) decide(r *http.Request, req freshness.RequestDirectives, key string, e *local, vkey string, now time.Time) verdict {
+	if e != nil && e.Kind == cache.PassMark {
+		return verdict{do: doPass, fwd: fwdMiss, detail: detailUncacheable}
+	}
+	fwd := fwdURIMiss
+	if e != nil {
+		switch use := e.Decision.UseFor(now, req, p.revalidate); {
+		case use.State == freshness.Fresh:
+			v := verdict{do: doServe, hit: outHit}
+			if use.Recent {
+				v.detail = detailRevalidatedRecently // the client asked for a fresher one
+			}
+			return v
+		case use.State == freshness.StaleWhileRevalidate:
+			return verdict{do: doServeStale}
+		case use.Refused && e.failedRecently(now):
+			// The client asked for a fresher answer, but the last
+			// attempt to validate this one failed moments ago.
+			return verdict{do: doServe, hit: outHit, detail: detailRevalidationFailed}
+		case use.Refused:
+			fwd = fwdRequest // the client asked for a fresher answer
+		case e.failedRecently(now) && e.Decision.UsableOnErrorFor(now, req):
+			// Its validation failed moments ago, and it may stand in
+			// for a failing origin: serve it, rather than ask the
+			// origin again for every request until it recovers.
+			return verdict{do: doServe, hit: outStaleOnError, detail: detailStaleIfError}
+		default:
+			fwd = fwdStale
+		}
+	} else if vkey != key {
+		fwd = fwdVaryMiss
+	}
+	switch {
+	case req.OnlyIfCached:
+		// RFC 9111 section 5.2.1.7: nothing usable is stored.
+		return verdict{do: doRefuse, detail: detailOnlyIfCached}
+	case r.Header.Get("Range") != "" && e == nil:
+		// With nothing stored, the range goes upstream as it is. A
+		// stored response that needs validating is revalidated whole,
+		// coalesced, and the range served from it: a pass-through
+		// would leave it unvalidated, and the next ranged reload
+		// upstream too.
+		return verdict{do: doPass, fwd: fwd, detail: detailRange}
+	case req.NoStore:
+		// The answer may not be stored (RFC 9111 section 5.2.1.5),
+		// so it could not be shared with a herd either.
+		return verdict{do: doPass, fwd: fwd, detail: detailRequestNoStore}
+	}
+	return verdict{do: doFetch, fwd: fwd}
 }
 
 // requestDirectives reads r's Cache-Control and Pragma. Under
@@ -484,16 +553,19 @@ const (
 	RequestNoCacheIgnore
 )
 
-// fetchAndServe waits for the coalesced fetch of r's key and serves its
-// outcome. It reports true when the outcome was a response for another
-// variant, which r should look up again.
-func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, key, vkey string, stale *local, fwd string, retried bool) (again bool) {
+// fetchAndServe starts or joins the flight in, built from r, and serves
+// what it brought. varied reports, with nothing written to w, that the
+// fetch answered another variant than r's.
+func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, in flight, fwd fwdReason) (o requestOutcome, varied bool) {
+	stale := in.stale
 	interim := &interimWriter{w: w}
 	defer interim.close() // the client left: the fetch may go on
-	f, leader, err := p.flights.Do(r.Context(), p.flightKey(r, vkey), func(ctx context.Context) (*fetched, error) {
+	f, leader, err := p.flights.Do(r.Context(), in.id, func(ctx context.Context) (*fetched, error) {
 		// Only the caller that starts the flight runs this: the leader.
-		ctx = httptrace.WithClientTrace(withClient(ctx, r), &httptrace.ClientTrace{Got1xxResponse: interim.write})
-		f, err := p.fetch(ctx, r, key, vkey, stale)
+		// It may run on after the leader's handler returned, and reads
+		// in, never r.
+		ctx = httptrace.WithClientTrace(in.withClient(ctx), &httptrace.ClientTrace{Got1xxResponse: interim.write})
+		f, err := p.fetch(ctx, in)
 		if stale != nil && (err != nil || (!f.again && isServerError(f.entry.Status))) {
 			// A failed validation: until the pause ends, a client's
 			// no-cache is answered from stale rather than by asking a
@@ -509,67 +581,69 @@ func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshn
 	now := p.now()
 	if err != nil {
 		if r.Context().Err() != nil {
-			p.stats.Abandoned.Add(1)
-			return false // the client left; the flight goes on without it
+			return outAbandoned, false // the client left; the flight goes on without it
 		}
-		p.serveError(w, r, key, vkey, req, stale, err, fwd, now)
-		return false
+		return p.serveError(w, r, req, in, fwd, err, now), false
 	}
+	if otherVariant(f, r) {
+		return outNone, true
+	}
+	return p.serveFetched(w, r, req, in, fwd, f, leader, now), false
+}
+
+// otherVariant reports whether what a flight fetched answers another
+// variant than r's: the URI turned out to vary while the flight waited to
+// start, or its shareable answer varies on fields that r sent otherwise.
+func otherVariant(f *fetched, r *http.Request) bool {
 	if f.again {
-		if retried {
-			p.passThrough(w, r, key, "vary-miss", "")
-			return false
-		}
 		return true
 	}
 	e := f.entry
+	return e.Decision.Shareable && len(e.Vary) > 0 && e.VaryKey != varyKey(e.Vary, r.Header)
+}
+
+// serveFetched serves f, what the flight in fetched for r; leader says
+// r's request started it.
+func (p *Proxy) serveFetched(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, in flight, fwd fwdReason, f *fetched, leader bool, now time.Time) requestOutcome {
+	stale, e := in.stale, f.entry
 	st := cacheStatus{fwd: fwd, fwdStatus: f.status, stored: f.stored, collapsed: !leader}
 	if f.stored {
 		st.ttl, st.hasTTL = e.Decision.TTL(now), true
 	}
 	switch {
 	case leader && !e.Decision.Shareable:
-		p.stats.Misses.Add(1)
-		st.detail = e.Decision.Reason
+		st.detail = detail(e.Decision.Reason)
 		if e.Decision.Reason != freshness.ReasonAuthorization {
 			// The resource itself is not shareable. (An answer to
 			// credentials says nothing about the next client's.)
-			p.markPass(r.Context(), vkey, e.Decision.Reason)
+			p.markPass(r.Context(), in.vkey, e.Decision.Reason)
 		}
 		p.serve(w, r, e, f.own, st, now)
+		return outMiss
 	case !e.Decision.Shareable:
 		// Meant for the leader's request alone: fetch our own.
-		p.passThrough(w, r, key, "miss", e.Decision.Reason)
-	case len(e.Vary) > 0 && e.VaryKey != varyKey(e.Vary, r.Header):
-		if retried {
-			p.passThrough(w, r, key, "vary-miss", "")
-			return false
-		}
-		return true
+		return p.passThrough(w, r, in.key, fwdMiss, detail(e.Decision.Reason))
 	case isServerError(e.Status) && stale != nil && stale.Decision.UsableOnErrorFor(now, req):
-		p.serveStaleOnError(w, r, stale, f.status, now)
-	default:
-		if !f.stored {
-			st.detail = e.Decision.Reason
-		}
-		h := e.Header
-		if leader {
-			h = f.own
-		}
-		switch {
-		case f.status == 0: // another flight had just stored it
-			p.stats.Hits.Add(1)
-			st = cacheStatus{hit: true, ttl: e.Decision.TTL(now), hasTTL: true, collapsed: true}
-		case !leader:
-			p.stats.Coalesced.Add(1)
-		case f.status == http.StatusNotModified:
-			p.stats.Revalidated.Add(1)
-		default:
-			p.stats.Misses.Add(1)
-		}
-		p.serve(w, r, e, h, st, now)
+		return p.serveStaleOnError(w, r, stale, f.status, now)
 	}
-	return false
+	if !f.stored {
+		st.detail = detail(e.Decision.Reason)
+	}
+	h := e.Header
+	if leader {
+		h = f.own
+	}
+	o := outMiss
+	switch {
+	case f.status == 0: // another flight had just stored it
+		o, st = outHit, cacheStatus{hit: true, ttl: e.Decision.TTL(now), hasTTL: true, collapsed: true}
+	case !leader:
+		o = outCoalesced
+	case f.status == http.StatusNotModified:
+		o = outRevalidated
+	}
+	p.serve(w, r, e, h, st, now)
+	return o
 }
 
 // interimWriter passes the interim responses (RFC 9110 section 15.2) of a
@@ -607,13 +681,15 @@ func filterInterim(h http.Header) {
 	delete(h, corralOnly)
 }
 
-// interimFilter is the ResponseWriter a passed-through request writes to:
-// ReverseProxy copies an interim response's fields as the origin sent them.
-type interimFilter struct {
+// passWriter is the ResponseWriter a passed-through request writes to. It
+// filters interim responses, whose fields ReverseProxy copies as the origin
+// sent them, and carries the request's outcome back from passError.
+type passWriter struct {
 	http.ResponseWriter
+	outcome requestOutcome
 }
 
-func (w interimFilter) WriteHeader(code int) {
+func (w *passWriter) WriteHeader(code int) {
 	if code >= 100 && code < 200 && code != http.StatusSwitchingProtocols {
 		filterInterim(w.Header())
 	}
@@ -621,7 +697,7 @@ func (w interimFilter) WriteHeader(code int) {
 }
 
 // Unwrap lets http.ResponseController reach Flush and Hijack.
-func (w interimFilter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+func (w *passWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 func (iw *interimWriter) close() {
 	iw.mu.Lock()
@@ -639,17 +715,30 @@ func (p *Proxy) flightKey(r *http.Request, vkey string) string {
 	return vkey
 }
 
-// refresh revalidates stale in the background, once per key at a time,
-// and not again before a failed refresh's back-off has passed.
+// refresh revalidates stale, which r's lookup found under vkey, in the
+// background, once per key at a time, and not again before a failed
+// refresh's back-off has passed. The refresh outlives r's handler: it
+// starts from a flight built from r, only when it starts.
 func (p *Proxy) refresh(r *http.Request, key, vkey string, stale *local) {
 	now := p.now()
 	if now.UnixNano() < stale.refreshAt.Load() {
 		return
 	}
-	started := p.flights.Refresh(r.Context(), p.flightKey(r, vkey), func(ctx context.Context) (*fetched, error) {
+	started := p.flights.Refresh(r.Context(), p.flightKey(r, vkey), func() coalesce.Fetch[*fetched] {
+		return p.refreshFetch(p.newFlight(r, key, vkey, stale))
+	})
+	if started {
+		p.stats.Refreshes.Add(1)
+	}
+}
+
+// refreshFetch is the fetch of a background refresh that starts from in.
+func (p *Proxy) refreshFetch(in flight) coalesce.Fetch[*fetched] {
+	key, vkey, stale := in.key, in.vkey, in.stale
+	return func(ctx context.Context) (*fetched, error) {
 		// Made for the client whose stale hit started it, as far as the
 		// guard's count of 429s goes.
-		f, err := p.fetch(withClient(ctx, r), r, key, vkey, stale)
+		f, err := p.fetch(in.withClient(ctx), in)
 		switch {
 		case err == nil && f.again:
 			// The URI varies now; its variants refresh on their own.
@@ -669,9 +758,6 @@ func (p *Proxy) refresh(r *http.Request, key, vkey string, stale *local) {
 			stale.refreshAt.Store(p.now().Add(refreshBackoff).UnixNano())
 		}
 		return f, err
-	})
-	if started {
-		p.stats.Refreshes.Add(1)
 	}
 }
 
@@ -723,17 +809,17 @@ func (p *Proxy) markPass(ctx context.Context, key, reason string) {
 
 // bypass returns why r goes straight upstream without the cache, as a
 // Cache-Status fwd and detail, or "" when the cache handles it.
-func bypass(r *http.Request) (fwd, detail string) {
+func bypass(r *http.Request) (fwdReason, detail) {
 	switch {
 	case r.Method != http.MethodGet && r.Method != http.MethodHead:
-		return "method", ""
+		return fwdMethod, ""
 	case r.Header["Upgrade"] != nil:
-		return "bypass", "upgrade"
+		return fwdBypass, detailUpgrade
 	case r.ContentLength != 0:
 		// A GET with a body has no meaning HTTP defines (RFC 9110
 		// section 9.3.1), but some origins read it, so the answer may
 		// depend on it: never shared or stored, nor shared with.
-		return "bypass", "request-body"
+		return fwdBypass, detailRequestBody
 	}
 	return "", ""
 }
@@ -775,7 +861,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, e *local, h http.H
 	f := e.fields(st, now)
 	// Age goes on whatever the cache served, and on fetched responses
 	// that arrived with an age of their own (RFC 9111 section 5.1).
-	if st.hit || st.fwdStatus == 0 || st.detail == "stale-if-error" || f.age > 0 {
+	if st.hit || st.fwdStatus == 0 || st.detail == detailStaleIfError || f.age > 0 {
 		set("Age", f.ageText)
 	}
 	if vs := out["Via"]; len(vs) > 0 {
@@ -854,18 +940,19 @@ func bodyAllowed(status int) bool {
 
 // serveStaleOnError serves stale in place of an origin failure
 // (RFC 5861 section 4).
-func (p *Proxy) serveStaleOnError(w http.ResponseWriter, r *http.Request, stale *local, fwdStatus int, now time.Time) {
-	p.stats.StaleOnError.Add(1)
-	p.serve(w, r, stale, stale.Header, cacheStatus{fwd: "stale", fwdStatus: fwdStatus, ttl: stale.Decision.TTL(now), hasTTL: true, detail: "stale-if-error"}, now)
+func (p *Proxy) serveStaleOnError(w http.ResponseWriter, r *http.Request, stale *local, fwdStatus int, now time.Time) requestOutcome {
+	p.serve(w, r, stale, stale.Header, cacheStatus{fwd: fwdStale, fwdStatus: fwdStatus, ttl: stale.Decision.TTL(now), hasTTL: true, detail: detailStaleIfError}, now)
+	return outStaleOnError
 }
 
-// serveError answers a failed fetch: with the stale entry where it may
-// stand in, otherwise 504 for a timeout and 502 for anything else.
-func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, key, vkey string, req freshness.RequestDirectives, stale *local, err error, fwd string, now time.Time) {
+// serveError answers a failed fetch of the flight in: with its stale
+// entry where it may stand in, upstream on r's own when the answer was
+// too large to share, and otherwise as upstreamFailure says.
+func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, in flight, fwd fwdReason, err error, now time.Time) requestOutcome {
+	key, stale := in.key, in.stale
 	if errors.Is(err, errTooLarge) {
-		p.markPass(r.Context(), vkey, "too-large")
-		p.passThrough(w, r, key, "miss", "too-large")
-		return
+		p.markPass(r.Context(), in.vkey, string(detailTooLarge))
+		return p.passThrough(w, r, key, fwdMiss, detailTooLarge)
 	}
 	if errors.Is(err, errBuffersFull) {
 		// Too large for the buffer budget left now, for this fetch
@@ -874,44 +961,49 @@ func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, key, vkey str
 		// upstream on their own, streamed. The key is not marked; the
 		// next fetch may fit.
 		if stale != nil && stale.Decision.UsableDisconnected() {
-			p.stats.StaleOnBusy.Add(1)
-			p.serve(w, r, stale, stale.Header, cacheStatus{hit: true, ttl: stale.Decision.TTL(now), hasTTL: true, detail: "buffers-full"}, now)
-			return
+			p.serve(w, r, stale, stale.Header, cacheStatus{hit: true, ttl: stale.Decision.TTL(now), hasTTL: true, detail: detailBuffersFull}, now)
+			return outStaleOnBusy
 		}
-		p.passThrough(w, r, key, "miss", "buffers-full")
-		return
+		return p.passThrough(w, r, key, fwdMiss, detailBuffersFull)
 	}
-	var busy *busyError
-	if errors.As(err, &busy) {
+	status, d, busy := upstreamFailure(err)
+	if busy != nil {
 		// corral held the request back to spare the origin: as good as
 		// disconnected from it.
 		if stale != nil && stale.Decision.UsableDisconnected() {
-			p.stats.StaleOnBusy.Add(1)
-			p.serve(w, r, stale, stale.Header, cacheStatus{hit: true, ttl: stale.Decision.TTL(now), hasTTL: true, detail: "upstream-busy"}, now)
-			return
+			p.serve(w, r, stale, stale.Header, cacheStatus{hit: true, ttl: stale.Decision.TTL(now), hasTTL: true, detail: detailUpstreamBusy}, now)
+			return outStaleOnBusy
 		}
-		p.serveBusy(w, busy, cacheStatus{fwd: fwd, detail: "upstream-busy"})
-		return
+		return p.serveBusy(w, busy, cacheStatus{fwd: fwd, detail: d})
 	}
 	if stale != nil && stale.Decision.UsableOnErrorFor(now, req) {
-		p.serveStaleOnError(w, r, stale, 0, now)
-		return
+		return p.serveStaleOnError(w, r, stale, 0, now)
 	}
-	status, detail := http.StatusBadGateway, "upstream-error"
-	if errors.Is(err, context.DeadlineExceeded) {
-		status, detail = http.StatusGatewayTimeout, "upstream-timeout"
-	}
-	p.stats.Errors.Add(1)
 	p.log.Warn("upstream fetch failed", "path", r.URL.Path, "err", err)
-	p.serveStatus(w, status, cacheStatus{fwd: fwd, detail: detail})
+	p.serveStatus(w, status, cacheStatus{fwd: fwd, detail: d})
+	return outError
+}
+
+// upstreamFailure maps an upstream exchange that failed with err, shared
+// fetch or passed-through request, to corral's own answer: 503 when the
+// upstream guard held it back (busy says for how long), 504 when the
+// origin took longer than UpstreamTimeout, 502 for anything else.
+func upstreamFailure(err error) (status int, d detail, busy *busyError) {
+	switch {
+	case errors.As(err, &busy):
+		return http.StatusServiceUnavailable, detailUpstreamBusy, busy
+	case errors.Is(err, context.DeadlineExceeded):
+		return http.StatusGatewayTimeout, detailUpstreamTimeout, nil
+	}
+	return http.StatusBadGateway, detailUpstreamError, nil
 }
 
 // serveBusy answers 503 with the guard's Retry-After.
-func (p *Proxy) serveBusy(w http.ResponseWriter, busy *busyError, st cacheStatus) {
-	p.stats.Busy.Add(1)
+func (p *Proxy) serveBusy(w http.ResponseWriter, busy *busyError, st cacheStatus) requestOutcome {
 	secs := (busy.retryAfter + time.Second - 1) / time.Second
 	w.Header().Set("Retry-After", strconv.FormatInt(int64(secs), 10))
 	p.serveStatus(w, http.StatusServiceUnavailable, st)
+	return outBusy
 }
 
 // serveStatus answers with status and its text, for errors corral makes.

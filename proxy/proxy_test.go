@@ -602,3 +602,36 @@ func TestPanicInFetchIsAnErrorNotACrash(t *testing.T) {
 		}
 	}
 }
+
+// TestRefreshReadsNoRequestAfterItsHandler: a background refresh outlives
+// the handler of the stale hit that started it, and starts from what that
+// request said then. The client's request is changed as soon as its
+// handler returns: under -race, a refresh that still read it would race,
+// and the origin would see what the request became.
+func TestRefreshReadsNoRequestAfterItsHandler(t *testing.T) {
+	clk := newClock()
+	langs := make(chan string, 2)
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		langs <- r.Header.Get("Accept-Language")
+		answer("max-age=1, stale-while-revalidate=60", "x")(w, r)
+	})
+	p := newTestProxy(t, o, clk, Config{})
+	get(p, "/a", "Accept-Language", "en")
+	<-langs
+	clk.Advance(2 * time.Second)
+
+	req := httptest.NewRequest(http.MethodGet, "/a", nil)
+	req.Header.Set("Accept-Language", "en")
+	rec := httptest.NewRecorder()
+	p.ServeHTTP(rec, req)
+	req.Header.Set("Accept-Language", "fr")
+	req.RemoteAddr = "198.51.100.7:1234"
+	p.Wait()
+
+	if got, want := rec.Header().Get("Cache-Status"), "corral; hit; ttl=-1; detail=stale-while-revalidate"; got != want {
+		t.Errorf("stale hit: Cache-Status %q, want %q", got, want)
+	}
+	if got := <-langs; got != "en" {
+		t.Errorf("the refresh sent Accept-Language %q, want en: the request as its handler saw it", got)
+	}
+}

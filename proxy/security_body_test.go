@@ -580,17 +580,20 @@ func TestRequestBodiesCannotStarveSharedFetches(t *testing.T) {
 	p := newTestProxy(t, o, clk, Config{BufferBytes: 64 << 10, MaxRequestBodyBytes: 8 << 10, MaxObjectBytes: 40 << 10})
 	defer close(release)
 
-	var answers []<-chan *http.Response
+	// Any upload may be the one held: each is either held at the origin
+	// or answered, in whatever order.
+	answered := make(chan *http.Response, 8)
 	for range 8 {
 		req := httptest.NewRequest(http.MethodPost, "/post", strings.NewReader(strings.Repeat("b", 8<<10)))
-		answers = append(answers, serveAsync(p, req))
+		ch := serveAsync(p, req)
+		go func() { answered <- <-ch }()
 	}
 	held, busy := 0, 0
 	for held+busy < 8 {
 		select {
 		case <-posted:
 			held++
-		case <-answers[held+busy]:
+		case <-answered:
 			busy++
 		case <-time.After(10 * time.Second):
 			t.Fatalf("uploads neither reached the origin nor were turned away (%d held, %d busy)", held, busy)

@@ -63,3 +63,57 @@ func (s *Stats) upstream(status int, err error) {
 		s.Upstream2xx.Add(1)
 	}
 }
+
+// requestOutcome is what became of one client request: the handlers of the flow
+// return one each, and ServeHTTP counts it, once.
+type requestOutcome uint8
+
+const (
+	outNone         requestOutcome = iota // not answered yet: counted nowhere
+	outHit                                // Hits
+	outStale                              // StaleHits
+	outMiss                               // Misses
+	outRevalidated                        // Revalidated
+	outCoalesced                          // Coalesced
+	outStaleOnError                       // StaleOnError
+	outPassed                             // Passed
+	outError                              // Errors
+	outAbandoned                          // Abandoned
+	outStaleOnBusy                        // StaleOnBusy
+	outBusy                               // Busy
+	outRejected                           // Rejected
+)
+
+// count counts one request with outcome o.
+func (s *Stats) count(o requestOutcome) {
+	var c *atomic.Int64
+	switch o {
+	case outHit:
+		c = &s.Hits
+	case outStale:
+		c = &s.StaleHits
+	case outMiss:
+		c = &s.Misses
+	case outRevalidated:
+		c = &s.Revalidated
+	case outCoalesced:
+		c = &s.Coalesced
+	case outStaleOnError:
+		c = &s.StaleOnError
+	case outPassed:
+		c = &s.Passed
+	case outError:
+		c = &s.Errors
+	case outAbandoned:
+		c = &s.Abandoned
+	case outStaleOnBusy:
+		c = &s.StaleOnBusy
+	case outBusy:
+		c = &s.Busy
+	case outRejected:
+		c = &s.Rejected
+	default:
+		return // outNone: handle answers every request, so never here
+	}
+	c.Add(1)
+}

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"errors"
 	"io"
 	"net/http"
 	"net/url"
@@ -16,9 +15,9 @@ import (
 // cacheStatus is one Cache-Status field value (RFC 9211 section 2). Its
 // fields are ordered to pack: every hit compares one.
 type cacheStatus struct {
-	fwd       string // why the request went upstream: uri-miss, vary-miss, miss, stale, method, bypass, request
-	detail    string // a token: why the response was not stored, or how a stale one was served
-	fwdStatus int    // what upstream answered; 0 when it was not asked
+	fwd       fwdReason // why the request went upstream; "" when it did not
+	detail    detail    // why the response was not stored, or how a stale one was served
+	fwdStatus int       // what upstream answered; 0 when it was not asked
 	ttl       time.Duration
 	hit       bool
 	stored    bool
@@ -31,6 +30,54 @@ type cacheStatus struct {
 	rule  string           // corral-rule: the operator's rule, by its prefix
 }
 
+// fwdReason is a Cache-Status fwd parameter (RFC 9211 section 2.2): why a
+// request went upstream.
+type fwdReason string
+
+const (
+	fwdURIMiss  fwdReason = "uri-miss"  // nothing stored for the URI
+	fwdVaryMiss fwdReason = "vary-miss" // the URI varies, and nothing is stored for this variant
+	fwdMiss     fwdReason = "miss"      // the URI's answers cannot be stored or shared (a pass mark)
+	fwdStale    fwdReason = "stale"     // the stored response must be validated
+	fwdMethod   fwdReason = "method"    // a method whose answer is never stored
+	fwdBypass   fwdReason = "bypass"    // a request the cache stays out of (an upgrade, a body)
+	fwdRequest  fwdReason = "request"   // the client asked for a fresher answer, or sent a body corral refused
+)
+
+// detail is a Cache-Status detail parameter (RFC 9211 section 2.8): a
+// token that says why a response was not stored, how a stale one came to
+// be served, or why corral answered itself. A response that freshness
+// judged unstorable or unshareable gives its Decision.Reason as the
+// detail instead.
+type detail string
+
+const (
+	// How a stored response came to answer.
+	detailRevalidatedRecently  detail = "revalidated-recently"   // validated moments ago: fresh enough for a no-cache
+	detailRevalidationFailed   detail = "revalidation-failed"    // a fresher one was asked for, but validating failed moments ago
+	detailStaleWhileRevalidate detail = "stale-while-revalidate" // served stale while a background refresh runs (RFC 5861 section 3)
+	detailStaleIfError         detail = "stale-if-error"         // served stale in place of an origin failure (RFC 5861 section 4)
+
+	// Why a request went upstream on its own, or its answer was not stored.
+	detailUncacheable    detail = "uncacheable"      // the URI's answers cannot be shared (a pass mark)
+	detailUpgrade        detail = "upgrade"          // a WebSocket upgrade
+	detailRequestBody    detail = "request-body"     // a GET or HEAD with a body
+	detailRange          detail = "range"            // a range request with nothing stored
+	detailRequestNoStore detail = "request-no-store" // the client sent no-store
+	detailTooLarge       detail = "too-large"        // the body is larger than MaxObjectBytes
+	detailBuffersFull    detail = "buffers-full"     // the buffer budget is spent for now
+
+	// Why corral answered itself.
+	detailUpstreamBusy     detail = "upstream-busy"      // the upstream guard held the request back: 503
+	detailUpstreamTimeout  detail = "upstream-timeout"   // the origin took longer than UpstreamTimeout: 504
+	detailUpstreamError    detail = "upstream-error"     // the exchange with the origin failed: 502
+	detailOnlyIfCached     detail = "only-if-cached"     // nothing usable stored for only-if-cached: 504
+	detailBadRequestTarget detail = "bad-request-target" // 400
+	detailRequestTooLarge  detail = "request-too-large"  // 413
+	detailRequestTimeout   detail = "request-timeout"    // 408
+	detailBadRequestBody   detail = "bad-request-body"   // 400
+)
+
 func (s cacheStatus) String() string {
 	var b strings.Builder
 	b.Grow(64 + len(s.rule)) // one allocation
@@ -41,7 +88,7 @@ func (s cacheStatus) String() string {
 	}
 	if s.fwd != "" {
 		b.WriteString("; fwd=")
-		b.WriteString(s.fwd)
+		b.WriteString(string(s.fwd))
 	}
 	if s.fwdStatus != 0 {
 		b.WriteString("; fwd-status=")
@@ -59,7 +106,7 @@ func (s cacheStatus) String() string {
 	}
 	if s.detail != "" {
 		b.WriteString("; detail=")
-		b.WriteString(s.detail)
+		b.WriteString(string(s.detail))
 	}
 	if s.field == freshness.FromCDN || s.field == freshness.FromCorral {
 		b.WriteString("; corral-field=")
@@ -92,10 +139,12 @@ type passed struct {
 // never to another client. A complete GET answer that turns out storable
 // is stored on the way, so that a URL marked uncacheable becomes cacheable
 // again as soon as the origin says so. fwd and detail go to Cache-Status.
-func (p *Proxy) passThrough(w http.ResponseWriter, r *http.Request, target, fwd, detail string) {
-	p.stats.Passed.Add(1)
+// It returns outPassed, or outBusy when the upstream guard held r back.
+func (p *Proxy) passThrough(w http.ResponseWriter, r *http.Request, target string, fwd fwdReason, detail detail) requestOutcome {
 	info := passed{st: cacheStatus{fwd: fwd, detail: detail}, host: r.Host, uri: target, reqHeader: r.Header, reqTime: p.now(), mayStore: mayStore(r), client: r.RemoteAddr}
-	p.pass.ServeHTTP(interimFilter{w}, r.WithContext(context.WithValue(r.Context(), passKey{}, info)))
+	pw := &passWriter{ResponseWriter: w, outcome: outPassed}
+	p.pass.ServeHTTP(pw, r.WithContext(context.WithValue(r.Context(), passKey{}, info)))
+	return pw.outcome
 }
 
 func (p *Proxy) modifyPassed(resp *http.Response) error {
@@ -287,16 +336,19 @@ func (p *Proxy) passError(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	info, _ := r.Context().Value(passKey{}).(passed)
 	st := info.st
-	var busy *busyError
-	if errors.As(err, &busy) {
-		st.detail = "upstream-busy"
-		p.serveBusy(w, busy, st)
+	status, d, busy := upstreamFailure(err)
+	if busy != nil {
+		st.detail = d
+		o := p.serveBusy(w, busy, st)
+		if pw, ok := w.(*passWriter); ok {
+			pw.outcome = o // never sent: not a passed request
+		}
 		return
 	}
 	p.stats.upstream(0, err)
-	status := http.StatusBadGateway
-	if errors.Is(err, context.DeadlineExceeded) {
-		status, st.detail = http.StatusGatewayTimeout, "upstream-timeout"
+	if status != http.StatusBadGateway {
+		// A 502 keeps the detail of why the request was passed.
+		st.detail = d
 	}
 	p.log.Warn("upstream request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 	w.Header().Set("Cache-Status", st.String())
