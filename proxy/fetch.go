@@ -13,6 +13,7 @@ import (
 	"corral/freshness"
 	"corral/proxy/cache"
 	"corral/proxy/rules"
+	"corral/proxy/upstream"
 )
 
 // errTooLarge ends a fetch whose body would not fit in MaxObjectBytes.
@@ -72,7 +73,7 @@ func (p *Proxy) newFlight(r *http.Request, key, vkey string, stale *local) fligh
 // tells by it whether a 429 is one client's own. The guard reads the
 // address alone from the request it is given.
 func (in flight) withClient(ctx context.Context) context.Context {
-	return withClient(ctx, &http.Request{RemoteAddr: in.client})
+	return upstream.WithClient(ctx, peerAddr(in.client))
 }
 
 // fetch asks the origin for the resource of in, revalidating in.stale when

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -61,13 +60,6 @@ func (g *guard) RoundTrip(req *http.Request) (*http.Response, error) {
 func (g *guard) send(req *http.Request) (*http.Response, time.Time, error) {
 	resp, sent, err := g.Guard.Send(req)
 	return resp, sent, held(err)
-}
-
-// withClient returns ctx carrying the address of r's client, for the
-// upstream guard's count of 429s. Only a flight calls it: a hit never
-// goes upstream, and must not allocate.
-func withClient(ctx context.Context, r *http.Request) context.Context {
-	return upstream.WithClient(ctx, peerAddr(r.RemoteAddr))
 }
 
 // busyError is what corral answers instead of sending a request upstream:
