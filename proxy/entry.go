@@ -17,7 +17,7 @@ import (
 // local is a stored cache.Entry as this process uses it: the entry, which
 // any process can decode, and beside it what this process derives from it
 // and keeps about it. The in-memory store keeps a local beside its entry
-// (cache.Config.Local), so that a hit finds both without computing or
+// (cache.Memory.SetLocal), so that a hit finds both without computing or
 // allocating anything.
 type local struct {
 	*cache.Entry
