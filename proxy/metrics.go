@@ -4,22 +4,44 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"corral/proxy/cache"
+	"corral/proxy/upstream"
 )
 
 // Metrics exports the proxy's Stats, its store's size and its latency
 // histograms to Prometheus. Labels are outcomes, result classes and the
 // prefixes of the operator's rules only, never a URL or a key.
 type Metrics struct {
-	p        *Proxy
+	src      metered
 	client   prometheus.Histogram
 	upstream prometheus.Histogram
 }
 
+// metered is what Metrics reads, when scraped, of the proxy it exports:
+// counters as plain data, read where they are kept.
+type metered interface {
+	// counters returns the proxy's counters.
+	counters() *Stats
+	// guardStats returns what the upstream guard counts now.
+	guardStats() upstream.Stats
+	// bufferedBytes returns the buffer budget in use.
+	bufferedBytes() int64
+	// sizer returns the store's gauges, or nil when it keeps none.
+	sizer() cache.Sizer
+}
+
+func (p *Proxy) counters() *Stats           { return &p.stats }
+func (p *Proxy) guardStats() upstream.Stats { return p.guard.Stats() }
+func (p *Proxy) bufferedBytes() int64       { return p.buffers.InUse() }
+func (p *Proxy) sizer() cache.Sizer {
+	s, _ := p.store.(cache.Sizer)
+	return s
+}
+
 var latencyBuckets = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
 
-func newMetrics(p *Proxy) *Metrics {
+func newMetrics(src metered) *Metrics {
 	return &Metrics{
-		p: p,
+		src: src,
 		client: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "corral_request_duration_seconds", Help: "Time to answer a client, body included.", Buckets: latencyBuckets,
 		}),
@@ -59,7 +81,7 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
-	s := &m.p.stats
+	s := m.src.counters()
 	counter := func(d *prometheus.Desc, v int64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
 	}
@@ -83,7 +105,7 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	for prefix, n := range s.RuleDecisions {
 		counter(descRules, n.Load(), prefix)
 	}
-	g := m.p.guard.Stats()
+	g := m.src.guardStats()
 	counter(descThrottled, g.Throttled)
 	ch <- prometheus.MustNewConstMetric(descInflight, prometheus.GaugeValue, float64(g.Inflight))
 	ch <- prometheus.MustNewConstMetric(descQueued, prometheus.GaugeValue, float64(g.Queued))
@@ -93,8 +115,8 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descPaused, prometheus.GaugeValue, paused, "origin")
 	ch <- prometheus.MustNewConstMetric(descPausedKey, prometheus.GaugeValue, float64(g.PausedKeys))
-	ch <- prometheus.MustNewConstMetric(descBuffered, prometheus.GaugeValue, float64(m.p.buffers.InUse()))
-	if mem, ok := m.p.store.(cache.Sizer); ok {
+	ch <- prometheus.MustNewConstMetric(descBuffered, prometheus.GaugeValue, float64(m.src.bufferedBytes()))
+	if mem := m.src.sizer(); mem != nil {
 		counter(descEvictions, mem.Evictions())
 		ch <- prometheus.MustNewConstMetric(descBytes, prometheus.GaugeValue, float64(mem.Bytes()))
 		ch <- prometheus.MustNewConstMetric(descEntries, prometheus.GaugeValue, float64(mem.Len()))
