@@ -1,0 +1,215 @@
+package redisstore_test
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"corral/proxy/cache"
+	"corral/proxy/cache/acceptance"
+	"corral/proxy/cache/redisstore"
+	"corral/proxy/cache/redisstore/internal/redistest"
+)
+
+// newStore returns a store on srv in a namespace of its own.
+func newStore(t *testing.T, cfg redisstore.Config) *redisstore.Store {
+	t.Helper()
+	s, err := redisstore.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+var namespaces atomic.Int64
+
+func TestAcceptance(t *testing.T) {
+	for _, unix := range []bool{false, true} {
+		t.Run(map[bool]string{false: "tcp", true: "unix"}[unix], func(t *testing.T) {
+			srv := redistest.Start(t, unix)
+			acceptance.Run(t, func(t *testing.T, now func() time.Time) cache.Store {
+				return newStore(t, redisstore.Config{
+					Addr:   srv.URL,
+					Prefix: "test" + strconv.FormatInt(namespaces.Add(1), 10) + ":",
+					// Generous: the race detector and a busy machine
+					// slow the 4 MiB value down.
+					Timeout: 5 * time.Second,
+					Keep:    time.Hour,
+					Now:     now,
+				})
+			})
+		})
+	}
+}
+
+func TestAddr(t *testing.T) {
+	srv := redistest.Start(t, false)
+	for _, addr := range []string{srv.Addr, srv.URL} {
+		s := newStore(t, redisstore.Config{Addr: addr, Timeout: time.Second})
+		if _, err := s.Get(context.Background(), "/a"); !errors.Is(err, cache.ErrNotFound) {
+			t.Errorf("Get through %q: %v, want ErrNotFound", addr, err)
+		}
+	}
+	if _, err := redisstore.New(redisstore.Config{}); err == nil {
+		t.Error("New with no Client and no Addr: no error")
+	}
+	if _, err := redisstore.New(redisstore.Config{Addr: "redis://host:notaport/x"}); err == nil {
+		t.Error("New with a bad URL: no error")
+	}
+}
+
+func TestClientGiven(t *testing.T) {
+	srv := redistest.Start(t, false)
+	c := srv.Client()
+	defer c.Close()
+	s := newStore(t, redisstore.Config{Client: c, Prefix: "mine:"})
+	e := &cache.Entry{ID: cache.NewID(), Status: 200, Body: []byte("x")}
+	if err := s.Set(context.Background(), "/a", e, time.Minute, cache.Cond{}); err != nil {
+		t.Fatal(err)
+	}
+	n, err := c.Exists(context.Background(), "mine:e:/a").Result()
+	if err != nil || n != 1 {
+		t.Errorf("EXISTS mine:e:/a = %d, %v; want 1: the prefix is not used", n, err)
+	}
+	s.Close()
+	if err := c.Ping(context.Background()).Err(); err != nil {
+		t.Errorf("the store closed the client it was given: %v", err)
+	}
+}
+
+// TestGarbage: a value that does not decode is an error, not a panic and
+// not an entry.
+func TestGarbage(t *testing.T) {
+	srv := redistest.Start(t, false)
+	c := srv.Client()
+	defer c.Close()
+	s := newStore(t, redisstore.Config{Client: c})
+	ctx := context.Background()
+	for _, v := range []string{"\x02garbage", "\x01", ""} {
+		c.HSet(ctx, "corral:e:/g", "v", v, "x", strconv.FormatInt(time.Now().Add(time.Hour).UnixMicro(), 10))
+		if e, err := s.Get(ctx, "/g"); err == nil || errors.Is(err, cache.ErrNotFound) && v != "" {
+			t.Errorf("Get of %q = %v, %v; want an error", v, e, err)
+		}
+	}
+}
+
+const callTimeout = 50 * time.Millisecond
+
+// within checks that f returns an error, and within the call timeout and
+// some slack for a busy machine.
+func within(t *testing.T, what string, f func(context.Context) error) {
+	t.Helper()
+	start := time.Now()
+	err := f(context.Background())
+	took := time.Since(start)
+	if err == nil || errors.Is(err, cache.ErrNotFound) {
+		t.Errorf("%s: %v, want a failure", what, err)
+	}
+	if took > callTimeout+500*time.Millisecond {
+		t.Errorf("%s took %v, with a %v timeout", what, took, callTimeout)
+	}
+}
+
+// ops are the store's calls, each as a test calls it.
+func ops(s *redisstore.Store) map[string]func(context.Context) error {
+	e := &cache.Entry{ID: cache.NewID(), Status: 200}
+	return map[string]func(context.Context) error{
+		"Get": func(ctx context.Context) error { _, err := s.Get(ctx, "/a"); return err },
+		"Set": func(ctx context.Context) error {
+			return s.Set(ctx, "/a", e, time.Minute, cache.Cond{Since: time.Now()})
+		},
+		"Delete": func(ctx context.Context) error { return s.Delete(ctx, "/a") },
+		"Purge":  func(ctx context.Context) error { _, err := s.Purge(ctx, "/a", false, time.Now()); return err },
+		"PurgePrefix": func(ctx context.Context) error {
+			_, err := s.Purge(ctx, "/", true, time.Now())
+			return err
+		},
+	}
+}
+
+// TestKilledAndRestarted: with Redis gone every call fails within its
+// timeout; once Redis is back, calls succeed again.
+func TestKilledAndRestarted(t *testing.T) {
+	srv := redistest.Start(t, false)
+	s := newStore(t, redisstore.Config{Addr: srv.URL, Timeout: callTimeout})
+	ctx := context.Background()
+	e := &cache.Entry{ID: cache.NewID(), Status: 200}
+	if err := s.Set(ctx, "/a", e, time.Minute, cache.Cond{}); err != nil {
+		t.Fatal(err)
+	}
+	srv.Kill()
+	for name, op := range ops(s) {
+		within(t, name+" with Redis killed", op)
+	}
+	srv.Restart()
+	for name, op := range ops(s) {
+		if err := op(ctx); err != nil && !errors.Is(err, cache.ErrNotFound) {
+			t.Errorf("%s after a restart: %v", name, err)
+		}
+	}
+	if err := s.Set(ctx, "/a", e, time.Minute, cache.Cond{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Get(ctx, "/a"); err != nil {
+		t.Errorf("Get after a restart: %v", err)
+	}
+}
+
+// TestPaused: a Redis that takes no commands (CLIENT PAUSE) costs a
+// call its timeout and no more; after the pause, calls succeed again.
+func TestPaused(t *testing.T) {
+	srv := redistest.Start(t, false)
+	s := newStore(t, redisstore.Config{Addr: srv.URL, Timeout: callTimeout})
+	ctx := context.Background()
+	if _, err := s.Get(ctx, "/a"); !errors.Is(err, cache.ErrNotFound) {
+		t.Fatal(err)
+	}
+	admin := srv.Client()
+	defer admin.Close()
+	const pause = 2 * time.Second
+	if err := admin.Do(ctx, "CLIENT", "PAUSE", pause.Milliseconds(), "ALL").Err(); err != nil {
+		t.Fatal(err)
+	}
+	paused := time.Now()
+	for name, op := range ops(s) {
+		within(t, name+" with Redis paused", op)
+	}
+	if time.Since(paused) >= pause {
+		t.Fatal("the pause ended before the calls: lengthen it")
+	}
+	if err := admin.Do(ctx, "CLIENT", "UNPAUSE").Err(); err != nil {
+		t.Fatal(err)
+	}
+	for name, op := range ops(s) {
+		if err := op(ctx); err != nil && !errors.Is(err, cache.ErrNotFound) {
+			t.Errorf("%s after the pause: %v", name, err)
+		}
+	}
+}
+
+// TestCallerDeadline: a caller's deadline shorter than the store's
+// timeout is the one that holds.
+func TestCallerDeadline(t *testing.T) {
+	srv := redistest.Start(t, false)
+	s := newStore(t, redisstore.Config{Addr: srv.URL, Timeout: time.Minute})
+	admin := srv.Client()
+	defer admin.Close()
+	if err := admin.Do(context.Background(), "CLIENT", "PAUSE", 2000, "ALL").Err(); err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Do(context.Background(), "CLIENT", "UNPAUSE")
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	start := time.Now()
+	_, err := s.Get(ctx, "/a")
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Get past the caller's deadline: %v, want DeadlineExceeded", err)
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("Get took %v past a %v deadline", took, callTimeout)
+	}
+}
