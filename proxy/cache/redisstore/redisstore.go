@@ -76,7 +76,9 @@ type Config struct {
 	Addr string
 
 	// Prefix starts every key the store writes, so that several
-	// deployments can share one Redis. Empty means DefaultPrefix.
+	// deployments can share one Redis; no deployment's Prefix may start
+	// with another's, or a purge of everything in one reaches into the
+	// other. Empty means DefaultPrefix.
 	Prefix string
 
 	// Timeout bounds every call to Redis: each gets its own deadline,

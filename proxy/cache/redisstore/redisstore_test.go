@@ -213,3 +213,55 @@ func TestCallerDeadline(t *testing.T) {
 		t.Errorf("Get took %v past a %v deadline", took, callTimeout)
 	}
 }
+
+// TestPurgePrefixGlob: a prefix purge matches the prefix as it is, not as
+// a SCAN pattern.
+func TestPurgePrefixGlob(t *testing.T) {
+	srv := redistest.Start(t, false)
+	s := newStore(t, redisstore.Config{Addr: srv.URL, Timeout: 5 * time.Second})
+	ctx := context.Background()
+	keys := []string{"/a*", "/a*/1", "/a[b]", "/a?", "/a\\", "/ab", "/a*b"}
+	for _, k := range keys {
+		if err := s.Set(ctx, k, &cache.Entry{ID: cache.NewID(), Status: 200}, time.Hour, cache.Cond{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tt := range []struct {
+		prefix string
+		n      int
+	}{{"/a*", 3}, {"/a[", 1}, {"/a?", 1}, {"/a\\", 1}} {
+		if n, err := s.Purge(ctx, tt.prefix, true, time.Now()); err != nil || n != tt.n {
+			t.Errorf("Purge(%q, prefix) = %d, %v; want %d", tt.prefix, n, err, tt.n)
+		}
+	}
+	if _, err := s.Get(ctx, "/ab"); err != nil {
+		t.Errorf("Get(/ab) after purges of other prefixes: %v", err)
+	}
+}
+
+// TestPurgePrefixMany: a prefix purge walks a namespace larger than one
+// SCAN step, and leaves other namespaces alone.
+func TestPurgePrefixMany(t *testing.T) {
+	srv := redistest.Start(t, false)
+	s := newStore(t, redisstore.Config{Addr: srv.URL, Timeout: 5 * time.Second})
+	other := newStore(t, redisstore.Config{Addr: srv.URL, Prefix: "other:", Timeout: 5 * time.Second})
+	ctx := context.Background()
+	const n = 1200
+	for i := range n {
+		e := &cache.Entry{ID: cache.NewID(), Status: 200}
+		if err := s.Set(ctx, "/many/"+strconv.Itoa(i), e, time.Hour, cache.Cond{}); err != nil {
+			t.Fatal(err)
+		}
+		if i%100 == 0 {
+			if err := other.Set(ctx, "/many/"+strconv.Itoa(i), e, time.Hour, cache.Cond{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if got, err := s.Purge(ctx, "", true, time.Now()); err != nil || got != n {
+		t.Errorf("Purge of everything = %d, %v; want %d", got, err, n)
+	}
+	if _, err := other.Get(ctx, "/many/100"); err != nil {
+		t.Errorf("Get from another namespace after a purge of everything: %v", err)
+	}
+}
