@@ -20,6 +20,14 @@
 // recorded at Prefix+"p:"+key, a purge of a prefix in the sorted set
 // Prefix+"purges", each for Config.Keep.
 //
+// # Redis
+//
+// It needs Redis 7 or later: its scripts declare flags (#!lua), so that
+// on a Redis out of memory under the noeviction policy a Set is refused
+// with an error, while a purge, which frees memory, still runs
+// (allow-oom). Give Redis a maxmemory and an allkeys-lru or allkeys-lfu
+// policy: entries are a cache, and Redis may evict any of them.
+//
 // # Clocks
 //
 // Purge records hold the purger's at, and a write is refused when a
@@ -252,7 +260,7 @@ func (s *Store) Get(ctx context.Context, key string) (*cache.Entry, error) {
 // prefix of it, at or after since; then the entry there (one past its x
 // is absent) against IfID or IfAbsent; then the write, with Redis's own
 // expiry after the ttl.
-var setScript = redis.NewScript(`
+var setScript = redis.NewScript(`#!lua
 local since = tonumber(ARGV[4])
 if since > 0 then
   for i = 2, 3 do
@@ -351,7 +359,7 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 //
 // The record keeps the later of its time and at. It returns 1 if a live
 // entry was dropped, else 0.
-var purgeKeyScript = redis.NewScript(`
+var purgeKeyScript = redis.NewScript(`#!lua flags=allow-oom
 local r = redis.call('GET', KEYS[2])
 if not r or tonumber(r) < tonumber(ARGV[1]) then r = ARGV[1] end
 redis.call('SET', KEYS[2], r, 'PX', ARGV[2])
@@ -366,7 +374,7 @@ return 0
 //
 //	KEYS: sorted set of prefix records
 //	ARGV: at µs, prefix, oldest µs a record must cover, Keep ms
-var recordPrefixScript = redis.NewScript(`
+var recordPrefixScript = redis.NewScript(`#!lua flags=allow-oom
 local r = redis.call('ZSCORE', KEYS[1], ARGV[2])
 if not r or tonumber(r) < tonumber(ARGV[1]) then
   redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
@@ -379,7 +387,7 @@ return 0
 // dropScript drops the entries KEYS and returns how many were live.
 //
 //	ARGV: now µs
-var dropScript = redis.NewScript(`
+var dropScript = redis.NewScript(`#!lua flags=allow-oom
 local n = 0
 for _, k in ipairs(KEYS) do
   local x = redis.call('HGET', k, 'x')

@@ -265,3 +265,37 @@ func TestPurgePrefixMany(t *testing.T) {
 		t.Errorf("Get from another namespace after a purge of everything: %v", err)
 	}
 }
+
+// TestFull: a Redis out of memory with noeviction refuses writes with an
+// error; reads and purges go on.
+func TestFull(t *testing.T) {
+	srv := redistest.Start(t, false)
+	s := newStore(t, redisstore.Config{Addr: srv.URL, Timeout: 5 * time.Second})
+	ctx := context.Background()
+	small := &cache.Entry{ID: cache.NewID(), Status: 200, Body: []byte("small")}
+	if err := s.Set(ctx, "/small", small, time.Hour, cache.Cond{}); err != nil {
+		t.Fatal(err)
+	}
+	admin := srv.Client()
+	defer admin.Close()
+	for _, kv := range [][2]string{{"maxmemory-policy", "noeviction"}, {"maxmemory", "1"}} {
+		if err := admin.ConfigSet(ctx, kv[0], kv[1]).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	big := &cache.Entry{ID: cache.NewID(), Status: 200, Body: make([]byte, 1<<20)}
+	err := s.Set(ctx, "/big", big, time.Hour, cache.Cond{})
+	if err == nil || errors.Is(err, cache.ErrConflict) || errors.Is(err, cache.ErrPurged) {
+		t.Errorf("Set into a full Redis: %v, want a failure", err)
+	}
+	if _, err := s.Get(ctx, "/small"); err != nil {
+		t.Errorf("Get from a full Redis: %v", err)
+	}
+	// A purge frees memory: it runs however full Redis is.
+	if n, err := s.Purge(ctx, "/small", false, time.Now()); err != nil || n != 1 {
+		t.Errorf("Purge in a full Redis = %d, %v; want 1", n, err)
+	}
+	if n, err := s.Purge(ctx, "/", true, time.Now()); err != nil || n != 0 {
+		t.Errorf("Purge of a prefix in a full Redis = %d, %v; want 0", n, err)
+	}
+}
