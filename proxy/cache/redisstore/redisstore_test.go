@@ -299,3 +299,28 @@ func TestFull(t *testing.T) {
 		t.Errorf("Purge of a prefix in a full Redis = %d, %v; want 0", n, err)
 	}
 }
+
+// TestTwoReplicas: two stores on one namespace, as two replicas would
+// be: a purge through one refuses the late write of the other, and an
+// entry written through one is read through the other.
+func TestTwoReplicas(t *testing.T) {
+	srv := redistest.Start(t, false)
+	a := newStore(t, redisstore.Config{Addr: srv.URL, Timeout: 5 * time.Second})
+	b := newStore(t, redisstore.Config{Addr: srv.URL, Timeout: 5 * time.Second})
+	ctx := context.Background()
+	began := time.Now()
+	if _, err := a.Purge(ctx, "/k", false, began.Add(time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	e := &cache.Entry{ID: cache.NewID(), Status: 200, Body: []byte("old")}
+	if err := b.Set(ctx, cache.VariantKey("/k", 1, "gzip"), e, time.Hour, cache.Cond{Since: began}); !errors.Is(err, cache.ErrPurged) {
+		t.Errorf("Set through b of a fetch begun before a's purge: %v, want ErrPurged", err)
+	}
+	if err := b.Set(ctx, "/k", e, time.Hour, cache.Cond{Since: began.Add(time.Second)}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := a.Get(ctx, "/k")
+	if err != nil || got.ID != e.ID {
+		t.Errorf("Get through a of b's entry = %v, %v", got, err)
+	}
+}
