@@ -26,16 +26,19 @@
 // on a Redis out of memory under the noeviction policy a Set is refused
 // with an error, while a purge, which frees memory, still runs
 // (allow-oom). Give Redis a maxmemory and an allkeys-lru or allkeys-lfu
-// policy: entries are a cache, and Redis may evict any of them.
+// policy: entries are a cache, and Redis may evict any of them. It may
+// evict a purge record too, and then a late write that the record would
+// have refused lands: size maxmemory so that what Redis evicts is cold
+// entries, not the last minutes' records.
 //
 // # Clocks
 //
 // Purge records hold the purger's at, and a write is refused when a
 // record is at or after its Cond.Since, which the writer's clock gave: a
 // comparison of two replicas' clocks. A writer whose clock runs ahead of
-// the purger's by more than the time from the purge to its fetch's start
-// can write back a response the purge should have refused; one whose
-// clock runs behind has a write refused that could have landed. Keep
+// the purger's by more than the time between its fetch's start and the
+// purge can write back a response the purge should have refused; one
+// whose clock runs behind has a write refused that could have landed. Keep
 // replicas' clocks in step (NTP holds them within milliseconds), and
 // Keep well above the longest fetch plus that skew. Expiry (field x)
 // goes by the clock of the replica that wrote the entry.
