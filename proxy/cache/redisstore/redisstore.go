@@ -405,12 +405,13 @@ return n
 //
 // The purge of one key is one script. The purge of a prefix records the
 // prefix first, so that from then on a write begun before at is refused,
-// then walks the namespace with SCAN and drops what matches, a step at a
+// then walks the database with SCAN and drops what matches, a step at a
 // time (about scanCount keys: a SCAN and a script, each bounded by
-// Timeout): its cost grows with every key in the namespace, not with the
-// keys it drops, and a failure half way leaves the rest in place (the
-// record still refuses late writes); call it again. Entries written
-// during the walk by fetches begun after at may be dropped too.
+// Timeout): its cost grows with every key in the database, other
+// namespaces included, not with the keys it drops, and a failure half
+// way leaves the rest in place (the record still refuses late writes);
+// call it again. Entries written during the walk by fetches begun after
+// at may be dropped too.
 //
 // Records are not collapsed as the Memory store's are: each lives for
 // Keep, by Redis's clock, and costs Redis about a hundred bytes, so a
