@@ -413,11 +413,14 @@ func (d Decision) TTL(now time.Time) time.Duration {
 }
 
 // State says what a stored response is good for at now.
-func (d Decision) State(now time.Time) State {
+func (d Decision) State(now time.Time) State { return d.stateAt(d.TTL(now)) }
+
+// stateAt is State for a remaining lifetime of ttl.
+func (d Decision) stateAt(ttl time.Duration) State {
 	if d.NoCache {
 		return Expired
 	}
-	stale := -d.TTL(now)
+	stale := -ttl
 	switch {
 	case stale < 0:
 		return Fresh
@@ -429,6 +432,14 @@ func (d Decision) State(now time.Time) State {
 		return StaleIfError
 	}
 	return Expired
+}
+
+// PassesKey reports whether the response says that its resource cannot be
+// shared, so that its key should go upstream per client for a while
+// (hit-for-miss): it is not shareable, and not merely because the request
+// carried credentials, which speaks of that request alone.
+func (d Decision) PassesKey() bool {
+	return !d.Shareable && d.Reason != ReasonAuthorization
 }
 
 // UsableOnError reports whether the response may stand in for an origin

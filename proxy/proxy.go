@@ -613,9 +613,7 @@ func (p *Proxy) serveFetched(w http.ResponseWriter, r *http.Request, req freshne
 	switch {
 	case leader && !e.Decision.Shareable:
 		st.detail = detail(e.Decision.Reason)
-		if e.Decision.Reason != freshness.ReasonAuthorization {
-			// The resource itself is not shareable. (An answer to
-			// credentials says nothing about the next client's.)
+		if e.Decision.PassesKey() {
 			p.markPass(r.Context(), in.vkey, e.Decision.Reason)
 		}
 		p.serve(w, r, e, f.own, st, now)
@@ -746,11 +744,9 @@ func (p *Proxy) refreshFetch(in flight) coalesce.Fetch[*fetched] {
 			// Keep serving the stale entry; ask again after a pause.
 			pause := p.backOff(stale, f, err)
 			p.log.Warn("background refresh failed", "key", key, "status", statusOf(f), "err", err, "retry_in", pause)
-		case !f.entry.Decision.Shareable && f.entry.Decision.Reason != freshness.ReasonAuthorization:
+		case f.entry.Decision.PassesKey():
 			// The origin no longer lets this be shared: stop serving
-			// the stale copy. (An answer to the credentials of the
-			// client whose hit started the refresh says nothing about
-			// the resource.)
+			// the stale copy.
 			p.markPass(ctx, vkey, f.entry.Decision.Reason)
 		case !f.stored && f.status != 0:
 			// Nothing worth keeping came back (max-age=0 without
