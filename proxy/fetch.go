@@ -102,9 +102,11 @@ func (p *Proxy) fetch(ctx context.Context, in flight) (*fetched, error) {
 	}
 	// The variant is keyed on what goes upstream, not on what the client
 	// sent: a field it names in Connection, say, never reaches the origin.
+	// in.header is sharedFetchHeader's: the policy for stored answers is
+	// applied already, and corral adds its Via.
 	reqHeader := in.header
 	out.Header = reqHeader.Clone()
-	forwardShared(out.Header)
+	out.Header.Add("Via", via)
 	if stale != nil {
 		if v := stale.Header.Get("ETag"); v != "" {
 			out.Header.Set("If-None-Match", v)

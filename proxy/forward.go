@@ -24,10 +24,15 @@ import (
 //     is appended to the chain.
 func (p *Proxy) forward(out http.Header, in *http.Request, mayStore bool) {
 	if mayStore {
-		forwardShared(out)
+		dropStoredForwarding(out)
+		out.Add("Via", via)
 		return
 	}
-	dropForwarding(out)
+	dropUnderscored(out)
+	for _, f := range forwardingFields {
+		out.Del(f)
+	}
+	out.Add("Via", via)
 	peer := peerAddr(in.RemoteAddr)
 	if peer.IsValid() && p.trusted(peer) {
 		for _, f := range []string{"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Forwarded"} {
@@ -51,25 +56,16 @@ func (p *Proxy) forward(out http.Header, in *http.Request, mayStore bool) {
 	}
 }
 
-// forwardShared sets the forwarding fields of out, the header of an
-// upstream request whose answer may be stored or shared: corral's Via
-// alone (see forward). It needs no client request: a shared fetch
-// starts from its flight.
-func forwardShared(out http.Header) {
-	dropForwarding(out)
-	for _, f := range methodOverrides {
-		out.Del(f)
+// dropStoredForwarding drops from h what a request whose answer may be
+// stored never carries of its client's: forwarding fields, fields with an
+// underscore in their names, method overrides.
+func dropStoredForwarding(h http.Header) {
+	dropUnderscored(h)
+	for _, list := range [][]string{forwardingFields, methodOverrides} {
+		for _, f := range list {
+			h.Del(f)
+		}
 	}
-}
-
-// dropForwarding drops a client's own forwarding fields, and any field
-// with an underscore in its name, from out, and adds corral's Via.
-func dropForwarding(out http.Header) {
-	dropUnderscored(out)
-	for _, f := range forwardingFields {
-		out.Del(f)
-	}
-	out.Add("Via", via)
 }
 
 // mayStore reports whether the answer to r may be stored or shared.

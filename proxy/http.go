@@ -102,18 +102,18 @@ func dropUnderscored(h http.Header) {
 func sharedFetchHeader(h http.Header) http.Header {
 	out := h.Clone()
 	removeHopHeaders(out)
-	dropUnderscored(out)
-	for _, list := range [][]string{sharedFetchDrops, forwardingFields, methodOverrides} {
-		for _, f := range list {
-			out.Del(f)
-		}
+	dropStoredForwarding(out)
+	for _, f := range sharedFetchDrops {
+		out.Del(f)
 	}
 	return out
 }
 
 // sentValues returns the values of the canonical field name in h as
 // sharedFetchHeader(h) holds them: none for a field that does not go
-// upstream.
+// upstream. It reads the same lists without copying h, and must drop what
+// sharedFetchHeader drops (FuzzUpstreamRequest checks that variants are
+// keyed on what was sent).
 func sentValues(h http.Header, name string) []string {
 	vs := h[name]
 	if vs == nil || strings.Contains(name, "_") {
