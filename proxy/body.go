@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"os"
 	"time"
+
+	"corral/proxy/upstream"
 )
 
 var (
@@ -71,7 +73,7 @@ func (p *Proxy) bufferRequestBody(w http.ResponseWriter, r *http.Request) (*body
 		switch {
 		case errors.Is(err, errBuffersFull):
 			st.detail = detailBuffersFull
-			return nil, p.serveBusy(w, &busyError{retryAfter: time.Second, why: "buffer budget spent"}, st)
+			return nil, p.serveBusy(w, &upstream.BusyError{RetryAfter: time.Second, Why: "buffer budget spent"}, st)
 		case errors.Is(err, errTooLarge):
 			st.detail = detailRequestTooLarge
 			p.serveStatus(w, http.StatusRequestEntityTooLarge, st)

@@ -119,8 +119,8 @@ func (p *Proxy) fetch(ctx context.Context, in flight) (*fetched, error) {
 	// The guard says when the request left, after any wait for the
 	// upstream caps: that is the request_time of RFC 9111 section 4.2.3,
 	// and a wait in the queue must not age the answer.
-	resp, sent, err := p.guard.send(out)
-	var busy *busyError
+	resp, sent, err := p.guard.Send(out)
+	var busy *upstream.BusyError
 	if errors.As(err, &busy) {
 		return nil, err // never sent: not an upstream exchange
 	}

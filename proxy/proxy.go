@@ -764,9 +764,9 @@ func (p *Proxy) refreshFetch(in flight) coalesce.Fetch[*fetched] {
 // origin again. It returns the refresh pause.
 func (p *Proxy) backOff(stale *local, f *fetched, err error) time.Duration {
 	pause := refreshBackoff
-	var busy *busyError
+	var busy *upstream.BusyError
 	if errors.As(err, &busy) {
-		pause = max(pause, busy.retryAfter)
+		pause = max(pause, busy.RetryAfter)
 	} else if err == nil {
 		pause = max(pause, min(upstream.ParseRetryAfter(f.entry.Header.Get("Retry-After"), p.now()), maxRetryAfter))
 	}
@@ -984,7 +984,7 @@ func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, req freshness
 // fetch or passed-through request, to corral's own answer: 503 when the
 // upstream guard held it back (busy says for how long), 504 when the
 // origin took longer than UpstreamTimeout, 502 for anything else.
-func upstreamFailure(err error) (status int, d detail, busy *busyError) {
+func upstreamFailure(err error) (status int, d detail, busy *upstream.BusyError) {
 	switch {
 	case errors.As(err, &busy):
 		return http.StatusServiceUnavailable, detailUpstreamBusy, busy
@@ -995,8 +995,8 @@ func upstreamFailure(err error) (status int, d detail, busy *busyError) {
 }
 
 // serveBusy answers 503 with the guard's Retry-After.
-func (p *Proxy) serveBusy(w http.ResponseWriter, busy *busyError, st cacheStatus) requestOutcome {
-	secs := (busy.retryAfter + time.Second - 1) / time.Second
+func (p *Proxy) serveBusy(w http.ResponseWriter, busy *upstream.BusyError, st cacheStatus) requestOutcome {
+	secs := (busy.RetryAfter + time.Second - 1) / time.Second
 	w.Header().Set("Retry-After", strconv.FormatInt(int64(secs), 10))
 	p.serveStatus(w, http.StatusServiceUnavailable, st)
 	return outBusy

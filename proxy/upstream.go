@@ -1,10 +1,7 @@
 package proxy
 
 import (
-	"errors"
-	"fmt"
 	"net/http"
-	"strings"
 	"time"
 
 	"corral/proxy/upstream"
@@ -13,9 +10,9 @@ import (
 // guard is the proxy's side of its upstream guard (package upstream),
 // which every upstream request goes through, shared fetches and
 // passed-through requests alike. It tells the guard what the guard needs
-// to know of a request, and turns the guard's *upstream.BusyError into the
-// proxy's busyError, which the proxy answers with a stale response or a
-// 503.
+// to know of a passed-through request. What the guard holds back fails
+// with an *upstream.BusyError, which the proxy answers with a stale
+// response or a 503.
 type guard struct {
 	*upstream.Guard
 }
@@ -26,7 +23,7 @@ type guard struct {
 func newGuard(next http.RoundTripper, cfg Config, maxWait time.Duration, now func() time.Time, observe func(time.Duration)) *guard {
 	var base string
 	if cfg.Upstream != nil {
-		base = strings.TrimSuffix(cfg.Upstream.EscapedPath(), "/")
+		base = cfg.Upstream.EscapedPath()
 	}
 	return &guard{upstream.New(upstream.Config{
 		Transport:   next,
@@ -51,33 +48,5 @@ func (g *guard) RoundTrip(req *http.Request) (*http.Response, error) {
 	if info, ok := req.Context().Value(passKey{}).(passed); ok {
 		req = req.WithContext(upstream.WithStreaming(upstream.WithClient(req.Context(), peerAddr(info.client))))
 	}
-	resp, err := g.Guard.RoundTrip(req)
-	return resp, held(err)
-}
-
-// send sends a shared fetch's request, made with withClient's context, and
-// returns when it left the guard: see upstream.Guard.Send.
-func (g *guard) send(req *http.Request) (*http.Response, time.Time, error) {
-	resp, sent, err := g.Guard.Send(req)
-	return resp, sent, held(err)
-}
-
-// busyError is what corral answers instead of sending a request upstream:
-// the guard held it back, or the buffer budget had no room for its body.
-type busyError struct {
-	retryAfter time.Duration // when the client might try again
-	why        string
-}
-
-func (e *busyError) Error() string {
-	return fmt.Sprintf("upstream request not sent: %s (retry after %s)", e.why, e.retryAfter)
-}
-
-// held returns err, or the busyError for it when the guard held the
-// request back.
-func held(err error) error {
-	if busy, ok := errors.AsType[*upstream.BusyError](err); ok {
-		return &busyError{retryAfter: busy.RetryAfter, why: busy.Why}
-	}
-	return err
+	return g.Guard.RoundTrip(req)
 }

@@ -49,7 +49,7 @@ func (k Kind) String() string {
 // Response's times, status and header, a process recomputes freshness
 // with its own policy. Per-process state (the decision computed from the
 // entry, a memo of served fields, a refresh back-off) does not belong
-// here: the Memory store keeps it beside the entry (Config.Local).
+// here: the Memory store keeps it beside the entry (Memory.SetLocal).
 //
 // Once stored, an Entry is never modified, by the store or by its
 // callers: a change is a new Entry with a new ID.

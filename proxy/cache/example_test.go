@@ -21,21 +21,12 @@ type refreshState struct {
 // A proxy keeps what it derives from an entry beside it in memory, and
 // reads both on the hit path without allocating.
 func ExampleMemory_GetLocal() {
-	m := cache.NewMemory(cache.Config{
-		MaxBytes: 64 << 20,
-		Keep:     time.Minute,
-		Local: func(e *cache.Entry) any {
-			if e.Kind != cache.Response {
-				return nil // markers need nothing beside them
-			}
-			return new(refreshState)
-		},
-	})
+	m := cache.NewMemory(cache.Config{MaxBytes: 64 << 20, Keep: time.Minute})
 	defer m.Close()
 
 	e := &cache.Entry{Kind: cache.Response, ID: cache.NewID(), Status: 200, Header: http.Header{}, Body: []byte("hi")}
 	began := time.Now()
-	if err := m.Set(context.Background(), "/a", e, time.Minute, cache.Cond{Since: began}); err != nil {
+	if err := m.SetLocal(context.Background(), "/a", e, new(refreshState), time.Minute, cache.Cond{Since: began}); err != nil {
 		fmt.Println(err)
 	}
 

@@ -28,16 +28,6 @@ type Config struct {
 	// entries are never read, and a cleanup once a second of real time
 	// drops them.
 	Now func() time.Time
-
-	// Local, when set, is called by Set with each entry it is about to
-	// store, and what it returns is kept beside the entry for as long as
-	// the entry stays, for GetLocal to hand back: the values this process
-	// derives from the entry and the state it keeps about it (its
-	// freshness decision, a memo of the fields served from it, a refresh
-	// back-off), which must not go into the Entry itself. It runs before
-	// the write, so it may be called for an entry that a condition then
-	// refuses. Its cost is counted in entryOverhead.
-	Local func(e *Entry) any
 }
 
 // Memory is an in-memory Store bounded in bytes, with otter's W-TinyLFU
@@ -48,7 +38,6 @@ type Config struct {
 // half done. Its errors are only ErrNotFound, ErrConflict and ErrPurged.
 type Memory struct {
 	c         *otter.Cache[string, item]
-	local     func(*Entry) any
 	records   records
 	evictions atomic.Int64
 }
@@ -66,7 +55,7 @@ var _ interface {
 
 // NewMemory returns an empty Memory store.
 func NewMemory(cfg Config) *Memory {
-	m := &Memory{local: cfg.Local, records: records{keep: cfg.Keep}}
+	m := &Memory{records: records{keep: cfg.Keep}}
 	opts := &otter.Options[string, item]{
 		MaximumWeight: uint64(max(cfg.MaxBytes, 1)),
 		Weigher: func(key string, it item) uint32 {
@@ -98,7 +87,7 @@ func (c clock) Tick(d time.Duration) <-chan time.Time { return time.Tick(d) }
 
 // entryOverhead is what a stored Entry costs on the heap beside its bytes,
 // as bench's BenchmarkStoreOverhead measures it behind the proxy: the
-// Entry and what Config.Local keeps beside it (the proxy's freshness
+// Entry and what SetLocal keeps beside it (the proxy's freshness
 // decision and served header), its header map with room for eight fields
 // (about 380 B), otter's node (about 100 B), and once it is hit, its
 // served field values (about 180 B). The benchmark measured about
@@ -133,24 +122,22 @@ func (m *Memory) Get(_ context.Context, key string) (*Entry, error) {
 	return it.e, nil
 }
 
-// GetLocal returns the entry under key and what Config.Local returned for
-// it, or nil and nil. It is the hit path: it allocates nothing.
+// GetLocal returns the entry under key and what SetLocal kept beside it
+// (nil after a plain Set), or nil and nil. It is the hit path: it allocates nothing.
 func (m *Memory) GetLocal(key string) (*Entry, any) {
 	it, _ := m.c.GetIfPresent(key)
 	return it.e, it.local
 }
 
 func (m *Memory) Set(ctx context.Context, key string, e *Entry, ttl time.Duration, cond Cond) error {
-	var local any
-	if m.local != nil {
-		local = m.local(e)
-	}
-	return m.SetLocal(ctx, key, e, local, ttl, cond)
+	return m.SetLocal(ctx, key, e, nil, ttl, cond)
 }
 
-// SetLocal is Set with local kept beside e, for GetLocal, instead of what
-// Config.Local would return: for a caller that has already computed, from
-// more than the entry, what it keeps beside it.
+// SetLocal is Set with local kept beside e for as long as e stays, for
+// GetLocal to hand back: what this process derives from the entry and the
+// state it keeps about it (its freshness decision, a memo of the fields
+// served from it, a back-off), which must not go into the Entry itself.
+// Its cost is counted in entryOverhead.
 func (m *Memory) SetLocal(_ context.Context, key string, e *Entry, local any, ttl time.Duration, cond Cond) error {
 	if ttl <= 0 {
 		return nil

@@ -34,14 +34,10 @@ type local struct {
 	status string
 }
 
-func TestGetLocalHandsBackWhatLocalMade(t *testing.T) {
-	calls := 0
-	m := newMemory(t, cache.Config{MaxBytes: 1 << 20, Local: func(e *cache.Entry) any {
-		calls++
-		return &local{status: strconv.Itoa(e.Status)}
-	}})
+func TestGetLocalHandsBackWhatSetLocalKept(t *testing.T) {
+	m := newMemory(t, cache.Config{MaxBytes: 1 << 20})
 	e := &cache.Entry{Kind: cache.Response, ID: cache.NewID(), Status: 203}
-	if err := m.Set(bg, "/a", e, time.Hour, cache.Cond{}); err != nil {
+	if err := m.SetLocal(bg, "/a", e, &local{status: "203"}, time.Hour, cache.Cond{}); err != nil {
 		t.Fatal(err)
 	}
 	got, l := m.GetLocal("/a")
@@ -54,16 +50,20 @@ func TestGetLocalHandsBackWhatLocalMade(t *testing.T) {
 	if got, l := m.GetLocal("/absent"); got != nil || l != nil {
 		t.Errorf("GetLocal of an absent key = %v, %v; want nil, nil", got, l)
 	}
-	if calls != 1 {
-		t.Errorf("Local called %d times for one Set, want 1", calls)
+	// A plain Set, another process's entry say, keeps nothing beside it.
+	if err := m.Set(bg, "/a", e, time.Hour, cache.Cond{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, l := m.GetLocal("/a"); l != nil {
+		t.Errorf("after Set, GetLocal kept %v beside the entry, want nil", l)
 	}
 }
 
 // TestGetLocalAllocatesNothing: the hit path's one allocation per hit is
 // the proxy's to spend, not the store's.
 func TestGetLocalAllocatesNothing(t *testing.T) {
-	m := newMemory(t, cache.Config{MaxBytes: 1 << 20, Local: func(*cache.Entry) any { return &local{} }})
-	if err := m.Set(bg, "/a", &cache.Entry{ID: 1, Status: 200}, time.Hour, cache.Cond{}); err != nil {
+	m := newMemory(t, cache.Config{MaxBytes: 1 << 20})
+	if err := m.SetLocal(bg, "/a", &cache.Entry{ID: 1, Status: 200}, &local{}, time.Hour, cache.Cond{}); err != nil {
 		t.Fatal(err)
 	}
 	var sink *local
@@ -184,19 +184,5 @@ func TestTombstonesStayBounded(t *testing.T) {
 	}
 	if err := m.Set(bg, "/never/purged", e, time.Hour, cache.Cond{Since: t0.Add(time.Hour)}); err != nil {
 		t.Errorf("a fetch that began after every purge was refused: %v", err)
-	}
-}
-
-func TestSetLocalKeepsWhatTheCallerGives(t *testing.T) {
-	called := false
-	m := cache.NewMemory(cache.Config{MaxBytes: 1 << 20, Local: func(*cache.Entry) any { called = true; return "from Config.Local" }})
-	defer m.Close()
-	e := &cache.Entry{Kind: cache.Response, ID: cache.NewID(), Status: 200}
-	if err := m.SetLocal(context.Background(), "k", e, "mine", time.Minute, cache.Cond{}); err != nil {
-		t.Fatal(err)
-	}
-	got, local := m.GetLocal("k")
-	if got != e || local != "mine" || called {
-		t.Errorf("GetLocal = %p, %v (Config.Local called: %v); want the entry and \"mine\"", got, local, called)
 	}
 }

@@ -49,6 +49,7 @@
 package redisstore
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -127,9 +128,9 @@ var _ cache.Store = (*Store)(nil)
 func New(cfg Config) (*Store, error) {
 	s := &Store{
 		rdb:     cfg.Client,
-		prefix:  cmpOr(cfg.Prefix, DefaultPrefix),
-		timeout: cmpOr(cfg.Timeout, DefaultTimeout),
-		keep:    cmpOr(cfg.Keep, DefaultKeep),
+		prefix:  cmp.Or(cfg.Prefix, DefaultPrefix),
+		timeout: cmp.Or(cfg.Timeout, DefaultTimeout),
+		keep:    cmp.Or(cfg.Keep, DefaultKeep),
 		now:     cfg.Now,
 	}
 	if s.now == nil {
@@ -169,14 +170,6 @@ func options(addr string) (*redis.Options, error) {
 	default:
 		return &redis.Options{Network: "tcp", Addr: addr}, nil
 	}
-}
-
-func cmpOr[T comparable](v, def T) T {
-	var zero T
-	if v == zero {
-		return def
-	}
-	return v
 }
 
 // Close closes the client New made; a Config.Client is left open.
