@@ -5,13 +5,11 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 
 	"corral/freshness"
 	"corral/proxy/cache"
-	"corral/proxy/rules"
 )
 
 // local is a stored cache.Entry as this process uses it: the entry, which
@@ -132,8 +130,6 @@ func (p *Proxy) recompute(key string, e *cache.Entry) *local {
 	if e.Kind != cache.Response {
 		return l
 	}
-	base, _, _ := strings.Cut(key, "\x00") // a variant key starts with its URI's
-	path, _, _ := strings.Cut(base, "?")
 	x := freshness.Exchange{
 		Method:       http.MethodGet,
 		Status:       e.Status,
@@ -141,7 +137,7 @@ func (p *Proxy) recompute(key string, e *cache.Entry) *local {
 		RequestTime:  e.RequestTime,
 		ResponseTime: e.ResponseTime,
 	}
-	rule, ruled := rules.Match(p.rules, path)
+	rule, ruled := p.ruleFor(key)
 	if ruled {
 		x.Rule = rule.Directives
 	}

@@ -52,7 +52,7 @@ func TestDecodedEntriesServeAlike(t *testing.T) {
 		case "/targeted":
 			h.Set("Cache-Control", "max-age=10")
 			h.Set(corralOnly, "max-age=900, stale-while-revalidate=30")
-		case "/ruled/x":
+		case "/ruled/x", "/RULED/x": // a rule matches every spelling of its path
 			h.Set("Cache-Control", "max-age=10")
 		case "/vary":
 			h.Set("Vary", "Accept-Language")
@@ -83,7 +83,7 @@ func TestDecodedEntriesServeAlike(t *testing.T) {
 		h.Del("Date")
 		return answer{res, h}
 	}
-	for _, path := range []string{"/plain", "/aged", "/targeted", "/ruled/x", "/vary", "/private-field"} {
+	for _, path := range []string{"/plain", "/aged", "/targeted", "/ruled/x", "/RULED/x", "/vary", "/private-field"} {
 		t.Run(path, func(t *testing.T) {
 			hit(here, path)
 			hit(elsewhere, path)

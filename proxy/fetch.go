@@ -12,7 +12,6 @@ import (
 
 	"corral/freshness"
 	"corral/proxy/cache"
-	"corral/proxy/rules"
 	"corral/proxy/upstream"
 )
 
@@ -190,8 +189,7 @@ func (p *Proxy) newEntryFor(method, key string, reqHeader http.Header, status in
 		RequestTime:   reqTime,
 		ResponseTime:  respTime,
 	}
-	path, _, _ := strings.Cut(key, "?")
-	rule, ruled := rules.Match(p.rules, rulePath(path))
+	rule, ruled := p.ruleFor(key)
 	if ruled {
 		x.Rule = rule.Directives
 	}

@@ -272,6 +272,19 @@ func New(cfg Config) (*Proxy, error) {
 	return p, nil
 }
 
+// ruleFor returns the operator's rule for the path of key (a URI key, or a
+// variant key, which starts with its URI's), matched in the form rulePath
+// gives: every caller, the response's arrival and a recomputation of a
+// stored entry alike, must find the same rule.
+func (p *Proxy) ruleFor(key string) (rules.Rule, bool) {
+	if len(p.rules) == 0 {
+		return rules.Rule{}, false
+	}
+	base, _, _ := strings.Cut(key, "\x00")
+	path, _, _ := strings.Cut(base, "?")
+	return rules.Match(p.rules, rulePath(path))
+}
+
 // setRules checks rs as rules.Parse would, brings their prefixes to the
 // form rulePath gives request paths, and makes a decision counter for each.
 func (p *Proxy) setRules(rs []rules.Rule) error {

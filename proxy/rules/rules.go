@@ -14,9 +14,10 @@ import (
 
 // Rule is one rule, as the operator writes it: "PATH-PREFIX DIRECTIVES".
 type Rule struct {
-	// Prefix is matched against the start of the request path, byte for
-	// byte, never the query: /api/ matches /api/stats, /api matches
-	// /apis too.
+	// Prefix is matched against the start of the request path, never
+	// the query: /api/ matches /api/stats, /api matches /apis too. Match
+	// compares byte for byte; the proxy gives it paths (and prefixes) in
+	// one canonical form, decoded and lower-cased.
 	Prefix string
 
 	// Directives are response cache directives, such as
