@@ -617,7 +617,7 @@ func TestRefreshReadsNoRequestAfterItsHandler(t *testing.T) {
 	})
 	p := newTestProxy(t, o, clk, Config{})
 	get(p, "/a", "Accept-Language", "en")
-	<-langs
+	wait(t, langs, "the first fetch")
 	clk.Advance(2 * time.Second)
 
 	req := httptest.NewRequest(http.MethodGet, "/a", nil)
@@ -631,7 +631,7 @@ func TestRefreshReadsNoRequestAfterItsHandler(t *testing.T) {
 	if got, want := rec.Header().Get("Cache-Status"), "corral; hit; ttl=-1; detail=stale-while-revalidate"; got != want {
 		t.Errorf("stale hit: Cache-Status %q, want %q", got, want)
 	}
-	if got := <-langs; got != "en" {
+	if got := wait(t, langs, "the refresh"); got != "en" {
 		t.Errorf("the refresh sent Accept-Language %q, want en: the request as its handler saw it", got)
 	}
 }
