@@ -147,9 +147,10 @@ func understood(status int) bool {
 	return false
 }
 
-// errorStatus lists the answers of an origin in trouble. Corral never
-// stores them, whatever their headers say: a cached 503 would go on
-// failing clients after the origin recovered.
+// errorStatus lists the answers of an origin in trouble. Corral stores
+// them only with the origin's own explicit freshness (a 429 never), and
+// never serves them stale: a cached 503 must not go on failing clients
+// after the origin recovered.
 var errorStatus = map[int]bool{429: true, 500: true, 502: true, 503: true, 504: true}
 
 // Evaluate decides what a shared cache may do with the response in x.
@@ -169,11 +170,11 @@ func (p Policy) Evaluate(x Exchange) Decision {
 	if cc.NoCache {
 		d.StripFields = append(d.StripFields, cc.NoCacheFields...)
 	}
-	d.Reason = p.unstorable(x, cc, source, d.StripFields)
+	lifetime, explicit := explicitLifetime(x, cc, source)
+	d.Reason = p.unstorable(x, cc, source, explicit, d.StripFields)
 	d.Storable = d.Reason == ""
 	d.Shareable = d.Storable || d.Reason == ReasonErrorStatus
 
-	lifetime, explicit := explicitLifetime(x, cc, source)
 	if !explicit && (heuristicStatus[x.Status] || cc.Public) {
 		lifetime = p.heuristic(x)
 	}
@@ -195,12 +196,20 @@ func (p Policy) Evaluate(x Exchange) Decision {
 // (RFC 9111 section 3), or "" when it may. An operator's rule decides how
 // long a response stays fresh, never whose it is: under one, credentials
 // and Set-Cookie keep a response unshared whatever the rule says.
-func (p Policy) unstorable(x Exchange, cc Directives, source Source, stripped []string) string {
+func (p Policy) unstorable(x Exchange, cc Directives, source Source, explicit bool, stripped []string) string {
 	rule := source == FromRule
 	reqCC := ParseRequest(x.RequestHeader)
-	_, explicit := explicitLifetime(x, cc, source)
+	// originExplicit is explicit when Cache-Control decided; otherwise
+	// the origin's own fields are read apart, and only when asked.
+	originExplicit := func() bool {
+		if source == FromCacheControl {
+			return explicit
+		}
+		_, ok := explicitLifetime(x, ParseResponse(x.Header), FromCacheControl)
+		return ok
+	}
 	switch {
-	case x.Method == http.MethodPost && (!originExplicit(x) || (x.Status != http.StatusOK && x.Status != http.StatusNonAuthoritativeInfo)):
+	case x.Method == http.MethodPost && (!originExplicit() || (x.Status != http.StatusOK && x.Status != http.StatusNonAuthoritativeInfo)):
 		// RFC 9110 section 9.3.3: a POST answer is storable only with
 		// the origin's own explicit freshness (a rule speaks of what
 		// GETs return, not of what a client's POST body made), and
@@ -242,7 +251,7 @@ func (p Policy) unstorable(x Exchange, cc Directives, source Source, stripped []
 	if !explicit && !cc.Public && !heuristicStatus[x.Status] {
 		return ReasonNoFreshness
 	}
-	if rule && !heuristicStatus[x.Status] && !originExplicit(x) {
+	if rule && !heuristicStatus[x.Status] && !originExplicit() {
 		// A rule stores what any client would get: the statuses RFC
 		// 9110 section 15.1 deems cacheable by default. A 400 or 412 is
 		// an answer to one request's fields, and stored by a rule it
@@ -251,13 +260,6 @@ func (p Policy) unstorable(x Exchange, cc Directives, source Source, stripped []
 		return ReasonStatus
 	}
 	return ""
-}
-
-// originExplicit reports whether the origin's own fields, rules aside,
-// give the response an explicit lifetime.
-func originExplicit(x Exchange) bool {
-	_, explicit := explicitLifetime(x, ParseResponse(x.Header), FromCacheControl)
-	return explicit
 }
 
 // explicitLifetime is the lifetime the response states (RFC 9111 section
