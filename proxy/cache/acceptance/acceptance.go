@@ -18,6 +18,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"corral/proxy/cache"
+	"corral/proxy/internal/fakeclock"
 )
 
 // NewStore returns an empty store for one test, and arranges with
@@ -58,30 +59,14 @@ func Run(t *testing.T, newStore NewStore) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := &clock{now: Start}
+			c := fakeclock.New(Start)
 			tt.fn(t, newStore(t, c.Now), c)
 		})
 	}
 }
 
 // clock is a test's clock: it moves only when told.
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *clock) Advance(d time.Duration) time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-	return c.now
-}
+type clock = fakeclock.Clock
 
 var bg = context.Background()
 
