@@ -11,7 +11,7 @@ import (
 	"corral/proxy/cache"
 	"corral/proxy/cache/acceptance"
 	"corral/proxy/cache/redisstore"
-	"corral/proxy/cache/redisstore/internal/redistest"
+	"corral/proxy/cache/redisstore/redistest"
 )
 
 // newStore returns a store on srv in a namespace of its own.

@@ -1,4 +1,5 @@
-// Package redistest starts throwaway redis-server processes for tests:
+// Package redistest starts throwaway redis-server processes, for tests and
+// the fleet demo:
 // on a free port or a Unix socket under t.TempDir, saving nothing to
 // disk, stopped when the test ends.
 package redistest
