@@ -12,6 +12,7 @@ import (
 
 	"corral/freshness"
 	"corral/proxy/cache"
+	"corral/proxy/fleet"
 	"corral/proxy/upstream"
 )
 
@@ -37,6 +38,14 @@ type fetched struct {
 	// own is entry's header before the fields named by a qualified private
 	// or no-cache were removed: for the client whose request it answers.
 	own http.Header
+
+	// shared says, with status 0, that entry came from the tier the
+	// fleet shares, not from this replica's memory.
+	shared bool
+
+	// inShared says the fetch left its answer in the tier the fleet
+	// shares, a response or a pass mark, for the replicas that wait.
+	inShared bool
 }
 
 // flight is what a shared fetch starts from: a value built from the
@@ -52,6 +61,14 @@ type flight struct {
 	header http.Header // the request fields a shared fetch sends (sharedFetchHeader)
 	client string      // the RemoteAddr of the client whose request it is, for the guard
 	stale  *local      // the stored response to validate; nil when none
+
+	// shared says the fleet's tier may be read and written for it: there
+	// is one, and the request carries no Authorization (an answer fetched
+	// with credentials never reaches another replica).
+	shared bool
+
+	// background says no client waits on it: a refresh.
+	background bool
 }
 
 // newFlight builds the flight for r, a request for key whose lookup found
@@ -65,6 +82,7 @@ func (p *Proxy) newFlight(r *http.Request, key, vkey string, stale *local) fligh
 		header: sharedFetchHeader(r.Header),
 		client: r.RemoteAddr,
 		stale:  stale,
+		shared: p.fleet != nil && r.Header["Authorization"] == nil,
 	}
 }
 
@@ -94,7 +112,34 @@ func (p *Proxy) fetch(ctx context.Context, in flight) (*fetched, error) {
 		// now, and a second upstream request for it must not.
 		return &fetched{again: true}, nil
 	}
+	if !in.shared {
+		return p.fetchUpstream(ctx, in, nil)
+	}
+	// Across the fleet: the shared tier's answer, or its lease.
+	c, f := p.claim(ctx, in)
+	if f != nil {
+		return f, nil
+	}
+	if c.Lease == nil {
+		return p.fetchUpstream(ctx, in, nil) // on our own
+	}
+	if in.stale == nil && c.Entry != nil && c.Entry.Kind == cache.Response {
+		// The shared tier's stale copy: revalidate it, and keep it
+		// here while it can stand in.
+		in.stale = p.promote(ctx, vkey, c)
+	}
+	var f2 *fetched
+	var err error
+	defer func() { c.Lease.Release(context.WithoutCancel(ctx), p.localFor(f2, err)) }()
+	f2, err = p.fetchUpstream(ctx, in, c.Lease)
+	return f2, err
+}
 
+// fetchUpstream is the exchange with the origin of fetch: it revalidates
+// in.stale when it has validators, and stores the answer when it may, in
+// memory and, holding lease, in the tier the fleet shares.
+func (p *Proxy) fetchUpstream(ctx context.Context, in flight, lease *fleet.Lease) (*fetched, error) {
+	key, stale := in.key, in.stale
 	out, err := http.NewRequestWithContext(ctx, http.MethodGet, p.upstreamURL(key).String(), nil)
 	if err != nil {
 		return nil, err
@@ -141,7 +186,9 @@ func (p *Proxy) fetch(ctx context.Context, in flight) (*fetched, error) {
 	if resp.StatusCode == http.StatusNotModified && stale != nil {
 		p.stats.upstream(resp.StatusCode, nil)
 		e, own := p.revalidated(key, reqHeader, stale, resp.Header, sent, respTime)
-		return &fetched{entry: e, own: own, status: resp.StatusCode, stored: p.put(ctx, key, e, sent, stale)}, nil
+		f := &fetched{entry: e, own: own, status: resp.StatusCode}
+		f.stored, f.inShared = p.put(ctx, key, e, sent, stale, lease)
+		return f, nil
 	}
 
 	// The body is held against the buffer budget until it is stored
@@ -163,7 +210,14 @@ func (p *Proxy) fetch(ctx context.Context, in flight) (*fetched, error) {
 		// section 4), which must not replace it, however cacheable.
 		return &fetched{entry: e, own: own, status: resp.StatusCode}, nil
 	}
-	return &fetched{entry: e, own: own, status: resp.StatusCode, stored: p.put(ctx, key, e, sent, nil)}, nil
+	f := &fetched{entry: e, own: own, status: resp.StatusCode}
+	f.stored, f.inShared = p.put(ctx, key, e, sent, nil, lease)
+	if lease != nil && e.Decision.PassesKey() {
+		// Hit-for-miss across the fleet: the other replicas' clients
+		// go upstream each on their own too, rather than queue.
+		f.inShared = p.sharePass(ctx, lease, in.vkey, e.Decision.Reason, sent)
+	}
+	return f, nil
 }
 
 // newEntry builds the entry for a response to a request for key sent
@@ -256,9 +310,12 @@ func (p *Proxy) revalidated(key string, reqHeader http.Header, stale *local, hea
 // key was not purged since, and reports whether it did. An e that
 // revalidates replaces is stored only while replaces still is: a 304 must
 // not bring back a body that was purged while it was asked for.
-func (p *Proxy) put(ctx context.Context, key string, e *local, reqTime time.Time, replaces *local) bool {
+//
+// Holding lease, put writes what it stored to the tier the fleet shares
+// too, and reports in shared whether that landed.
+func (p *Proxy) put(ctx context.Context, key string, e *local, reqTime time.Time, replaces *local, lease *fleet.Lease) (stored, shared bool) {
 	if !e.Decision.Storable {
-		return false
+		return false, false
 	}
 	now := p.now()
 	ttl := e.Decision.Until().Sub(now)
@@ -268,15 +325,19 @@ func (p *Proxy) put(ctx context.Context, key string, e *local, reqTime time.Time
 		ttl += validatorGrace
 	}
 	if ttl <= 0 {
-		return false
+		return false, false
 	}
 	defer p.warnEvictions(now)
 	cond := cache.Cond{Since: reqTime}
 	if replaces != nil {
 		cond.IfID = replaces.ID
 	}
+	fresh := now.Add(max(e.Decision.TTL(now), 0))
 	if len(e.Vary) == 0 {
-		return p.set(ctx, key, e, ttl, cond)
+		if !p.set(ctx, key, e, ttl, cond) {
+			return false, false
+		}
+		return true, p.share(ctx, lease, key, e, ttl, fresh, reqTime)
 	}
 	// Variants live under keys of their marker's generation: a marker
 	// that is dropped (purged, replaced by a pass mark, evicted) takes
@@ -296,10 +357,14 @@ func (p *Proxy) put(ctx context.Context, key string, e *local, reqTime time.Time
 	// as it was. A purge between the two writes refuses the marker, and
 	// the variant, under a generation no marker leads to, is out of reach.
 	vk := cache.VariantKey(key, marker.Gen, e.VaryKey)
-	if !p.set(ctx, vk, e, ttl, cond) {
-		return false
+	if !p.set(ctx, vk, e, ttl, cond) || !p.set(ctx, key, marker, until.Sub(now), cache.Cond{Since: reqTime}) {
+		return false, false
 	}
-	return p.set(ctx, key, marker, until.Sub(now), cache.Cond{Since: reqTime})
+	// The same order in the shared tier: a replica that finds the
+	// marker finds the variant.
+	shared = p.share(ctx, lease, vk, e, ttl, fresh, reqTime) &&
+		p.share(ctx, lease, key, marker, until.Sub(now), until, reqTime)
+	return true, shared
 }
 
 // warnEvictions logs, at most once a minute, that the memory budget is

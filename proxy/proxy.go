@@ -27,6 +27,7 @@ import (
 	"corral/coalesce"
 	"corral/freshness"
 	"corral/proxy/cache"
+	"corral/proxy/fleet"
 	"corral/proxy/rules"
 	"corral/proxy/upstream"
 )
@@ -146,6 +147,12 @@ type Config struct {
 	// Logger receives warnings about upstream failures. Nil means
 	// slog.Default().
 	Logger *slog.Logger
+
+	// Fleet, when set, is the shared tier this replica shares with the
+	// others (see package fleet): read on a miss, written after a fetch,
+	// leased so that one replica fetches a key for all. The caller makes it
+	// and closes it after Shutdown.
+	Fleet *fleet.Fleet
 }
 
 // Proxy is a caching reverse proxy for one upstream.
@@ -172,8 +179,9 @@ type Proxy struct {
 	fakeClock      bool // now is not time.Now
 	trustedProxies []netip.Prefix
 	log            *slog.Logger
-	logRequests    bool    // a line per request, at debug level
-	flights        flights // a coalesce.Group
+	logRequests    bool         // a line per request, at debug level
+	flights        flights      // a coalesce.Group
+	fleet          *fleet.Fleet // the tier replicas share; nil when none
 	pass           *httputil.ReverseProxy
 	stats          Stats
 	metrics        *Metrics
@@ -185,9 +193,9 @@ type Proxy struct {
 // flights runs at most one fetch per key at a time, and hands its result
 // to every request that asked for the key while it ran. coalesce.Group is
 // one, within this process. It is an interface, as groupcache's
-// flightGroup is, for the flight across a fleet of replicas that plugs in
-// here next: a fetch starts from a flight value, never from a client's
-// request, so that it can run anywhere.
+// flightGroup is, so that another can stand in. Across a fleet of
+// replicas, the fetch itself takes the fleet's lease (see claim): the
+// local flight makes one replica's clients one caller of the fleet.
 type flights interface {
 	// Do returns the result of the fetch for key, running fetch unless
 	// one for key runs already; led reports whether fetch ran. If ctx
@@ -225,6 +233,7 @@ func New(cfg Config) (*Proxy, error) {
 		now:            cfg.Now,
 		log:            cfg.Logger,
 		trustedProxies: cfg.TrustedProxies,
+		fleet:          cfg.Fleet,
 	}
 	if err := p.setRules(cfg.Rules); err != nil {
 		return nil, err
@@ -258,6 +267,9 @@ func New(cfg Config) (*Proxy, error) {
 		p.log = slog.Default()
 	}
 	p.logRequests = p.log.Enabled(context.Background(), slog.LevelDebug)
+	if p.fleet != nil {
+		p.fleet.OnPurge(p.purgedElsewhere)
+	}
 	p.pass = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			info, _ := pr.In.Context().Value(passKey{}).(passed)
@@ -646,8 +658,11 @@ func (p *Proxy) serveFetched(w http.ResponseWriter, r *http.Request, req freshne
 	}
 	o := outMiss
 	switch {
-	case f.status == 0: // another flight had just stored it
+	case f.status == 0: // another flight had just stored it, here or in the shared tier
 		o, st = outHit, cacheStatus{hit: true, ttl: e.Decision.TTL(now), hasTTL: true, collapsed: true}
+		if f.shared {
+			st.detail = detailSharedTier
+		}
 	case !leader:
 		o = outCoalesced
 	case f.status == http.StatusNotModified:
@@ -745,6 +760,7 @@ func (p *Proxy) refresh(r *http.Request, key, vkey string, stale *local) {
 
 // refreshFetch is the fetch of a background refresh that starts from in.
 func (p *Proxy) refreshFetch(in flight) coalesce.Fetch[*fetched] {
+	in.background = true
 	key, vkey, stale := in.key, in.vkey, in.stale
 	return func(ctx context.Context) (*fetched, error) {
 		// Made for the client whose stale hit started it, as far as the
@@ -752,7 +768,8 @@ func (p *Proxy) refreshFetch(in flight) coalesce.Fetch[*fetched] {
 		f, err := p.fetch(in.withClient(ctx), in)
 		switch {
 		case err == nil && f.again:
-			// The URI varies now; its variants refresh on their own.
+			// The URI varies now; its variants refresh on their own. (Or
+			// the shared tier held a marker or a pass mark, now here.)
 		case err != nil || isServerError(f.entry.Status):
 			// Keep serving the stale entry; ask again after a pause.
 			pause := p.backOff(stale, f, err)

@@ -57,6 +57,7 @@ const (
 	detailRevalidationFailed   detail = "revalidation-failed"    // a fresher one was asked for, but validating failed moments ago
 	detailStaleWhileRevalidate detail = "stale-while-revalidate" // served stale while a background refresh runs (RFC 5861 section 3)
 	detailStaleIfError         detail = "stale-if-error"         // served stale in place of an origin failure (RFC 5861 section 4)
+	detailSharedTier           detail = "shared-tier"            // found in the tier the fleet shares, fetched by another replica
 
 	// Why a request went upstream on its own, or its answer was not stored.
 	detailUncacheable    detail = "uncacheable"      // the URI's answers cannot be shared (a pass mark)
@@ -201,7 +202,9 @@ func (p *Proxy) storeOnTheWay(resp *http.Response, info passed, since time.Time)
 	}
 	t := &teeBody{ReadCloser: resp.Body, kept: bodyBuffer{budget: p.copyBuffers, limit: p.maxObject}, done: func(body []byte) {
 		// The client's context may end as soon as it has read the body.
-		p.put(context.WithoutCancel(resp.Request.Context()), info.uri, e.withBody(body), since, nil)
+		// Memory only: a passed-through answer was fetched for one
+		// client, under no lease, and stays on this replica.
+		p.put(context.WithoutCancel(resp.Request.Context()), info.uri, e.withBody(body), since, nil, nil)
 	}}
 	if resp.ContentLength > 0 && t.kept.resize(resp.ContentLength) != nil {
 		return e // no room for the copy now: the body only streams
@@ -244,14 +247,24 @@ func (t *teeBody) Close() error {
 // or with prefix for every URI that starts with uri ("" for all), and
 // keeps the fetches for them already under way from storing their
 // answers afterwards. It reports how many entries it dropped.
+//
+// In a fleet, the purge reaches the shared tier too, and every other
+// replica drops its copies. Should the shared tier fail, the purge holds
+// here alone: it is logged, and the count is this replica's.
 func (p *Proxy) Purge(uri string, prefix bool) int {
 	// A Vary marker takes its variants out of reach with it: a later
 	// marker starts a new generation of variant keys.
-	n, err := p.store.Purge(context.Background(), uri, prefix, p.now())
+	at := p.now()
+	n, err := p.store.Purge(context.Background(), uri, prefix, at)
 	if err != nil {
 		p.log.Warn("cache purge failed", "uri", uri, "prefix", prefix, "err", err)
 	}
 	p.stats.Purged.Add(int64(n))
+	if p.fleet != nil {
+		if _, err := p.fleet.Purge(context.Background(), uri, prefix, at); err != nil {
+			p.log.Warn("purge of the shared tier failed; other replicas may serve the purged response until it expires", "uri", uri, "prefix", prefix, "err", err)
+		}
+	}
 	return n
 }
 
