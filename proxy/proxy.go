@@ -27,6 +27,7 @@ import (
 	"corral/coalesce"
 	"corral/freshness"
 	"corral/proxy/cache"
+	"corral/proxy/fleet"
 	"corral/proxy/rules"
 	"corral/proxy/upstream"
 )
@@ -47,6 +48,12 @@ type Config struct {
 	// remembered. Gauges, eviction warnings and readiness read the store
 	// through cache.Sizer, when it implements it.
 	Store cache.Store
+
+	// Fleet, when set, is the shared tier this replica shares with the
+	// others (see package fleet): read on a miss, written after a fetch,
+	// leased so that one replica fetches a key for all. The caller makes it
+	// and closes it after Shutdown.
+	Fleet *fleet.Fleet
 
 	// CacheBytes is the in-memory store's budget. Zero means 256 MiB.
 	CacheBytes int64
