@@ -4,7 +4,7 @@ GO         ?= go
 STATICCHECK = honnef.co/go/tools/cmd/staticcheck@v0.8.2
 BENCHSTAT   = golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da
 
-.PHONY: build demo test check bench fuzz
+.PHONY: build demo demo-fleet test check bench fuzz
 
 build:
 	$(GO) build -o bin/corral .
@@ -12,6 +12,12 @@ build:
 # A rate-limited origin, a herd of 200 pollers, with and without corral.
 demo:
 	$(GO) run . -demo
+
+# The same herd over 3 replicas, alone and sharing a throwaway redis-server
+# (installed from the distribution's packages when it is missing).
+demo-fleet:
+	scripts/need-redis
+	$(GO) run . -demo -demo-replicas 3
 
 # Unit, integration and fuzz-seed tests, with the race detector.
 test:

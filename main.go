@@ -22,8 +22,12 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
 	"corral/bench"
 	"corral/proxy"
+	"corral/proxy/fleet"
 	"corral/proxy/rules"
 )
 
@@ -48,12 +52,45 @@ func run(ctx context.Context, args []string, stderr io.Writer, getenv func(strin
 	if c.demo {
 		// The demo's own origin is noisy by design; keep its warnings out.
 		c.proxy.Logger = slog.New(slog.DiscardHandler)
-		if err := bench.Demo(ctx, os.Stdout, c.demoClients, c.demoDuration, c.demoOriginCC, c.proxy); err != nil {
+		demo := bench.Demo
+		if c.demoReplicas > 1 {
+			demo = func(ctx context.Context, w io.Writer, clients int, d time.Duration, originCC string, cfg proxy.Config) error {
+				return bench.DemoFleet(ctx, w, c.demoReplicas, clients, d, originCC, cfg)
+			}
+		}
+		if err := demo(ctx, os.Stdout, c.demoClients, c.demoDuration, c.demoOriginCC, c.proxy); err != nil {
 			fmt.Fprintln(stderr, "corral: demo:", err)
 			return 1
 		}
 		return 0
 	}
+
+	// The shared tier. fleet.New does not wait for Redis: a Redis that is
+	// down makes this replica local-only until it answers, and never
+	// fails the start.
+	var fl *fleet.Fleet
+	if c.fleet.Addr != "" {
+		fc := c.fleet
+		fc.Logger = log
+		var err error
+		if fl, err = fleet.New(fc); err != nil {
+			fmt.Fprintln(stderr, "corral: -redis:", err)
+			return 2
+		}
+		c.proxy.Fleet = fl
+	}
+	// closeFleet runs once the proxy is done with the fleet: after its
+	// Shutdown, or when the start fails.
+	closeFleet := func() {
+		if fl == nil {
+			return
+		}
+		if err := fl.Close(); err != nil {
+			log.Warn("closing the shared tier", "err", err)
+		}
+		fl = nil
+	}
+	defer closeFleet()
 
 	p, err := proxy.New(c.proxy)
 	if err != nil {
@@ -64,6 +101,16 @@ func run(ctx context.Context, args []string, stderr io.Writer, getenv func(strin
 	var admin *proxy.Admin
 	if c.adminListen != "" {
 		admin = proxy.NewAdmin(p, c.adminToken)
+		if fl != nil {
+			// TODO(fleet): *fleet.Fleet is to implement prometheus.Collector;
+			// once it does, this is admin.Register(prometheus.Collector(fl)).
+			if col, ok := any(fl).(prometheus.Collector); ok {
+				if err := admin.Register(col); err != nil && !errors.As(err, new(prometheus.AlreadyRegisteredError)) {
+					fmt.Fprintln(stderr, "corral: metrics:", err)
+					return 1
+				}
+			}
+		}
 		servers = append(servers, &server{name: "admin-listen", addr: c.adminListen, handler: admin, maxHeaderBytes: c.maxHeaderBytes})
 	}
 	// Bind every listener before serving on any: a port in use fails the
@@ -80,7 +127,11 @@ func run(ctx context.Context, args []string, stderr io.Writer, getenv func(strin
 		go func() { errc <- s.serve() }()
 		log.Info("serving", "flag", s.name, "addr", s.ln.Addr().String())
 	}
-	log.Info("corral started", "upstream", c.proxy.Upstream.String())
+	if fl != nil {
+		log.Info("corral started", "upstream", c.proxy.Upstream.String(), "redis", c.redisShown)
+	} else {
+		log.Info("corral started", "upstream", c.proxy.Upstream.String())
+	}
 
 	select {
 	case err := <-errc:
@@ -111,6 +162,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, getenv func(strin
 	if err := p.Shutdown(sctx); err != nil {
 		fail("upstream", err)
 	}
+	closeFleet() // no fetch of the proxy's uses it any more
 	for _, s := range servers[1:] {
 		if err := s.srv.Shutdown(sctx); err != nil {
 			fail(s.name, err)
@@ -190,6 +242,9 @@ type config struct {
 	demoClients        int
 	demoDuration       time.Duration
 	demoOriginCC       string
+	demoReplicas       int
+	fleet              fleet.Config // Addr empty: no shared tier
+	redisShown         string       // the -redis URL without its password, for logs
 }
 
 func (c *config) logHandler(w io.Writer) slog.Handler {
@@ -230,6 +285,7 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) (string, bo
 		maxPause        = fs.Duration("upstream-max-pause", 30*time.Second, "longest the origin's Retry-After on a 503 to a GET or HEAD, or on 429s to 2 clients' GETs without Authorization within 10s, holds back upstream requests: for that URL, or for every URL once 3 endpoints (first path segments) answered so within 10s; clients get stale or 503 meanwhile (0: never pause)")
 		logLevel        = fs.String("log-level", "info", "debug (a line per request), info, warn or error")
 		logFormat       = fs.String("log-format", "text", "text or json")
+		redisMaxObject  = byteSize(fleet.DefaultMaxObjectBytes)
 		ruleFlags       ruleList
 	)
 	fs.Var(&ruleFlags, "rule", "a freshness `rule` 'PATH-PREFIX DIRECTIVES', e.g. '/api/stats/ max-age=1, stale-while-revalidate=10': corral caches responses for paths under the prefix as if the origin had sent Corral-Cache-Control: DIRECTIVES, over its Cache-Control, private and no-store included (clients still get that Cache-Control). Repeatable; the longest prefix wins. Set-Cookie responses and answers to requests with Authorization are never shared. The variable takes one rule per line")
@@ -243,9 +299,15 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) (string, bo
 	fs.Var(&maxHeaderBytes, "max-header-bytes", "largest request line and header fields, a `size`; larger ones get 431 (Go reads 4KiB more before it refuses)")
 	fs.DurationVar(&c.clientWriteTimeout, "client-write-timeout", 30*time.Second, "how long a client may accept no bytes of its answer before it is disconnected; long downloads that keep moving are not cut (0: for ever)")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long to let in-flight requests and upstream fetches finish after SIGINT or SIGTERM")
+	fs.StringVar(&c.fleet.Addr, "redis", "", "the `URL` of the Redis that this replica shares with the others (redis://host:6379/0, rediss:// for TLS, or unix:///path/redis.sock): a second cache tier, and one upstream request per key per freshness window across the fleet; Redis 7 or later, not Cluster. Redis down never fails a client or the start; the replica then serves alone (empty: no shared tier)")
+	fs.DurationVar(&c.fleet.Timeout, "redis-timeout", fleet.DefaultTimeout, "longest each Redis call may take; no call is retried, and repeated failures keep the replica local-only until a probe succeeds")
+	fs.StringVar(&c.fleet.Prefix, "redis-prefix", "corral:", "what every Redis key and channel of this deployment starts with, so that several deployments can share one Redis")
+	fs.Var(&redisMaxObject, "redis-max-object-bytes", "largest response body written to Redis, a `size`; larger ones stay in each replica's memory only")
+	fs.DurationVar(&c.fleet.LeaseTTL, "redis-lease-ttl", fleet.DefaultLeaseTTL, "how long a replica's lease on a key lives unless renewed (it is renewed while the fetch runs): the longest the others wait for a replica that died mid-fetch before one of them takes over")
 	fs.BoolVar(&c.demo, "demo", false, "run the demo: a rate-limited origin, a herd of pollers, with and without corral")
 	fs.IntVar(&c.demoClients, "demo-clients", 200, "number of polling clients in the demo")
 	fs.DurationVar(&c.demoDuration, "demo-duration", 10*time.Second, "how long each half of the demo polls")
+	fs.IntVar(&c.demoReplicas, "demo-replicas", 1, "corral replicas in the demo; more than 1 starts a throwaway redis-server and compares the replicas alone and sharing it")
 	fs.StringVar(&c.demoOriginCC, "demo-origin-cc", bench.DemoCacheControl, "the Cache-Control the demo's origin sends (empty: none); with no-cache and a -rule, the demo shows corral shield an origin that asks for no caching")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -295,6 +357,9 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) (string, bo
 		{"upstream-max-pause", *maxPause >= 0, "zero or more"},
 		{"demo-clients", c.demoClients > 0, "positive"},
 		{"demo-duration", c.demoDuration > 0, "positive"},
+		{"demo-replicas", c.demoReplicas > 0, "positive"},
+		{"redis-timeout", c.fleet.Timeout > 0, "positive"},
+		{"redis-lease-ttl", c.fleet.LeaseTTL > 0, "positive"},
 	} {
 		if !r.ok {
 			return bad(r.name, "must be %s, got %s", r.want, fs.Lookup(r.name).Value)
@@ -364,6 +429,12 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) (string, bo
 	c.proxy.Policy.DefaultTTL = *defaultTTL
 	c.proxy.Policy.DefaultSWR = *defaultSWR
 	c.proxy.Policy.DefaultSIE = *defaultSIE
+	c.fleet.MaxObjectBytes = int64(redisMaxObject)
+	if c.fleet.Addr != "" {
+		if c.redisShown, err = checkRedisURL(c.fleet.Addr); err != nil {
+			return bad("redis", "%v", err)
+		}
+	}
 	if c.demo {
 		return &c, 0
 	}
@@ -375,7 +446,8 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) (string, bo
 	return &c, 0
 }
 
-// examples end corral -h: the operator deciding freshness, three ways.
+// examples end corral -h: the operator deciding freshness, three ways; a
+// fleet; the demos.
 const examples = `
 Examples:
   Let the origin's headers decide: Cache-Control, or CDN-Cache-Control and
@@ -403,8 +475,16 @@ Examples:
   Responses say what decided in Cache-Status, e.g.
     Cache-Status: corral; hit; ttl=1; corral-rule="/api/stats/"
 
+  A fleet: replicas behind a load balancer share one Redis as a second
+  tier, and the origin sees one request per key per freshness window however
+  many run; when Redis is down each replica serves alone, as without -redis:
+    corral -upstream http://stats.internal:9000 -listen :8080 -redis redis://cache.internal:6379/0
+
   See corral shield an origin that sends no-cache:
     corral -demo -demo-origin-cc no-cache -rule '/ max-age=1, stale-while-revalidate=10'
+
+  See three replicas alone and sharing a throwaway redis-server:
+    corral -demo -demo-replicas 3
 `
 
 // ruleList is the -rule flag: rules in the order given, one per prefix.
@@ -466,6 +546,28 @@ func parseUpstream(s string) (*url.URL, error) {
 		return nil, fmt.Errorf("%q must not have a query or fragment", s)
 	}
 	return u, nil
+}
+
+// checkRedisURL accepts what -redis may be: a redis://, rediss:// or
+// unix:// URL that go-redis parses. It returns the URL without its password,
+// to show in logs and errors.
+func checkRedisURL(s string) (shown string, err error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "", errors.New("not a URL; want e.g. redis://cache.internal:6379/0")
+	}
+	shown = s
+	if _, ok := u.User.Password(); ok {
+		shown = u.Redacted()
+	}
+	if u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix" {
+		return "", fmt.Errorf("%q must be a redis://, rediss:// or unix:// URL, e.g. redis://cache.internal:6379/0", shown)
+	}
+	if _, err := redis.ParseURL(s); err != nil {
+		// go-redis's errors quote no password, only the part at fault.
+		return "", fmt.Errorf("%q: %v", shown, err)
+	}
+	return shown, nil
 }
 
 // parsePrefixes reads a comma-separated list of IP addresses and CIDR

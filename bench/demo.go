@@ -36,15 +36,7 @@ func DemoOrigin(cacheControl string) *Origin {
 // then through corral configured by cfg, and writes a table comparing the
 // two runs to w.
 func Demo(ctx context.Context, w io.Writer, clients int, d time.Duration, originCC string, cfg proxy.Config) error {
-	fmt.Fprintf(w, "%d clients poll /api/stats every second for %s; the origin allows 5 req/s.\n", clients, d)
-	if originCC == "" {
-		fmt.Fprintln(w, "The origin sends no Cache-Control.")
-	} else {
-		fmt.Fprintf(w, "The origin sends Cache-Control: %s\n", originCC)
-	}
-	for _, r := range cfg.Rules {
-		fmt.Fprintf(w, "corral -rule '%s'\n", r)
-	}
+	demoHeader(w, clients, d, originCC, cfg)
 	herd := Herd{Clients: clients, Interval: time.Second, Duration: d, Client: NewClient(clients)}
 
 	fmt.Fprintln(w, "running straight at the origin...")
@@ -79,33 +71,26 @@ func Demo(ctx context.Context, w io.Writer, clients int, d time.Duration, origin
 	return nil
 }
 
+// demoHeader says what the demo runs.
+func demoHeader(w io.Writer, clients int, d time.Duration, originCC string, cfg proxy.Config) {
+	fmt.Fprintf(w, "%d clients poll /api/stats every second for %s; the origin allows 5 req/s.\n", clients, d)
+	if originCC == "" {
+		fmt.Fprintln(w, "The origin sends no Cache-Control.")
+	} else {
+		fmt.Fprintf(w, "The origin sends Cache-Control: %s\n", originCC)
+	}
+	for _, r := range cfg.Rules {
+		fmt.Fprintf(w, "corral -rule '%s'\n", r)
+	}
+}
+
 // runAgainst serves origin on a loopback port, puts corral in front of it
 // when cfg is not nil, and runs the herd against the front.
 func runAgainst(ctx context.Context, herd Herd, origin *Origin, cfg *proxy.Config) (Result, error) {
-	originURL, stop, err := serve(origin)
-	if err != nil {
-		return Result{}, err
+	if cfg == nil {
+		return runReplicas(ctx, herd, origin, nil, 0, nil)
 	}
-	defer stop()
-	herd.URL = originURL.String() + "/api/stats"
-	if cfg != nil {
-		c := *cfg
-		c.Upstream = originURL
-		p, err := proxy.New(c)
-		if err != nil {
-			return Result{}, err
-		}
-		front, stopFront, err := serve(p)
-		if err != nil {
-			return Result{}, err
-		}
-		defer func() {
-			stopFront()
-			p.Wait()
-		}()
-		herd.URL = front.String() + "/api/stats"
-	}
-	return herd.Run(ctx), nil
+	return runReplicas(ctx, herd, origin, cfg, 1, nil)
 }
 
 // serve runs h on a loopback port until stop is called.

@@ -17,7 +17,11 @@ type Herd struct {
 	Interval time.Duration
 	Duration time.Duration
 	URL      string
-	Client   *http.Client
+	// URLs, when set, spread the clients round-robin: client i polls
+	// URLs[i%len(URLs)] instead of URL, as a load balancer in front of
+	// replicas would.
+	URLs   []string
+	Client *http.Client
 }
 
 // Result is what a herd saw.
@@ -39,6 +43,10 @@ func (h Herd) Run(ctx context.Context) Result {
 	)
 	for i := range h.Clients {
 		wg.Add(1)
+		url := h.URL
+		if len(h.URLs) > 0 {
+			url = h.URLs[i%len(h.URLs)]
+		}
 		go func() {
 			defer wg.Done()
 			offset := h.Interval * time.Duration(i) / time.Duration(h.Clients)
@@ -51,7 +59,7 @@ func (h Herd) Run(ctx context.Context) Result {
 				case <-tick.C:
 				}
 				start := time.Now()
-				ok := h.poll(ctx)
+				ok := h.poll(ctx, url)
 				d := time.Since(start)
 				if ctx.Err() != nil {
 					return // cut off by the end of the run, not an answer
@@ -76,8 +84,8 @@ func (h Herd) Run(ctx context.Context) Result {
 	}
 }
 
-func (h Herd) poll(ctx context.Context) bool {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, h.URL, nil)
+func (h Herd) poll(ctx context.Context, url string) bool {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return false
 	}

@@ -37,6 +37,7 @@ type Admin struct {
 	log      *slog.Logger
 	token    string
 	mux      *http.ServeMux
+	reg      *prometheus.Registry
 	draining atomic.Bool
 }
 
@@ -51,6 +52,7 @@ type admined interface {
 func NewAdmin(p *Proxy, token string) *Admin {
 	a := &Admin{p: p, log: p.log, token: token, mux: http.NewServeMux()}
 	reg := prometheus.NewRegistry()
+	a.reg = reg
 	reg.MustRegister(p.Metrics(), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	a.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, "ok")
@@ -60,6 +62,11 @@ func NewAdmin(p *Proxy, token string) *Admin {
 	a.mux.Handle("POST /purge", a.guarded(http.HandlerFunc(a.purge)))
 	return a
 }
+
+// Register adds c to what /metrics reports, beside the proxy's own
+// metrics: the shared tier's, for one. It fails as prometheus.Register
+// does, with an AlreadyRegisteredError for a collector registered already.
+func (a *Admin) Register(c prometheus.Collector) error { return a.reg.Register(c) }
 
 func (a *Admin) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.mux.ServeHTTP(w, r) }
 
