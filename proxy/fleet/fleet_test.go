@@ -594,22 +594,37 @@ func TestMetrics(t *testing.T) {
 	}
 }
 
-// TestClose: Close stops the subscription and the renewals, and leaves no
-// goroutine behind, even with a lease still held.
+// TestClose: Close stops the subscription and the renewals, ends the
+// waits, and leaves no goroutine behind, even with a lease still held.
 func TestClose(t *testing.T) {
 	srv := redistest.Start(t, false)
+	stale := response("stale")
+	seed(t, srv, "/w", stale)
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
-	f, err := fleet.New(fleet.Config{Addr: srv.URL, Timeout: callTimeout, LeaseTTL: 30 * time.Millisecond})
+	cfg := fleet.Config{Addr: srv.URL, Timeout: callTimeout, LeaseTTL: 30 * time.Millisecond, Recheck: time.Minute}
+	f, err := fleet.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	subscribed(t, srv, 1)
+	g, err := fleet.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
 	ctx := context.Background()
 	l := mustLease(t, f.Claim(ctx, "/k", fetchAll))
+	lw := mustLease(t, g.Claim(ctx, "/w", fetchAll))
+	defer lw.Release(ctx, 0)
+	judge, judged := waiting(stale.ID)
+	waiter := claimAsync(ctx, f, "/w", judge)
+	<-judged
 	if err := f.Close(); err != nil {
 		t.Error(err)
 	}
 	f.Close()
+	if got := receive(t, waiter, 5*time.Second); got.Lease != nil || got.Entry != nil {
+		t.Errorf("Claim waiting at Close = %+v, want a zero Claim", got)
+	}
 	l.Release(ctx, 0)
 	if got := f.Claim(ctx, "/k", fetchAll); got.Lease != nil || got.Entry != nil {
 		t.Errorf("Claim after Close = %+v, want a zero Claim", got)
