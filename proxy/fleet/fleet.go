@@ -7,14 +7,22 @@
 package fleet
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+	"github.com/sony/gobreaker/v2"
 
 	"corral/proxy/cache"
+	"corral/proxy/cache/redisstore"
 )
 
 // Defaults for the Config fields left zero.
@@ -89,16 +97,171 @@ type Config struct {
 
 // Fleet is one replica's link to the shared tier. It is safe for
 // concurrent use.
-type Fleet struct{}
+type Fleet struct {
+	store     *redisstore.Store
+	id        string // this replica's, in its purge messages
+	tokens    atomic.Uint64
+	leaseTTL  time.Duration
+	recheck   time.Duration
+	maxObject int64
+	now       func() time.Time
+	log       *slog.Logger
+	breaker   *gobreaker.TwoStepCircuitBreaker[struct{}]
+
+	ps      *redis.PubSub
+	wakeCh  string
+	purgeCh string
+	done    chan struct{} // closed when the subscription's goroutine returns
+	quit    chan struct{} // closed by Close: renewals stop
+	close   sync.Once
+
+	mu       sync.Mutex
+	waiters  map[string][]chan struct{} // closed by a wake-up for the key
+	closed   bool
+	renewals sync.WaitGroup // of the renewal goroutines, started under mu
+
+	onPurge    atomic.Pointer[func(key string, prefix bool, at time.Time)]
+	decodeOnce sync.Once // the first undecodable entry is logged, the others counted
+
+	stats   counters
+	latency prometheus.Histogram
+}
 
 // New returns a Fleet for cfg and starts its one pub/sub subscription
 // (wake-ups and purges), which reconnects on its own. It does not wait
 // for Redis: a Redis that is down only makes the replica local-only.
-func New(cfg Config) (*Fleet, error) { panic("not yet") }
+func New(cfg Config) (*Fleet, error) {
+	timeout := cmp.Or(cfg.Timeout, DefaultTimeout)
+	store, err := redisstore.New(redisstore.Config{
+		Client:  cfg.Client,
+		Addr:    cfg.Addr,
+		Prefix:  cfg.Prefix,
+		Timeout: timeout,
+		Keep:    cfg.Keep,
+		Now:     cfg.Now,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("fleet: %w", err)
+	}
+	f := &Fleet{
+		store:     store,
+		id:        strconv.FormatUint(cache.NewID(), 16),
+		leaseTTL:  cmp.Or(cfg.LeaseTTL, DefaultLeaseTTL),
+		recheck:   cmp.Or(cfg.Recheck, DefaultRecheck),
+		maxObject: cmp.Or(cfg.MaxObjectBytes, DefaultMaxObjectBytes),
+		now:       cfg.Now,
+		log:       cfg.Logger,
+		wakeCh:    store.WakeChannel(),
+		purgeCh:   store.PurgeChannel(),
+		done:      make(chan struct{}),
+		quit:      make(chan struct{}),
+		waiters:   make(map[string][]chan struct{}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "corral_redis_command_duration_seconds",
+			Help:    "Time of a call to Redis, as the replica measured it.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1},
+		}),
+	}
+	if f.now == nil {
+		f.now = time.Now
+	}
+	if f.log == nil {
+		f.log = slog.Default()
+	}
+	failures := cmp.Or(cfg.BreakerFailures, DefaultBreakerFailures)
+	f.breaker = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
+		Name:        "redis",
+		MaxRequests: 1, // half-open: one probe
+		Timeout:     cmp.Or(cfg.BreakerCooldown, DefaultBreakerCooldown),
+		ReadyToTrip: func(c gobreaker.Counts) bool {
+			return c.ConsecutiveFailures >= uint32(max(failures, 1))
+		},
+		IsSuccessful:  func(err error) bool { return err == nil || answered(err) },
+		IsExcluded:    func(err error) bool { return errors.Is(err, errCallerGone) },
+		OnStateChange: f.breakerChanged,
+	})
+
+	// The first SUBSCRIBE is only a first try, bounded like any call:
+	// go-redis tries again on its own until Redis answers.
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	f.ps = store.Subscribe(ctx, f.wakeCh, f.purgeCh)
+	cancel()
+	go f.listen(f.ps.Channel())
+	return f, nil
+}
 
 // Close stops the subscription and renewals, and closes the client New
 // made.
-func (f *Fleet) Close() error { panic("not yet") }
+func (f *Fleet) Close() error {
+	var err error
+	f.close.Do(func() {
+		f.mu.Lock()
+		f.closed = true
+		close(f.quit)
+		f.mu.Unlock()
+		err = f.ps.Close()
+		<-f.done
+		f.renewals.Wait()
+		err = errors.Join(err, f.store.Close())
+	})
+	return err
+}
+
+// listen reads the subscription until Close closes it.
+func (f *Fleet) listen(msgs <-chan *redis.Message) {
+	defer close(f.done)
+	for m := range msgs {
+		switch m.Channel {
+		case f.wakeCh:
+			f.wake(m.Payload)
+		case f.purgeCh:
+			f.purged(m.Payload)
+		}
+	}
+}
+
+// await registers a waiter for a wake-up of key. The Claim that waits
+// registers before it looks in Redis: a wake-up published between its
+// look and its wait then still reaches it.
+func (f *Fleet) await(key string) chan struct{} {
+	ch := make(chan struct{})
+	f.mu.Lock()
+	f.waiters[key] = append(f.waiters[key], ch)
+	f.mu.Unlock()
+	return ch
+}
+
+// unwait removes the waiter ch of key, if a wake-up has not already.
+func (f *Fleet) unwait(key string, ch chan struct{}) {
+	if ch == nil {
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	w := f.waiters[key]
+	for i, c := range w {
+		if c == ch {
+			w = append(w[:i], w[i+1:]...)
+			break
+		}
+	}
+	if len(w) == 0 {
+		delete(f.waiters, key)
+	} else {
+		f.waiters[key] = w
+	}
+}
+
+// wake wakes every waiter of key.
+func (f *Fleet) wake(key string) {
+	f.mu.Lock()
+	w := f.waiters[key]
+	delete(f.waiters, key)
+	f.mu.Unlock()
+	for _, ch := range w {
+		close(ch)
+	}
+}
 
 // Use is what a Judge makes of an entry the shared tier holds.
 type Use int
@@ -143,10 +306,196 @@ type Claim struct {
 // fleet. Claim returns one when Redis fails or the breaker is open, when
 // the holder left a LocalOnly mark, and when ctx ends while it waits. It
 // counts and logs its failures itself, and never returns an error.
-func (f *Fleet) Claim(ctx context.Context, key string, judge Judge) Claim { panic("not yet") }
+func (f *Fleet) Claim(ctx context.Context, key string, judge Judge) Claim {
+	select {
+	case <-f.quit:
+		return Claim{}
+	default:
+	}
+	token := f.id + "-" + strconv.FormatUint(f.tokens.Add(1), 36)
+	var ch chan struct{}
+	defer func() { f.unwait(key, ch) }()
+	// force asks for the lease even of a fresh entry: the judge wants
+	// something newer. waited and woken tell a takeover (the lease
+	// expired under a holder that never released it) from a hand-over.
+	force, waited, woken := false, false, false
+	for {
+		f.unwait(key, ch)
+		ch = f.await(key)
+		found, err := f.lookup(ctx, key, token, force)
+		if err != nil && !errors.Is(err, redisstore.ErrUndecodable) {
+			// Counted by call; an undecodable entry is a miss, with
+			// the lease outcome reported beside it.
+			f.stats.unavailable.Add(1)
+			return Claim{}
+		}
+		e := found.Entry
+		if e != nil && e.Kind == cache.PassMark && e.Reason == LocalOnly {
+			// Written fresh, so no lease was asked for; but one taken
+			// in the microsecond between the mark's fresh-until and
+			// its expiry goes back at once.
+			if found.Lease == redisstore.LeaseTaken {
+				f.release(ctx, key, token)
+			}
+			f.stats.localMarks.Add(1)
+			return Claim{}
+		}
+		use := Fetch
+		if e != nil {
+			use = judge(e)
+		}
+		switch found.Lease {
+		case redisstore.NoLease: // fresh: no lease asked for
+			if e != nil && use == Take {
+				f.stats.hits.Add(1)
+				return Claim{Entry: e, Expires: found.Expires}
+			}
+			if force { // Acquire always asks; nothing to wait for
+				f.stats.unavailable.Add(1)
+				return Claim{}
+			}
+			force = true
+			continue
+		case redisstore.LeaseTaken:
+			if e != nil && use == Take {
+				f.release(ctx, key, token)
+				f.stats.hits.Add(1)
+				return Claim{Entry: e, Expires: found.Expires}
+			}
+			f.stats.taken.Add(1)
+			if waited && !woken {
+				f.stats.takeovers.Add(1)
+			}
+			c := Claim{Lease: f.newLease(ctx, key, token)}
+			if e != nil && e.Kind == cache.Response {
+				c.Entry, c.Expires = e, found.Expires
+			}
+			return c
+		case redisstore.LeaseHeld:
+			if e != nil && (use == Take || use == TakeIfHeld) {
+				f.stats.hits.Add(1)
+				return Claim{Entry: e, Expires: found.Expires}
+			}
+		}
+		if !waited {
+			waited = true
+			f.stats.waited.Add(1)
+		}
+		force = false
+		t := time.NewTimer(f.recheck)
+		select {
+		case <-ch:
+			woken = true
+			f.stats.wokenByMessage.Add(1)
+		case <-t.C:
+			f.stats.wokenByRecheck.Add(1)
+		case <-ctx.Done():
+			t.Stop()
+			f.stats.abandoned.Add(1)
+			return Claim{}
+		case <-f.quit:
+			t.Stop()
+			return Claim{}
+		}
+		t.Stop()
+	}
+}
+
+// lookup is Store.Lookup, or Acquire when force is set, through the
+// breaker. It counts an undecodable entry, and logs the first.
+func (f *Fleet) lookup(ctx context.Context, key, token string, force bool) (redisstore.Found, error) {
+	var found redisstore.Found
+	o, fn := opLookup, f.store.Lookup
+	if force {
+		o, fn = opAcquire, f.store.Acquire
+	}
+	err := f.call(ctx, o, func(ctx context.Context) (err error) {
+		found, err = fn(ctx, key, token, f.leaseTTL)
+		return err
+	})
+	if errors.Is(err, redisstore.ErrUndecodable) {
+		f.stats.decodeErrors.Add(1)
+		f.decodeOnce.Do(func() {
+			f.log.Warn("fleet: an entry in Redis does not decode; taken as a miss (logged once)", "err", err)
+		})
+	}
+	return found, err
+}
+
+// release gives back a lease, waking the waiters. It runs even if ctx has
+// ended, bounded by Timeout: a lease left behind makes every waiter wait
+// for its expiry.
+func (f *Fleet) release(ctx context.Context, key, token string) error {
+	return f.call(context.WithoutCancel(ctx), opRelease, func(ctx context.Context) error {
+		return f.store.Release(ctx, key, token)
+	})
+}
 
 // Lease is a replica's right to fetch one key for the fleet.
-type Lease struct{}
+type Lease struct {
+	f          *Fleet
+	key, token string
+	stop       chan struct{} // closed by Release: renewal ends
+
+	mu       sync.Mutex
+	err      error // the first failed call on the lease
+	released bool
+}
+
+// newLease returns the lease of key held by token, and starts renewing it
+// until Release, the end of ctx, or Close.
+func (f *Fleet) newLease(ctx context.Context, key, token string) *Lease {
+	l := &Lease{f: f, key: key, token: token, stop: make(chan struct{})}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.closed { // else Close may be waiting already: the lease just expires
+		f.renewals.Add(1)
+		go l.renew(ctx)
+	}
+	return l
+}
+
+// renew renews the lease every third of LeaseTTL, so that two renewals
+// can fail to arrive in time before it expires. A failed renewal stops
+// renewing: the lease expires, and a waiter takes it over.
+func (l *Lease) renew(ctx context.Context) {
+	f := l.f
+	defer f.renewals.Done()
+	t := time.NewTicker(max(f.leaseTTL/3, time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+		case <-l.stop:
+			return
+		case <-ctx.Done():
+			return
+		case <-f.quit:
+			return
+		}
+		var ok bool
+		err := f.call(ctx, opRenew, func(ctx context.Context) (err error) {
+			ok, err = f.store.Renew(ctx, l.key, l.token, f.leaseTTL)
+			return err
+		})
+		if err != nil {
+			return
+		}
+		if !ok {
+			select {
+			case <-l.stop: // released meanwhile: not lost
+			default:
+				f.stats.lost.Add(1)
+				f.log.Debug("fleet: lease lost before its release", "key", l.key)
+			}
+			return
+		}
+		f.stats.renewed.Add(1)
+	}
+}
+
+// errNoLease is returned by Put on a nil Lease.
+var errNoLease = errors.New("fleet: no lease")
 
 // Put writes e under key (the leased key, or a key its fetch wrote
 // beside it: a variant and its Vary marker) to the shared tier for ttl,
@@ -156,7 +505,36 @@ type Lease struct{}
 // lease fails, the lease makes no further call: Put returns that failure
 // at once.
 func (l *Lease) Put(ctx context.Context, key string, e *cache.Entry, ttl time.Duration, fresh, since time.Time) error {
-	panic("not yet")
+	if l == nil {
+		return errNoLease
+	}
+	if err := l.failure(); err != nil {
+		return err
+	}
+	if int64(len(e.Body)) > l.f.maxObject {
+		return ErrTooLarge
+	}
+	err := l.f.call(ctx, opSet, func(ctx context.Context) error {
+		return l.f.store.SetFresh(ctx, key, e, ttl, fresh, cache.Cond{Since: since})
+	})
+	if err != nil && !answered(err) {
+		l.fail(err)
+	}
+	return err
+}
+
+func (l *Lease) failure() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.err
+}
+
+func (l *Lease) fail(err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.err == nil {
+		l.err = err
+	}
 }
 
 // Release ends the lease: it stops renewing it and, unless a call on the
@@ -164,16 +542,81 @@ func (l *Lease) Put(ctx context.Context, key string, e *cache.Entry, ttl time.Du
 // for localFor, then deletes the lease if it is still this one's (compare
 // and delete) and wakes the replicas waiting for the key. Always call it,
 // once; it is safe on a nil Lease.
-func (l *Lease) Release(ctx context.Context, localFor time.Duration) { panic("not yet") }
+//
+// It runs even when ctx has ended, each call bounded by Timeout: a fetch
+// that timed out is the likeliest to leave a LocalOnly mark, and a lease
+// left behind makes the waiters wait out its LeaseTTL.
+func (l *Lease) Release(ctx context.Context, localFor time.Duration) {
+	if l == nil {
+		return
+	}
+	l.mu.Lock()
+	if l.released {
+		l.mu.Unlock()
+		return
+	}
+	l.released = true
+	close(l.stop)
+	failed := l.err != nil
+	l.mu.Unlock()
+	if failed {
+		return
+	}
+	f := l.f
+	ctx = context.WithoutCancel(ctx)
+	if localFor > 0 {
+		mark := &cache.Entry{Kind: cache.PassMark, ID: cache.NewID(), Reason: LocalOnly}
+		err := f.call(ctx, opSet, func(ctx context.Context) error {
+			return f.store.SetFresh(ctx, l.key, mark, localFor, f.now().Add(localFor), cache.Cond{})
+		})
+		if err != nil {
+			l.fail(err)
+			return
+		}
+	}
+	if err := f.release(ctx, l.key, l.token); err != nil {
+		l.fail(err)
+	}
+}
 
 // Purge drops key (with prefix, every key it starts) from the shared tier,
 // records the purge at at so that no fetch begun before it writes the key
 // back, and tells every other replica to drop its own copy. It returns how
 // many entries Redis dropped.
+//
+// It announces the purge even when Redis's part of it failed: the other
+// replicas' memory is then at least purged. It returns the first error.
 func (f *Fleet) Purge(ctx context.Context, key string, prefix bool, at time.Time) (int, error) {
-	panic("not yet")
+	var n int
+	err := f.call(ctx, opPurge, func(ctx context.Context) (err error) {
+		n, err = f.store.Purge(ctx, key, prefix, at)
+		return err
+	})
+	msg := purgeMessage{from: f.id, key: key, prefix: prefix, at: at}
+	perr := f.call(ctx, opPublish, func(ctx context.Context) error {
+		return f.store.Publish(ctx, f.purgeCh, msg.String())
+	})
+	return n, cmp.Or(err, perr)
 }
 
 // OnPurge sets the function called, on the subscription's goroutine, for
 // each purge another replica announces. Set it before serving.
-func (f *Fleet) OnPurge(fn func(key string, prefix bool, at time.Time)) { panic("not yet") }
+func (f *Fleet) OnPurge(fn func(key string, prefix bool, at time.Time)) {
+	f.onPurge.Store(&fn)
+}
+
+// purged handles a message on the purge channel.
+func (f *Fleet) purged(payload string) {
+	m, ok := parsePurge(payload)
+	if !ok {
+		f.stats.purgesDropped.Add(1)
+		return
+	}
+	if m.from == f.id {
+		return // this replica's own: its caller purged its memory already
+	}
+	f.stats.purgesReceived.Add(1)
+	if fn := f.onPurge.Load(); fn != nil && *fn != nil {
+		(*fn)(m.key, m.prefix, m.at)
+	}
+}

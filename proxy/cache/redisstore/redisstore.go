@@ -18,7 +18,10 @@
 // Redis also expires it by its own clock after the ttl, so that memory is
 // given back; the x field is what a reader goes by. A purge of a key is
 // recorded at Prefix+"p:"+key, a purge of a prefix in the sorted set
-// Prefix+"purges", each for Config.Keep.
+// Prefix+"purges", each for Config.Keep. For the fleet (lease.go), an
+// entry may also have field f (fresh until, Unix microseconds), a key a
+// lease at Prefix+"l:"+key, and replicas talk on the channels
+// Prefix+"wake" and Prefix+"purge".
 //
 // # Redis
 //
@@ -249,13 +252,15 @@ func (s *Store) Get(ctx context.Context, key string) (*cache.Entry, error) {
 //	KEYS: entry, purge record of the key, purge record of the key it is
 //	      a variant of (or the key's again), sorted set of prefix records
 //	ARGV: encoding, ttl ms, expiry µs, since µs (0: no check), mode
-//	      ("", "id" or "absent"), ID (8 bytes), now µs, key
+//	      ("", "id" or "absent"), ID (8 bytes), now µs, key, and
+//	      optionally fresh-until µs (SetFresh)
 //
 // It returns "purged", "conflict" or "ok". The checks, in the order the
 // contract wants them: a record of the key, of its URI's key, or of a
 // prefix of it, at or after since; then the entry there (one past its x
 // is absent) against IfID or IfAbsent; then the write, with Redis's own
-// expiry after the ttl.
+// expiry after the ttl. The entry's fields are replaced as a whole, so
+// that a plain Set leaves no fresh-until (field f) of an earlier SetFresh.
 var setScript = redis.NewScript(`#!lua
 local since = tonumber(ARGV[4])
 if since > 0 then
@@ -277,11 +282,17 @@ if mode ~= '' then
 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 'x', ARGV[3])
+if ARGV[9] then redis.call('HSET', KEYS[1], 'f', ARGV[9]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 'ok'
 `)
 
 func (s *Store) Set(ctx context.Context, key string, e *cache.Entry, ttl time.Duration, cond cache.Cond) error {
+	return s.set(ctx, key, e, ttl, time.Time{}, cond)
+}
+
+// set is Set, and SetFresh when fresh is not zero.
+func (s *Store) set(ctx context.Context, key string, e *cache.Entry, ttl time.Duration, fresh time.Time, cond cache.Cond) error {
 	outer := ctx
 	if ttl <= 0 {
 		return nil
@@ -318,8 +329,11 @@ func (s *Store) Set(ctx context.Context, key string, e *cache.Entry, ttl time.Du
 	}
 	defer cancel()
 	keys := []string{s.entryKey(key), s.recordKey(key), s.recordKey(base), s.prefixesKey()}
-	res, err := setScript.Run(ctx, s.rdb, keys,
-		v, max(ttl.Milliseconds(), 1), micros(now.Add(ttl), true), since, mode, id, micros(now, false), key).Text()
+	args := []any{v, max(ttl.Milliseconds(), 1), micros(now.Add(ttl), true), since, mode, id, micros(now, false), key}
+	if !fresh.IsZero() {
+		args = append(args, micros(fresh, false))
+	}
+	res, err := setScript.Run(ctx, s.rdb, keys, args...).Text()
 	if err != nil {
 		return fail(outer, "set", key, err)
 	}

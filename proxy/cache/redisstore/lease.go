@@ -1,0 +1,261 @@
+package redisstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"corral/proxy/cache"
+)
+
+// What the fleet builds on: an entry may carry a fresh-until (field f,
+// Unix microseconds by the writer's clock, rounded down), a key may have a
+// lease (a plain string at Prefix+"l:"+key holding its holder's token,
+// with Redis's expiry), and replicas talk over two channels, WakeChannel
+// and PurgeChannel. Each method here is one round trip.
+
+// ErrUndecodable is wrapped by Lookup's error when the entry under the key
+// does not decode: written by a corral of another encoding version, or
+// garbage. The lease outcome is still reported.
+var ErrUndecodable = errors.New("redisstore: entry does not decode")
+
+// LeaseState is what Lookup did about the lease of a key.
+type LeaseState int
+
+const (
+	// NoLease: no lease was asked for, because the entry was fresh or
+	// leaseTTL was zero.
+	NoLease LeaseState = iota
+	// LeaseTaken: the caller's token now holds the lease.
+	LeaseTaken
+	// LeaseHeld: another token holds it.
+	LeaseHeld
+)
+
+func (l LeaseState) String() string {
+	switch l {
+	case NoLease:
+		return "none"
+	case LeaseTaken:
+		return "taken"
+	case LeaseHeld:
+		return "held"
+	}
+	return "lease(" + strconv.Itoa(int(l)) + ")"
+}
+
+// Found is what Lookup found under a key.
+type Found struct {
+	// Entry is the live entry (fresh or not), or nil.
+	Entry *cache.Entry
+	// Expires is when Entry's life in Redis ends (field x).
+	Expires time.Time
+	// Fresh says that the entry was fresh (before its field f), and so
+	// that no lease was asked for unless the call forced it.
+	Fresh bool
+	// Lease is what became of the lease.
+	Lease LeaseState
+}
+
+func (s *Store) leaseKey(key string) string { return s.prefix + "l:" + key }
+
+// WakeChannel is the channel Release publishes a key on when its lease
+// ends, for the replicas waiting for it.
+func (s *Store) WakeChannel() string { return s.prefix + "wake" }
+
+// PurgeChannel is the channel on which replicas announce their purges.
+func (s *Store) PurgeChannel() string { return s.prefix + "purge" }
+
+// SetFresh is Set, and also records that e is fresh until fresh: Lookup
+// hands out a fresh entry without asking for the lease. An entry written
+// by Set is never fresh to Lookup.
+func (s *Store) SetFresh(ctx context.Context, key string, e *cache.Entry, ttl time.Duration, fresh time.Time, cond cache.Cond) error {
+	if fresh.IsZero() {
+		// The zero time would be taken for "no f field"; a time that
+		// long past is never fresh anyway.
+		fresh = time.Unix(0, 0)
+	}
+	return s.set(ctx, key, e, ttl, fresh, cond)
+}
+
+// lookupScript reads an entry and, unless it is fresh, asks for the lease
+// of its key, as one step: a replica that finds no fresh entry either
+// becomes the one to fetch it or learns that another is fetching it.
+//
+//	KEYS: entry, lease
+//	ARGV: now µs, token, lease ttl ms (0: ask for no lease), force ("1":
+//	      ask for the lease even for a fresh entry)
+//
+// It returns {state, v, x, fresh}: state is "none", "taken" or "held";
+// v and x are nil unless the entry is live (x after now); fresh is 1 if
+// it is also before its fresh-until f, else 0. A field that is
+// not a number counts as 0 (expired, not fresh) rather than failing.
+var lookupScript = redis.NewScript(`#!lua
+local now = tonumber(ARGV[1])
+local cur = redis.call('HMGET', KEYS[1], 'v', 'x', 'f')
+local live = cur[1] and (tonumber(cur[2]) or 0) > now
+local fresh = live and (tonumber(cur[3]) or 0) > now
+local v, x = false, false
+if live then v, x = cur[1], cur[2] end
+local state = 'none'
+if (ARGV[4] == '1' or not fresh) and tonumber(ARGV[3]) > 0 then
+  if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then
+    state = 'taken'
+  else
+    state = 'held'
+  end
+end
+return {state, v, x, fresh and 1 or 0}
+`)
+
+// Lookup returns the entry under key and, unless it is fresh, asks for
+// its lease for token, to live leaseTTL (none when leaseTTL is zero). A
+// fresh entry comes back with Fresh and NoLease; a stale one (live, past
+// its fresh-until) with the lease's state; none, with the lease's state.
+//
+// An entry that does not decode comes back as none (Entry nil), with the
+// lease's state and an error wrapping ErrUndecodable.
+func (s *Store) Lookup(ctx context.Context, key, token string, leaseTTL time.Duration) (Found, error) {
+	return s.lookup(ctx, "lookup", key, token, leaseTTL, false)
+}
+
+// Acquire is Lookup that asks for the lease even when the entry is fresh,
+// for a caller that finds a fresh entry no good (Found.Fresh still says
+// whether it was).
+func (s *Store) Acquire(ctx context.Context, key, token string, leaseTTL time.Duration) (Found, error) {
+	return s.lookup(ctx, "acquire", key, token, leaseTTL, true)
+}
+
+func (s *Store) lookup(ctx context.Context, op, key, token string, leaseTTL time.Duration, force bool) (Found, error) {
+	outer := ctx
+	ctx, cancel, err := s.call(ctx)
+	if err != nil {
+		return Found{}, err
+	}
+	defer cancel()
+	ttl := int64(0)
+	if leaseTTL > 0 {
+		ttl = max(leaseTTL.Milliseconds(), 1)
+	}
+	f := "0"
+	if force {
+		f = "1"
+	}
+	res, err := lookupScript.Run(ctx, s.rdb, []string{s.entryKey(key), s.leaseKey(key)},
+		micros(s.now(), false), token, ttl, f).Slice()
+	if err != nil {
+		return Found{}, fail(outer, op, key, err)
+	}
+	if len(res) != 4 {
+		return Found{}, fail(outer, op, key, fmt.Errorf("unexpected reply %v", res))
+	}
+	fresh, _ := res[3].(int64)
+	found := Found{Fresh: fresh == 1}
+	switch state, _ := res[0].(string); state {
+	case "none":
+	case "taken":
+		found.Lease = LeaseTaken
+	case "held":
+		found.Lease = LeaseHeld
+	default:
+		return Found{}, fail(outer, op, key, fmt.Errorf("unexpected reply %q", state))
+	}
+	v, _ := res[1].(string)
+	x, _ := res[2].(string)
+	if v == "" {
+		return found, nil
+	}
+	us, err := strconv.ParseInt(x, 10, 64)
+	if err != nil {
+		return found, fail(outer, op, key, fmt.Errorf("%w: expiry %q", ErrUndecodable, x))
+	}
+	e := new(cache.Entry)
+	if err := e.UnmarshalBinary([]byte(v)); err != nil {
+		return found, fail(outer, op, key, fmt.Errorf("%w: %w", ErrUndecodable, err))
+	}
+	found.Entry, found.Expires = e, time.UnixMicro(us)
+	return found, nil
+}
+
+// renewScript extends a lease if token still holds it.
+//
+//	KEYS: lease
+//	ARGV: token, ttl ms
+var renewScript = redis.NewScript(`#!lua
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+`)
+
+// Renew makes the lease of key live ttl from now if token holds it, and
+// reports whether it did.
+func (s *Store) Renew(ctx context.Context, key, token string, ttl time.Duration) (bool, error) {
+	outer := ctx
+	ctx, cancel, err := s.call(ctx)
+	if err != nil {
+		return false, err
+	}
+	defer cancel()
+	n, err := renewScript.Run(ctx, s.rdb, []string{s.leaseKey(key)}, token, max(ttl.Milliseconds(), 1)).Int()
+	if err != nil {
+		return false, fail(outer, "renew", key, err)
+	}
+	return n == 1, nil
+}
+
+// releaseScript deletes a lease if token holds it, and wakes the waiters.
+// It publishes even when the lease is no longer the token's: a needless
+// wake-up costs a waiter one lookup, a missed one a Recheck. It only frees
+// memory, so it may run on a Redis out of memory (allow-oom).
+//
+//	KEYS: lease
+//	ARGV: token, wake channel, key
+var releaseScript = redis.NewScript(`#!lua flags=allow-oom
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+end
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 0
+`)
+
+// Release ends the lease of key if token holds it, and publishes key on
+// WakeChannel in any case.
+func (s *Store) Release(ctx context.Context, key, token string) error {
+	outer := ctx
+	ctx, cancel, err := s.call(ctx)
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	err = releaseScript.Run(ctx, s.rdb, []string{s.leaseKey(key)}, token, s.WakeChannel(), key).Err()
+	if err != nil {
+		return fail(outer, "release", key, err)
+	}
+	return nil
+}
+
+// Publish publishes msg on channel.
+func (s *Store) Publish(ctx context.Context, channel, msg string) error {
+	outer := ctx
+	ctx, cancel, err := s.call(ctx)
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	if err := s.rdb.Publish(ctx, channel, msg).Err(); err != nil {
+		return fail(outer, "publish", channel, err)
+	}
+	return nil
+}
+
+// Subscribe returns a subscription to channels on the store's client. It
+// does not wait for Redis: the subscription connects, and reconnects, on
+// its own. The caller closes it.
+func (s *Store) Subscribe(ctx context.Context, channels ...string) *redis.PubSub {
+	return s.rdb.Subscribe(ctx, channels...)
+}
