@@ -22,7 +22,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"corral/bench"
@@ -102,13 +101,9 @@ func run(ctx context.Context, args []string, stderr io.Writer, getenv func(strin
 	if c.adminListen != "" {
 		admin = proxy.NewAdmin(p, c.adminToken)
 		if fl != nil {
-			// TODO(fleet): *fleet.Fleet is to implement prometheus.Collector;
-			// once it does, this is admin.Register(prometheus.Collector(fl)).
-			if col, ok := any(fl).(prometheus.Collector); ok {
-				if err := admin.Register(col); err != nil && !errors.As(err, new(prometheus.AlreadyRegisteredError)) {
-					fmt.Fprintln(stderr, "corral: metrics:", err)
-					return 1
-				}
+			if err := admin.Register(fl); err != nil {
+				fmt.Fprintln(stderr, "corral: metrics:", err)
+				return 1
 			}
 		}
 		servers = append(servers, &server{name: "admin-listen", addr: c.adminListen, handler: admin, maxHeaderBytes: c.maxHeaderBytes})

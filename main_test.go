@@ -649,9 +649,6 @@ func TestBadRedisFlagExitsTwoWithOneLine(t *testing.T) {
 // Issue 12, item 3: a Redis where nothing listens does not fail the start;
 // the replica serves, and is ready, as it is without -redis.
 func TestRedisDownDoesNotFailTheStart(t *testing.T) {
-	if !fleetImplemented() {
-		t.Skip("package fleet is still a stub") // TODO(fleet): remove
-	}
 	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Cache-Control", "max-age=60")
 		io.WriteString(w, "ok")
@@ -690,18 +687,4 @@ func TestRedisDownDoesNotFailTheStart(t *testing.T) {
 	if code := <-done; code != 0 {
 		t.Errorf("exit code %d, want 0; stderr: %s", code, stderr.String())
 	}
-}
-
-// fleetImplemented reports whether package fleet does more than panic.
-func fleetImplemented() (ok bool) {
-	defer func() {
-		if recover() != nil {
-			ok = false
-		}
-	}()
-	f, err := fleet.New(fleet.Config{Addr: "redis://127.0.0.1:1/0"})
-	if err == nil {
-		f.Close()
-	}
-	return true
 }

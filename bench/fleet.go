@@ -58,21 +58,17 @@ func DemoFleet(ctx context.Context, w io.Writer, replicas, clients int, d time.D
 	fmt.Fprintf(w, "running through %d replicas sharing Redis...\n", replicas)
 	shared := DemoOrigin(originCC)
 	join := func() (*fleet.Fleet, error) {
-		return newFleet(fleet.Config{Addr: redis.URL, Logger: cfg.Logger})
+		return fleet.New(fleet.Config{Addr: redis.URL, Logger: cfg.Logger})
 	}
-	sharedRes, missing := runReplicas(ctx, herd, shared, &cfg, replicas, join)
-	if missing != nil && !errors.Is(missing, errNoFleet) {
-		return missing
+	sharedRes, err := runReplicas(ctx, herd, shared, &cfg, replicas, join)
+	if err != nil {
+		return err
 	}
 
 	tw := tabwriter.NewWriter(w, 0, 0, 3, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(tw, "\tdirect\t%d replicas alone\t%d replicas + Redis\t\n", replicas, replicas)
 	row := func(name string, f func(Result, *Origin) any) {
-		c := f(sharedRes, shared)
-		if missing != nil {
-			c = "-"
-		}
-		fmt.Fprintf(tw, "%s\t%v\t%v\t%v\t\n", name, f(directRes, direct), f(aloneRes, alone), c)
+		fmt.Fprintf(tw, "%s\t%v\t%v\t%v\t\n", name, f(directRes, direct), f(aloneRes, alone), f(sharedRes, shared))
 	}
 	row("client requests", func(r Result, _ *Origin) any { return r.Requests })
 	row("client errors", func(r Result, _ *Origin) any { return r.Errors })
@@ -81,25 +77,7 @@ func DemoFleet(ctx context.Context, w io.Writer, replicas, clients int, d time.D
 	row("upstream requests", func(_ Result, o *Origin) any { return o.Requests() })
 	row("upstream per second", func(_ Result, o *Origin) any { return fmt.Sprintf("%.1f", float64(o.Requests())/d.Seconds()) })
 	row("upstream 503s", func(_ Result, o *Origin) any { return o.Rejected() })
-	if err := tw.Flush(); err != nil {
-		return err
-	}
-	return missing
-}
-
-// errNoFleet says that this build's package fleet is still a stub.
-var errNoFleet = errors.New("the shared tier is not implemented in this build (package fleet is a stub)")
-
-// newFleet is fleet.New, with the stub's panic turned into errNoFleet.
-//
-// TODO(fleet): call fleet.New directly once package fleet is implemented.
-func newFleet(cfg fleet.Config) (f *fleet.Fleet, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			f, err = nil, fmt.Errorf("%w: %v", errNoFleet, r)
-		}
-	}()
-	return fleet.New(cfg)
+	return tw.Flush()
 }
 
 // runReplicas serves origin on a loopback port, puts n corral replicas in

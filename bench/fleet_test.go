@@ -3,7 +3,6 @@ package bench
 import (
 	"bytes"
 	"context"
-	"errors"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -53,8 +52,7 @@ func TestDemoFleetPrintsThreeColumns(t *testing.T) {
 	var out bytes.Buffer
 	cfg := proxy.Config{Logger: slog.New(slog.DiscardHandler)}
 	err := DemoFleet(context.Background(), &out, 3, 12, time.Second, DemoCacheControl, cfg)
-	// TODO(fleet): once package fleet is implemented, err must be nil.
-	if err != nil && !errors.Is(err, errNoFleet) {
+	if err != nil {
 		t.Fatalf("DemoFleet: %v\n%s", err, out.String())
 	}
 	for _, want := range []string{"direct", "3 replicas alone", "3 replicas + Redis", "client errors", "upstream requests", "upstream per second"} {

@@ -49,12 +49,6 @@ type Config struct {
 	// through cache.Sizer, when it implements it.
 	Store cache.Store
 
-	// Fleet, when set, is the shared tier this replica shares with the
-	// others (see package fleet): read on a miss, written after a fetch,
-	// leased so that one replica fetches a key for all. The caller makes it
-	// and closes it after Shutdown.
-	Fleet *fleet.Fleet
-
 	// CacheBytes is the in-memory store's budget. Zero means 256 MiB.
 	CacheBytes int64
 

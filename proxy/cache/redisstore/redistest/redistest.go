@@ -52,7 +52,7 @@ func Run(dir string, unix bool) (*Server, error) {
 		return nil, ErrNotInstalled
 	}
 	s := &Server{}
-	s.args = []string{"--save", "", "--appendonly", "no", "--dir", dir, "--bind", "127.0.0.1"}
+	s.args = []string{"--save", "", "--appendonly", "no", "--dir", dir, "--bind", "127.0.0.1", "--enable-debug-command", "local"}
 	if unix {
 		s.Addr = filepath.Join(dir, "redis.sock")
 		if len(s.Addr) > maxSocketPath {
