@@ -73,7 +73,12 @@ func (f *Fleet) call(ctx context.Context, o op, fn func(context.Context) error) 
 func (f *Fleet) breakerChanged(_ string, from, to gobreaker.State) {
 	switch to {
 	case gobreaker.StateOpen:
-		f.log.Warn("fleet: Redis failing; local-only until a probe succeeds", "from", from.String())
+		if from == gobreaker.StateHalfOpen {
+			// A probe failed: still down, said once already.
+			f.log.Debug("fleet: Redis still failing")
+			return
+		}
+		f.log.Warn("fleet: Redis failing; local-only until a probe succeeds")
 	case gobreaker.StateClosed:
 		f.log.Info("fleet: Redis answers again; shared tier back")
 	default:
