@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strconv"
 	"time"
 )
 
@@ -53,8 +54,8 @@ func (e *Entry) AppendBinary(b []byte) ([]byte, error) {
 	if e.Kind > maxKind {
 		return b, fmt.Errorf("%w: unknown kind %d", errEncode, e.Kind)
 	}
-	if e.Status < 0 {
-		return b, fmt.Errorf("%w: status %d", errEncode, e.Status)
+	if !validStatus(e.Kind, e.Status) {
+		return b, fmt.Errorf("%w: status %d for a %s", errEncode, e.Status, e.Kind)
 	}
 	b = append(b, Version, byte(e.Kind))
 	b = binary.BigEndian.AppendUint64(b, e.ID)
@@ -171,6 +172,11 @@ func (e *Entry) UnmarshalBinary(data []byte) error {
 	if d.err == nil && len(d.b) > 0 {
 		d.fail("trailing bytes")
 	}
+	if d.err == nil && !validStatus(x.Kind, x.Status) {
+		// Such a status was never stored, and a final answer must be
+		// 200 to 599 to be served at all: net/http panics on less.
+		d.fail("status " + strconv.Itoa(x.Status) + " for a " + x.Kind.String())
+	}
 	if d.err != nil {
 		return d.err
 	}
@@ -267,4 +273,14 @@ func (d *decoder) time() time.Time {
 		return time.Time{}
 	}
 	return time.Unix(sec, int64(nsec)).UTC()
+}
+
+// validStatus reports whether a decoded entry of kind k may have status:
+// a Response's is a final status other than 206 (a part is never
+// stored), a marker's is 0.
+func validStatus(k Kind, status int) bool {
+	if k != Response {
+		return status == 0
+	}
+	return status >= 200 && status <= 599 && status != 206
 }

@@ -48,8 +48,8 @@ func examples() map[string]*Entry {
 			Gen:   0x8000000000000001,
 			Until: t0.Add(time.Hour),
 		},
-		"pass mark": {Kind: PassMark, ID: 10, Reason: "set-cookie"},
-		"zero":      {},
+		"pass mark":   {Kind: PassMark, ID: 10, Reason: "set-cookie"},
+		"zero marker": {Kind: VaryMarker},
 		"before 1970 and far ahead": {
 			Kind: Response, ID: 11, Status: 200,
 			RequestTime:  time.Date(1900, 1, 1, 0, 0, 0, 1, time.UTC),
@@ -121,9 +121,11 @@ func TestAppendBinaryAppends(t *testing.T) {
 	}
 }
 
-func TestMarshalRefusesUnknownKind(t *testing.T) {
-	if _, err := (&Entry{Kind: maxKind + 1}).MarshalBinary(); err == nil {
-		t.Error("no error for an unknown kind")
+func TestMarshalRefuses(t *testing.T) {
+	for _, e := range []*Entry{{Kind: maxKind + 1}, {Kind: Response, Status: 101}, {Kind: PassMark, Status: 200}} {
+		if _, err := e.MarshalBinary(); err == nil {
+			t.Errorf("no error for %+v", e)
+		}
 	}
 }
 
@@ -156,6 +158,11 @@ func TestUnmarshalRefuses(t *testing.T) {
 		"repeated field":  dup,
 		"bad nanoseconds": nanos,
 		"status 1000":     append(append(binary.AppendUvarint(bytes.Clone(head[:14]), 1000), 0), tail...),
+		// Served, a status under 200 would panic net/http; 206 and 999
+		// were never stored.
+		"status 99":  append(append(binary.AppendUvarint(bytes.Clone(head[:14]), 99), 0), tail...),
+		"status 206": append(append(binary.AppendUvarint(bytes.Clone(head[:14]), 206), 0), tail...),
+		"status 999": append(append(binary.AppendUvarint(bytes.Clone(head[:14]), 999), 0), tail...),
 	}
 	for name, b := range cases {
 		t.Run(name, func(t *testing.T) {
