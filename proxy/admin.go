@@ -44,7 +44,7 @@ type Admin struct {
 // admined is what the admin endpoints need of a Proxy.
 type admined interface {
 	Ready(ctx context.Context) error
-	Purge(uri string, prefix bool) int
+	Purge(uri string, prefix bool) (int, error)
 }
 
 // NewAdmin returns the admin handler for p, guarded by token if it is not
@@ -142,16 +142,25 @@ func (a *Admin) purge(w http.ResponseWriter, r *http.Request) {
 		}
 		targets = append(targets, target)
 	}
-	n := 0
+	n, failed := 0, []string(nil)
 	for _, target := range targets {
-		m := a.p.Purge(target, prefix)
+		m, err := a.p.Purge(target, prefix)
 		a.log.Info("purged", "target", target, "prefix", prefix, "entries", m)
 		n += m
+		if err != nil {
+			failed = append(failed, err.Error())
+		}
 	}
 	w.Header().Set("Content-Type", "application/json")
+	if failed != nil {
+		// Purged here, but not across the fleet: the caller must know,
+		// and try again.
+		w.WriteHeader(http.StatusBadGateway)
+	}
 	json.NewEncoder(w).Encode(struct { //nolint:errcheck // the client may have gone
-		Purged int `json:"purged"`
-	}{n})
+		Purged int      `json:"purged"`
+		Errors []string `json:"errors,omitempty"`
+	}{n, failed})
 }
 
 // purgeTarget reads one url= or prefix= value into the normal

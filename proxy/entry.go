@@ -34,6 +34,12 @@ type local struct {
 	// none did.
 	rule string
 
+	// credentialed says the body came from a request with
+	// Authorization, or from an entry that did (a 304 keeps the body it
+	// validates): it may answer this replica's clients when the origin
+	// made it public, but never goes to the tier the fleet shares.
+	credentialed bool
+
 	// languages maps, for a Vary marker of a response that varies on
 	// Accept-Language alone, each stored variant's Content-Language to
 	// its variant key, so that a request whose first choice is that
@@ -68,7 +74,7 @@ type local struct {
 func (e *local) withBody(body []byte) *local {
 	c := *e.Entry
 	c.ID, c.Body = cache.NewID(), body
-	return &local{Entry: &c, Header: e.Header, Decision: e.Decision, rule: e.rule}
+	return &local{Entry: &c, Header: e.Header, Decision: e.Decision, rule: e.rule, credentialed: e.credentialed}
 }
 
 // decidedBy returns what Cache-Status says decided e's freshness: the
@@ -190,6 +196,12 @@ func (p *Proxy) get(ctx context.Context, key string) *local {
 // set stores e under key for ttl if cond holds, and reports whether it
 // did. A failure of the store is logged and counts as not stored.
 func (p *Proxy) set(ctx context.Context, key string, e *local, ttl time.Duration, cond cache.Cond) bool {
+	return p.setErr(ctx, key, e, ttl, cond) == nil
+}
+
+// setErr is set, reporting why not: cache.ErrPurged, cache.ErrConflict, or
+// a failure of the store, which it logs.
+func (p *Proxy) setErr(ctx context.Context, key string, e *local, ttl time.Duration, cond cache.Cond) error {
 	var err error
 	if ls, ok := p.store.(localStore); ok {
 		// What the proxy computed from the exchange itself (the
@@ -199,14 +211,10 @@ func (p *Proxy) set(ctx context.Context, key string, e *local, ttl time.Duration
 	} else {
 		err = p.store.Set(ctx, key, e.Entry, ttl, cond)
 	}
-	switch {
-	case err == nil:
-		return true
-	case errors.Is(err, cache.ErrPurged), errors.Is(err, cache.ErrConflict):
-		return false
+	if err != nil && !errors.Is(err, cache.ErrPurged) && !errors.Is(err, cache.ErrConflict) {
+		p.log.Warn("cache write failed; not stored", "key", key, "err", err)
 	}
-	p.log.Warn("cache write failed; not stored", "key", key, "err", err)
-	return false
+	return err
 }
 
 // failedRecently reports whether a validation of l failed less than

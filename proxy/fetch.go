@@ -69,6 +69,10 @@ type flight struct {
 
 	// background says no client waits on it: a refresh.
 	background bool
+
+	// req holds the directives of the request that started it, by which
+	// an answer from the shared tier is judged as one from memory is.
+	req freshness.RequestDirectives
 }
 
 // newFlight builds the flight for r, a request for key whose lookup found
@@ -83,6 +87,7 @@ func (p *Proxy) newFlight(r *http.Request, key, vkey string, stale *local) fligh
 		client: r.RemoteAddr,
 		stale:  stale,
 		shared: p.fleet != nil && r.Header["Authorization"] == nil,
+		req:    p.requestDirectives(r),
 	}
 }
 
@@ -120,13 +125,21 @@ func (p *Proxy) fetch(ctx context.Context, in flight) (*fetched, error) {
 	if f != nil {
 		return f, nil
 	}
+	// Claim may have waited for another replica's fetch, which left
+	// nothing to share (the answer may not be stored, say): the exchange
+	// that follows gets an UpstreamTimeout of its own, or the wait
+	// would turn a slow answer into a 504.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.upstreamTimeout)
+	defer cancel()
 	if c.Lease == nil {
 		return p.fetchUpstream(ctx, in, nil) // on our own
 	}
 	if in.stale == nil && c.Entry != nil && c.Entry.Kind == cache.Response {
 		// The shared tier's stale copy: revalidate it, and keep it
 		// here while it can stand in.
-		in.stale = p.promote(ctx, vkey, c)
+		if l, ok := p.promote(ctx, vkey, c); ok {
+			in.stale = l
+		}
 	}
 	var f2 *fetched
 	var err error
@@ -272,8 +285,9 @@ func (p *Proxy) newEntryFor(method, key string, reqHeader http.Header, status in
 			Body:         body,
 			Vary:         varyNames(h),
 		},
-		Header:   servedHeader(h),
-		Decision: d,
+		Header:       servedHeader(h),
+		Decision:     d,
+		credentialed: reqHeader["Authorization"] != nil,
 	}
 	if d.Source == freshness.FromRule {
 		// Counted when the rule decides, once per upstream response,
@@ -302,7 +316,9 @@ func (p *Proxy) revalidated(key string, reqHeader http.Header, stale *local, hea
 	for k, v := range update {
 		merged[k] = v
 	}
-	return p.newEntry(key, reqHeader, stale.Status, merged, stale.Body, reqTime, respTime)
+	e, own := p.newEntry(key, reqHeader, stale.Status, merged, stale.Body, reqTime, respTime)
+	e.credentialed = e.credentialed || stale.credentialed
+	return e, own
 }
 
 // put stores e, fetched by a request sent at reqTime, under key (or under

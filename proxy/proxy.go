@@ -157,34 +157,35 @@ type Config struct {
 
 // Proxy is a caching reverse proxy for one upstream.
 type Proxy struct {
-	upstream       *url.URL
-	upstreamPath   string // escaped, without a final slash
-	store          cache.Store
-	locals         localStore    // store, when it keeps a local beside each entry
-	ownStore       *cache.Memory // the store New made, which Shutdown stops
-	maxObject      int64
-	maxRequestBody int64
-	bodyTimeout    time.Duration
-	buffers        *buffers // what bodies held in memory may take
-	requestBuffers *buffers // the share of it request bodies may take
-	copyBuffers    *buffers // the share of it passed-through copies may take
-	passTTL        time.Duration
-	policy         freshness.Policy
-	rules          []rules.Rule // prefixes normalised as request keys are
-	requestNoCache RequestNoCache
-	revalidate     time.Duration // RevalidateInterval; 0 when none
-	transport      http.RoundTripper
-	guard          *guard // wraps transport
-	now            func() time.Time
-	fakeClock      bool // now is not time.Now
-	trustedProxies []netip.Prefix
-	log            *slog.Logger
-	logRequests    bool         // a line per request, at debug level
-	flights        flights      // a coalesce.Group
-	fleet          *fleet.Fleet // the tier replicas share; nil when none
-	pass           *httputil.ReverseProxy
-	stats          Stats
-	metrics        *Metrics
+	upstream        *url.URL
+	upstreamPath    string // escaped, without a final slash
+	store           cache.Store
+	locals          localStore    // store, when it keeps a local beside each entry
+	ownStore        *cache.Memory // the store New made, which Shutdown stops
+	maxObject       int64
+	maxRequestBody  int64
+	bodyTimeout     time.Duration
+	buffers         *buffers // what bodies held in memory may take
+	requestBuffers  *buffers // the share of it request bodies may take
+	copyBuffers     *buffers // the share of it passed-through copies may take
+	passTTL         time.Duration
+	policy          freshness.Policy
+	rules           []rules.Rule // prefixes normalised as request keys are
+	requestNoCache  RequestNoCache
+	revalidate      time.Duration // RevalidateInterval; 0 when none
+	transport       http.RoundTripper
+	guard           *guard // wraps transport
+	now             func() time.Time
+	fakeClock       bool // now is not time.Now
+	trustedProxies  []netip.Prefix
+	log             *slog.Logger
+	logRequests     bool // a line per request, at debug level
+	upstreamTimeout time.Duration
+	flights         flights      // a coalesce.Group
+	fleet           *fleet.Fleet // the tier replicas share; nil when none
+	pass            *httputil.ReverseProxy
+	stats           Stats
+	metrics         *Metrics
 
 	evictionsWarned atomic.Int64 // evictions counted by the last warning
 	evictionWarnAt  atomic.Int64 // Unix nanoseconds of that warning
@@ -239,6 +240,7 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, err
 	}
 	timeout := orDefault(cfg.UpstreamTimeout, defaultUpstreamTimeout)
+	p.upstreamTimeout = timeout
 	p.flights = &coalesce.Group[*fetched]{Timeout: timeout}
 	p.metrics = newMetrics(p)
 	cacheBytes := orDefault(cfg.CacheBytes, 256<<20)
@@ -604,6 +606,13 @@ func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshn
 	// writes to it.
 	interim.close()
 	now := p.now()
+	if in.stale == nil && in.shared && (err != nil || (!f.again && isServerError(f.entry.Status))) {
+		// The fetch may have found a stale copy in the shared tier,
+		// now in memory, that can stand in for the failure.
+		if e, _ := p.lookup(r.Context(), in.key, r.Header); e != nil && e.Kind == cache.Response && !isServerError(e.Status) {
+			in.stale = e
+		}
+	}
 	if err != nil {
 		if r.Context().Err() != nil {
 			return outAbandoned, false // the client left; the flight goes on without it
@@ -760,7 +769,7 @@ func (p *Proxy) refresh(r *http.Request, key, vkey string, stale *local) {
 
 // refreshFetch is the fetch of a background refresh that starts from in.
 func (p *Proxy) refreshFetch(in flight) coalesce.Fetch[*fetched] {
-	in.background = true
+	in.background, in.req = true, noDirectives
 	key, vkey, stale := in.key, in.vkey, in.stale
 	return func(ctx context.Context) (*fetched, error) {
 		// Made for the client whose stale hit started it, as far as the

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"corral/freshness"
@@ -21,13 +22,15 @@ import (
 // tier answers in, and otherwise the fleet's Claim: with a lease, in's
 // fetch is the fleet's; without one, it goes upstream on its own.
 func (p *Proxy) claim(ctx context.Context, in flight) (fleet.Claim, *fetched) {
-	since := p.now() // a purge from here on refuses what is read below
 	c := p.fleet.Claim(ctx, in.vkey, p.judge(in))
 	if c.Entry == nil || c.Lease != nil {
 		return c, nil
 	}
-	l := p.promoteSince(ctx, in.vkey, c, since)
-	if c.Entry.Kind != cache.Response || l.Decision.State(p.now()) != freshness.Fresh {
+	l, ok := p.promote(ctx, in.vkey, c)
+	switch {
+	case !ok:
+		return fleet.Claim{}, nil // purged here since it was fetched: on our own
+	case c.Entry.Kind != cache.Response || l.Decision.State(p.now()) != freshness.Fresh:
 		// A Vary marker, a pass mark, or a response to serve stale while
 		// another replica refreshes it: now in memory, where the
 		// requests of the flight look again and find it.
@@ -36,62 +39,54 @@ func (p *Proxy) claim(ctx context.Context, in flight) (fleet.Claim, *fetched) {
 	return fleet.Claim{}, &fetched{entry: l, own: l.Header, shared: true}
 }
 
-// judge says what an entry of the shared tier is good for to in.
+// judge says what an entry of the shared tier is good for to in: what a
+// stored response in memory would be good for to the request that
+// started in, by the same rules (decide).
 func (p *Proxy) judge(in flight) fleet.Judge {
 	return func(e *cache.Entry) fleet.Use {
 		if e.Kind != cache.Response {
 			return fleet.Take // a Vary marker, a pass mark: followed in memory
 		}
-		now := p.now()
 		if s := in.stale; s != nil && (e.ID == s.ID || !e.ResponseTime.After(s.ResponseTime)) {
 			// The copy being validated, or an older one.
 			return fleet.Fetch
 		}
-		l := p.recompute(in.vkey, e)
-		switch l.Decision.State(now) {
-		case freshness.Fresh:
-			if s := in.stale; s != nil && s.Decision.State(now) == freshness.Fresh &&
-				now.Sub(e.ResponseTime) >= p.revalidate {
-				// in validates a fresh copy because its client asked
-				// for a fresher one: the other replica's answer is
-				// fresher, but not validated recently enough either.
-				return fleet.Fetch
-			}
+		use := p.recompute(in.vkey, e).Decision.UseFor(p.now(), in.req, p.revalidate)
+		switch {
+		case use.State == freshness.Fresh:
 			return fleet.Take
-		case freshness.StaleWhileRevalidate:
-			if !in.background {
-				// Served stale here at once; the background refresh
-				// that starts then takes the lease, or waits for the
-				// replica that holds it.
-				return fleet.Take
-			}
+		case use.State == freshness.StaleWhileRevalidate && !in.background:
+			// Served stale here at once; the background refresh that
+			// starts then takes the lease, or waits for the replica
+			// that holds it.
+			return fleet.Take
 		}
 		return fleet.Fetch
 	}
 }
 
-// promoteSince stores c's entry, read from the shared tier under key, in
-// memory, unless a purge since forbids it, and returns it as this replica
-// uses it: its freshness computed from its stored times, never restarted.
-func (p *Proxy) promoteSince(ctx context.Context, key string, c fleet.Claim, since time.Time) *local {
-	l := p.recompute(key, c.Entry)
-	if ttl := c.Expires.Sub(p.now()); ttl > 0 {
-		p.set(ctx, key, l, ttl, cache.Cond{Since: since})
+// promote stores c's entry, read from the shared tier under key, in
+// memory, and returns it as this replica uses it: its freshness computed
+// from its stored times, never restarted. ok is false when this replica
+// knows of a purge of key since the entry was fetched (its own, or one
+// another replica announced), which the shared tier may not have seen:
+// the entry is not to be served.
+func (p *Proxy) promote(ctx context.Context, key string, c fleet.Claim) (l *local, ok bool) {
+	l = p.recompute(key, c.Entry)
+	ttl := c.Expires.Sub(p.now())
+	if ttl <= 0 {
+		return l, true // expired in Redis a moment ago: served once, not kept
 	}
-	return l
-}
-
-// promote is promoteSince for an entry read just now.
-func (p *Proxy) promote(ctx context.Context, key string, c fleet.Claim) *local {
-	return p.promoteSince(ctx, key, c, p.now())
+	err := p.setErr(ctx, key, l, ttl, cache.Cond{Since: c.Entry.RequestTime})
+	return l, !errors.Is(err, cache.ErrPurged)
 }
 
 // share writes e, stored in memory under key for ttl and fresh until
 // fresh, to the shared tier when lease makes this fetch the fleet's, and
-// reports whether it landed. Responses with Set-Cookie never do, whatever
-// decided they may be stored.
+// reports whether it landed. Responses with Set-Cookie, and bodies fetched
+// with credentials, never do, whatever decided they may be stored.
 func (p *Proxy) share(ctx context.Context, lease *fleet.Lease, key string, e *local, ttl time.Duration, fresh, since time.Time) bool {
-	if lease == nil || e.Entry.Header["Set-Cookie"] != nil {
+	if lease == nil || e.credentialed || e.Entry.Header["Set-Cookie"] != nil {
 		return false
 	}
 	return lease.Put(ctx, key, e.Entry, ttl, fresh, since) == nil
@@ -105,11 +100,17 @@ func (p *Proxy) sharePass(ctx context.Context, lease *fleet.Lease, key, reason s
 
 // localFor is how long, after the lease holder's fetch that brought f or
 // err, the other replicas fetch the key on their own: none when the
-// answer is in the shared tier for them, else refreshBackoff, so that they
-// go at once rather than one after another.
+// answer is in the shared tier for them. An answer that cannot go there
+// (not storable, too large for Redis) will not next time either: PassTTL,
+// as a pass mark holds, so that their clients do not queue behind one
+// replica's fetch after another. A failure: refreshBackoff, so that they
+// go at once rather than one after another, and try the lease again soon.
 func (p *Proxy) localFor(f *fetched, err error) time.Duration {
-	if err == nil && f != nil && f.inShared {
+	switch {
+	case err == nil && f != nil && f.inShared:
 		return 0
+	case err == nil && f != nil && !isServerError(f.entry.Status):
+		return p.passTTL
 	}
 	return refreshBackoff
 }

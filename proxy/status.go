@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -246,12 +248,14 @@ func (t *teeBody) Close() error {
 // Purge drops what is stored for the request URI uri (path and query),
 // or with prefix for every URI that starts with uri ("" for all), and
 // keeps the fetches for them already under way from storing their
-// answers afterwards. It reports how many entries it dropped.
+// answers afterwards. It reports how many entries it dropped here.
 //
 // In a fleet, the purge reaches the shared tier too, and every other
 // replica drops its copies. Should the shared tier fail, the purge holds
-// here alone: it is logged, and the count is this replica's.
-func (p *Proxy) Purge(uri string, prefix bool) int {
+// on this replica alone (it refuses the shared tier's copies fetched
+// before it), and Purge returns the error: the others may serve the
+// purged response until it expires, or until a purge that succeeds.
+func (p *Proxy) Purge(uri string, prefix bool) (int, error) {
 	// A Vary marker takes its variants out of reach with it: a later
 	// marker starts a new generation of variant keys.
 	at := p.now()
@@ -261,11 +265,12 @@ func (p *Proxy) Purge(uri string, prefix bool) int {
 	}
 	p.stats.Purged.Add(int64(n))
 	if p.fleet != nil {
-		if _, err := p.fleet.Purge(context.Background(), uri, prefix, at); err != nil {
-			p.log.Warn("purge of the shared tier failed; other replicas may serve the purged response until it expires", "uri", uri, "prefix", prefix, "err", err)
+		if _, ferr := p.fleet.Purge(context.Background(), uri, prefix, at); ferr != nil {
+			p.log.Warn("purge of the shared tier failed; other replicas may serve the purged response until it expires", "uri", uri, "prefix", prefix, "err", ferr)
+			err = errors.Join(err, fmt.Errorf("purging the shared tier: %w", ferr))
 		}
 	}
-	return n
+	return n, err
 }
 
 // postStorable reports whether a POST sent upstream with header h may
@@ -307,10 +312,10 @@ func safeMethod(m string) bool {
 // request, and for its Location and Content-Location when they are on the
 // same origin (RFC 9111 section 4.4).
 func (p *Proxy) invalidate(info passed, h http.Header) {
-	p.Purge(info.uri, false)
+	p.Purge(info.uri, false) //nolint:errcheck // logged; the client's answer stands
 	for _, f := range []string{"Location", "Content-Location"} {
 		if target, ok := p.sameOrigin(info, h.Get(f)); ok {
-			p.Purge(target, false)
+			p.Purge(target, false) //nolint:errcheck // logged
 		}
 	}
 }

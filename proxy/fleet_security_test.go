@@ -1,0 +1,165 @@
+package proxy
+
+// Attacks on the fleet (issue 12), each found by an attacker review and
+// written to fail before its fix.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"corral/proxy/cache/redisstore/redistest"
+	"corral/proxy/fleet"
+)
+
+// A slow answer that may not be stored: the replica that waited for the
+// lease holder's fetch then fetches on its own, and must not run out of
+// the upstream timeout for having waited (it answered 504).
+func TestFleetWaiterGetsItsOwnUpstreamTimeout(t *testing.T) {
+	srv := redistest.Start(t, false)
+	clk := newClock()
+	const latency = 700 * time.Millisecond
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(latency) // the origin is slow: real time, not a wait for a goroutine
+		w.Header().Set("Cache-Control", "no-cache")
+		fmt.Fprint(w, "dynamic")
+	})
+	rs := newReplicas(t, srv, o, clk, 2, Config{UpstreamTimeout: time.Second}, fleet.Config{})
+	first := make(chan response, 1)
+	go func() { r, _ := get(rs.ps[0], "/dyn"); first <- r }()
+	pollUntil(t, "the first fetch", func() bool { return o.count() == 1 })
+	r, _ := get(rs.ps[1], "/dyn")
+	if r.Status != http.StatusOK || r.Body != "dynamic" {
+		t.Errorf("the replica that waited: %+v", r)
+	}
+	if r := wait(t, first, "the first"); r.Status != http.StatusOK {
+		t.Errorf("the lease holder: %+v", r)
+	}
+	// Not storable: from now on the replicas fetch on their own, each
+	// coalescing its own clients, without queueing behind the other.
+	if r, _ := get(rs.ps[1], "/dyn"); r.Status != http.StatusOK {
+		t.Errorf("next request: %+v", r)
+	}
+}
+
+// A public answer to alice's request, stored in memory, revalidated by an
+// anonymous request: the 304 keeps alice's body, which must not go to
+// Redis, whence every replica would serve it.
+func TestFleetCredentialedBodyNeverSharedThrough304(t *testing.T) {
+	srv := redistest.Start(t, false)
+	clk := newClock()
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "public, max-age=1")
+		w.Header().Set("ETag", `"v1"`)
+		if r.Header.Get("If-None-Match") == `"v1"` {
+			w.WriteHeader(http.StatusNotModified)
+			return
+		}
+		fmt.Fprint(w, "for ", r.Header.Get("Authorization"))
+	})
+	rs := newReplicas(t, srv, o, clk, 2, Config{}, fleet.Config{})
+	get(rs.ps[0], "/me", "Authorization", "Bearer alice")
+	clk.Advance(3 * time.Second)
+	if r, _ := get(rs.ps[0], "/me"); r.Status != http.StatusOK {
+		t.Fatalf("anonymous revalidation: %+v", r)
+	}
+	if o.count() != 2 {
+		t.Fatalf("%d upstream requests, want 2: the test did not revalidate", o.count())
+	}
+	for k, e := range rs.entries() {
+		if strings.Contains(string(e.Body), "alice") {
+			t.Errorf("Redis holds alice's answer under %q", k)
+		}
+	}
+	if r, _ := get(rs.ps[1], "/me"); strings.Contains(r.Body, "alice") {
+		t.Errorf("another replica served alice's answer to an anonymous client: %+v", r)
+	}
+}
+
+// failHook fails every command while on.
+type failHook struct{ on *atomic.Bool }
+
+func (failHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h failHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if h.on.Load() {
+			return errors.New("injected failure")
+		}
+		return next(ctx, cmd)
+	}
+}
+func (h failHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// A purge on a replica whose Redis calls fail: it must say so, and the
+// purged response must not come back to that replica from Redis.
+func TestFleetPurgeThatMissesRedisHoldsHereAndSaysSo(t *testing.T) {
+	srv := redistest.Start(t, false)
+	clk := newClock()
+	o := newOrigin(t, clk, answer("max-age=600", "v1"))
+	client := srv.Client()
+	t.Cleanup(func() { client.Close() })
+	var failing atomic.Bool
+	client.AddHook(failHook{&failing})
+	rs := newReplicas(t, srv, o, clk, 0, Config{}, fleet.Config{Client: client, BreakerCooldown: time.Millisecond})
+	a := rs.add()
+	if r, _ := get(a, "/x"); r.Body != "v1" {
+		t.Fatalf("%+v", r)
+	}
+	o.set(answer("max-age=600", "v2"))
+	failing.Store(true)
+	if _, err := a.Purge("/x", false); err == nil {
+		t.Error("Purge reported no error, though Redis was not purged")
+	}
+	failing.Store(false)
+	clk.Advance(time.Second)
+	taken, i := rs.fleets[0].Stats().LeasesTaken, 0
+	pollUntil(t, "the breaker to let calls through", func() bool {
+		i++
+		get(a, fmt.Sprintf("/y/%d", i))
+		return rs.fleets[0].Stats().LeasesTaken > taken
+	})
+	if r, _ := get(a, "/x"); r.Body != "v2" {
+		t.Errorf("after its purge, the replica serves %+v from Redis", r)
+	}
+}
+
+// A client's max-age=0 on a replica whose memory misses: answered as a
+// replica whose memory holds the entry answers it, by revalidating, not
+// with whatever Redis holds.
+func TestFleetClientDirectivesHoldForSharedTier(t *testing.T) {
+	srv := redistest.Start(t, false)
+	clk := newClock()
+	o := newOrigin(t, clk, answer("max-age=600", "x"))
+	rs := newReplicas(t, srv, o, clk, 2, Config{}, fleet.Config{})
+	get(rs.ps[0], "/n")
+	clk.Advance(300 * time.Second)
+	r, _ := get(rs.ps[1], "/n", "Cache-Control", "max-age=0")
+	if o.count() != 2 || !strings.Contains(r.CacheStatus, "fwd=") {
+		t.Errorf("max-age=0 on a memory miss: %+v after %d upstream requests; want a revalidated answer", r, o.count())
+	}
+}
+
+// The origin fails while the only stale copy, usable on error, is in
+// Redis: the first request on an empty replica gets it, not the error.
+func TestFleetStaleCopyInRedisStandsInForTheFirstFailure(t *testing.T) {
+	srv := redistest.Start(t, false)
+	clk := newClock()
+	o := newOrigin(t, clk, answer("max-age=10, stale-if-error=600", "good"))
+	rs := newReplicas(t, srv, o, clk, 1, Config{}, fleet.Config{})
+	get(rs.ps[0], "/s")
+	clk.Advance(20 * time.Second)
+	o.set(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusServiceUnavailable) })
+	late := rs.add()
+	if r, _ := get(late, "/s"); r.Status != http.StatusOK || r.Body != "good" {
+		t.Errorf("first request on an empty replica while the origin fails: %+v", r)
+	}
+}
