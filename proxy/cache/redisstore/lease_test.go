@@ -104,7 +104,7 @@ func TestLeaseLife(t *testing.T) {
 	if ok, err := s.Renew(ctx, "/k", "b", time.Hour); err != nil || !ok {
 		t.Fatalf("Renew by the holder = %v, %v; want true", ok, err)
 	}
-	if pttl := srv.Client().PTTL(ctx, "corral:l:/k").Val(); pttl < 59*time.Minute {
+	if pttl := srv.Client().PTTL(ctx, redisstore.LeaseKey("corral:", "/k")).Val(); pttl < 59*time.Minute {
 		t.Errorf("PTTL after Renew = %v, want about an hour", pttl)
 	}
 	// Release by another token leaves it; by its holder drops it.
@@ -147,13 +147,13 @@ func TestLookupUndecodable(t *testing.T) {
 	s := newStore(t, redisstore.Config{Client: c, Timeout: time.Second})
 	ctx := context.Background()
 	x := strconv.FormatInt(time.Now().Add(time.Hour).UnixMicro(), 10)
-	must(t, c.HSet(ctx, "corral:e:/g", "v", "\x02garbage", "x", x).Err())
+	must(t, c.HSet(ctx, redisstore.EntryKey("corral:", "/g"), "v", "\x02garbage", "x", x).Err())
 	got, err := s.Lookup(ctx, "/g", "a", time.Minute)
 	if !errors.Is(err, redisstore.ErrUndecodable) || got.Entry != nil || got.Lease != redisstore.LeaseTaken {
 		t.Errorf("Lookup = %+v, %v; want ErrUndecodable, no entry, the lease", got, err)
 	}
 	// A field f that is no number is not fresh, and no failure.
-	must(t, c.HSet(ctx, "corral:e:/g", "f", "soon").Err())
+	must(t, c.HSet(ctx, redisstore.EntryKey("corral:", "/g"), "f", "soon").Err())
 	if _, err := s.Lookup(ctx, "/g", "b", time.Minute); !errors.Is(err, redisstore.ErrUndecodable) {
 		t.Errorf("Lookup with f not a number: %v, want ErrUndecodable", err)
 	}

@@ -28,12 +28,17 @@ func newStore(t *testing.T, cfg redisstore.Config) *redisstore.Store {
 var namespaces atomic.Int64
 
 func TestAcceptance(t *testing.T) {
-	for _, unix := range []bool{false, true} {
-		t.Run(map[bool]string{false: "tcp", true: "unix"}[unix], func(t *testing.T) {
-			srv := redistest.Start(t, unix)
+	for _, mode := range []string{"tcp", "unix", "cluster"} {
+		t.Run(mode, func(t *testing.T) {
+			var url string
+			if mode == "cluster" {
+				url = redistest.StartCluster(t).URL
+			} else {
+				url = redistest.Start(t, mode == "unix").URL
+			}
 			acceptance.Run(t, func(t *testing.T, now func() time.Time) cache.Store {
 				return newStore(t, redisstore.Config{
-					Addr:   srv.URL,
+					Addr:   url,
 					Prefix: "test" + strconv.FormatInt(namespaces.Add(1), 10) + ":",
 					// Generous: the race detector and a busy machine
 					// slow the 4 MiB value down.
@@ -71,9 +76,9 @@ func TestClientGiven(t *testing.T) {
 	if err := s.Set(context.Background(), "/a", e, time.Minute, cache.Cond{}); err != nil {
 		t.Fatal(err)
 	}
-	n, err := c.Exists(context.Background(), "mine:e:/a").Result()
+	n, err := c.Exists(context.Background(), redisstore.EntryKey("mine:", "/a")).Result()
 	if err != nil || n != 1 {
-		t.Errorf("EXISTS mine:e:/a = %d, %v; want 1: the prefix is not used", n, err)
+		t.Errorf("EXISTS %q = %d, %v; want 1: the prefix is not used", redisstore.EntryKey("mine:", "/a"), n, err)
 	}
 	s.Close()
 	if err := c.Ping(context.Background()).Err(); err != nil {
@@ -90,7 +95,7 @@ func TestGarbage(t *testing.T) {
 	s := newStore(t, redisstore.Config{Client: c})
 	ctx := context.Background()
 	for _, v := range []string{"\x02garbage", "\x01", ""} {
-		c.HSet(ctx, "corral:e:/g", "v", v, "x", strconv.FormatInt(time.Now().Add(time.Hour).UnixMicro(), 10))
+		c.HSet(ctx, redisstore.EntryKey("corral:", "/g"), "v", v, "x", strconv.FormatInt(time.Now().Add(time.Hour).UnixMicro(), 10))
 		if e, err := s.Get(ctx, "/g"); err == nil || errors.Is(err, cache.ErrNotFound) && v != "" {
 			t.Errorf("Get of %q = %v, %v; want an error", v, e, err)
 		}
