@@ -7,14 +7,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"corral/proxy/cache"
 	"corral/proxy/cache/redisstore"
-	"corral/proxy/cache/redisstore/redistest"
 )
 
-func TestLookup(t *testing.T) {
-	srv := redistest.Start(t, false)
-	s := newStore(t, redisstore.Config{Addr: srv.URL, Timeout: time.Second})
+func TestLookup(t *testing.T) { onEachRedis(t, testLookup) }
+
+func testLookup(t *testing.T, url string, _ func() redis.UniversalClient) {
+	s := newStore(t, redisstore.Config{Addr: url, Timeout: time.Second})
 	ctx := context.Background()
 	now := time.Now()
 	fresh := &cache.Entry{ID: cache.NewID(), Status: 200, Body: []byte("fresh")}
@@ -73,9 +75,10 @@ func TestLookup(t *testing.T) {
 	}
 }
 
-func TestLeaseLife(t *testing.T) {
-	srv := redistest.Start(t, false)
-	s := newStore(t, redisstore.Config{Addr: srv.URL, Timeout: time.Second})
+func TestLeaseLife(t *testing.T) { onEachRedis(t, testLeaseLife) }
+
+func testLeaseLife(t *testing.T, url string, client func() redis.UniversalClient) {
+	s := newStore(t, redisstore.Config{Addr: url, Timeout: time.Second})
 	ctx := context.Background()
 	const ttl = 100 * time.Millisecond
 
@@ -104,7 +107,7 @@ func TestLeaseLife(t *testing.T) {
 	if ok, err := s.Renew(ctx, "/k", "b", time.Hour); err != nil || !ok {
 		t.Fatalf("Renew by the holder = %v, %v; want true", ok, err)
 	}
-	if pttl := srv.Client().PTTL(ctx, redisstore.LeaseKey("corral:", "/k")).Val(); pttl < 59*time.Minute {
+	if pttl := client().PTTL(ctx, redisstore.LeaseKey("corral:", "/k")).Val(); pttl < 59*time.Minute {
 		t.Errorf("PTTL after Renew = %v, want about an hour", pttl)
 	}
 	// Release by another token leaves it; by its holder drops it.
@@ -118,9 +121,10 @@ func TestLeaseLife(t *testing.T) {
 	}
 }
 
-func TestReleasePublishes(t *testing.T) {
-	srv := redistest.Start(t, false)
-	s := newStore(t, redisstore.Config{Addr: srv.URL, Timeout: time.Second})
+func TestReleasePublishes(t *testing.T) { onEachRedis(t, testReleasePublishes) }
+
+func testReleasePublishes(t *testing.T, url string, _ func() redis.UniversalClient) {
+	s := newStore(t, redisstore.Config{Addr: url, Timeout: time.Second})
 	ctx := context.Background()
 	ps := s.Subscribe(ctx, s.WakeChannel())
 	defer ps.Close()
@@ -140,10 +144,10 @@ func TestReleasePublishes(t *testing.T) {
 	}
 }
 
-func TestLookupUndecodable(t *testing.T) {
-	srv := redistest.Start(t, false)
-	c := srv.Client()
-	defer c.Close()
+func TestLookupUndecodable(t *testing.T) { onEachRedis(t, testLookupUndecodable) }
+
+func testLookupUndecodable(t *testing.T, _ string, client func() redis.UniversalClient) {
+	c := client()
 	s := newStore(t, redisstore.Config{Client: c, Timeout: time.Second})
 	ctx := context.Background()
 	x := strconv.FormatInt(time.Now().Add(time.Hour).UnixMicro(), 10)
