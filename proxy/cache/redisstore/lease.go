@@ -94,7 +94,10 @@ func (s *Store) SetFresh(ctx context.Context, key string, e *cache.Entry, ttl ti
 // v and x are nil unless the entry is live (x after now); fresh is 1 if
 // it is also before its fresh-until f, else 0. A field that is
 // not a number counts as 0 (expired, not fresh) rather than failing. An
-// entry not yet written (field q, see set) counts as absent.
+// entry not yet written (field q, see set) counts as absent. A lease the
+// token already holds counts as taken: a cluster client sends a call
+// again after a broken connection (within its MaxRedirects and the call's
+// deadline), and the first may have run.
 var lookupScript = redis.NewScript(`#!lua
 local now = tonumber(ARGV[1])
 local cur = redis.call('HMGET', KEYS[1], 'v', 'x', 'f', 'q')
@@ -105,6 +108,9 @@ if live then v, x = cur[1], cur[2] end
 local state = 'none'
 if (ARGV[4] == '1' or not fresh) and tonumber(ARGV[3]) > 0 then
   if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then
+    state = 'taken'
+  elseif redis.call('GET', KEYS[2]) == ARGV[2] then
+    redis.call('PEXPIRE', KEYS[2], ARGV[3])
     state = 'taken'
   else
     state = 'held'

@@ -85,6 +85,10 @@ func testLeaseLife(t *testing.T, url string, client func() redis.UniversalClient
 	if got, err := s.Lookup(ctx, "/k", "a", ttl); err != nil || got.Lease != redisstore.LeaseTaken {
 		t.Fatalf("Lookup = %+v, %v; want the lease", got, err)
 	}
+	// The same token asking again still holds it (a call sent twice).
+	if got, err := s.Lookup(ctx, "/k", "a", ttl); err != nil || got.Lease != redisstore.LeaseTaken {
+		t.Fatalf("Lookup again by the holder = %+v, %v; want the lease", got, err)
+	}
 	if ok, err := s.Renew(ctx, "/k", "b", time.Minute); err != nil || ok {
 		t.Errorf("Renew by another token = %v, %v; want false", ok, err)
 	}

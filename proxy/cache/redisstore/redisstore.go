@@ -17,9 +17,8 @@
 // base (what precedes its first NUL byte: see cache.VariantKey). So a
 // key's entry, its variants, its purge record and its lease share one
 // slot of a Redis Cluster, and the scripts that touch several of them run
-// there; T being hex, no brace in a cache key can move the tag. Under
-// Prefix+"{T}", a key's entry is a hash at "e:"+key
-// with field v (the cache.Entry encoding, whose ID sits at bytes 2-9) and
+// there; T being hex, no brace in a cache key can move the tag. A key's
+// entry is a hash at Prefix+"{T}e:"+key with field v (the cache.Entry encoding, whose ID sits at bytes 2-9) and
 // field x (the moment it expires by Config.Now, in Unix microseconds).
 // Redis also expires it by its own clock after the ttl, so that memory is
 // given back; the x field is what a reader goes by. An entry with field q
@@ -121,7 +120,9 @@ type Config struct {
 
 	// Timeout bounds every call to Redis: each gets its own deadline,
 	// on top of its context's. Zero means DefaultTimeout. A prefix purge
-	// makes several calls, each so bounded.
+	// makes several calls, each so bounded, and so does a Set with a
+	// Cond.Since (three: the write, the check of prefix records, and
+	// the settling of the write).
 	Timeout time.Duration
 
 	// Keep is how long purge records live: the longest a fetch can run,
