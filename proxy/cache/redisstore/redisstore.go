@@ -18,10 +18,10 @@
 // key's entry, its variants, its purge record and its lease share one
 // slot of a Redis Cluster, and the scripts that touch several of them run
 // there; T being hex, no brace in a cache key can move the tag. A key's
-// entry is a hash at Prefix+"{T}e:"+key with field v (the cache.Entry encoding, whose ID sits at bytes 2-9) and
-// field x (the moment it expires by Config.Now, in Unix microseconds).
-// Redis also expires it by its own clock after the ttl, so that memory is
-// given back; the x field is what a reader goes by. An entry with field q
+// entry is a hash at Prefix+"{T}e:"+key with field v (the cache.Entry
+// encoding, whose ID sits at bytes 2-9) and field x (the moment it
+// expires by Config.Now, in Unix microseconds). Redis also expires it by
+// its own clock after the ttl, so that memory is given back; the x field is what a reader goes by. An entry with field q
 // is not yet written: a Set checks the prefix records after writing it
 // (see set), and readers take it for absent. A purge of a key is
 // recorded at Prefix+"{T}p:"+key, a purge of a prefix in the sorted set
@@ -36,7 +36,12 @@
 // redis+cluster://host:port?addr=host2:port (rediss+cluster:// for TLS),
 // the store runs on a Redis Cluster: each call goes to the master of its
 // key's slot, and a prefix purge scans every master. The set of prefix
-// records is in one slot of its own.
+// records is in one slot of its own. The client follows a few MOVED and
+// ASK redirects (MaxRedirects 3); within that bound go-redis also sends a
+// call again after a broken connection, so a script may run twice. A
+// second run changes nothing more, but may answer otherwise: a Set with
+// IfAbsent or IfID reports ErrConflict after writing, a purge of a key
+// counts no entry dropped.
 //
 // # Redis
 //
