@@ -26,6 +26,7 @@ import (
 
 	"corral/bench"
 	"corral/proxy"
+	"corral/proxy/cache/redisstore"
 	"corral/proxy/fleet"
 	"corral/proxy/rules"
 )
@@ -294,7 +295,7 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) (string, bo
 	fs.Var(&maxHeaderBytes, "max-header-bytes", "largest request line and header fields, a `size`; larger ones get 431 (Go reads 4KiB more before it refuses)")
 	fs.DurationVar(&c.clientWriteTimeout, "client-write-timeout", 30*time.Second, "how long a client may accept no bytes of its answer before it is disconnected; long downloads that keep moving are not cut (0: for ever)")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long to let in-flight requests and upstream fetches finish after SIGINT or SIGTERM")
-	fs.StringVar(&c.fleet.Addr, "redis", "", "the `URL` of the Redis that this replica shares with the others (redis://host:6379/0, rediss:// for TLS, or unix:///path/redis.sock): a second cache tier, and one upstream request per key per freshness window across the fleet; Redis 7 or later, not Cluster. Redis down never fails a client or the start; the replica then serves alone (empty: no shared tier)")
+	fs.StringVar(&c.fleet.Addr, "redis", "", "the `URL` of the Redis that this replica shares with the others (redis://host:6379/0, rediss:// for TLS, or unix:///path/redis.sock; for a Redis Cluster, redis+cluster://host1:6379?addr=host2:6379&addr=host3:6379, or rediss+cluster://): a second cache tier, and one upstream request per key per freshness window across the fleet; Redis 7 or later. Redis down never fails a client or the start; the replica then serves alone (empty: no shared tier)")
 	fs.DurationVar(&c.fleet.Timeout, "redis-timeout", fleet.DefaultTimeout, "longest each Redis call may take; no call is retried, and repeated failures keep the replica local-only until a probe succeeds")
 	fs.StringVar(&c.fleet.Prefix, "redis-prefix", "corral:", "what every Redis key and channel of this deployment starts with, so that several deployments can share one Redis")
 	fs.Var(&redisMaxObject, "redis-max-object-bytes", "largest response body written to Redis, a `size`; larger ones stay in each replica's memory only")
@@ -355,6 +356,7 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) (string, bo
 		{"demo-replicas", c.demoReplicas > 0, "positive"},
 		{"redis-timeout", c.fleet.Timeout > 0, "positive"},
 		{"redis-lease-ttl", c.fleet.LeaseTTL > 0, "positive"},
+		{"redis-prefix", !strings.ContainsAny(c.fleet.Prefix, "{}"), "free of braces, which would move the hash tag of every key"},
 	} {
 		if !r.ok {
 			return bad(r.name, "must be %s, got %s", r.want, fs.Lookup(r.name).Value)
@@ -474,6 +476,8 @@ Examples:
   tier, and the origin sees one request per key per freshness window however
   many run; when Redis is down each replica serves alone, as without -redis:
     corral -upstream http://stats.internal:9000 -listen :8080 -redis redis://cache.internal:6379/0
+  or, on a Redis Cluster:
+    corral -upstream http://stats.internal:9000 -listen :8080 -redis 'redis+cluster://cache1.internal:6379?addr=cache2.internal:6379'
 
   See corral shield an origin that sends no-cache:
     corral -demo -demo-origin-cc no-cache -rule '/ max-age=1, stale-while-revalidate=10'
@@ -544,8 +548,9 @@ func parseUpstream(s string) (*url.URL, error) {
 }
 
 // checkRedisURL accepts what -redis may be: a redis://, rediss:// or
-// unix:// URL that go-redis parses. It returns the URL without its password,
-// to show in logs and errors.
+// unix:// URL that go-redis parses, or a redis+cluster:// or
+// rediss+cluster:// URL that it parses as a Redis Cluster's. It returns
+// the URL without its password, to show in logs and errors.
 func checkRedisURL(s string) (shown string, err error) {
 	u, err := url.Parse(s)
 	if err != nil {
@@ -555,8 +560,14 @@ func checkRedisURL(s string) (shown string, err error) {
 	if _, ok := u.User.Password(); ok {
 		shown = u.Redacted()
 	}
+	if cu, ok := redisstore.ClusterURL(s); ok {
+		if _, err := redis.ParseClusterURL(cu); err != nil {
+			return "", fmt.Errorf("%q: %v", shown, err)
+		}
+		return shown, nil
+	}
 	if u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix" {
-		return "", fmt.Errorf("%q must be a redis://, rediss:// or unix:// URL, e.g. redis://cache.internal:6379/0", shown)
+		return "", fmt.Errorf("%q must be a redis://, rediss:// or unix:// URL, e.g. redis://cache.internal:6379/0, or a redis+cluster:// URL", shown)
 	}
 	if _, err := redis.ParseURL(s); err != nil {
 		// go-redis's errors quote no password, only the part at fault.

@@ -576,6 +576,13 @@ func TestRedisFlags(t *testing.T) {
 			want: fleet.Config{Addr: "rediss://:secret@cache.internal:6380/1", Prefix: "b:", Timeout: 100 * time.Millisecond, MaxObjectBytes: 2 << 20, LeaseTTL: 3 * time.Second},
 		},
 		{
+			name: "a Redis Cluster",
+			args: []string{"-redis", "redis+cluster://cache1.internal:6379?addr=cache2.internal:6379&addr=cache3.internal:6379"},
+			want: with(func(c *fleet.Config) {
+				c.Addr = "redis+cluster://cache1.internal:6379?addr=cache2.internal:6379&addr=cache3.internal:6379"
+			}),
+		},
+		{
 			name: "a Unix socket",
 			env:  map[string]string{"CORRAL_REDIS": "unix:///run/redis/redis.sock"},
 			want: with(func(c *fleet.Config) { c.Addr = "unix:///run/redis/redis.sock" }),
@@ -615,13 +622,16 @@ func TestBadRedisFlagExitsTwoWithOneLine(t *testing.T) {
 		env  map[string]string
 		want string
 	}{
-		{"http URL", []string{"-redis", "http://cache.internal:6379"}, nil, `corral: -redis: "http://cache.internal:6379" must be a redis://, rediss:// or unix:// URL, e.g. redis://cache.internal:6379/0` + "\n"},
-		{"host:port", []string{"-redis", "cache.internal:6379"}, nil, `corral: -redis: "cache.internal:6379" must be a redis://, rediss:// or unix:// URL, e.g. redis://cache.internal:6379/0` + "\n"},
+		{"http URL", []string{"-redis", "http://cache.internal:6379"}, nil, `corral: -redis: "http://cache.internal:6379" must be a redis://, rediss:// or unix:// URL, e.g. redis://cache.internal:6379/0, or a redis+cluster:// URL` + "\n"},
+		{"host:port", []string{"-redis", "cache.internal:6379"}, nil, `corral: -redis: "cache.internal:6379" must be a redis://, rediss:// or unix:// URL, e.g. redis://cache.internal:6379/0, or a redis+cluster:// URL` + "\n"},
 		{"not a URL", []string{"-redis", "redis://cache internal:6379"}, nil, "corral: -redis: not a URL; want e.g. redis://cache.internal:6379/0\n"},
 		{"bad database", []string{"-redis", "redis://cache.internal:6379/zero"}, nil, `corral: -redis: "redis://cache.internal:6379/zero": redis: invalid database number: "zero"` + "\n"},
 		{"password not shown", []string{"-redis", "redis://:secret@cache.internal:6379/x"}, nil, `corral: -redis: "redis://:xxxxx@cache.internal:6379/x": redis: invalid database number: "x"` + "\n"},
 		{"empty socket", []string{"-redis", "unix://"}, nil, `corral: -redis: "unix://": redis: empty unix socket path` + "\n"},
-		{"from the variable", nil, map[string]string{"CORRAL_REDIS": "memcached://cache.internal"}, `corral: CORRAL_REDIS (-redis): "memcached://cache.internal" must be a redis://, rediss:// or unix:// URL, e.g. redis://cache.internal:6379/0` + "\n"},
+		{"bad cluster option", []string{"-redis", "redis+cluster://:secret@cache1.internal:6379?addr=cache2.internal:6379&max_retries=x"}, nil, `corral: -redis: "redis+cluster://:xxxxx@cache1.internal:6379?addr=cache2.internal:6379&max_retries=x": redis: invalid max_retries number: strconv.Atoi: parsing "x": invalid syntax` + "\n"},
+		{"unknown cluster option", []string{"-redis", "rediss+cluster://cache1.internal:6379?db=1"}, nil, `corral: -redis: "rediss+cluster://cache1.internal:6379?db=1": redis: unexpected option: db` + "\n"},
+		{"brace in prefix", []string{"-redis-prefix", "corral{"}, nil, "corral: -redis-prefix: must be free of braces, which would move the hash tag of every key, got corral{\n"},
+		{"from the variable", nil, map[string]string{"CORRAL_REDIS": "memcached://cache.internal"}, `corral: CORRAL_REDIS (-redis): "memcached://cache.internal" must be a redis://, rediss:// or unix:// URL, e.g. redis://cache.internal:6379/0, or a redis+cluster:// URL` + "\n"},
 		{"negative timeout", []string{"-redis-timeout", "-1ms"}, nil, "corral: -redis-timeout: must be positive, got -1ms\n"},
 		{"zero timeout", []string{"-redis-timeout", "0"}, nil, "corral: -redis-timeout: must be positive, got 0s\n"},
 		{"negative lease", nil, map[string]string{"CORRAL_REDIS_LEASE_TTL": "-2s"}, "corral: CORRAL_REDIS_LEASE_TTL (-redis-lease-ttl): must be positive, got -2s\n"},

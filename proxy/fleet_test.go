@@ -15,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"corral/proxy/cache"
+	"corral/proxy/cache/redisstore"
 	"corral/proxy/cache/redisstore/redistest"
 	"corral/proxy/fleet"
 )
@@ -69,7 +70,7 @@ func newReplicas(t *testing.T, srv *redistest.Server, o *origin, clk *clock, n i
 func (rs *replicas) add() *Proxy {
 	rs.t.Helper()
 	fcfg := rs.fcfg
-	if fcfg.Client == nil {
+	if fcfg.Client == nil && fcfg.Addr == "" {
 		fcfg.Addr = rs.srv.URL
 	}
 	f, err := fleet.New(fcfg)
@@ -113,7 +114,10 @@ func (rs *replicas) entries() map[string]*cache.Entry {
 	defer c.Close()
 	ctx := context.Background()
 	out := map[string]*cache.Entry{}
-	keys, err := c.Keys(ctx, rs.prefix+"e:*").Result()
+	// Entry keys are the prefix, a hash tag of 16 hex digits in braces,
+	// "e:" and the cache key (redisstore's Layout).
+	head := len(redisstore.EntryKey(rs.prefix, ""))
+	keys, err := c.Keys(ctx, rs.prefix+"{*}e:*").Result()
 	if err != nil {
 		rs.t.Fatal(err)
 	}
@@ -126,7 +130,7 @@ func (rs *replicas) entries() map[string]*cache.Entry {
 		if err := e.UnmarshalBinary([]byte(v)); err != nil {
 			rs.t.Fatalf("%s: %v", k, err)
 		}
-		out[strings.TrimPrefix(k, rs.prefix+"e:")] = e
+		out[k[head:]] = e
 	}
 	return out
 }
@@ -177,6 +181,51 @@ func TestFleetColdStampedeOneUpstreamRequest(t *testing.T) {
 		for i, r := range got {
 			if r.Status != http.StatusOK || r.Body != "stats of "+path {
 				t.Fatalf("round %d, client %d: %d %q", round, i, r.Status, r.Body)
+			}
+		}
+	}
+}
+
+// TestFleetOnClusterColdStampede: on a Redis Cluster, a cold herd over
+// three replicas makes one upstream request per key, for keys whose
+// entries and leases sit in different slots.
+func TestFleetOnClusterColdStampede(t *testing.T) {
+	cl := redistest.StartCluster(t)
+	clk := newClock()
+	o := newOrigin(t, clk, answer("max-age=60", "x"))
+	rs := newReplicas(t, nil, o, clk, 3, Config{}, fleet.Config{Addr: cl.URL})
+	raw := cl.Client()
+	defer raw.Close()
+	ctx := context.Background()
+	var paths []string
+	slots := map[int64]bool{}
+	for i := 0; len(paths) < 5; i++ {
+		path := fmt.Sprintf("/cold/%d", i)
+		slot, err := raw.ClusterKeySlot(ctx, redisstore.EntryKey(rs.prefix, path)).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slots[slot] {
+			slots[slot] = true
+			paths = append(paths, path)
+		}
+	}
+	const clients = 300
+	for _, path := range paths {
+		open := make(chan struct{})
+		o.set(gatedOrigin(open, "max-age=60", "stats of "))
+		before, in := o.count(), rs.requests()
+		done := make(chan []response)
+		go func() { done <- rs.herd(clients, path) }()
+		pollUntil(t, "the herd to arrive", func() bool { return rs.requests()-in == clients })
+		close(open)
+		got := wait(t, done, "the herd")
+		if n := o.count() - before; n != 1 {
+			t.Fatalf("%s: %d upstream requests for %d cold requests over 3 replicas, want 1", path, n, clients)
+		}
+		for i, r := range got {
+			if r.Status != http.StatusOK || r.Body != "stats of "+path {
+				t.Fatalf("%s, client %d: %d %q", path, i, r.Status, r.Body)
 			}
 		}
 	}

@@ -47,14 +47,16 @@ var ErrTooLarge = errors.New("fleet: body larger than the shared tier's object l
 
 // Config configures a Fleet.
 type Config struct {
-	// Addr is where Redis listens: a redis://, rediss:// or unix:// URL.
-	// Ignored when Client is set.
+	// Addr is where Redis listens: a redis://, rediss:// or unix:// URL,
+	// or a redis+cluster:// or rediss+cluster:// URL for a Redis Cluster
+	// (redisstore.Config.Addr). Ignored when Client is set.
 	Addr string
 
 	// Client, when set, is used instead of one made from Addr (tests
-	// use it to count commands with a hook). Its retries must be off and
+	// use it to count commands with a hook): a *redis.Client, or a
+	// *redis.ClusterClient for a Redis Cluster. Its retries must be off and
 	// its context deadlines on; Close does not close it.
-	Client *redis.Client
+	Client redis.UniversalClient
 
 	// Prefix starts every Redis key and channel name, so that several
 	// deployments can share one Redis. Empty means "corral:".

@@ -27,10 +27,11 @@ import (
 // Redis calls down, and no test here measures against it tightly.
 const callTimeout = time.Second
 
-// newFleet returns a Fleet on srv, closed when the test ends.
+// newFleet returns a Fleet on srv (or on cfg's Addr or Client), closed
+// when the test ends.
 func newFleet(t *testing.T, srv *redistest.Server, cfg fleet.Config) *fleet.Fleet {
 	t.Helper()
-	if cfg.Client == nil {
+	if cfg.Client == nil && cfg.Addr == "" {
 		cfg.Addr = srv.URL
 	}
 	if cfg.Timeout == 0 {
@@ -66,9 +67,9 @@ func subscribed(t *testing.T, srv *redistest.Server, n int64) {
 
 // seed writes e under key as a stale entry (live, not fresh) and returns
 // the store it used.
-func seed(t *testing.T, srv *redistest.Server, key string, e *cache.Entry) *redisstore.Store {
+func seed(t *testing.T, url, key string, e *cache.Entry) *redisstore.Store {
 	t.Helper()
-	s, err := redisstore.New(redisstore.Config{Addr: srv.URL, Timeout: callTimeout})
+	s, err := redisstore.New(redisstore.Config{Addr: url, Timeout: callTimeout})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,7 +135,7 @@ func mustLease(t *testing.T, c fleet.Claim) *fleet.Lease {
 func TestHandOver(t *testing.T) {
 	srv := redistest.Start(t, false)
 	stale := response("stale")
-	seed(t, srv, "/k", stale)
+	seed(t, srv.URL, "/k", stale)
 	a := newFleet(t, srv, fleet.Config{})
 	b := newFleet(t, srv, fleet.Config{Recheck: time.Minute}) // only a message wakes it
 	subscribed(t, srv, 2)
@@ -172,7 +173,7 @@ func TestHandOver(t *testing.T) {
 func TestLostWakeup(t *testing.T) {
 	srv := redistest.Start(t, false)
 	stale := response("stale")
-	s := seed(t, srv, "/k", stale)
+	s := seed(t, srv.URL, "/k", stale)
 	a := newFleet(t, srv, fleet.Config{})
 	b := newFleet(t, srv, fleet.Config{Recheck: 20 * time.Millisecond})
 	ctx := context.Background()
@@ -189,7 +190,7 @@ func TestLostWakeup(t *testing.T) {
 	}
 	raw := srv.Client()
 	defer raw.Close()
-	if err := raw.Del(ctx, "corral:l:/k").Err(); err != nil {
+	if err := raw.Del(ctx, redisstore.LeaseKey("corral:", "/k")).Err(); err != nil {
 		t.Fatal(err)
 	}
 	got := receive(t, cb, 5*time.Second)
@@ -262,7 +263,7 @@ func TestRenewal(t *testing.T) {
 func TestTakeIfHeld(t *testing.T) {
 	srv := redistest.Start(t, false)
 	stale := response("stale")
-	seed(t, srv, "/k", stale)
+	seed(t, srv.URL, "/k", stale)
 	a := newFleet(t, srv, fleet.Config{})
 	b := newFleet(t, srv, fleet.Config{Recheck: time.Minute})
 	ctx := context.Background()
@@ -283,7 +284,7 @@ func TestTakeIfHeld(t *testing.T) {
 func TestLocalOnly(t *testing.T) {
 	srv := redistest.Start(t, false)
 	stale := response("stale")
-	seed(t, srv, "/k", stale)
+	seed(t, srv.URL, "/k", stale)
 	a := newFleet(t, srv, fleet.Config{})
 	b := newFleet(t, srv, fleet.Config{Recheck: time.Minute})
 	subscribed(t, srv, 2)
@@ -334,7 +335,7 @@ func receivePurge(t *testing.T, ch <-chan purge) purge {
 
 func TestPurge(t *testing.T) {
 	srv := redistest.Start(t, false)
-	s := seed(t, srv, "/k", response("old"))
+	s := seed(t, srv.URL, "/k", response("old"))
 	a := newFleet(t, srv, fleet.Config{})
 	b := newFleet(t, srv, fleet.Config{})
 	subscribed(t, srv, 2)
@@ -529,7 +530,7 @@ func TestUndecodable(t *testing.T) {
 	defer raw.Close()
 	ctx := context.Background()
 	x := strconv.FormatInt(time.Now().Add(time.Hour).UnixMicro(), 10)
-	if err := raw.HSet(ctx, "corral:e:/g", "v", "\x02garbage", "x", x).Err(); err != nil {
+	if err := raw.HSet(ctx, redisstore.EntryKey("corral:", "/g"), "v", "\x02garbage", "x", x).Err(); err != nil {
 		t.Fatal(err)
 	}
 	rec := new(recorder)
@@ -599,7 +600,7 @@ func TestMetrics(t *testing.T) {
 func TestClose(t *testing.T) {
 	srv := redistest.Start(t, false)
 	stale := response("stale")
-	seed(t, srv, "/w", stale)
+	seed(t, srv.URL, "/w", stale)
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	cfg := fleet.Config{Addr: srv.URL, Timeout: callTimeout, LeaseTTL: 30 * time.Millisecond, Recheck: time.Minute}
 	f, err := fleet.New(cfg)
@@ -650,5 +651,88 @@ func TestNoRedis(t *testing.T) {
 	}
 	if _, err := fleet.New(fleet.Config{}); err == nil {
 		t.Error("New with no Addr and no Client: no error")
+	}
+}
+
+// TestCluster: on a Redis Cluster, for keys in different slots, B waits
+// while A fetches and A's release wakes it with A's entry; A's purge
+// reaches B, and refuses the late write of a fetch begun before it.
+func TestCluster(t *testing.T) {
+	cl := redistest.StartCluster(t)
+	a := newFleet(t, nil, fleet.Config{Addr: cl.URL})
+	b := newFleet(t, nil, fleet.Config{Addr: cl.URL, Recheck: time.Minute}) // only a message wakes it
+	raw := cl.Client()
+	defer raw.Close()
+	ctx := context.Background()
+	// Subscriptions sit on any node; PUBLISH reaches them all.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var subs atomic.Int64
+		err := raw.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
+			m, err := n.PubSubNumSub(ctx, "corral:wake", "corral:purge").Result()
+			subs.Add(min(m["corral:wake"], m["corral:purge"]))
+			return err
+		})
+		if err == nil && subs.Load() >= 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("2 replicas not subscribed after 10s: %d, %v", subs.Load(), err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	pb := onPurge(b)
+
+	keys := []string{"/a", "/b", "/c", "/d"}
+	slots := map[int64]bool{}
+	for _, k := range keys {
+		slots[raw.ClusterKeySlot(ctx, redisstore.EntryKey("corral:", k)).Val()] = true
+	}
+	if len(slots) < 2 {
+		t.Fatalf("keys %q share a slot: pick others", keys)
+	}
+	for i, key := range keys {
+		stale := response("stale")
+		s := seed(t, cl.URL, key, stale)
+		start := time.Now()
+		l := mustLease(t, a.Claim(ctx, key, fetchAll))
+		judge, judged := waiting(stale.ID)
+		cb := claimAsync(ctx, b, key, judge)
+		<-judged
+		fresh := response("fresh")
+		if err := l.Put(ctx, key, fresh, time.Hour, time.Now().Add(time.Minute), start); err != nil {
+			t.Fatal(err)
+		}
+		l.Release(ctx, 0)
+		got := receive(t, cb, 10*time.Second)
+		if got.Lease != nil || got.Entry == nil || got.Entry.ID != fresh.ID {
+			t.Fatalf("%s: B's Claim = %+v, want A's entry %d and no lease", key, got, fresh.ID)
+		}
+		if st := b.Stats(); st.WokenByMessage != int64(i+1) || st.Takeovers != 0 {
+			t.Errorf("%s: B's stats %+v, want woken by a message, no takeover", key, st)
+		}
+
+		at := time.UnixMicro(time.Now().UnixMicro())
+		if n, err := a.Purge(ctx, key, false, at); err != nil || n != 1 {
+			t.Fatalf("%s: Purge = %d, %v; want 1 dropped", key, n, err)
+		}
+		if got := receivePurge(t, pb); got != (purge{key, false, at}) {
+			t.Errorf("B heard %+v, want %s at %v", got, key, at)
+		}
+		if _, err := s.Get(ctx, key); !errors.Is(err, cache.ErrNotFound) {
+			t.Errorf("%s: Get after the purge: %v, want ErrNotFound", key, err)
+		}
+		l = mustLease(t, b.Claim(ctx, key, fetchAll))
+		if err := l.Put(ctx, key, response("late"), time.Hour, time.Now().Add(time.Minute), at.Add(-time.Millisecond)); !errors.Is(err, cache.ErrPurged) {
+			t.Errorf("%s: Put begun before the purge: %v, want ErrPurged", key, err)
+		}
+		l.Release(ctx, 0)
+	}
+	// A prefix purge reaches every master.
+	for _, key := range keys {
+		seed(t, cl.URL, key, response("again"))
+	}
+	if n, err := b.Purge(ctx, "/", true, time.Now()); err != nil || n != len(keys) {
+		t.Errorf("Purge of the prefix / = %d, %v; want %d", n, err, len(keys))
 	}
 }

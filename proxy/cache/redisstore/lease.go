@@ -14,7 +14,7 @@ import (
 
 // What the fleet builds on: an entry may carry a fresh-until (field f,
 // Unix microseconds by the writer's clock, rounded down), a key may have a
-// lease (a plain string at Prefix+"l:"+key holding its holder's token,
+// lease (a plain string at LeaseKey(Prefix, key) holding its holder's token,
 // with Redis's expiry), and replicas talk over two channels, WakeChannel
 // and PurgeChannel. Each method here is one round trip.
 
@@ -61,7 +61,7 @@ type Found struct {
 	Lease LeaseState
 }
 
-func (s *Store) leaseKey(key string) string { return s.prefix + "l:" + key }
+func (s *Store) leaseKey(key string) string { return LeaseKey(s.prefix, key) }
 
 // WakeChannel is the channel Release publishes a key on when its lease
 // ends, for the replicas waiting for it.
@@ -86,24 +86,31 @@ func (s *Store) SetFresh(ctx context.Context, key string, e *cache.Entry, ttl ti
 // of its key, as one step: a replica that finds no fresh entry either
 // becomes the one to fetch it or learns that another is fetching it.
 //
-//	KEYS: entry, lease
+//	KEYS: entry, lease (one slot, by the hash tag)
 //	ARGV: now µs, token, lease ttl ms (0: ask for no lease), force ("1":
 //	      ask for the lease even for a fresh entry)
 //
 // It returns {state, v, x, fresh}: state is "none", "taken" or "held";
 // v and x are nil unless the entry is live (x after now); fresh is 1 if
 // it is also before its fresh-until f, else 0. A field that is
-// not a number counts as 0 (expired, not fresh) rather than failing.
+// not a number counts as 0 (expired, not fresh) rather than failing. An
+// entry not yet written (field q, see set) counts as absent. A lease the
+// token already holds counts as taken: a cluster client sends a call
+// again after a broken connection (within its MaxRedirects and the call's
+// deadline), and the first may have run.
 var lookupScript = redis.NewScript(`#!lua
 local now = tonumber(ARGV[1])
-local cur = redis.call('HMGET', KEYS[1], 'v', 'x', 'f')
-local live = cur[1] and (tonumber(cur[2]) or 0) > now
+local cur = redis.call('HMGET', KEYS[1], 'v', 'x', 'f', 'q')
+local live = cur[1] and not cur[4] and (tonumber(cur[2]) or 0) > now
 local fresh = live and (tonumber(cur[3]) or 0) > now
 local v, x = false, false
 if live then v, x = cur[1], cur[2] end
 local state = 'none'
 if (ARGV[4] == '1' or not fresh) and tonumber(ARGV[3]) > 0 then
   if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then
+    state = 'taken'
+  elseif redis.call('GET', KEYS[2]) == ARGV[2] then
+    redis.call('PEXPIRE', KEYS[2], ARGV[3])
     state = 'taken'
   else
     state = 'held'
@@ -255,7 +262,8 @@ func (s *Store) Publish(ctx context.Context, channel, msg string) error {
 
 // Subscribe returns a subscription to channels on the store's client. It
 // does not wait for Redis: the subscription connects, and reconnects, on
-// its own. The caller closes it.
+// its own. The caller closes it. In a Redis Cluster, it listens on one
+// node; PUBLISH on any node reaches every node's subscribers.
 func (s *Store) Subscribe(ctx context.Context, channels ...string) *redis.PubSub {
 	return s.rdb.Subscribe(ctx, channels...)
 }

@@ -7,14 +7,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"corral/proxy/cache"
 	"corral/proxy/cache/redisstore"
-	"corral/proxy/cache/redisstore/redistest"
 )
 
-func TestLookup(t *testing.T) {
-	srv := redistest.Start(t, false)
-	s := newStore(t, redisstore.Config{Addr: srv.URL, Timeout: time.Second})
+func TestLookup(t *testing.T) { onEachRedis(t, testLookup) }
+
+func testLookup(t *testing.T, url string, _ func() redis.UniversalClient) {
+	s := newStore(t, redisstore.Config{Addr: url, Timeout: time.Second})
 	ctx := context.Background()
 	now := time.Now()
 	fresh := &cache.Entry{ID: cache.NewID(), Status: 200, Body: []byte("fresh")}
@@ -73,14 +75,19 @@ func TestLookup(t *testing.T) {
 	}
 }
 
-func TestLeaseLife(t *testing.T) {
-	srv := redistest.Start(t, false)
-	s := newStore(t, redisstore.Config{Addr: srv.URL, Timeout: time.Second})
+func TestLeaseLife(t *testing.T) { onEachRedis(t, testLeaseLife) }
+
+func testLeaseLife(t *testing.T, url string, client func() redis.UniversalClient) {
+	s := newStore(t, redisstore.Config{Addr: url, Timeout: time.Second})
 	ctx := context.Background()
 	const ttl = 100 * time.Millisecond
 
 	if got, err := s.Lookup(ctx, "/k", "a", ttl); err != nil || got.Lease != redisstore.LeaseTaken {
 		t.Fatalf("Lookup = %+v, %v; want the lease", got, err)
+	}
+	// The same token asking again still holds it (a call sent twice).
+	if got, err := s.Lookup(ctx, "/k", "a", ttl); err != nil || got.Lease != redisstore.LeaseTaken {
+		t.Fatalf("Lookup again by the holder = %+v, %v; want the lease", got, err)
 	}
 	if ok, err := s.Renew(ctx, "/k", "b", time.Minute); err != nil || ok {
 		t.Errorf("Renew by another token = %v, %v; want false", ok, err)
@@ -104,7 +111,7 @@ func TestLeaseLife(t *testing.T) {
 	if ok, err := s.Renew(ctx, "/k", "b", time.Hour); err != nil || !ok {
 		t.Fatalf("Renew by the holder = %v, %v; want true", ok, err)
 	}
-	if pttl := srv.Client().PTTL(ctx, "corral:l:/k").Val(); pttl < 59*time.Minute {
+	if pttl := client().PTTL(ctx, redisstore.LeaseKey("corral:", "/k")).Val(); pttl < 59*time.Minute {
 		t.Errorf("PTTL after Renew = %v, want about an hour", pttl)
 	}
 	// Release by another token leaves it; by its holder drops it.
@@ -118,9 +125,10 @@ func TestLeaseLife(t *testing.T) {
 	}
 }
 
-func TestReleasePublishes(t *testing.T) {
-	srv := redistest.Start(t, false)
-	s := newStore(t, redisstore.Config{Addr: srv.URL, Timeout: time.Second})
+func TestReleasePublishes(t *testing.T) { onEachRedis(t, testReleasePublishes) }
+
+func testReleasePublishes(t *testing.T, url string, _ func() redis.UniversalClient) {
+	s := newStore(t, redisstore.Config{Addr: url, Timeout: time.Second})
 	ctx := context.Background()
 	ps := s.Subscribe(ctx, s.WakeChannel())
 	defer ps.Close()
@@ -140,20 +148,20 @@ func TestReleasePublishes(t *testing.T) {
 	}
 }
 
-func TestLookupUndecodable(t *testing.T) {
-	srv := redistest.Start(t, false)
-	c := srv.Client()
-	defer c.Close()
+func TestLookupUndecodable(t *testing.T) { onEachRedis(t, testLookupUndecodable) }
+
+func testLookupUndecodable(t *testing.T, _ string, client func() redis.UniversalClient) {
+	c := client()
 	s := newStore(t, redisstore.Config{Client: c, Timeout: time.Second})
 	ctx := context.Background()
 	x := strconv.FormatInt(time.Now().Add(time.Hour).UnixMicro(), 10)
-	must(t, c.HSet(ctx, "corral:e:/g", "v", "\x02garbage", "x", x).Err())
+	must(t, c.HSet(ctx, redisstore.EntryKey("corral:", "/g"), "v", "\x02garbage", "x", x).Err())
 	got, err := s.Lookup(ctx, "/g", "a", time.Minute)
 	if !errors.Is(err, redisstore.ErrUndecodable) || got.Entry != nil || got.Lease != redisstore.LeaseTaken {
 		t.Errorf("Lookup = %+v, %v; want ErrUndecodable, no entry, the lease", got, err)
 	}
 	// A field f that is no number is not fresh, and no failure.
-	must(t, c.HSet(ctx, "corral:e:/g", "f", "soon").Err())
+	must(t, c.HSet(ctx, redisstore.EntryKey("corral:", "/g"), "f", "soon").Err())
 	if _, err := s.Lookup(ctx, "/g", "b", time.Minute); !errors.Is(err, redisstore.ErrUndecodable) {
 		t.Errorf("Lookup with f not a number: %v, want ErrUndecodable", err)
 	}

@@ -12,16 +12,36 @@
 //
 // # Layout
 //
-// Under the namespace Prefix, a key's entry is a hash at Prefix+"e:"+key
-// with field v (the cache.Entry encoding, whose ID sits at bytes 2-9) and
-// field x (the moment it expires by Config.Now, in Unix microseconds).
-// Redis also expires it by its own clock after the ttl, so that memory is
-// given back; the x field is what a reader goes by. A purge of a key is
-// recorded at Prefix+"p:"+key, a purge of a prefix in the sorted set
+// Every Redis key made from a cache key starts with Prefix and a hash tag,
+// {T}, where T is the FNV-1a 64-bit hash, in 16 hex digits, of the key's
+// base (what precedes its first NUL byte: see cache.VariantKey). So a
+// key's entry, its variants, its purge record and its lease share one
+// slot of a Redis Cluster, and the scripts that touch several of them run
+// there; T being hex, no brace in a cache key can move the tag. A key's
+// entry is a hash at Prefix+"{T}e:"+key with field v (the cache.Entry
+// encoding, whose ID sits at bytes 2-9) and field x (the moment it
+// expires by Config.Now, in Unix microseconds). Redis also expires it by
+// its own clock after the ttl, so that memory is given back; the x field is what a reader goes by. An entry with field q
+// is not yet written: a Set checks the prefix records after writing it
+// (see set), and readers take it for absent. A purge of a key is
+// recorded at Prefix+"{T}p:"+key, a purge of a prefix in the sorted set
 // Prefix+"purges", each for Config.Keep. For the fleet (lease.go), an
 // entry may also have field f (fresh until, Unix microseconds), a key a
-// lease at Prefix+"l:"+key, and replicas talk on the channels
+// lease at Prefix+"{T}l:"+key, and replicas talk on the channels
 // Prefix+"wake" and Prefix+"purge".
+//
+// # Cluster
+//
+// With a *redis.ClusterClient as Config.Client, or an Addr of the form
+// redis+cluster://host:port?addr=host2:port (rediss+cluster:// for TLS),
+// the store runs on a Redis Cluster: each call goes to the master of its
+// key's slot, and a prefix purge scans every master. The set of prefix
+// records is in one slot of its own. The client follows a few MOVED and
+// ASK redirects (MaxRedirects 3); within that bound go-redis also sends a
+// call again after a broken connection, so a script may run twice. A
+// second run changes nothing more, but may answer otherwise: a Set with
+// IfAbsent or IfID reports ErrConflict after writing, a purge of a key
+// counts no entry dropped.
 //
 // # Redis
 //
@@ -56,8 +76,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unsafe"
 
@@ -80,26 +102,32 @@ const scanCount = 500
 
 // Config configures a Store.
 type Config struct {
-	// Client is the Redis client to use. When nil, New makes one from
-	// Addr. A Client given here is used as it is: turn its context
+	// Client is the Redis client to use: a *redis.Client, or a
+	// *redis.ClusterClient for a Redis Cluster. When nil, New makes one
+	// from Addr. A Client given here is used as it is: turn its context
 	// deadlines on (ContextTimeoutEnabled) and its retries off
 	// (MaxRetries -1), or a call may outlive Timeout.
-	Client *redis.Client
+	Client redis.UniversalClient
 
 	// Addr is where Redis listens when Client is nil: a redis://,
-	// rediss:// or unix:// URL (redis://host:6379/0), a host:port, or the
-	// path of a Unix socket (starting with /).
+	// rediss:// or unix:// URL (redis://host:6379/0), a host:port, the
+	// path of a Unix socket (starting with /), or, for a Redis Cluster, a
+	// redis+cluster:// or rediss+cluster:// URL naming one node or more
+	// (redis+cluster://host1:6379?addr=host2:6379&addr=host3:6379).
 	Addr string
 
 	// Prefix starts every key the store writes, so that several
 	// deployments can share one Redis; no deployment's Prefix may start
 	// with another's, or a purge of everything in one reaches into the
-	// other. Empty means DefaultPrefix.
+	// other. It may not hold a brace, which would move the hash tag.
+	// Empty means DefaultPrefix.
 	Prefix string
 
 	// Timeout bounds every call to Redis: each gets its own deadline,
 	// on top of its context's. Zero means DefaultTimeout. A prefix purge
-	// makes several calls, each so bounded.
+	// makes several calls, each so bounded, and so does a Set with a
+	// Cond.Since (three: the write, the check of prefix records, and
+	// the settling of the write).
 	Timeout time.Duration
 
 	// Keep is how long purge records live: the longest a fetch can run,
@@ -117,8 +145,9 @@ type Config struct {
 // size of one namespace in a shared Redis is not cheap to know (DBSIZE
 // counts every namespace; counting ours takes a SCAN of them all).
 type Store struct {
-	rdb     *redis.Client
-	own     bool // rdb was made by New, and Close closes it
+	rdb     redis.UniversalClient
+	cluster *redis.ClusterClient // rdb, when it is a Redis Cluster's
+	own     bool                 // rdb was made by New, and Close closes it
 	prefix  string
 	timeout time.Duration
 	keep    time.Duration
@@ -140,22 +169,59 @@ func New(cfg Config) (*Store, error) {
 	if s.now == nil {
 		s.now = time.Now
 	}
-	if s.rdb == nil {
-		opt, err := options(cfg.Addr)
-		if err != nil {
-			return nil, err
-		}
-		opt.ContextTimeoutEnabled = true
-		opt.MaxRetries = -1
-		opt.DialTimeout = s.timeout
-		opt.ReadTimeout = s.timeout
-		opt.WriteTimeout = s.timeout
-		opt.PoolTimeout = s.timeout
-		opt.DisableIdentity = true
-		opt.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
-		s.rdb, s.own = redis.NewClient(opt), true
+	if strings.ContainsAny(s.prefix, "{}") {
+		return nil, fmt.Errorf("redisstore: prefix %q holds a brace, which would move the hash tag", s.prefix)
 	}
+	if s.rdb == nil {
+		if u, ok := ClusterURL(cfg.Addr); ok {
+			opt, err := redis.ParseClusterURL(u)
+			if err != nil {
+				return nil, fmt.Errorf("redisstore: %w", err)
+			}
+			opt.ContextTimeoutEnabled = true
+			opt.MaxRetries = -1
+			// A MOVED or ASK reply is no failure, only a slot that
+			// changed hands: follow a few. (go-redis also tries a
+			// failed call again within this bound; the call's
+			// deadline still holds.)
+			opt.MaxRedirects = 3
+			opt.DialTimeout = s.timeout
+			opt.ReadTimeout = s.timeout
+			opt.WriteTimeout = s.timeout
+			opt.PoolTimeout = s.timeout
+			opt.DisableIdentity = true
+			opt.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
+			s.rdb, s.own = redis.NewClusterClient(opt), true
+		} else {
+			opt, err := options(cfg.Addr)
+			if err != nil {
+				return nil, err
+			}
+			opt.ContextTimeoutEnabled = true
+			opt.MaxRetries = -1
+			opt.DialTimeout = s.timeout
+			opt.ReadTimeout = s.timeout
+			opt.WriteTimeout = s.timeout
+			opt.PoolTimeout = s.timeout
+			opt.DisableIdentity = true
+			opt.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
+			s.rdb, s.own = redis.NewClient(opt), true
+		}
+	}
+	s.cluster, _ = s.rdb.(*redis.ClusterClient)
 	return s, nil
+}
+
+// ClusterURL reports whether addr names a Redis Cluster (a
+// redis+cluster:// or rediss+cluster:// URL) and, if so, returns it with
+// the scheme that redis.ParseClusterURL takes (redis:// or rediss://).
+func ClusterURL(addr string) (string, bool) {
+	for _, scheme := range []string{"redis", "rediss"} {
+		if rest, ok := strings.CutPrefix(addr, scheme+"+cluster://"); ok {
+			return scheme + "://" + rest, true
+		}
+	}
+	return "", false
 }
 
 // options parses an address as Config.Addr describes it.
@@ -184,8 +250,37 @@ func (s *Store) Close() error {
 	return nil
 }
 
-func (s *Store) entryKey(key string) string  { return s.prefix + "e:" + key }
-func (s *Store) recordKey(key string) string { return s.prefix + "p:" + key }
+// EntryKey is the Redis key of the entry under key in the namespace
+// prefix, for tools and tests that look at Redis directly.
+func EntryKey(prefix, key string) string { return tagged(prefix, key, "e:") }
+
+// LeaseKey is the Redis key of the lease of key in the namespace prefix.
+func LeaseKey(prefix, key string) string { return tagged(prefix, key, "l:") }
+
+// tagLen is the length of the hash tag, braces included.
+const tagLen = 1 + 16 + 1
+
+// tagged is prefix, the hash tag of key's base, kind and key: see Layout.
+func tagged(prefix, key, kind string) string {
+	base := key
+	if i := strings.IndexByte(key, 0); i >= 0 {
+		base = key[:i]
+	}
+	h := fnv.New64a()
+	h.Write([]byte(base))
+	var b strings.Builder
+	b.Grow(len(prefix) + tagLen + len(kind) + len(key))
+	b.WriteString(prefix)
+	b.WriteByte('{')
+	b.WriteString(fmt.Sprintf("%016x", h.Sum64()))
+	b.WriteByte('}')
+	b.WriteString(kind)
+	b.WriteString(key)
+	return b.String()
+}
+
+func (s *Store) entryKey(key string) string  { return EntryKey(s.prefix, key) }
+func (s *Store) recordKey(key string) string { return tagged(s.prefix, key, "p:") }
 func (s *Store) prefixesKey() string         { return s.prefix + "purges" }
 
 // call returns ctx bounded by the per-call timeout, or the error of a
@@ -229,14 +324,14 @@ func (s *Store) Get(ctx context.Context, key string) (*cache.Entry, error) {
 	}
 	defer cancel()
 	now := micros(s.now(), false)
-	vals, err := s.rdb.HMGet(ctx, s.entryKey(key), "v", "x").Result()
+	vals, err := s.rdb.HMGet(ctx, s.entryKey(key), "v", "x", "q").Result()
 	if err != nil {
 		return nil, fail(outer, "get", key, err)
 	}
 	v, _ := vals[0].(string)
 	x, _ := vals[1].(string)
-	if v == "" {
-		return nil, cache.ErrNotFound
+	if v == "" || vals[2] != nil {
+		return nil, cache.ErrNotFound // absent, or not yet written
 	}
 	if until, err := strconv.ParseInt(x, 10, 64); err != nil || until <= now {
 		return nil, cache.ErrNotFound
@@ -251,27 +346,25 @@ func (s *Store) Get(ctx context.Context, key string) (*cache.Entry, error) {
 // setScript writes an entry if its condition holds, as one step.
 //
 //	KEYS: entry, purge record of the key, purge record of the key it is
-//	      a variant of (or the key's again), sorted set of prefix records
+//	      a variant of (or the key's again): one slot, by the hash tag
 //	ARGV: encoding, ttl ms, expiry µs, since µs (0: no check), mode
-//	      ("", "id" or "absent"), ID (8 bytes), now µs, key, and
-//	      optionally fresh-until µs (SetFresh)
+//	      ("", "id" or "absent"), ID (8 bytes), now µs, pending ("1":
+//	      write it with field q, not yet written), and optionally
+//	      fresh-until µs (SetFresh)
 //
 // It returns "purged", "conflict" or "ok". The checks, in the order the
-// contract wants them: a record of the key, of its URI's key, or of a
-// prefix of it, at or after since; then the entry there (one past its x
-// is absent) against IfID or IfAbsent; then the write, with Redis's own
-// expiry after the ttl. The entry's fields are replaced as a whole, so
-// that a plain Set leaves no fresh-until (field f) of an earlier SetFresh.
+// contract wants them: a record of the key or of its URI's key at or
+// after since; then the entry there (one past its x is absent) against
+// IfID or IfAbsent; then the write, with Redis's own expiry after the
+// ttl. The records of prefixes are in another slot: set checks them
+// after the write. The entry's fields are replaced as a whole, so that a
+// plain Set leaves no fresh-until (field f) of an earlier SetFresh.
 var setScript = redis.NewScript(`#!lua
 local since = tonumber(ARGV[4])
 if since > 0 then
   for i = 2, 3 do
     local r = redis.call('GET', KEYS[i])
     if r and tonumber(r) >= since then return 'purged' end
-  end
-  local key = ARGV[8]
-  for _, p in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], since, '+inf')) do
-    if string.sub(key, 1, #p) == p then return 'purged' end
   end
 end
 local mode = ARGV[5]
@@ -283,9 +376,24 @@ if mode ~= '' then
 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 'x', ARGV[3])
+if ARGV[8] == '1' then redis.call('HSET', KEYS[1], 'q', '1') end
 if ARGV[9] then redis.call('HSET', KEYS[1], 'f', ARGV[9]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 'ok'
+`)
+
+// settleScript ends the pending state of an entry that set wrote, if it
+// is still the one set wrote (its ID, bytes 2-9 of v): it drops it, or
+// makes it written.
+//
+//	KEYS: entry
+//	ARGV: ID (8 bytes), "drop" or "keep"
+var settleScript = redis.NewScript(`#!lua flags=allow-oom
+local v = redis.call('HGET', KEYS[1], 'v')
+if v and string.sub(v, 3, 10) == ARGV[1] then
+  if ARGV[2] == 'drop' then redis.call('DEL', KEYS[1]) else redis.call('HDEL', KEYS[1], 'q') end
+end
+return 0
 `)
 
 func (s *Store) Set(ctx context.Context, key string, e *cache.Entry, ttl time.Duration, cond cache.Cond) error {
@@ -324,29 +432,81 @@ func (s *Store) set(ctx context.Context, key string, e *cache.Entry, ttl time.Du
 	if i := strings.IndexByte(key, 0); i >= 0 {
 		base = key[:i]
 	}
-	ctx, cancel, err := s.call(ctx)
+	pending := "0"
+	if since > 0 {
+		pending = "1"
+	}
+	cctx, cancel, err := s.call(ctx)
 	if err != nil {
 		return err
 	}
-	defer cancel()
-	keys := []string{s.entryKey(key), s.recordKey(key), s.recordKey(base), s.prefixesKey()}
-	args := []any{v, max(ttl.Milliseconds(), 1), micros(now.Add(ttl), true), since, mode, id, micros(now, false), key}
+	keys := []string{s.entryKey(key), s.recordKey(key), s.recordKey(base)}
+	args := []any{v, max(ttl.Milliseconds(), 1), micros(now.Add(ttl), true), since, mode, id, micros(now, false), pending}
 	if !fresh.IsZero() {
 		args = append(args, micros(fresh, false))
 	}
-	res, err := setScript.Run(ctx, s.rdb, keys, args...).Text()
+	res, err := setScript.Run(cctx, s.rdb, keys, args...).Text()
+	cancel()
 	if err != nil {
 		return fail(outer, "set", key, err)
 	}
 	switch res {
 	case "ok":
-		return nil
 	case "purged":
 		return cache.ErrPurged
 	case "conflict":
 		return cache.ErrConflict
+	default:
+		return fail(outer, "set", key, fmt.Errorf("unexpected reply %q", res))
 	}
-	return fail(outer, "set", key, fmt.Errorf("unexpected reply %q", res))
+	if since == 0 {
+		return nil
+	}
+
+	// The entry is written, pending: readers take it for absent. Now the
+	// records of prefixes, which live in a slot of their own, so that no
+	// script can check them with the write. Writing first and reading
+	// after is what makes this safe. A prefix purge records first (ZADD),
+	// then SCANs and drops the entries. If this read sees the record, the
+	// entry is dropped here. If it does not, the read ran before the ZADD,
+	// so the write, which ran before the read, ran before the SCAN began:
+	// SCAN returns every key that exists from its start to its end, and
+	// the purge drops the entry. Either way no purged write survives.
+	// Until settled, the entry is pending, so that no reader serves it in
+	// between; a Set that fails from here leaves it pending, unseen, until
+	// Redis expires it or a write replaces it.
+	if len(v) < 10 {
+		return fail(outer, "set", key, errors.New("encoding too short"))
+	}
+	id = []byte(v[2:10])
+	cctx, cancel, err = s.call(ctx)
+	if err != nil {
+		return err
+	}
+	prefixes, err := s.rdb.ZRangeByScore(cctx, s.prefixesKey(), &redis.ZRangeBy{Min: strconv.FormatInt(since, 10), Max: "+inf"}).Result()
+	cancel()
+	if err != nil {
+		return fail(outer, "set", key, err)
+	}
+	settle, result := "keep", error(nil)
+	for _, p := range prefixes {
+		if strings.HasPrefix(key, p) {
+			settle, result = "drop", cache.ErrPurged
+			break
+		}
+	}
+	cctx, cancel, err = s.call(ctx)
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	if err := settleScript.Run(cctx, s.rdb, []string{s.entryKey(key)}, id, settle).Err(); err != nil {
+		if result != nil {
+			return result // pending, it is never served
+		}
+		return fail(outer, "set", key, err)
+	}
+	return result
 }
 
 func (s *Store) Delete(ctx context.Context, key string) error {
@@ -395,10 +555,10 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 0
 `)
 
-// dropScript drops the entries KEYS and returns how many were live.
+// dropSource drops the entries KEYS and returns how many were live.
 //
 //	ARGV: now µs
-var dropScript = redis.NewScript(`#!lua flags=allow-oom
+const dropSource = `#!lua flags=allow-oom
 local n = 0
 for _, k in ipairs(KEYS) do
   local x = redis.call('HGET', k, 'x')
@@ -406,7 +566,9 @@ for _, k in ipairs(KEYS) do
   redis.call('DEL', k)
 end
 return n
-`)
+`
+
+var dropScript = redis.NewScript(dropSource)
 
 // Purge drops the entry under key, or every entry under the prefix key,
 // and records the purge at at for Keep.
@@ -419,7 +581,8 @@ return n
 // namespaces included, not with the keys it drops, and a failure half
 // way leaves the rest in place (the record still refuses late writes);
 // call it again. Entries written during the walk by fetches begun after
-// at may be dropped too.
+// at may be dropped too. In a Redis Cluster it walks every master at once,
+// each with its own SCAN.
 //
 // Records are not collapsed as the Memory store's are: each lives for
 // Keep, by Redis's clock, and costs Redis about a hundred bytes, so a
@@ -454,7 +617,32 @@ func (s *Store) Purge(ctx context.Context, key string, prefix bool, at time.Time
 	if err != nil {
 		return 0, fail(outer, "purge", key, err)
 	}
-	pattern := globEscape(s.entryKey(key)) + "*"
+	// Every entry under the prefix: the hash tag is 16 characters
+	// between braces, and the key follows it as it is.
+	pattern := globEscape(s.prefix) + "{" + strings.Repeat("?", tagLen-2) + "}e:" + globEscape(key) + "*"
+	var total int
+	if s.cluster == nil {
+		total, err = s.scanDrop(ctx, s.rdb, pattern, nowUS)
+	} else {
+		var mu sync.Mutex
+		err = s.cluster.ForEachMaster(ctx, func(_ context.Context, node *redis.Client) error {
+			n, err := s.scanDrop(ctx, node, pattern, nowUS)
+			mu.Lock()
+			total += n
+			mu.Unlock()
+			return err
+		})
+	}
+	if err != nil {
+		return total, fail(outer, "purge", key, err)
+	}
+	return total, nil
+}
+
+// scanDrop walks the keys of one Redis (the only one, or a master of the
+// cluster) that match pattern, and drops them a SCAN step at a time. It
+// returns how many were live.
+func (s *Store) scanDrop(ctx context.Context, rdb redis.Cmdable, pattern string, nowUS int64) (int, error) {
 	n := 0
 	var cursor uint64
 	for {
@@ -463,14 +651,14 @@ func (s *Store) Purge(ctx context.Context, key string, prefix bool, at time.Time
 			return n, err
 		}
 		var keys []string
-		keys, cursor, err = s.rdb.Scan(cctx, cursor, pattern, scanCount).Result()
+		keys, cursor, err = rdb.Scan(cctx, cursor, pattern, scanCount).Result()
 		cancel()
 		if err != nil {
-			return n, fail(outer, "purge", key, err)
+			return n, err
 		}
 		if len(keys) > 0 {
 			if n, err = s.drop(ctx, keys, nowUS, n); err != nil {
-				return n, fail(outer, "purge", key, err)
+				return n, err
 			}
 		}
 		if cursor == 0 {
@@ -480,15 +668,37 @@ func (s *Store) Purge(ctx context.Context, key string, prefix bool, at time.Time
 }
 
 // drop drops the entries under the Redis keys keys, in a call of its own,
-// and adds the live ones to n.
+// and adds the live ones to n. On a single Redis that is one script; in a
+// cluster, whose scripts may only touch keys of one slot, a pipeline of
+// one script per hash tag, which the client sends to each master in one
+// round trip (a slot that moves redirects its script, not the rest).
 func (s *Store) drop(ctx context.Context, keys []string, nowUS int64, n int) (int, error) {
 	ctx, cancel, err := s.call(ctx)
 	if err != nil {
 		return n, err
 	}
 	defer cancel()
-	k, err := dropScript.Run(ctx, s.rdb, keys, nowUS).Int()
-	return n + k, err
+	if s.cluster == nil {
+		k, err := dropScript.Run(ctx, s.rdb, keys, nowUS).Int()
+		return n + k, err
+	}
+	byTag := map[string][]string{}
+	for _, k := range keys {
+		tag := k[len(s.prefix) : len(s.prefix)+tagLen]
+		byTag[tag] = append(byTag[tag], k)
+	}
+	pipe := s.cluster.Pipeline()
+	cmds := make([]*redis.Cmd, 0, len(byTag))
+	for _, ks := range byTag {
+		cmds = append(cmds, pipe.Eval(ctx, dropSource, ks, nowUS))
+	}
+	_, err = pipe.Exec(ctx)
+	for _, c := range cmds {
+		if k, err := c.Int(); err == nil {
+			n += k
+		}
+	}
+	return n, err
 }
 
 // globEscape escapes the characters SCAN's MATCH gives a meaning to.

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"corral/proxy/cache"
 	"corral/proxy/cache/acceptance"
 	"corral/proxy/cache/redisstore"
@@ -27,13 +29,40 @@ func newStore(t *testing.T, cfg redisstore.Config) *redisstore.Store {
 
 var namespaces atomic.Int64
 
+// onEachRedis runs test on a redis-server and on a Redis Cluster, each
+// started for it. client returns a client of it, closed when the test
+// ends.
+func onEachRedis(t *testing.T, test func(t *testing.T, url string, client func() redis.UniversalClient)) {
+	t.Run("single", func(t *testing.T) {
+		srv := redistest.Start(t, false)
+		test(t, srv.URL, func() redis.UniversalClient {
+			c := srv.Client()
+			t.Cleanup(func() { c.Close() })
+			return c
+		})
+	})
+	t.Run("cluster", func(t *testing.T) {
+		cl := redistest.StartCluster(t)
+		test(t, cl.URL, func() redis.UniversalClient {
+			c := cl.Client()
+			t.Cleanup(func() { c.Close() })
+			return c
+		})
+	})
+}
+
 func TestAcceptance(t *testing.T) {
-	for _, unix := range []bool{false, true} {
-		t.Run(map[bool]string{false: "tcp", true: "unix"}[unix], func(t *testing.T) {
-			srv := redistest.Start(t, unix)
+	for _, mode := range []string{"tcp", "unix", "cluster"} {
+		t.Run(mode, func(t *testing.T) {
+			var url string
+			if mode == "cluster" {
+				url = redistest.StartCluster(t).URL
+			} else {
+				url = redistest.Start(t, mode == "unix").URL
+			}
 			acceptance.Run(t, func(t *testing.T, now func() time.Time) cache.Store {
 				return newStore(t, redisstore.Config{
-					Addr:   srv.URL,
+					Addr:   url,
 					Prefix: "test" + strconv.FormatInt(namespaces.Add(1), 10) + ":",
 					// Generous: the race detector and a busy machine
 					// slow the 4 MiB value down.
@@ -71,9 +100,9 @@ func TestClientGiven(t *testing.T) {
 	if err := s.Set(context.Background(), "/a", e, time.Minute, cache.Cond{}); err != nil {
 		t.Fatal(err)
 	}
-	n, err := c.Exists(context.Background(), "mine:e:/a").Result()
+	n, err := c.Exists(context.Background(), redisstore.EntryKey("mine:", "/a")).Result()
 	if err != nil || n != 1 {
-		t.Errorf("EXISTS mine:e:/a = %d, %v; want 1: the prefix is not used", n, err)
+		t.Errorf("EXISTS %q = %d, %v; want 1: the prefix is not used", redisstore.EntryKey("mine:", "/a"), n, err)
 	}
 	s.Close()
 	if err := c.Ping(context.Background()).Err(); err != nil {
@@ -90,7 +119,7 @@ func TestGarbage(t *testing.T) {
 	s := newStore(t, redisstore.Config{Client: c})
 	ctx := context.Background()
 	for _, v := range []string{"\x02garbage", "\x01", ""} {
-		c.HSet(ctx, "corral:e:/g", "v", v, "x", strconv.FormatInt(time.Now().Add(time.Hour).UnixMicro(), 10))
+		c.HSet(ctx, redisstore.EntryKey("corral:", "/g"), "v", v, "x", strconv.FormatInt(time.Now().Add(time.Hour).UnixMicro(), 10))
 		if e, err := s.Get(ctx, "/g"); err == nil || errors.Is(err, cache.ErrNotFound) && v != "" {
 			t.Errorf("Get of %q = %v, %v; want an error", v, e, err)
 		}
@@ -215,12 +244,13 @@ func TestCallerDeadline(t *testing.T) {
 }
 
 // TestPurgePrefixGlob: a prefix purge matches the prefix as it is, not as
-// a SCAN pattern.
-func TestPurgePrefixGlob(t *testing.T) {
-	srv := redistest.Start(t, false)
-	s := newStore(t, redisstore.Config{Addr: srv.URL, Timeout: 5 * time.Second})
+// a SCAN pattern, and braces in keys move no hash tag.
+func TestPurgePrefixGlob(t *testing.T) { onEachRedis(t, testPurgePrefixGlob) }
+
+func testPurgePrefixGlob(t *testing.T, url string, _ func() redis.UniversalClient) {
+	s := newStore(t, redisstore.Config{Addr: url, Timeout: 5 * time.Second})
 	ctx := context.Background()
-	keys := []string{"/a*", "/a*/1", "/a[b]", "/a?", "/a\\", "/ab", "/a*b"}
+	keys := []string{"/a*", "/a*/1", "/a[b]", "/a?", "/a\\", "/ab", "/a*b", "/a{", "/a{b}", "/z}e:/a*", "{x}e:/a*"}
 	for _, k := range keys {
 		if err := s.Set(ctx, k, &cache.Entry{ID: cache.NewID(), Status: 200}, time.Hour, cache.Cond{}); err != nil {
 			t.Fatal(err)
@@ -229,7 +259,7 @@ func TestPurgePrefixGlob(t *testing.T) {
 	for _, tt := range []struct {
 		prefix string
 		n      int
-	}{{"/a*", 3}, {"/a[", 1}, {"/a?", 1}, {"/a\\", 1}} {
+	}{{"/a*", 3}, {"/a[", 1}, {"/a?", 1}, {"/a\\", 1}, {"/a{", 2}, {"/z}", 1}, {"{x}", 1}} {
 		if n, err := s.Purge(ctx, tt.prefix, true, time.Now()); err != nil || n != tt.n {
 			t.Errorf("Purge(%q, prefix) = %d, %v; want %d", tt.prefix, n, err, tt.n)
 		}
@@ -241,10 +271,11 @@ func TestPurgePrefixGlob(t *testing.T) {
 
 // TestPurgePrefixMany: a prefix purge walks a namespace larger than one
 // SCAN step, and leaves other namespaces alone.
-func TestPurgePrefixMany(t *testing.T) {
-	srv := redistest.Start(t, false)
-	s := newStore(t, redisstore.Config{Addr: srv.URL, Timeout: 5 * time.Second})
-	other := newStore(t, redisstore.Config{Addr: srv.URL, Prefix: "other:", Timeout: 5 * time.Second})
+func TestPurgePrefixMany(t *testing.T) { onEachRedis(t, testPurgePrefixMany) }
+
+func testPurgePrefixMany(t *testing.T, url string, _ func() redis.UniversalClient) {
+	s := newStore(t, redisstore.Config{Addr: url, Timeout: 5 * time.Second})
+	other := newStore(t, redisstore.Config{Addr: url, Prefix: "other:", Timeout: 5 * time.Second})
 	ctx := context.Background()
 	const n = 1200
 	for i := range n {
@@ -303,10 +334,11 @@ func TestFull(t *testing.T) {
 // TestTwoReplicas: two stores on one namespace, as two replicas would
 // be: a purge through one refuses the late write of the other, and an
 // entry written through one is read through the other.
-func TestTwoReplicas(t *testing.T) {
-	srv := redistest.Start(t, false)
-	a := newStore(t, redisstore.Config{Addr: srv.URL, Timeout: 5 * time.Second})
-	b := newStore(t, redisstore.Config{Addr: srv.URL, Timeout: 5 * time.Second})
+func TestTwoReplicas(t *testing.T) { onEachRedis(t, testTwoReplicas) }
+
+func testTwoReplicas(t *testing.T, url string, _ func() redis.UniversalClient) {
+	a := newStore(t, redisstore.Config{Addr: url, Timeout: 5 * time.Second})
+	b := newStore(t, redisstore.Config{Addr: url, Timeout: 5 * time.Second})
 	ctx := context.Background()
 	began := time.Now()
 	if _, err := a.Purge(ctx, "/k", false, began.Add(time.Millisecond)); err != nil {
@@ -322,5 +354,91 @@ func TestTwoReplicas(t *testing.T) {
 	got, err := a.Get(ctx, "/k")
 	if err != nil || got.ID != e.ID {
 		t.Errorf("Get through a of b's entry = %v, %v", got, err)
+	}
+}
+
+// TestLayout: a key's entry, its variants and its lease share one slot of
+// a cluster, whatever braces the key holds; a prefix with a brace, which
+// would move the tag, is refused.
+func TestLayout(t *testing.T) {
+	cl := redistest.StartCluster(t)
+	c := cl.Client()
+	defer c.Close()
+	ctx := context.Background()
+	for _, base := range []string{"/a", "/x{y}z", "{", "}", "/{}", ""} {
+		want := c.ClusterKeySlot(ctx, redisstore.EntryKey("corral:", base)).Val()
+		for _, k := range []string{
+			redisstore.EntryKey("corral:", cache.VariantKey(base, 1, "gzip")),
+			redisstore.EntryKey("corral:", cache.VariantKey(base, 2, "br{")),
+			redisstore.LeaseKey("corral:", base),
+		} {
+			if got := c.ClusterKeySlot(ctx, k).Val(); got != want {
+				t.Errorf("slot of %q = %d, want %d (the slot of %q's entry)", k, got, want, base)
+			}
+		}
+	}
+	for _, p := range []string{"a{", "}b:", "{x}:"} {
+		if _, err := redisstore.New(redisstore.Config{Addr: cl.URL, Prefix: p}); err == nil {
+			t.Errorf("New with prefix %q: no error", p)
+		}
+	}
+}
+
+// pauseOn is a hook that calls during before each command named name.
+type pauseOn struct {
+	name   string
+	during func()
+}
+
+func (h pauseOn) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h pauseOn) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+func (h pauseOn) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if cmd.Name() == h.name {
+			h.during()
+		}
+		return next(ctx, cmd)
+	}
+}
+
+// TestPendingUnseen: a write that checks the prefix records after it is
+// made is seen by no reader until the check is done; refused, it leaves
+// nothing behind.
+func TestPendingUnseen(t *testing.T) {
+	srv := redistest.Start(t, false)
+	ctx := context.Background()
+	reader := newStore(t, redisstore.Config{Addr: srv.URL, Timeout: 5 * time.Second})
+	c := srv.Client()
+	defer c.Close()
+	checks := 0
+	c.AddHook(pauseOn{name: "zrangebyscore", during: func() {
+		checks++
+		if e, err := reader.Get(ctx, "/p/a"); !errors.Is(err, cache.ErrNotFound) {
+			t.Errorf("Get during the check of prefix records = %v, %v; want ErrNotFound", e, err)
+		}
+		if f, err := reader.Lookup(ctx, "/p/a", "reader", 0); err != nil || f.Entry != nil {
+			t.Errorf("Lookup during the check of prefix records = %+v, %v; want no entry", f, err)
+		}
+	}})
+	s := newStore(t, redisstore.Config{Client: c, Timeout: 5 * time.Second})
+	began := time.Now()
+	e := &cache.Entry{ID: cache.NewID(), Status: 200, Body: []byte("x")}
+	must(t, s.Set(ctx, "/p/a", e, time.Hour, cache.Cond{Since: began}))
+	if got, err := reader.Get(ctx, "/p/a"); err != nil || got.ID != e.ID {
+		t.Errorf("Get after the Set = %v, %v; want the entry", got, err)
+	}
+	if _, err := reader.Purge(ctx, "/p/", true, began.Add(time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Set(ctx, "/p/a", e, time.Hour, cache.Cond{Since: began}); !errors.Is(err, cache.ErrPurged) {
+		t.Errorf("Set of a fetch begun before a prefix purge: %v, want ErrPurged", err)
+	}
+	if n := c.Exists(ctx, redisstore.EntryKey("corral:", "/p/a")).Val(); n != 0 {
+		t.Errorf("a refused write left its entry behind")
+	}
+	if checks != 2 {
+		t.Errorf("%d checks of the prefix records, want 2", checks)
 	}
 }

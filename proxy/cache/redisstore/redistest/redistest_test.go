@@ -4,7 +4,10 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"sync/atomic"
 	"testing"
+
+	"github.com/redis/go-redis/v9"
 )
 
 func TestRunServesUntilKilled(t *testing.T) {
@@ -32,5 +35,27 @@ func TestRunServesUntilKilled(t *testing.T) {
 		}
 		c.Close()
 		s.Kill() // twice is fine
+	}
+}
+
+func TestStartCluster(t *testing.T) {
+	c := StartCluster(t)
+	cc := c.Client()
+	defer cc.Close()
+	ctx := context.Background()
+	// Ten keys land on more than one node: the client follows the slots.
+	for i := range 10 {
+		k := string(rune('a' + i))
+		if err := cc.Set(ctx, k, k, 0).Err(); err != nil {
+			t.Fatalf("SET %s: %v", k, err)
+		}
+	}
+	var masters atomic.Int32
+	err := cc.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
+		masters.Add(1)
+		return n.Ping(ctx).Err()
+	})
+	if err != nil || masters.Load() != 3 {
+		t.Errorf("ForEachMaster: %d masters, %v; want 3", masters.Load(), err)
 	}
 }
