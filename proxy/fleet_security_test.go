@@ -163,3 +163,113 @@ func TestFleetStaleCopyInRedisStandsInForTheFirstFailure(t *testing.T) {
 		t.Errorf("first request on an empty replica while the origin fails: %+v", r)
 	}
 }
+
+// A failed validation leaves a local-only mark, so that the other
+// replicas fetch on their own: beside the stale copy in Redis, which
+// must stay there to stand in for the failing origin (the mark replaced
+// it).
+func TestFleetLocalMarkKeepsTheStaleCopy(t *testing.T) {
+	srv := redistest.Start(t, false)
+	clk := newClock()
+	o := newOrigin(t, clk, answer("max-age=10, stale-if-error=600", "good"))
+	rs := newReplicas(t, srv, o, clk, 1, Config{}, fleet.Config{})
+	get(rs.ps[0], "/s")
+	clk.Advance(20 * time.Second)
+	o.set(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusServiceUnavailable) })
+	if r, _ := get(rs.ps[0], "/s"); r.Body != "good" {
+		t.Fatalf("while the origin fails: %+v", r)
+	}
+	rs.ps[0].Wait()
+	pollUntil(t, "the local-only mark", func() bool {
+		c := srv.Client()
+		defer c.Close()
+		return c.HExists(context.Background(), rs.key("/s"), "o").Val()
+	})
+	if e := rs.entries()["/s"]; e == nil || string(e.Body) != "good" {
+		t.Errorf("Redis holds %+v for /s, want the stale copy", e)
+	}
+}
+
+// A client that makes the origin refuse its request (a header too large)
+// while asking for a fresh answer must not take the fleet's copy away
+// with the pass mark its answer leaves.
+func TestFleetPassMarkNeverReplacesALiveResponse(t *testing.T) {
+	srv := redistest.Start(t, false)
+	clk := newClock()
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		if len(r.Header.Get("Cookie")) > 8000 {
+			w.WriteHeader(http.StatusBadRequest)
+			fmt.Fprint(w, "Request Header Or Cookie Too Large")
+			return
+		}
+		w.Header().Set("Cache-Control", "max-age=600")
+		fmt.Fprint(w, "good")
+	})
+	rs := newReplicas(t, srv, o, clk, 1, Config{}, fleet.Config{})
+	get(rs.ps[0], "/e")
+	clk.Advance(5 * time.Second)
+	if r, _ := get(rs.ps[0], "/e", "Cache-Control", "no-cache", "Cookie", "c="+strings.Repeat("x", 9000)); r.Status != http.StatusBadRequest {
+		t.Fatalf("the attack did not reach the origin: %+v", r)
+	}
+	rs.ps[0].Wait()
+	if e := rs.entries()["/e"]; e == nil || string(e.Body) != "good" {
+		t.Errorf("Redis holds %+v for /e after one client's 400, want the response", e)
+	}
+}
+
+// slowScripts delays the scripts that write entries (they name a purge
+// record) while on.
+type slowScripts struct {
+	on    *atomic.Bool
+	delay time.Duration
+}
+
+func (slowScripts) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h slowScripts) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if h.on.Load() && strings.Contains(fmt.Sprint(cmd.Args()), "}p:") {
+			select {
+			case <-time.After(h.delay):
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		return next(ctx, cmd)
+	}
+}
+func (h slowScripts) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// One write of the lease holder misses its deadline: the lease is still
+// given back, and the replica waiting for it goes on at once rather than
+// wait out the lease's life.
+func TestFleetFailedWriteStillReleasesTheLease(t *testing.T) {
+	srv := redistest.Start(t, false)
+	clk := newClock()
+	open := make(chan struct{})
+	o := newOrigin(t, clk, gatedOrigin(open, "max-age=60", "v "))
+	const lease = 10 * time.Second
+	rs := newReplicas(t, srv, o, clk, 0, Config{}, fleet.Config{Timeout: 50 * time.Millisecond, LeaseTTL: lease})
+	slow := srv.Client()
+	t.Cleanup(func() { slow.Close() })
+	var on atomic.Bool
+	slow.AddHook(slowScripts{on: &on, delay: 200 * time.Millisecond})
+	rs.fcfg.Client = slow
+	a := rs.add()
+	rs.fcfg.Client = nil
+	b := rs.add()
+	on.Store(true)
+	go get(a, "/k")
+	pollUntil(t, "the holder's fetch", func() bool { return o.count() == 1 })
+	done := make(chan response, 1)
+	start := time.Now()
+	go func() { r, _ := get(b, "/k"); done <- r }()
+	close(open)
+	if r := wait(t, done, "the waiter"); r.Status != http.StatusOK {
+		t.Errorf("the waiter: %+v", r)
+	}
+	if took := time.Since(start); took > lease/2 {
+		t.Errorf("the waiter took %v: it waited out the lease (%v)", took, lease)
+	}
+}

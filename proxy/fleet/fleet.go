@@ -35,13 +35,6 @@ const (
 	DefaultBreakerCooldown = time.Second
 )
 
-// LocalOnly is the Reason of the PassMark a lease holder leaves when what
-// it fetched is not in the shared tier (too large for it, not storable, or
-// the fetch failed): the replicas that wait fetch on their own at once,
-// each coalescing its own clients, instead of queueing one after another.
-// Claim never hands such a mark to its caller.
-const LocalOnly = "fleet-local-only"
-
 // ErrTooLarge is returned by Lease.Put for a body over MaxObjectBytes.
 var ErrTooLarge = errors.New("fleet: body larger than the shared tier's object limit")
 
@@ -306,7 +299,7 @@ type Claim struct {
 //
 // A zero Claim (no Entry, no Lease) says: fetch on your own, without the
 // fleet. Claim returns one when Redis fails or the breaker is open, when
-// the holder left a LocalOnly mark, and when ctx ends while it waits. It
+// the holder left a local-only mark, and when ctx ends while it waits. It
 // counts and logs its failures itself, and never returns an error.
 func (f *Fleet) Claim(ctx context.Context, key string, judge Judge) Claim {
 	select {
@@ -332,13 +325,7 @@ func (f *Fleet) Claim(ctx context.Context, key string, judge Judge) Claim {
 			return Claim{}
 		}
 		e := found.Entry
-		if e != nil && e.Kind == cache.PassMark && e.Reason == LocalOnly {
-			// Written fresh, so no lease was asked for; but one taken
-			// in the microsecond between the mark's fresh-until and
-			// its expiry goes back at once.
-			if found.Lease == redisstore.LeaseTaken {
-				f.release(ctx, key, token)
-			}
+		if found.LocalOnly {
 			f.stats.localMarks.Add(1)
 			return Claim{}
 		}
@@ -500,7 +487,8 @@ func (l *Lease) renew(ctx context.Context) {
 var errNoLease = errors.New("fleet: no lease")
 
 // Put writes e under key (the leased key, or a key its fetch wrote
-// beside it: a variant and its Vary marker) to the shared tier for ttl,
+// beside it: a variant and its Vary marker; a pass mark only where no live
+// entry is, else cache.ErrConflict) to the shared tier for ttl,
 // fresh until fresh (Claim takes a fresh entry without a lease), unless a
 // purge recorded at or after since forbids it (cache.ErrPurged). A body
 // over MaxObjectBytes is not written (ErrTooLarge). After a call on the
@@ -516,8 +504,15 @@ func (l *Lease) Put(ctx context.Context, key string, e *cache.Entry, ttl time.Du
 	if int64(len(e.Body)) > l.f.maxObject {
 		return ErrTooLarge
 	}
+	cond := cache.Cond{Since: since}
+	if e.Kind == cache.PassMark {
+		// A pass mark never replaces a live response: the answer one
+		// client's request got (a 400 to a field the origin refuses,
+		// say) must not take the fleet's copy away.
+		cond.IfAbsent = true
+	}
 	err := l.f.call(ctx, opSet, func(ctx context.Context) error {
-		return l.f.store.SetFresh(ctx, key, e, ttl, fresh, cache.Cond{Since: since})
+		return l.f.store.SetFresh(ctx, key, e, ttl, fresh, cond)
 	})
 	if err != nil && !answered(err) {
 		l.fail(err)
@@ -539,15 +534,17 @@ func (l *Lease) fail(err error) {
 	}
 }
 
-// Release ends the lease: it stops renewing it and, unless a call on the
-// lease failed, with localFor > 0 first leaves a LocalOnly mark on the key
-// for localFor, then deletes the lease if it is still this one's (compare
-// and delete) and wakes the replicas waiting for the key. Always call it,
-// once; it is safe on a nil Lease.
+// Release ends the lease: it stops renewing it and, in the background so
+// that no client waits on it, with localFor > 0 leaves a local-only mark
+// on the key for localFor (unless a call on the lease failed), then
+// deletes the lease if it is still this one's (compare and delete) and
+// wakes the replicas waiting for the key. The delete is tried even after
+// a failed call: a lease left behind makes every waiter wait out its
+// LeaseTTL. Always call it, once; it is safe on a nil Lease. Close waits
+// for what it started.
 //
 // It runs even when ctx has ended, each call bounded by Timeout: a fetch
-// that timed out is the likeliest to leave a LocalOnly mark, and a lease
-// left behind makes the waiters wait out its LeaseTTL.
+// that timed out is the likeliest to leave a local-only mark.
 func (l *Lease) Release(ctx context.Context, localFor time.Duration) {
 	if l == nil {
 		return
@@ -561,24 +558,23 @@ func (l *Lease) Release(ctx context.Context, localFor time.Duration) {
 	close(l.stop)
 	failed := l.err != nil
 	l.mu.Unlock()
-	if failed {
-		return
-	}
 	f := l.f
-	ctx = context.WithoutCancel(ctx)
-	if localFor > 0 {
-		mark := &cache.Entry{Kind: cache.PassMark, ID: cache.NewID(), Reason: LocalOnly}
-		err := f.call(ctx, opSet, func(ctx context.Context) error {
-			return f.store.SetFresh(ctx, l.key, mark, localFor, f.now().Add(localFor), cache.Cond{})
-		})
-		if err != nil {
-			l.fail(err)
-			return
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return // the lease expires
+	}
+	f.renewals.Add(1)
+	go func() {
+		defer f.renewals.Done()
+		ctx := context.WithoutCancel(ctx)
+		if localFor > 0 && !failed {
+			f.call(ctx, opSet, func(ctx context.Context) error { //nolint:errcheck // counted; the release goes on
+				return f.store.MarkLocal(ctx, l.key, localFor)
+			})
 		}
-	}
-	if err := f.release(ctx, l.key, l.token); err != nil {
-		l.fail(err)
-	}
+		f.release(ctx, l.key, l.token) //nolint:errcheck // counted; the lease expires
+	}()
 }
 
 // Purge drops key (with prefix, every key it starts) from the shared tier,

@@ -279,7 +279,7 @@ func TestTakeIfHeld(t *testing.T) {
 	}
 }
 
-// TestLocalOnly: a holder that leaves a LocalOnly mark sends its waiters,
+// TestLocalOnly: a holder that leaves a local-only mark sends its waiters,
 // and later claims, to fetch on their own.
 func TestLocalOnly(t *testing.T) {
 	srv := redistest.Start(t, false)
@@ -543,8 +543,10 @@ func TestUndecodable(t *testing.T) {
 		}
 		l.Release(ctx, 0)
 	}
-	if s := f.Stats(); s.DecodeErrors != 2 || s.CommandErrors != 0 {
-		t.Errorf("stats %+v, want 2 decode errors and no failed command", s)
+	// Two at least: the second Claim may look while the first lease's
+	// release, which runs in the background, is still on its way.
+	if s := f.Stats(); s.DecodeErrors < 2 || s.CommandErrors != 0 {
+		t.Errorf("stats %+v, want 2 decode errors or more, and no failed command", s)
 	}
 	if n := rec.count("does not decode"); n != 1 {
 		t.Errorf("logged %d times, want once", n)
@@ -563,13 +565,15 @@ func TestPutLimits(t *testing.T) {
 	if err := l.Put(ctx, "/k", response("1"), time.Hour, time.Now().Add(time.Minute), time.Now()); err == nil {
 		t.Fatal("Put on a dead Redis: no error")
 	}
-	// The lease failed: no further call, the same failure.
+	// The lease failed: no further Put, the same failure. (Release still
+	// tries to drop the lease, in the background: a lease left behind
+	// would hold every waiter for its TTL.)
 	before := f.Stats().Commands
 	err := l.Put(ctx, "/k", response("2"), time.Hour, time.Now().Add(time.Minute), time.Now())
-	l.Release(ctx, time.Minute)
 	if err == nil || f.Stats().Commands != before {
 		t.Errorf("Put after a failure: %v, %d more commands; want the failure and none", err, f.Stats().Commands-before)
 	}
+	l.Release(ctx, time.Minute)
 	var nilLease *fleet.Lease
 	nilLease.Release(ctx, time.Minute)
 }

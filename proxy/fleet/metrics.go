@@ -37,7 +37,7 @@ type Stats struct {
 
 	SharedHits   int64 // Claims that returned an entry and no lease
 	Unavailable  int64 // zero Claims: Redis failed, or the breaker was open
-	LocalMarks   int64 // zero Claims: the holder left a LocalOnly mark
+	LocalMarks   int64 // zero Claims: the holder left a local-only mark
 	Abandoned    int64 // zero Claims: ctx ended while waiting
 	DecodeErrors int64 // entries that did not decode, taken as misses
 

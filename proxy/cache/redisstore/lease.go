@@ -59,6 +59,10 @@ type Found struct {
 	Fresh bool
 	// Lease is what became of the lease.
 	Lease LeaseState
+	// LocalOnly says that a MarkLocal of the key runs: the lease that
+	// would have been asked for was not, and the caller fetches on its
+	// own. A fresh entry comes back without it.
+	LocalOnly bool
 }
 
 func (s *Store) leaseKey(key string) string { return LeaseKey(s.prefix, key) }
@@ -90,7 +94,9 @@ func (s *Store) SetFresh(ctx context.Context, key string, e *cache.Entry, ttl ti
 //	ARGV: now µs, token, lease ttl ms (0: ask for no lease), force ("1":
 //	      ask for the lease even for a fresh entry)
 //
-// It returns {state, v, x, fresh}: state is "none", "taken" or "held";
+// It returns {state, v, x, fresh}: state is "none", "taken", "held" or
+// "local" (a MarkLocal runs: the lease, which would have been asked for,
+// was not);
 // v and x are nil unless the entry is live (x after now); fresh is 1 if
 // it is also before its fresh-until f, else 0. A field that is
 // not a number counts as 0 (expired, not fresh) rather than failing. An
@@ -100,13 +106,16 @@ func (s *Store) SetFresh(ctx context.Context, key string, e *cache.Entry, ttl ti
 // deadline), and the first may have run.
 var lookupScript = redis.NewScript(`#!lua
 local now = tonumber(ARGV[1])
-local cur = redis.call('HMGET', KEYS[1], 'v', 'x', 'f', 'q')
+local cur = redis.call('HMGET', KEYS[1], 'v', 'x', 'f', 'q', 'o')
 local live = cur[1] and not cur[4] and (tonumber(cur[2]) or 0) > now
 local fresh = live and (tonumber(cur[3]) or 0) > now
 local v, x = false, false
 if live then v, x = cur[1], cur[2] end
 local state = 'none'
-if (ARGV[4] == '1' or not fresh) and tonumber(ARGV[3]) > 0 then
+local ask = (ARGV[4] == '1' or not fresh) and tonumber(ARGV[3]) > 0
+if ask and (tonumber(cur[5]) or 0) > now then
+  state = 'local'
+elseif ask then
   if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then
     state = 'taken'
   elseif redis.call('GET', KEYS[2]) == ARGV[2] then
@@ -168,6 +177,8 @@ func (s *Store) lookup(ctx context.Context, op, key, token string, leaseTTL time
 		found.Lease = LeaseTaken
 	case "held":
 		found.Lease = LeaseHeld
+	case "local":
+		found.LocalOnly = true
 	default:
 		return Found{}, fail(outer, op, key, fmt.Errorf("unexpected reply %q", state))
 	}
@@ -186,6 +197,36 @@ func (s *Store) lookup(ctx context.Context, op, key, token string, leaseTTL time
 	}
 	found.Entry, found.Expires = e, time.UnixMicro(us)
 	return found, nil
+}
+
+// markLocalScript marks a key local-only until a moment, beside its entry
+// (field o), which it leaves as it is: a stale response there can still
+// stand in for a failing origin. A key with no entry gets a hash of the
+// mark alone, which Redis drops after ttl. Any Set replaces the mark.
+//
+//	KEYS: entry
+//	ARGV: until µs, ttl ms
+var markLocalScript = redis.NewScript(`#!lua
+redis.call('HSET', KEYS[1], 'o', ARGV[1])
+if redis.call('HEXISTS', KEYS[1], 'v') == 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+`)
+
+// MarkLocal tells the callers of Lookup for key, until now+ttl, to fetch
+// on their own without a lease: what the lease holder fetched is not in
+// Redis for them.
+func (s *Store) MarkLocal(ctx context.Context, key string, ttl time.Duration) error {
+	outer := ctx
+	ctx, cancel, err := s.call(ctx)
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	until := micros(s.now().Add(ttl), true)
+	if err := markLocalScript.Run(ctx, s.rdb, []string{s.entryKey(key)}, until, max(ttl.Milliseconds(), 1)).Err(); err != nil {
+		return fail(outer, "mark", key, err)
+	}
+	return nil
 }
 
 // renewScript extends a lease if token still holds it.

@@ -21,11 +21,15 @@
 // entry is a hash at Prefix+"{T}e:"+key with field v (the cache.Entry
 // encoding, whose ID sits at bytes 2-9) and field x (the moment it
 // expires by Config.Now, in Unix microseconds). Redis also expires it by
-// its own clock after the ttl, so that memory is given back; the x field is what a reader goes by. An entry with field q
-// is not yet written: a Set checks the prefix records after writing it
-// (see set), and readers take it for absent. A purge of a key is
-// recorded at Prefix+"{T}p:"+key, a purge of a prefix in the sorted set
-// Prefix+"purges", each for Config.Keep. For the fleet (lease.go), an
+// its own clock after the ttl, so that memory is given back; the x field
+// is what a reader goes by. An entry with field q is not yet written: in
+// a Cluster a Set checks the prefix records after writing it (see set),
+// and readers take it for absent. A purge of a key is recorded at
+// Prefix+"{T}p:"+H, H the key's own 64-bit FNV-1a hash in hex (so that a
+// flood of unsafe requests with long URLs, each of which records a purge,
+// costs Redis tens of bytes a record, not the URL; two keys of one tag
+// with one hash share a record, which can only refuse a write), a purge
+// of a prefix in the sorted set Prefix+"purges", each for Config.Keep. For the fleet (lease.go), an
 // entry may also have field f (fresh until, Unix microseconds), a key a
 // lease at Prefix+"{T}l:"+key, and replicas talk on the channels
 // Prefix+"wake" and Prefix+"purge".
@@ -279,9 +283,14 @@ func tagged(prefix, key, kind string) string {
 	return b.String()
 }
 
-func (s *Store) entryKey(key string) string  { return EntryKey(s.prefix, key) }
-func (s *Store) recordKey(key string) string { return tagged(s.prefix, key, "p:") }
-func (s *Store) prefixesKey() string         { return s.prefix + "purges" }
+func (s *Store) entryKey(key string) string { return EntryKey(s.prefix, key) }
+func (s *Store) recordKey(key string) string {
+	h := fnv.New64a()
+	h.Write([]byte(key))
+	k := tagged(s.prefix, key, "p:")
+	return k[:len(k)-len(key)] + fmt.Sprintf("%016x", h.Sum64())
+}
+func (s *Store) prefixesKey() string { return s.prefix + "purges" }
 
 // call returns ctx bounded by the per-call timeout, or the error of a
 // context already done.
@@ -347,24 +356,32 @@ func (s *Store) Get(ctx context.Context, key string) (*cache.Entry, error) {
 //
 //	KEYS: entry, purge record of the key, purge record of the key it is
 //	      a variant of (or the key's again): one slot, by the hash tag
+//	      and, on a single Redis, the sorted set of prefix records
 //	ARGV: encoding, ttl ms, expiry µs, since µs (0: no check), mode
 //	      ("", "id" or "absent"), ID (8 bytes), now µs, pending ("1":
-//	      write it with field q, not yet written), and optionally
-//	      fresh-until µs (SetFresh)
+//	      write it with field q, not yet written), fresh-until µs ("":
+//	      none; SetFresh), key
 //
 // It returns "purged", "conflict" or "ok". The checks, in the order the
 // contract wants them: a record of the key or of its URI's key at or
-// after since; then the entry there (one past its x is absent) against
-// IfID or IfAbsent; then the write, with Redis's own expiry after the
-// ttl. The records of prefixes are in another slot: set checks them
-// after the write. The entry's fields are replaced as a whole, so that a
-// plain Set leaves no fresh-until (field f) of an earlier SetFresh.
+// after since, and on a single Redis of a prefix of it; then the entry
+// there (one past its x is absent) against IfID or IfAbsent; then the
+// write, with Redis's own expiry after the ttl. In a Cluster the records
+// of prefixes are in another slot: set checks them after the write. The
+// entry's fields are replaced as a whole, so that a plain Set leaves no
+// fresh-until (field f) of an earlier SetFresh.
 var setScript = redis.NewScript(`#!lua
 local since = tonumber(ARGV[4])
 if since > 0 then
   for i = 2, 3 do
     local r = redis.call('GET', KEYS[i])
     if r and tonumber(r) >= since then return 'purged' end
+  end
+  if KEYS[4] then
+    local key = ARGV[10]
+    for _, p in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], since, '+inf')) do
+      if string.sub(key, 1, #p) == p then return 'purged' end
+    end
   end
 end
 local mode = ARGV[5]
@@ -377,7 +394,7 @@ end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 'x', ARGV[3])
 if ARGV[8] == '1' then redis.call('HSET', KEYS[1], 'q', '1') end
-if ARGV[9] then redis.call('HSET', KEYS[1], 'f', ARGV[9]) end
+if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'f', ARGV[9]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 'ok'
 `)
@@ -432,19 +449,26 @@ func (s *Store) set(ctx context.Context, key string, e *cache.Entry, ttl time.Du
 	if i := strings.IndexByte(key, 0); i >= 0 {
 		base = key[:i]
 	}
+	// On a single Redis the script checks the prefix records too, in
+	// the one round trip; in a Cluster they are in another slot, and the
+	// write stays pending until checked against them (below).
+	keys := []string{s.entryKey(key), s.recordKey(key), s.recordKey(base)}
 	pending := "0"
-	if since > 0 {
+	switch {
+	case s.cluster == nil:
+		keys = append(keys, s.prefixesKey())
+	case since > 0:
 		pending = "1"
+	}
+	freshUS := ""
+	if !fresh.IsZero() {
+		freshUS = strconv.FormatInt(micros(fresh, false), 10)
 	}
 	cctx, cancel, err := s.call(ctx)
 	if err != nil {
 		return err
 	}
-	keys := []string{s.entryKey(key), s.recordKey(key), s.recordKey(base)}
-	args := []any{v, max(ttl.Milliseconds(), 1), micros(now.Add(ttl), true), since, mode, id, micros(now, false), pending}
-	if !fresh.IsZero() {
-		args = append(args, micros(fresh, false))
-	}
+	args := []any{v, max(ttl.Milliseconds(), 1), micros(now.Add(ttl), true), since, mode, id, micros(now, false), pending, freshUS, key}
 	res, err := setScript.Run(cctx, s.rdb, keys, args...).Text()
 	cancel()
 	if err != nil {
@@ -459,11 +483,11 @@ func (s *Store) set(ctx context.Context, key string, e *cache.Entry, ttl time.Du
 	default:
 		return fail(outer, "set", key, fmt.Errorf("unexpected reply %q", res))
 	}
-	if since == 0 {
+	if pending == "0" {
 		return nil
 	}
 
-	// The entry is written, pending: readers take it for absent. Now the
+	// In a Cluster: the entry is written, pending: readers take it for absent. Now the
 	// records of prefixes, which live in a slot of their own, so that no
 	// script can check them with the write. Writing first and reading
 	// after is what makes this safe. A prefix purge records first (ZADD),

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -403,11 +404,11 @@ func (h pauseOn) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	}
 }
 
-// TestPendingUnseen: a write that checks the prefix records after it is
-// made is seen by no reader until the check is done; refused, it leaves
-// nothing behind.
+// TestPendingUnseen: in a Cluster, a Set checks the prefix records after
+// its write, which no reader sees until the check is done; refused, it
+// leaves nothing behind. (On a single Redis the one script checks them.)
 func TestPendingUnseen(t *testing.T) {
-	srv := redistest.Start(t, false)
+	srv := redistest.StartCluster(t)
 	ctx := context.Background()
 	reader := newStore(t, redisstore.Config{Addr: srv.URL, Timeout: 5 * time.Second})
 	c := srv.Client()
@@ -440,5 +441,29 @@ func TestPendingUnseen(t *testing.T) {
 	}
 	if checks != 2 {
 		t.Errorf("%d checks of the prefix records, want 2", checks)
+	}
+}
+
+// Unsafe requests from clients purge their URLs, long ones too: a purge
+// record costs Redis tens of bytes whatever the URL's length, and still
+// refuses the write it is for.
+func TestPurgeRecordsAreSmall(t *testing.T) {
+	srv := redistest.Start(t, false)
+	s := newStore(t, redisstore.Config{Addr: srv.URL, Timeout: 5 * time.Second})
+	ctx := context.Background()
+	long := "/x?" + strings.Repeat("a", 60000)
+	began := time.Now()
+	if _, err := s.Purge(ctx, long, false, began.Add(time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	c := srv.Client()
+	defer c.Close()
+	keys := c.Keys(ctx, "*").Val()
+	if len(keys) != 1 || len(keys[0]) > 64 {
+		t.Errorf("a purge of a 60 kB URL left the keys %.100q", keys)
+	}
+	e := &cache.Entry{ID: cache.NewID(), Status: 200}
+	if err := s.Set(ctx, long, e, time.Hour, cache.Cond{Since: began}); !errors.Is(err, cache.ErrPurged) {
+		t.Errorf("Set of a fetch begun before the purge: %v, want ErrPurged", err)
 	}
 }
