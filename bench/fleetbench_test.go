@@ -147,14 +147,19 @@ func benchmarkSharedHit(b *testing.B, srv *redistest.Server, size int) {
 	writer.ServeHTTP(httptest.NewRecorder(), req)
 	base := origin.Requests()
 	ds := make([]time.Duration, 0, b.N)
+	// As net/http's server does, the writer sends the body on rather than
+	// keep it (a recorder's growing buffer would be most of what is
+	// measured).
+	w := &counted{discard: discard{h: http.Header{}}}
 	b.ResetTimer()
 	for range b.N {
-		rec := httptest.NewRecorder()
+		w.reset()
+		w.n = 0
 		began := time.Now()
-		reader.ServeHTTP(rec, req)
+		reader.ServeHTTP(w, req)
 		ds = append(ds, time.Since(began))
-		if rec.Code != http.StatusOK || rec.Body.Len() != size {
-			b.Fatalf("%d, %d bytes", rec.Code, rec.Body.Len())
+		if w.status != http.StatusOK || w.n != size {
+			b.Fatalf("%d, %d bytes", w.status, w.n)
 		}
 	}
 	b.StopTimer()
@@ -164,4 +169,15 @@ func benchmarkSharedHit(b *testing.B, srv *redistest.Server, size int) {
 	slices.Sort(ds)
 	b.ReportMetric(float64(Percentile(ds, 0.50)), "p50-ns")
 	b.ReportMetric(float64(Percentile(ds, 0.99)), "p99-ns")
+}
+
+// counted is discard that counts the body's bytes.
+type counted struct {
+	discard
+	n int
+}
+
+func (c *counted) Write(b []byte) (int, error) {
+	c.n += len(b)
+	return c.discard.Write(b)
 }

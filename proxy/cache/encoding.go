@@ -117,7 +117,15 @@ func appendTime(b []byte, t time.Time) []byte {
 // (encoding.BinaryUnmarshaler). Anything else, another version included,
 // is an error, and leaves e as it was. No length read from data makes it
 // allocate more than data could hold.
-func (e *Entry) UnmarshalBinary(data []byte) error {
+func (e *Entry) UnmarshalBinary(data []byte) error { return e.unmarshal(data, false) }
+
+// UnmarshalOwned is UnmarshalBinary for data that the caller hands over and
+// that nothing changes afterwards (a reply read from Redis, say): e's Body
+// keeps data's bytes instead of a copy of them, so that a large body is
+// not copied once more on its way in.
+func (e *Entry) UnmarshalOwned(data []byte) error { return e.unmarshal(data, true) }
+
+func (e *Entry) unmarshal(data []byte, owned bool) error {
 	d := decoder{b: data}
 	if len(data) == 0 {
 		return errors.New("cache: decoding entry: empty")
@@ -157,7 +165,10 @@ func (e *Entry) UnmarshalBinary(data []byte) error {
 		}
 	}
 	if body := d.bytes(); len(body) > 0 {
-		x.Body = slices.Clone(body)
+		x.Body = body
+		if !owned {
+			x.Body = slices.Clone(body)
+		}
 	}
 	if n := d.count(); n > 0 {
 		x.Vary = make([]string, n)

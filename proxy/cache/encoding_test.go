@@ -205,3 +205,20 @@ func FuzzUnmarshal(f *testing.F) {
 		}
 	})
 }
+
+func TestUnmarshalOwned(t *testing.T) {
+	for name, want := range examples() {
+		b, _ := want.MarshalBinary()
+		got := new(Entry)
+		if err := got.UnmarshalOwned(b); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("%s (-want +got):\n%s", name, diff)
+		}
+	}
+	b, _ := examples()["response"].MarshalBinary()
+	if n := testing.AllocsPerRun(10, func() { new(Entry).UnmarshalBinary(b) }) - testing.AllocsPerRun(10, func() { new(Entry).UnmarshalOwned(b) }); n != 1 {
+		t.Errorf("UnmarshalOwned saves %v allocations, want 1: the body's copy", n)
+	}
+}

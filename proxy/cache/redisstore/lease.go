@@ -192,7 +192,7 @@ func (s *Store) lookup(ctx context.Context, op, key, token string, leaseTTL time
 		return found, fail(outer, op, key, fmt.Errorf("%w: expiry %q", ErrUndecodable, x))
 	}
 	e := new(cache.Entry)
-	if err := e.UnmarshalBinary(readOnly(v)); err != nil {
+	if err := e.UnmarshalOwned(readOnly(v)); err != nil {
 		return found, fail(outer, op, key, fmt.Errorf("%w: %w", ErrUndecodable, err))
 	}
 	found.Entry, found.Expires = e, time.UnixMicro(us)

@@ -346,7 +346,7 @@ func (s *Store) Get(ctx context.Context, key string) (*cache.Entry, error) {
 		return nil, cache.ErrNotFound
 	}
 	e := new(cache.Entry)
-	if err := e.UnmarshalBinary(readOnly(v)); err != nil {
+	if err := e.UnmarshalOwned(readOnly(v)); err != nil {
 		return nil, fail(outer, "get", key, err)
 	}
 	return e, nil
@@ -739,7 +739,7 @@ func globEscape(s string) string {
 }
 
 // readOnly returns the bytes of s without copying them, for
-// cache.Entry.UnmarshalBinary, which only reads its input and copies out
-// what it keeps: a 64 KiB value is copied once on its way from Redis,
-// not twice.
+// cache.Entry.UnmarshalOwned, which keeps them as the entry's body: a
+// string is never changed, and neither is a stored entry, so a 64 KiB
+// value is not copied at all on its way from the reply into the entry.
 func readOnly(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
