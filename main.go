@@ -72,6 +72,10 @@ func run(ctx context.Context, args []string, stderr io.Writer, getenv func(strin
 	if c.fleet.Addr != "" {
 		fc := c.fleet
 		fc.Logger = log
+		// The Redis client's own lines (a dial that failed, again and
+		// again while Redis is down) go to the debug level: the fleet
+		// says once, at warn, that Redis fails.
+		redis.SetLogger(redisLog{log})
 		var err error
 		if fl, err = fleet.New(fc); err != nil {
 			fmt.Fprintln(stderr, "corral: -redis:", err)
@@ -631,4 +635,11 @@ func (b *byteSize) Set(s string) error {
 	}
 	*b = byteSize(n * mult)
 	return nil
+}
+
+// redisLog hands the Redis client's log lines to slog, at debug level.
+type redisLog struct{ log *slog.Logger }
+
+func (l redisLog) Printf(ctx context.Context, format string, v ...any) {
+	l.log.DebugContext(ctx, "redis client: "+fmt.Sprintf(format, v...))
 }

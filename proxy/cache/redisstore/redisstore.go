@@ -189,6 +189,7 @@ func New(cfg Config) (*Store, error) {
 			// failed call again within this bound; the call's
 			// deadline still holds.)
 			opt.MaxRedirects = 3
+			opt.DialerRetries = 1 // one attempt: a dead Redis costs one refused dial
 			opt.DialTimeout = s.timeout
 			opt.ReadTimeout = s.timeout
 			opt.WriteTimeout = s.timeout
@@ -203,6 +204,7 @@ func New(cfg Config) (*Store, error) {
 			}
 			opt.ContextTimeoutEnabled = true
 			opt.MaxRetries = -1
+			opt.DialerRetries = 1 // one attempt: a dead Redis costs one refused dial
 			opt.DialTimeout = s.timeout
 			opt.ReadTimeout = s.timeout
 			opt.WriteTimeout = s.timeout
