@@ -121,9 +121,12 @@ func (p *Proxy) fetch(ctx context.Context, in flight) (*fetched, error) {
 		return p.fetchUpstream(ctx, in, nil)
 	}
 	// Across the fleet: the shared tier's answer, or its lease.
-	c, f := p.claim(ctx, in)
+	c, f, stale := p.claim(ctx, in)
 	if f != nil {
 		return f, nil
+	}
+	if in.stale == nil && stale != nil {
+		in.stale = stale // the shared tier's stale copy: revalidate it
 	}
 	// Claim may have waited for another replica's fetch, which left
 	// nothing to share (the answer may not be stored, say): the exchange
@@ -134,16 +137,10 @@ func (p *Proxy) fetch(ctx context.Context, in flight) (*fetched, error) {
 	if c.Lease == nil {
 		return p.fetchUpstream(ctx, in, nil) // on our own
 	}
-	if in.stale == nil && c.Entry != nil && c.Entry.Kind == cache.Response {
-		// The shared tier's stale copy: revalidate it, and keep it
-		// here while it can stand in.
-		if l, ok := p.promote(ctx, vkey, c); ok {
-			in.stale = l
-		}
-	}
 	var f2 *fetched
 	var err error
-	defer func() { c.Lease.Release(context.WithoutCancel(ctx), p.localFor(f2, err)) }()
+	cached := in.stale != nil
+	defer func() { c.Lease.Release(context.WithoutCancel(ctx), p.localFor(f2, err, cached)) }()
 	f2, err = p.fetchUpstream(ctx, in, c.Lease)
 	return f2, err
 }
@@ -225,7 +222,7 @@ func (p *Proxy) fetchUpstream(ctx context.Context, in flight, lease *fleet.Lease
 	}
 	f := &fetched{entry: e, own: own, status: resp.StatusCode}
 	f.stored, f.inShared = p.put(ctx, key, e, sent, nil, lease)
-	if lease != nil && e.Decision.PassesKey() {
+	if lease != nil && passes(e.Decision, stale) {
 		// Hit-for-miss across the fleet: the other replicas' clients
 		// go upstream each on their own too, rather than queue.
 		f.inShared = p.sharePass(ctx, lease, in.vkey, e.Decision.Reason, sent)
@@ -360,7 +357,10 @@ func (p *Proxy) put(ctx context.Context, key string, e *local, reqTime time.Time
 	// its variants out of reach with it. A marker for the same Vary keeps
 	// its generation and lives as long as its longest-lived variant.
 	until := now.Add(ttl)
-	marker := &local{Entry: &cache.Entry{Kind: cache.VaryMarker, ID: cache.NewID(), Vary: e.Vary, Gen: cache.NewID()}}
+	// The marker's request time is its variant's: a purge at or after
+	// it forbids the marker as it does the variant, wherever a replica
+	// reads it (promote, and Redis's lookup).
+	marker := &local{Entry: &cache.Entry{Kind: cache.VaryMarker, ID: cache.NewID(), RequestTime: reqTime, Vary: e.Vary, Gen: cache.NewID()}}
 	if old := p.get(ctx, key); old != nil && old.Kind == cache.VaryMarker && slices.Equal(old.Vary, e.Vary) {
 		marker.Gen, marker.languages = old.Gen, old.languages
 		if old.Until.After(until) {

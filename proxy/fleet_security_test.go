@@ -15,6 +15,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"corral/proxy/cache"
 	"corral/proxy/cache/redisstore/redistest"
 	"corral/proxy/fleet"
 )
@@ -271,5 +272,177 @@ func TestFleetFailedWriteStillReleasesTheLease(t *testing.T) {
 	}
 	if took := time.Since(start); took > lease/2 {
 		t.Errorf("the waiter took %v: it waited out the lease (%v)", took, lease)
+	}
+}
+
+// purgeAfterRead runs fire once, after the first script this replica's
+// client sends with key among its arguments has been answered: a purge
+// landing between a replica's read of Redis and its use of what it read.
+type purgeAfterRead struct {
+	key   string
+	armed *atomic.Bool
+	fire  func()
+}
+
+func (purgeAfterRead) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h purgeAfterRead) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		if name := cmd.Name(); name == "evalsha" || name == "eval" {
+			for _, a := range cmd.Args() {
+				if s, ok := a.(string); ok && s == h.key && h.armed.CompareAndSwap(true, false) {
+					h.fire()
+				}
+			}
+		}
+		return err
+	}
+}
+func (h purgeAfterRead) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// A purge lands between a replica's read of a Vary marker from Redis and
+// its promotion: the marker, of the purged generation, must not come back,
+// neither in that replica's memory nor through it to Redis, whence a cold
+// replica would serve the purged variants.
+func TestFleetPurgeRacingAMarkerReadStaysPurged(t *testing.T) {
+	srv := redistest.Start(t, false)
+	clk := newClock()
+	var gen atomic.Int64
+	gen.Store(1)
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "max-age=600")
+		w.Header().Set("Vary", "Accept-Language")
+		fmt.Fprintf(w, "gen%d %s", gen.Load(), r.Header.Get("Accept-Language"))
+	})
+	rs := newReplicas(t, srv, o, clk, 1, Config{}, fleet.Config{})
+	get(rs.ps[0], "/v", "Accept-Language", "en")
+	get(rs.ps[0], "/v", "Accept-Language", "fr")
+	clk.Advance(time.Second)
+
+	armed := new(atomic.Bool)
+	var b *fleet.Fleet
+	c := srv.Client()
+	t.Cleanup(func() { c.Close() })
+	c.AddHook(purgeAfterRead{key: "/v", armed: armed, fire: func() {
+		gen.Store(2)
+		if _, err := rs.ps[0].Purge("/v", false); err != nil {
+			t.Errorf("purge: %v", err)
+		}
+		pollUntil(t, "the purge message", func() bool { return b.Stats().PurgesReceived > 0 })
+	}})
+	rs.fcfg.Client = c
+	pb := rs.add()
+	b = rs.fleets[1]
+	rs.fcfg.Client = nil
+	clk.Advance(time.Second)
+	armed.Store(true)
+	get(pb, "/v", "Accept-Language", "fr")
+	if armed.Load() {
+		t.Fatal("the purge did not race the read: the test checks nothing")
+	}
+	clk.Advance(time.Second)
+	if r, _ := get(pb, "/v", "Accept-Language", "de"); strings.HasPrefix(r.Body, "gen1") {
+		t.Errorf("the racing replica serves the purged generation: %+v", r)
+	}
+	pb.Wait()
+	clk.Advance(time.Second)
+	cold := rs.add()
+	if r, _ := get(cold, "/v", "Accept-Language", "en"); strings.HasPrefix(r.Body, "gen1") {
+		t.Errorf("a cold replica serves the purged response: %+v", r)
+	}
+}
+
+// After a flood of purges (unsafe requests to unique URLs, on any
+// replica, reach every replica), a replica's memory no longer knows
+// whether an older entry in Redis was purged, and refuses it: the flood
+// may then cost one upstream request per key for the whole fleet, fetched
+// under the lease and shared, not one per replica and per request.
+func TestFleetPurgeFloodCostsOneFetchPerKey(t *testing.T) {
+	srv := redistest.Start(t, false)
+	clk := newClock()
+	o := newOrigin(t, clk, answer("max-age=3600", "doc"))
+	rs := newReplicas(t, srv, o, clk, 3, Config{}, fleet.Config{})
+	get(rs.ps[0], "/old")
+	clk.Advance(time.Minute)
+	for _, p := range rs.ps[1:] {
+		for i := range cache.MaxPurgeRecords + 2 {
+			p.purgedElsewhere(fmt.Sprintf("/junk/%d", i), false, clk.Now())
+		}
+	}
+	clk.Advance(time.Second)
+	before := o.count()
+	for range 3 {
+		if r, _ := get(rs.ps[1], "/old"); r.Status != http.StatusOK {
+			t.Fatalf("%+v", r)
+		}
+	}
+	rs.ps[1].Wait()
+	// The other flooded replica takes what the first fetched for the fleet.
+	if r, _ := get(rs.ps[2], "/old"); !strings.Contains(r.CacheStatus, "shared-tier") {
+		t.Errorf("another replica after the flood: %+v, want the shared tier's", r)
+	}
+	if n := o.count() - before; n > 1 {
+		t.Errorf("the flood cost %d upstream requests for one key, want at most 1", n)
+	}
+}
+
+// A local-only mark, left after a failed fetch, must not hide the stale
+// copy in Redis from a replica that starts while the origin fails.
+func TestFleetLocalMarkLeavesStaleCopyUsable(t *testing.T) {
+	srv := redistest.Start(t, false)
+	clk := newClock()
+	o := newOrigin(t, clk, answer("max-age=1, stale-if-error=600", "good"))
+	rs := newReplicas(t, srv, o, clk, 1, Config{}, fleet.Config{})
+	get(rs.ps[0], "/s")
+	o.set(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusInternalServerError) })
+	clk.Advance(5 * time.Second)
+	first := rs.add()
+	if r, _ := get(first, "/s"); r.Status != http.StatusOK {
+		t.Errorf("the replica that took the lease: %+v", r)
+	}
+	pollUntil(t, "the local-only mark", func() bool {
+		c := srv.Client()
+		defer c.Close()
+		return c.HExists(context.Background(), rs.key("/s"), "o").Val()
+	})
+	if r, _ := get(rs.add(), "/s"); r.Status != http.StatusOK || r.Body != "good" {
+		t.Errorf("a replica started under the mark: %+v", r)
+	}
+}
+
+// One client's request that the origin refuses (a 400 to a field it
+// sends, with no-cache to skip the stored copy) leaves the key local-only
+// for a moment, not for PassTTL: the fleet goes on sharing one fetch per
+// window.
+func TestFleetOneClientCannotMakeAKeyLocalOnly(t *testing.T) {
+	srv := redistest.Start(t, false)
+	clk := newClock()
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("X-Bad") != "" {
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("Cache-Control", "max-age=2")
+		fmt.Fprint(w, "ok")
+	})
+	rs := newReplicas(t, srv, o, clk, 3, Config{PassTTL: time.Hour}, fleet.Config{})
+	rs.herd(30, "/k")
+	clk.Advance(1500 * time.Millisecond) // past -revalidate-interval: no-cache goes upstream
+	if r, _ := get(rs.ps[0], "/k", "Cache-Control", "no-cache", "X-Bad", "1"); r.Status != http.StatusBadRequest {
+		t.Fatalf("the attack did not reach the origin: %+v", r)
+	}
+	rs.ps[0].Wait()
+	pollUntil(t, "the local-only mark", func() bool {
+		c := srv.Client()
+		defer c.Close()
+		return c.HExists(context.Background(), rs.key("/k"), "o").Val()
+	})
+	clk.Advance(2 * time.Second) // the marks go by the replicas' clock
+	before := o.count()
+	rs.herd(30, "/k")
+	if n := o.count() - before; n != 1 {
+		t.Errorf("a window after one client's 400: %d upstream requests, want 1", n)
 	}
 }

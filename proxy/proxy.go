@@ -647,7 +647,7 @@ func (p *Proxy) serveFetched(w http.ResponseWriter, r *http.Request, req freshne
 	switch {
 	case leader && !e.Decision.Shareable:
 		st.detail = detail(e.Decision.Reason)
-		if e.Decision.PassesKey() {
+		if passes(e.Decision, stale) {
 			p.markPass(r.Context(), in.vkey, e.Decision.Reason)
 		}
 		p.serve(w, r, e, f.own, st, now)
@@ -770,7 +770,7 @@ func (p *Proxy) refresh(r *http.Request, key, vkey string, stale *local) {
 // refreshFetch is the fetch of a background refresh that starts from in.
 func (p *Proxy) refreshFetch(in flight) coalesce.Fetch[*fetched] {
 	in.background, in.req = true, noDirectives
-	key, vkey, stale := in.key, in.vkey, in.stale
+	key, stale := in.key, in.stale
 	return func(ctx context.Context) (*fetched, error) {
 		// Made for the client whose stale hit started it, as far as the
 		// guard's count of 429s goes.
@@ -783,13 +783,15 @@ func (p *Proxy) refreshFetch(in flight) coalesce.Fetch[*fetched] {
 			// Keep serving the stale entry; ask again after a pause.
 			pause := p.backOff(stale, f, err)
 			p.log.Warn("background refresh failed", "key", key, "status", statusOf(f), "err", err, "retry_in", pause)
-		case f.entry.Decision.PassesKey():
+		case passes(f.entry.Decision, stale):
 			// The origin no longer lets this be shared: stop serving
 			// the stale copy.
-			p.markPass(ctx, vkey, f.entry.Decision.Reason)
+			p.markPass(ctx, in.vkey, f.entry.Decision.Reason)
 		case !f.stored && f.status != 0:
 			// Nothing worth keeping came back (max-age=0 without
-			// validators, say): do not ask again on every stale hit.
+			// validators, say; or an error of the client whose stale
+			// hit started the refresh): do not ask again on every
+			// stale hit.
 			stale.refreshAt.Store(p.now().Add(refreshBackoff).UnixNano())
 		}
 		return f, err
@@ -829,6 +831,25 @@ func statusOf(f *fetched) int {
 		return 0
 	}
 	return f.entry.Status
+}
+
+// passes reports whether an answer judged d, to a fetch that validated
+// stale (nil when nothing was stored), passes its key for PassTTL
+// (hit-for-miss). With nothing stored, any answer that cannot be shared
+// does. With a stored copy, only one whose origin said so (private,
+// no-store, Set-Cookie, Vary: *): an answer that merely has no freshness
+// or an error status (a 400 to a field the origin refused, say) may be the
+// doing of the one client whose request led the fetch, with no-cache to
+// get past the copy, and must not take the shield away from everyone.
+func passes(d freshness.Decision, stale *local) bool {
+	if !d.PassesKey() {
+		return false
+	}
+	switch d.Reason {
+	case freshness.ReasonNoFreshness, freshness.ReasonStatus, freshness.ReasonErrorStatus:
+		return stale == nil
+	}
+	return true
 }
 
 // markPass remembers, for PassTTL, that key's responses cannot be shared.

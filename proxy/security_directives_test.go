@@ -316,3 +316,34 @@ func TestOneClientCannotPinAStaleAnswer(t *testing.T) {
 		t.Errorf("a second after the failed validation, everyone still got %q (%s), want the origin's new answer", res.Body, res.CacheStatus)
 	}
 }
+
+// One client sends no-cache and a field the origin refuses: its 400 is
+// its own, and must not pass the key (hit-for-miss) for everyone, nor take
+// the stored copy away. It did, for PassTTL, renewable by the attacker.
+func TestOneClientsRefusedRequestDoesNotPassTheKey(t *testing.T) {
+	clk := newClock()
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("X-Bad") != "" {
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("Cache-Control", "max-age=10")
+		w.Write([]byte("ok"))
+	})
+	p := newTestProxy(t, o, clk, Config{PassTTL: time.Hour})
+	get(p, "/k")
+	clk.Advance(2 * time.Second) // past -revalidate-interval: no-cache goes upstream
+	if r, _ := get(p, "/k", "Cache-Control", "no-cache", "X-Bad", "1"); r.Status != http.StatusBadRequest {
+		t.Fatalf("the attack did not reach the origin: %+v", r)
+	}
+	p.Wait()
+	before := o.count()
+	for range 20 {
+		if r, _ := get(p, "/k"); r.Status != http.StatusOK || r.Body != "ok" {
+			t.Fatalf("after one client's 400: %+v", r)
+		}
+	}
+	if n := o.count() - before; n != 0 {
+		t.Errorf("20 requests after one client's 400 made %d upstream requests, want 0: the copy still answers", n)
+	}
+}

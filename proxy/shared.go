@@ -20,23 +20,46 @@ import (
 
 // claim asks the fleet for in's key. It returns a fetched when the shared
 // tier answers in, and otherwise the fleet's Claim: with a lease, in's
-// fetch is the fleet's; without one, it goes upstream on its own.
-func (p *Proxy) claim(ctx context.Context, in flight) (fleet.Claim, *fetched) {
-	c := p.fleet.Claim(ctx, in.vkey, p.judge(in))
-	if c.Entry == nil || c.Lease != nil {
-		return c, nil
+// fetch is the fleet's; without one, it goes upstream on its own. Either
+// way, a stale response the shared tier holds comes back in memory, as
+// stale, to revalidate or to stand in for a failure.
+func (p *Proxy) claim(ctx context.Context, in flight) (c fleet.Claim, f *fetched, stale *local) {
+	judge := p.judge(in)
+	for range 2 {
+		c = p.fleet.Claim(ctx, in.vkey, judge)
+		if c.Entry == nil {
+			return c, nil, nil
+		}
+		l, ok := p.promote(ctx, in.vkey, c)
+		switch {
+		case c.Lease != nil || c.Local:
+			if !ok {
+				l = nil // a stale copy this replica knows was purged
+			}
+			return c, nil, l
+		case !ok:
+			// This replica knows of a purge since it was fetched, which
+			// the shared tier missed (Redis failed then) or could not
+			// see (past the memory's records): not that one. The fetch
+			// that follows replaces it for the fleet.
+			c.Lease.Release(ctx, 0)
+			refused := c.Entry.ID
+			judge = func(e *cache.Entry) fleet.Use {
+				if e.ID == refused {
+					return fleet.Fetch
+				}
+				return p.judge(in)(e)
+			}
+			continue
+		case c.Entry.Kind != cache.Response || l.Decision.State(p.now()) != freshness.Fresh:
+			// A Vary marker, a pass mark, or a response to serve stale
+			// while another replica refreshes it: now in memory, where
+			// the requests of the flight look again and find it.
+			return fleet.Claim{}, &fetched{again: true}, nil
+		}
+		return fleet.Claim{}, &fetched{entry: l, own: l.Header, shared: true}, nil
 	}
-	l, ok := p.promote(ctx, in.vkey, c)
-	switch {
-	case !ok:
-		return fleet.Claim{}, nil // purged here since it was fetched: on our own
-	case c.Entry.Kind != cache.Response || l.Decision.State(p.now()) != freshness.Fresh:
-		// A Vary marker, a pass mark, or a response to serve stale while
-		// another replica refreshes it: now in memory, where the
-		// requests of the flight look again and find it.
-		return fleet.Claim{}, &fetched{again: true}
-	}
-	return fleet.Claim{}, &fetched{entry: l, own: l.Header, shared: true}
+	return fleet.Claim{}, nil, nil // refused twice: on our own
 }
 
 // judge says what an entry of the shared tier is good for to in: what a
@@ -103,13 +126,15 @@ func (p *Proxy) sharePass(ctx context.Context, lease *fleet.Lease, key, reason s
 // answer is in the shared tier for them. An answer that cannot go there
 // (not storable, too large for Redis) will not next time either: PassTTL,
 // as a pass mark holds, so that their clients do not queue behind one
-// replica's fetch after another. A failure: refreshBackoff, so that they
-// go at once rather than one after another, and try the lease again soon.
-func (p *Proxy) localFor(f *fetched, err error) time.Duration {
+// replica's fetch after another; unless a copy was stored (cached is
+// true), when the answer may be one client's doing (a field the origin
+// refused): then, and after a failure, refreshBackoff, so that they go at
+// once rather than one after another, and the fleet shares again soon.
+func (p *Proxy) localFor(f *fetched, err error, cached bool) time.Duration {
 	switch {
 	case err == nil && f != nil && f.inShared:
 		return 0
-	case err == nil && f != nil && !isServerError(f.entry.Status):
+	case err == nil && f != nil && !cached && !isServerError(f.entry.Status):
 		return p.passTTL
 	}
 	return refreshBackoff

@@ -288,6 +288,11 @@ type Claim struct {
 	// Lease, when not nil, makes the caller the replica that fetches the
 	// key for the fleet: it must Put what it fetched and Release.
 	Lease *Lease
+
+	// Local says the holder of the last lease left a local-only mark:
+	// the caller fetches on its own. Entry is then the stale response
+	// the shared tier holds, if any, which may stand in for a failure.
+	Local bool
 }
 
 // Claim returns, for key, an entry of the shared tier that judge takes, or
@@ -298,8 +303,9 @@ type Claim struct {
 // and one waiter takes it over.
 //
 // A zero Claim (no Entry, no Lease) says: fetch on your own, without the
-// fleet. Claim returns one when Redis fails or the breaker is open, when
-// the holder left a local-only mark, and when ctx ends while it waits. It
+// fleet. Claim returns one when Redis fails or the breaker is open, and
+// when ctx ends while it waits; and one with Local, and the stale entry if
+// there is one, when the holder left a local-only mark. It
 // counts and logs its failures itself, and never returns an error.
 func (f *Fleet) Claim(ctx context.Context, key string, judge Judge) Claim {
 	select {
@@ -327,7 +333,11 @@ func (f *Fleet) Claim(ctx context.Context, key string, judge Judge) Claim {
 		e := found.Entry
 		if found.LocalOnly {
 			f.stats.localMarks.Add(1)
-			return Claim{}
+			c := Claim{Local: true}
+			if e != nil && e.Kind == cache.Response {
+				c.Entry, c.Expires = e, found.Expires
+			}
+			return c
 		}
 		use := Fetch
 		if e != nil {

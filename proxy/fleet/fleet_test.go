@@ -280,7 +280,8 @@ func TestTakeIfHeld(t *testing.T) {
 }
 
 // TestLocalOnly: a holder that leaves a local-only mark sends its waiters,
-// and later claims, to fetch on their own.
+// and later claims, to fetch on their own, with the stale copy beside the
+// mark to stand in for a failure.
 func TestLocalOnly(t *testing.T) {
 	srv := redistest.Start(t, false)
 	stale := response("stale")
@@ -299,11 +300,11 @@ func TestLocalOnly(t *testing.T) {
 	cancel()
 	l.Release(dead, time.Minute)
 	l.Release(dead, time.Minute) // once is enough; twice is harmless
-	if got := receive(t, cb, 5*time.Second); got.Entry != nil || got.Lease != nil {
-		t.Fatalf("B's waiting Claim = %+v, want a zero Claim", got)
+	if got := receive(t, cb, 5*time.Second); !got.Local || got.Lease != nil || got.Entry == nil || got.Entry.ID != stale.ID {
+		t.Fatalf("B's waiting Claim = %+v, want Local with the stale entry", got)
 	}
-	if got := b.Claim(ctx, "/k", judge); got.Entry != nil || got.Lease != nil {
-		t.Fatalf("B's next Claim = %+v, want a zero Claim", got)
+	if got := b.Claim(ctx, "/k", judge); !got.Local || got.Lease != nil || got.Entry == nil || got.Entry.ID != stale.ID {
+		t.Fatalf("B's next Claim = %+v, want Local with the stale entry", got)
 	}
 	if s := b.Stats(); s.LocalMarks != 2 {
 		t.Errorf("B's stats %+v, want two claims sent local", s)

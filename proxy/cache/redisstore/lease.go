@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -90,9 +91,11 @@ func (s *Store) SetFresh(ctx context.Context, key string, e *cache.Entry, ttl ti
 // of its key, as one step: a replica that finds no fresh entry either
 // becomes the one to fetch it or learns that another is fetching it.
 //
-//	KEYS: entry, lease (one slot, by the hash tag)
+//	KEYS: entry, lease, purge records of the key and of its base key
+//	      (one slot, by the hash tag), and on a single Redis the sorted
+//	      set of prefix records
 //	ARGV: now µs, token, lease ttl ms (0: ask for no lease), force ("1":
-//	      ask for the lease even for a fresh entry)
+//	      ask for the lease even for a fresh entry), key
 //
 // It returns {state, v, x, fresh}: state is "none", "taken", "held" or
 // "local" (a MarkLocal runs: the lease, which would have been asked for,
@@ -100,14 +103,30 @@ func (s *Store) SetFresh(ctx context.Context, key string, e *cache.Entry, ttl ti
 // v and x are nil unless the entry is live (x after now); fresh is 1 if
 // it is also before its fresh-until f, else 0. A field that is
 // not a number counts as 0 (expired, not fresh) rather than failing. An
-// entry not yet written (field q, see set) counts as absent. A lease the
+// entry not yet written (field q, see set) counts as absent, and so does
+// one that a purge recorded at or after its request time (field t) has
+// forbidden: a replica that missed the purge, or read the entry just
+// before it, may have written back what the purge dropped (a Vary marker
+// with its old generation, say). A lease the
 // token already holds counts as taken: a cluster client sends a call
 // again after a broken connection (within its MaxRedirects and the call's
 // deadline), and the first may have run.
 var lookupScript = redis.NewScript(`#!lua
 local now = tonumber(ARGV[1])
-local cur = redis.call('HMGET', KEYS[1], 'v', 'x', 'f', 'q', 'o')
+local cur = redis.call('HMGET', KEYS[1], 'v', 'x', 'f', 'q', 'o', 't')
 local live = cur[1] and not cur[4] and (tonumber(cur[2]) or 0) > now
+local t = tonumber(cur[6])
+if live and t then
+  for i = 3, 4 do
+    local r = redis.call('GET', KEYS[i])
+    if r and tonumber(r) >= t then live = false end
+  end
+  if live and KEYS[5] then
+    for _, p in ipairs(redis.call('ZRANGEBYSCORE', KEYS[5], t, '+inf')) do
+      if string.sub(ARGV[5], 1, #p) == p then live = false end
+    end
+  end
+end
 local fresh = live and (tonumber(cur[3]) or 0) > now
 local v, x = false, false
 if live then v, x = cur[1], cur[2] end
@@ -161,8 +180,15 @@ func (s *Store) lookup(ctx context.Context, op, key, token string, leaseTTL time
 	if force {
 		f = "1"
 	}
-	res, err := lookupScript.Run(ctx, s.rdb, []string{s.entryKey(key), s.leaseKey(key)},
-		micros(s.now(), false), token, ttl, f).Slice()
+	base := key
+	if i := strings.IndexByte(key, 0); i >= 0 {
+		base = key[:i]
+	}
+	keys := []string{s.entryKey(key), s.leaseKey(key), s.recordKey(key), s.recordKey(base)}
+	if s.cluster == nil {
+		keys = append(keys, s.prefixesKey())
+	}
+	res, err := lookupScript.Run(ctx, s.rdb, keys, micros(s.now(), false), token, ttl, f, key).Slice()
 	if err != nil {
 		return Found{}, fail(outer, op, key, err)
 	}

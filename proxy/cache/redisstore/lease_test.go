@@ -173,3 +173,38 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+// An entry written back after a purge (by a replica that missed it, with
+// no condition) is absent to Lookup when it was fetched before the purge,
+// and present when fetched after it.
+func TestLookupHoldsPurgeRecords(t *testing.T) { onEachRedis(t, testLookupHoldsPurgeRecords) }
+
+func testLookupHoldsPurgeRecords(t *testing.T, url string, _ func() redis.UniversalClient) {
+	s := newStore(t, redisstore.Config{Addr: url, Timeout: 5 * time.Second})
+	ctx := context.Background()
+	now := time.Now()
+	if _, err := s.Purge(ctx, "/v", false, now); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		key     string
+		fetched time.Time
+		want    bool
+	}{
+		{"/v", now.Add(-time.Second), false},
+		{cache.VariantKey("/v", 7, "en"), now.Add(-time.Second), false},
+		{"/v", now.Add(time.Second), true},
+	} {
+		e := &cache.Entry{ID: cache.NewID(), Status: 200, RequestTime: tc.fetched, ResponseTime: tc.fetched}
+		if err := s.SetFresh(ctx, tc.key, e, time.Hour, now.Add(time.Hour), cache.Cond{}); err != nil {
+			t.Fatal(err)
+		}
+		f, err := s.Lookup(ctx, tc.key, "t", 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := f.Entry != nil; got != tc.want {
+			t.Errorf("%q fetched %v from the purge: found %v, want %v", tc.key, tc.fetched.Sub(now), got, tc.want)
+		}
+	}
+}

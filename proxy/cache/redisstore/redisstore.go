@@ -362,7 +362,8 @@ func (s *Store) Get(ctx context.Context, key string) (*cache.Entry, error) {
 //	ARGV: encoding, ttl ms, expiry µs, since µs (0: no check), mode
 //	      ("", "id" or "absent"), ID (8 bytes), now µs, pending ("1":
 //	      write it with field q, not yet written), fresh-until µs ("":
-//	      none; SetFresh), key
+//	      none; SetFresh), key, the entry's request time µs ("": none;
+//	      field t, by which Lookup holds purge records against it)
 //
 // It returns "purged", "conflict" or "ok". The checks, in the order the
 // contract wants them: a record of the key or of its URI's key at or
@@ -397,6 +398,7 @@ redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 'x', ARGV[3])
 if ARGV[8] == '1' then redis.call('HSET', KEYS[1], 'q', '1') end
 if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'f', ARGV[9]) end
+if ARGV[11] ~= '' then redis.call('HSET', KEYS[1], 't', ARGV[11]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 'ok'
 `)
@@ -470,7 +472,11 @@ func (s *Store) set(ctx context.Context, key string, e *cache.Entry, ttl time.Du
 	if err != nil {
 		return err
 	}
-	args := []any{v, max(ttl.Milliseconds(), 1), micros(now.Add(ttl), true), since, mode, id, micros(now, false), pending, freshUS, key}
+	reqUS := ""
+	if !e.RequestTime.IsZero() {
+		reqUS = strconv.FormatInt(micros(e.RequestTime, false), 10)
+	}
+	args := []any{v, max(ttl.Milliseconds(), 1), micros(now.Add(ttl), true), since, mode, id, micros(now, false), pending, freshUS, key, reqUS}
 	res, err := setScript.Run(cctx, s.rdb, keys, args...).Text()
 	cancel()
 	if err != nil {
