@@ -182,6 +182,22 @@ func New(cfg Config) (*Fleet, error) {
 	f.ps = store.Subscribe(ctx, f.wakeCh, f.purgeCh)
 	cancel()
 	go f.listen(f.ps.Channel())
+	// The first calls after a start find the scripts loaded, and the
+	// connection made, rather than spend their deadline on it.
+	f.renewals.Add(1)
+	go func() {
+		defer f.renewals.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		go func() {
+			select {
+			case <-f.quit:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		store.Warm(ctx) //nolint:errcheck // calls work without it
+	}()
 	return f, nil
 }
 

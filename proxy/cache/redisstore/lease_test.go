@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -206,5 +207,22 @@ func testLookupHoldsPurgeRecords(t *testing.T, url string, _ func() redis.Univer
 		if got := f.Entry != nil; got != tc.want {
 			t.Errorf("%q fetched %v from the purge: found %v, want %v", tc.key, tc.fetched.Sub(now), got, tc.want)
 		}
+	}
+}
+
+func TestWarmLoadsTheScripts(t *testing.T) { onEachRedis(t, testWarm) }
+
+func testWarm(t *testing.T, url string, client func() redis.UniversalClient) {
+	s := newStore(t, redisstore.Config{Addr: url, Timeout: 5 * time.Second})
+	ctx := context.Background()
+	if err := s.Warm(ctx); err != nil {
+		t.Fatal(err)
+	}
+	info, err := client().Info(ctx, "memory").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(info, "number_of_cached_scripts:9") {
+		t.Errorf("after Warm, Redis says:\n%s\nwant 9 cached scripts", info)
 	}
 }
