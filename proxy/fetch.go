@@ -75,10 +75,10 @@ type flight struct {
 	req freshness.RequestDirectives
 }
 
-// newFlight builds the flight for r, a request for key whose lookup found
-// stale (or nil) under vkey. Only a request that starts or joins a flight
-// builds one: a hit never does.
-func (p *Proxy) newFlight(r *http.Request, key, vkey string, stale *local) flight {
+// newFlight builds the flight for r, a request for key with directives
+// req, whose lookup found stale (or nil) under vkey. Only a request that
+// starts or joins a flight builds one: a hit never does.
+func (p *Proxy) newFlight(r *http.Request, req freshness.RequestDirectives, key, vkey string, stale *local) flight {
 	return flight{
 		id:     p.flightKey(r, vkey),
 		key:    key,
@@ -87,7 +87,7 @@ func (p *Proxy) newFlight(r *http.Request, key, vkey string, stale *local) fligh
 		client: r.RemoteAddr,
 		stale:  stale,
 		shared: p.fleet != nil && r.Header["Authorization"] == nil,
-		req:    p.requestDirectives(r),
+		req:    req,
 	}
 }
 
@@ -101,7 +101,7 @@ func (in flight) withClient(ctx context.Context) context.Context {
 // fetch asks the origin for the resource of in, revalidating in.stale when
 // it has validators, and stores the answer when it may. It buffers at most
 // MaxObjectBytes of body, and only what the buffer budget lets it.
-func (p *Proxy) fetch(ctx context.Context, in flight) (*fetched, error) {
+func (p *Proxy) fetch(ctx context.Context, in flight) (f *fetched, err error) {
 	key, vkey, stale := in.key, in.vkey, in.stale
 	// Two requests can both miss, then run their flights one after the
 	// other: the second flight starts just after the first one stored its
@@ -121,12 +121,12 @@ func (p *Proxy) fetch(ctx context.Context, in flight) (*fetched, error) {
 		return p.fetchUpstream(ctx, in, nil)
 	}
 	// Across the fleet: the shared tier's answer, or its lease.
-	c, f, stale := p.claim(ctx, in)
+	c, f, sharedStale := p.claim(ctx, in)
 	if f != nil {
 		return f, nil
 	}
-	if in.stale == nil && stale != nil {
-		in.stale = stale // the shared tier's stale copy: revalidate it
+	if sharedStale != nil {
+		in.stale = sharedStale // the shared tier's stale copy: revalidate it
 	}
 	// Claim may have waited for another replica's fetch, which left
 	// nothing to share (the answer may not be stored, say): the exchange
@@ -137,12 +137,8 @@ func (p *Proxy) fetch(ctx context.Context, in flight) (*fetched, error) {
 	if c.Lease == nil {
 		return p.fetchUpstream(ctx, in, nil) // on our own
 	}
-	var f2 *fetched
-	var err error
-	cached := in.stale != nil
-	defer func() { c.Lease.Release(context.WithoutCancel(ctx), p.localFor(f2, err, cached)) }()
-	f2, err = p.fetchUpstream(ctx, in, c.Lease)
-	return f2, err
+	defer func() { c.Lease.Release(context.WithoutCancel(ctx), p.localFor(f, err, in.stale != nil)) }()
+	return p.fetchUpstream(ctx, in, c.Lease)
 }
 
 // fetchUpstream is the exchange with the origin of fetch: it revalidates

@@ -16,6 +16,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"corral/proxy/cache"
+	"corral/proxy/cache/redisstore"
 	"corral/proxy/cache/redisstore/redistest"
 	"corral/proxy/fleet"
 )
@@ -444,5 +445,48 @@ func TestFleetOneClientCannotMakeAKeyLocalOnly(t *testing.T) {
 	rs.herd(30, "/k")
 	if n := o.count() - before; n != 1 {
 		t.Errorf("a window after one client's 400: %d upstream requests, want 1", n)
+	}
+}
+
+// A replica validating its own stale copy, while the shared tier holds an
+// older one, must not put the shared tier's in memory over its own: the
+// 304 would then find another entry than the one it validated, and not be
+// stored, and every request would go upstream again.
+func TestFleetOwnCopyIsWhatARevalidationKeeps(t *testing.T) {
+	srv := redistest.Start(t, false)
+	clk := newClock()
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "max-age=1")
+		w.Header().Set("ETag", `"v1"`)
+		if r.Header.Get("If-None-Match") == `"v1"` {
+			w.WriteHeader(http.StatusNotModified)
+			return
+		}
+		fmt.Fprint(w, "v1")
+	})
+	rs := newReplicas(t, srv, o, clk, 1, Config{}, fleet.Config{})
+	get(rs.ps[0], "/e")
+	rs.ps[0].Wait()
+	// An older copy in Redis than the replica's own.
+	own := rs.entries()["/e"]
+	older := *own
+	older.ID = cache.NewID()
+	older.RequestTime = own.RequestTime.Add(-time.Minute)
+	older.ResponseTime = own.ResponseTime.Add(-time.Minute)
+	store, err := redisstore.New(redisstore.Config{Addr: srv.URL, Prefix: rs.prefix, Timeout: 5 * time.Second, Now: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	if err := store.Set(context.Background(), "/e", &older, time.Hour, cache.Cond{}); err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(2 * time.Second)
+	if r, _ := get(rs.ps[0], "/e"); r.Status != http.StatusOK || r.Body != "v1" {
+		t.Fatalf("revalidation: %+v", r)
+	}
+	before := o.count()
+	if r, _ := get(rs.ps[0], "/e"); !strings.Contains(r.CacheStatus, "hit") {
+		t.Errorf("after its copy was revalidated: %+v, upstream +%d; want a hit", r, o.count()-before)
 	}
 }

@@ -469,7 +469,7 @@ func (p *Proxy) answer(w http.ResponseWriter, r *http.Request, req freshness.Req
 		p.serveStatus(w, http.StatusGatewayTimeout, cacheStatus{detail: v.detail})
 		return outError, false
 	}
-	return p.fetchAndServe(w, r, req, p.newFlight(r, key, vkey, e), v.fwd)
+	return p.fetchAndServe(w, r, req, p.newFlight(r, req, key, vkey, e), v.fwd)
 }
 
 // verdict is what decide made of a request and what the store holds for
@@ -760,7 +760,7 @@ func (p *Proxy) refresh(r *http.Request, key, vkey string, stale *local) {
 		return
 	}
 	started := p.flights.Refresh(r.Context(), p.flightKey(r, vkey), func() coalesce.Fetch[*fetched] {
-		return p.refreshFetch(p.newFlight(r, key, vkey, stale))
+		return p.refreshFetch(p.newFlight(r, noDirectives, key, vkey, stale))
 	})
 	if started {
 		p.stats.Refreshes.Add(1)
@@ -769,7 +769,7 @@ func (p *Proxy) refresh(r *http.Request, key, vkey string, stale *local) {
 
 // refreshFetch is the fetch of a background refresh that starts from in.
 func (p *Proxy) refreshFetch(in flight) coalesce.Fetch[*fetched] {
-	in.background, in.req = true, noDirectives
+	in.background = true
 	key, stale := in.key, in.stale
 	return func(ctx context.Context) (*fetched, error) {
 		// Made for the client whose stale hit started it, as far as the

@@ -20,44 +20,50 @@ import (
 
 // claim asks the fleet for in's key. It returns a fetched when the shared
 // tier answers in, and otherwise the fleet's Claim: with a lease, in's
-// fetch is the fleet's; without one, it goes upstream on its own. Either
-// way, a stale response the shared tier holds comes back in memory, as
-// stale, to revalidate or to stand in for a failure.
+// fetch is the fleet's; without one, it goes upstream on its own. With
+// nothing stored here to validate, it also returns, promoted into memory,
+// the stale response the shared tier holds, to revalidate or to stand in
+// for a failure.
 func (p *Proxy) claim(ctx context.Context, in flight) (c fleet.Claim, f *fetched, stale *local) {
 	judge := p.judge(in)
 	for range 2 {
 		c = p.fleet.Claim(ctx, in.vkey, judge)
-		if c.Entry == nil {
+		switch {
+		case c.Entry == nil:
 			return c, nil, nil
+		case c.Lease != nil || c.Local:
+			// c.Entry is stale. This replica's own copy, if it has one,
+			// is what the fetch validates: the shared tier's must not
+			// replace it in memory.
+			if in.stale == nil {
+				if l, ok := p.promote(ctx, in.vkey, c); ok {
+					stale = l
+				}
+			}
+			return c, nil, stale
 		}
 		l, ok := p.promote(ctx, in.vkey, c)
 		switch {
-		case c.Lease != nil || c.Local:
-			if !ok {
-				l = nil // a stale copy this replica knows was purged
-			}
-			return c, nil, l
 		case !ok:
 			// This replica knows of a purge since it was fetched, which
 			// the shared tier missed (Redis failed then) or could not
 			// see (past the memory's records): not that one. The fetch
 			// that follows replaces it for the fleet.
-			c.Lease.Release(ctx, 0)
-			refused := c.Entry.ID
+			refused, base := c.Entry.ID, judge
 			judge = func(e *cache.Entry) fleet.Use {
 				if e.ID == refused {
 					return fleet.Fetch
 				}
-				return p.judge(in)(e)
+				return base(e)
 			}
-			continue
 		case c.Entry.Kind != cache.Response || l.Decision.State(p.now()) != freshness.Fresh:
 			// A Vary marker, a pass mark, or a response to serve stale
 			// while another replica refreshes it: now in memory, where
 			// the requests of the flight look again and find it.
 			return fleet.Claim{}, &fetched{again: true}, nil
+		default:
+			return fleet.Claim{}, &fetched{entry: l, own: l.Header, shared: true}, nil
 		}
-		return fleet.Claim{}, &fetched{entry: l, own: l.Header, shared: true}, nil
 	}
 	return fleet.Claim{}, nil, nil // refused twice: on our own
 }
@@ -143,9 +149,5 @@ func (p *Proxy) localFor(f *fetched, err error, cached bool) time.Duration {
 // purgedElsewhere drops this replica's copies of what another replica
 // purged at at.
 func (p *Proxy) purgedElsewhere(key string, prefix bool, at time.Time) {
-	n, err := p.store.Purge(context.Background(), key, prefix, at)
-	if err != nil {
-		p.log.Warn("cache purge from another replica failed", "uri", key, "prefix", prefix, "err", err)
-	}
-	p.stats.Purged.Add(int64(n))
+	p.purgeHere(key, prefix, at) //nolint:errcheck // logged
 }

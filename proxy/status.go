@@ -256,20 +256,27 @@ func (t *teeBody) Close() error {
 // before it), and Purge returns the error: the others may serve the
 // purged response until it expires, or until a purge that succeeds.
 func (p *Proxy) Purge(uri string, prefix bool) (int, error) {
-	// A Vary marker takes its variants out of reach with it: a later
-	// marker starts a new generation of variant keys.
 	at := p.now()
-	n, err := p.store.Purge(context.Background(), uri, prefix, at)
-	if err != nil {
-		p.log.Warn("cache purge failed", "uri", uri, "prefix", prefix, "err", err)
-	}
-	p.stats.Purged.Add(int64(n))
+	n, err := p.purgeHere(uri, prefix, at)
 	if p.fleet != nil {
 		if _, ferr := p.fleet.Purge(context.Background(), uri, prefix, at); ferr != nil {
 			p.log.Warn("purge of the shared tier failed; other replicas may serve the purged response until it expires", "uri", uri, "prefix", prefix, "err", ferr)
 			err = errors.Join(err, fmt.Errorf("purging the shared tier: %w", ferr))
 		}
 	}
+	return n, err
+}
+
+// purgeHere purges this replica's store, as Purge describes, at at, and
+// counts and logs it.
+func (p *Proxy) purgeHere(uri string, prefix bool, at time.Time) (int, error) {
+	// A Vary marker takes its variants out of reach with it: a later
+	// marker starts a new generation of variant keys.
+	n, err := p.store.Purge(context.Background(), uri, prefix, at)
+	if err != nil {
+		p.log.Warn("cache purge failed", "uri", uri, "prefix", prefix, "err", err)
+	}
+	p.stats.Purged.Add(int64(n))
 	return n, err
 }
 

@@ -106,8 +106,9 @@ type Fleet struct {
 	ps      *redis.PubSub
 	wakeCh  string
 	purgeCh string
-	done    chan struct{} // closed when the subscription's goroutine returns
-	quit    chan struct{} // closed by Close: renewals stop
+	done    chan struct{}   // closed when the subscription's goroutine returns
+	closing context.Context // done once Close begins: waits, renewals and the warm-up stop
+	stop    context.CancelFunc
 	close   sync.Once
 
 	mu       sync.Mutex
@@ -149,7 +150,6 @@ func New(cfg Config) (*Fleet, error) {
 		wakeCh:    store.WakeChannel(),
 		purgeCh:   store.PurgeChannel(),
 		done:      make(chan struct{}),
-		quit:      make(chan struct{}),
 		waiters:   make(map[string][]chan struct{}),
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "corral_redis_command_duration_seconds",
@@ -157,6 +157,7 @@ func New(cfg Config) (*Fleet, error) {
 			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1},
 		}),
 	}
+	f.closing, f.stop = context.WithCancel(context.Background())
 	if f.now == nil {
 		f.now = time.Now
 	}
@@ -187,15 +188,8 @@ func New(cfg Config) (*Fleet, error) {
 	f.renewals.Add(1)
 	go func() {
 		defer f.renewals.Done()
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		ctx, cancel := context.WithTimeout(f.closing, time.Second)
 		defer cancel()
-		go func() {
-			select {
-			case <-f.quit:
-				cancel()
-			case <-ctx.Done():
-			}
-		}()
 		store.Warm(ctx) //nolint:errcheck // calls work without it
 	}()
 	return f, nil
@@ -208,7 +202,7 @@ func (f *Fleet) Close() error {
 	f.close.Do(func() {
 		f.mu.Lock()
 		f.closed = true
-		close(f.quit)
+		f.stop()
 		f.mu.Unlock()
 		err = f.ps.Close()
 		<-f.done
@@ -324,10 +318,8 @@ type Claim struct {
 // there is one, when the holder left a local-only mark. It
 // counts and logs its failures itself, and never returns an error.
 func (f *Fleet) Claim(ctx context.Context, key string, judge Judge) Claim {
-	select {
-	case <-f.quit:
+	if f.closing.Err() != nil {
 		return Claim{}
-	default:
 	}
 	token := f.id + "-" + strconv.FormatUint(f.tokens.Add(1), 36)
 	var ch chan struct{}
@@ -408,7 +400,7 @@ func (f *Fleet) Claim(ctx context.Context, key string, judge Judge) Claim {
 			t.Stop()
 			f.stats.abandoned.Add(1)
 			return Claim{}
-		case <-f.quit:
+		case <-f.closing.Done():
 			t.Stop()
 			return Claim{}
 		}
@@ -485,7 +477,7 @@ func (l *Lease) renew(ctx context.Context) {
 			return
 		case <-ctx.Done():
 			return
-		case <-f.quit:
+		case <-f.closing.Done():
 			return
 		}
 		var ok bool

@@ -105,31 +105,30 @@ func (f *Fleet) Describe(ch chan<- *prometheus.Desc) {
 
 // Collect implements prometheus.Collector.
 func (f *Fleet) Collect(ch chan<- prometheus.Metric) {
-	c := &f.stats
 	counter := func(d *prometheus.Desc, v int64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
 	}
-	for i := range c.ops {
-		counter(descCommands, c.ops[i].ok.Load(), opNames[i], "ok")
-		counter(descCommands, c.ops[i].failed.Load(), opNames[i], "error")
+	for i := range f.stats.ops {
+		counter(descCommands, f.stats.ops[i].ok.Load(), opNames[i], "ok")
+		counter(descCommands, f.stats.ops[i].failed.Load(), opNames[i], "error")
 	}
+	s := f.Stats()
 	open := 0.0
-	if f.breaker.State() != gobreaker.StateClosed {
+	if s.BreakerOpen {
 		open = 1
 	}
 	ch <- prometheus.MustNewConstMetric(descOpen, prometheus.GaugeValue, open)
-	counter(descHits, c.hits.Load())
-	counter(descDecode, c.decodeErrors.Load())
+	counter(descHits, s.SharedHits)
+	counter(descDecode, s.DecodeErrors)
 	for event, v := range map[string]int64{
-		"taken": c.taken.Load(), "waited": c.waited.Load(), "takeover": c.takeovers.Load(),
-		"renewed": c.renewed.Load(), "lost": c.lost.Load(),
+		"taken": s.LeasesTaken, "waited": s.Waited, "takeover": s.Takeovers, "renewed": s.Renewed, "lost": s.Lost,
 	} {
 		counter(descLeases, v, event)
 	}
-	counter(descWakeups, c.wokenByMessage.Load(), "message")
-	counter(descWakeups, c.wokenByRecheck.Load(), "recheck")
-	counter(descPurgesIn, c.purgesReceived.Load())
-	counter(descPurgesBad, c.purgesDropped.Load())
+	counter(descWakeups, s.WokenByMessage, "message")
+	counter(descWakeups, s.WokenByRecheck, "recheck")
+	counter(descPurgesIn, s.PurgesReceived)
+	counter(descPurgesBad, s.PurgeMessagesDropped)
 	f.latency.Collect(ch)
 }
 
