@@ -693,8 +693,23 @@ func TestRedisDownDoesNotFailTheStart(t *testing.T) {
 			t.Errorf("with Redis down: %d %q, want 200 \"ok\"", resp.StatusCode, body)
 		}
 	}
+	// The replica did try the shared tier: -redis reached the proxy.
+	resp, err := client.Get("http://" + admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !bytes.Contains(metrics, []byte(`corral_redis_commands_total{op="lookup",result="error"} 1`)) {
+		t.Errorf("/metrics shows no failed lookup in Redis: -redis did not reach the proxy\n%s", metrics)
+	}
 	cancel()
-	if code := <-done; code != 0 {
-		t.Errorf("exit code %d, want 0; stderr: %s", code, stderr.String())
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Errorf("exit code %d, want 0; stderr: %s", code, stderr.String())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("corral did not stop")
 	}
 }

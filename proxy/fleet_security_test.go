@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -46,8 +47,13 @@ func TestFleetWaiterGetsItsOwnUpstreamTimeout(t *testing.T) {
 	}
 	// Not storable: from now on the replicas fetch on their own, each
 	// coalescing its own clients, without queueing behind the other.
+	rs.awaitLocalMark("/dyn")
+	waited := rs.fleets[1].Stats().Waited
 	if r, _ := get(rs.ps[1], "/dyn"); r.Status != http.StatusOK {
 		t.Errorf("next request: %+v", r)
+	}
+	if s := rs.fleets[1].Stats(); s.LocalMarks == 0 || s.Waited != waited {
+		t.Errorf("next request: %+v; want it sent on its own by the local-only mark, with no wait", s)
 	}
 }
 
@@ -85,22 +91,6 @@ func TestFleetCredentialedBodyNeverSharedThrough304(t *testing.T) {
 	}
 }
 
-// failHook fails every command while on.
-type failHook struct{ on *atomic.Bool }
-
-func (failHook) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (h failHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		if h.on.Load() {
-			return errors.New("injected failure")
-		}
-		return next(ctx, cmd)
-	}
-}
-func (h failHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
-}
-
 // A purge on a replica whose Redis calls fail: it must say so, and the
 // purged response must not come back to that replica from Redis.
 func TestFleetPurgeThatMissesRedisHoldsHereAndSaysSo(t *testing.T) {
@@ -110,7 +100,12 @@ func TestFleetPurgeThatMissesRedisHoldsHereAndSaysSo(t *testing.T) {
 	client := srv.Client()
 	t.Cleanup(func() { client.Close() })
 	var failing atomic.Bool
-	client.AddHook(failHook{&failing})
+	client.AddHook(redistest.Hook(func(ctx context.Context, cmd redis.Cmder, next redis.ProcessHook) error {
+		if failing.Load() {
+			return errors.New("injected failure")
+		}
+		return next(ctx, cmd)
+	}))
 	rs := newReplicas(t, srv, o, clk, 0, Config{}, fleet.Config{Client: client, BreakerCooldown: time.Millisecond})
 	a := rs.add()
 	if r, _ := get(a, "/x"); r.Body != "v1" {
@@ -182,11 +177,7 @@ func TestFleetLocalMarkKeepsTheStaleCopy(t *testing.T) {
 		t.Fatalf("while the origin fails: %+v", r)
 	}
 	rs.ps[0].Wait()
-	pollUntil(t, "the local-only mark", func() bool {
-		c := srv.Client()
-		defer c.Close()
-		return c.HExists(context.Background(), rs.key("/s"), "o").Val()
-	})
+	rs.awaitLocalMark("/s")
 	if e := rs.entries()["/s"]; e == nil || string(e.Body) != "good" {
 		t.Errorf("Redis holds %+v for /s, want the stale copy", e)
 	}
@@ -219,30 +210,6 @@ func TestFleetPassMarkNeverReplacesALiveResponse(t *testing.T) {
 	}
 }
 
-// slowScripts delays the scripts that write entries (they name a purge
-// record) while on.
-type slowScripts struct {
-	on    *atomic.Bool
-	delay time.Duration
-}
-
-func (slowScripts) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (h slowScripts) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		if h.on.Load() && strings.Contains(fmt.Sprint(cmd.Args()), "}p:") {
-			select {
-			case <-time.After(h.delay):
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		}
-		return next(ctx, cmd)
-	}
-}
-func (h slowScripts) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
-}
-
 // One write of the lease holder misses its deadline: the lease is still
 // given back, and the replica waiting for it goes on at once rather than
 // wait out the lease's life.
@@ -256,7 +223,19 @@ func TestFleetFailedWriteStillReleasesTheLease(t *testing.T) {
 	slow := srv.Client()
 	t.Cleanup(func() { slow.Close() })
 	var on atomic.Bool
-	slow.AddHook(slowScripts{on: &on, delay: 200 * time.Millisecond})
+	// The write of an entry (its script names the entry's key and its
+	// purge records, and no lease) misses its deadline.
+	slow.AddHook(redistest.Hook(func(ctx context.Context, cmd redis.Cmder, next redis.ProcessHook) error {
+		args := fmt.Sprint(cmd.Args())
+		if on.Load() && strings.Contains(args, "}p:") && !strings.Contains(args, "}l:") {
+			select {
+			case <-time.After(200 * time.Millisecond):
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		return next(ctx, cmd)
+	}))
 	rs.fcfg.Client = slow
 	a := rs.add()
 	rs.fcfg.Client = nil
@@ -274,33 +253,11 @@ func TestFleetFailedWriteStillReleasesTheLease(t *testing.T) {
 	if took := time.Since(start); took > lease/2 {
 		t.Errorf("the waiter took %v: it waited out the lease (%v)", took, lease)
 	}
-}
-
-// purgeAfterRead runs fire once, after the first script this replica's
-// client sends with key among its arguments has been answered: a purge
-// landing between a replica's read of Redis and its use of what it read.
-type purgeAfterRead struct {
-	key   string
-	armed *atomic.Bool
-	fire  func()
-}
-
-func (purgeAfterRead) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (h purgeAfterRead) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		err := next(ctx, cmd)
-		if name := cmd.Name(); name == "evalsha" || name == "eval" {
-			for _, a := range cmd.Args() {
-				if s, ok := a.(string); ok && s == h.key && h.armed.CompareAndSwap(true, false) {
-					h.fire()
-				}
-			}
-		}
-		return err
+	// What the test is about: the holder held the lease and its write
+	// failed, and the other replica waited for it.
+	if a, b := rs.fleets[0].Stats(), rs.fleets[1].Stats(); a.LeasesTaken != 1 || a.CommandErrors == 0 || b.Waited != 1 {
+		t.Errorf("holder %+v\nwaiter %+v\nwant the holder's lease and failed write, and one wait", a, b)
 	}
-}
-func (h purgeAfterRead) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
 }
 
 // A purge lands between a replica's read of a Vary marker from Redis and
@@ -322,17 +279,30 @@ func TestFleetPurgeRacingAMarkerReadStaysPurged(t *testing.T) {
 	get(rs.ps[0], "/v", "Accept-Language", "fr")
 	clk.Advance(time.Second)
 
+	// Once, after the first script this replica sends for /v has been
+	// answered: a purge between its read of Redis and its use of what it
+	// read. (The hook runs on the flight's goroutine: what goes wrong
+	// there is reported after.)
 	armed := new(atomic.Bool)
 	var b *fleet.Fleet
+	purgeErr := make(chan error, 1)
 	c := srv.Client()
 	t.Cleanup(func() { c.Close() })
-	c.AddHook(purgeAfterRead{key: "/v", armed: armed, fire: func() {
-		gen.Store(2)
-		if _, err := rs.ps[0].Purge("/v", false); err != nil {
-			t.Errorf("purge: %v", err)
+	c.AddHook(redistest.Hook(func(ctx context.Context, cmd redis.Cmder, next redis.ProcessHook) error {
+		err := next(ctx, cmd)
+		if name := cmd.Name(); (name == "evalsha" || name == "eval") && slices.Contains(cmd.Args(), any("/v")) && armed.CompareAndSwap(true, false) {
+			gen.Store(2)
+			_, perr := rs.ps[0].Purge("/v", false)
+			for deadline := time.Now().Add(10 * time.Second); perr == nil && b.Stats().PurgesReceived == 0; {
+				if time.Now().After(deadline) {
+					perr = errors.New("the purge message did not arrive")
+				}
+				time.Sleep(time.Millisecond) // a message over a real Redis
+			}
+			purgeErr <- perr
 		}
-		pollUntil(t, "the purge message", func() bool { return b.Stats().PurgesReceived > 0 })
-	}})
+		return err
+	}))
 	rs.fcfg.Client = c
 	pb := rs.add()
 	b = rs.fleets[1]
@@ -342,6 +312,9 @@ func TestFleetPurgeRacingAMarkerReadStaysPurged(t *testing.T) {
 	get(pb, "/v", "Accept-Language", "fr")
 	if armed.Load() {
 		t.Fatal("the purge did not race the read: the test checks nothing")
+	}
+	if err := <-purgeErr; err != nil {
+		t.Fatal(err)
 	}
 	clk.Advance(time.Second)
 	if r, _ := get(pb, "/v", "Accept-Language", "de"); strings.HasPrefix(r.Body, "gen1") {
@@ -384,8 +357,8 @@ func TestFleetPurgeFloodCostsOneFetchPerKey(t *testing.T) {
 	if r, _ := get(rs.ps[2], "/old"); !strings.Contains(r.CacheStatus, "shared-tier") {
 		t.Errorf("another replica after the flood: %+v, want the shared tier's", r)
 	}
-	if n := o.count() - before; n > 1 {
-		t.Errorf("the flood cost %d upstream requests for one key, want at most 1", n)
+	if n := o.count() - before; n != 1 {
+		t.Errorf("the flood cost %d upstream requests for one key, want 1: the refetch for the fleet", n)
 	}
 }
 
@@ -403,11 +376,7 @@ func TestFleetLocalMarkLeavesStaleCopyUsable(t *testing.T) {
 	if r, _ := get(first, "/s"); r.Status != http.StatusOK {
 		t.Errorf("the replica that took the lease: %+v", r)
 	}
-	pollUntil(t, "the local-only mark", func() bool {
-		c := srv.Client()
-		defer c.Close()
-		return c.HExists(context.Background(), rs.key("/s"), "o").Val()
-	})
+	rs.awaitLocalMark("/s")
 	if r, _ := get(rs.add(), "/s"); r.Status != http.StatusOK || r.Body != "good" {
 		t.Errorf("a replica started under the mark: %+v", r)
 	}
@@ -435,11 +404,7 @@ func TestFleetOneClientCannotMakeAKeyLocalOnly(t *testing.T) {
 		t.Fatalf("the attack did not reach the origin: %+v", r)
 	}
 	rs.ps[0].Wait()
-	pollUntil(t, "the local-only mark", func() bool {
-		c := srv.Client()
-		defer c.Close()
-		return c.HExists(context.Background(), rs.key("/k"), "o").Val()
-	})
+	rs.awaitLocalMark("/k")
 	clk.Advance(2 * time.Second) // the marks go by the replicas' clock
 	before := o.count()
 	rs.herd(30, "/k")

@@ -107,6 +107,17 @@ func (rs *replicas) requests() int64 {
 	return n
 }
 
+// awaitLocalMark waits for the local-only mark that a lease holder's
+// release, in the background, leaves beside key's entry in Redis.
+func (rs *replicas) awaitLocalMark(key string) {
+	rs.t.Helper()
+	c := rs.srv.Client()
+	defer c.Close()
+	pollUntil(rs.t, "the local-only mark", func() bool {
+		return c.HExists(context.Background(), rs.key(key), "o").Val()
+	})
+}
+
 // key is the Redis key of the entry under key.
 func (rs *replicas) key(key string) string { return redisstore.EntryKey(rs.prefix, key) }
 
@@ -284,6 +295,10 @@ func TestFleetSharesNothingPrivate(t *testing.T) {
 		fmt.Fprint(w, "for ", r.Header.Get("Authorization"))
 	})
 	rs := newReplicas(t, srv, o, clk, 2, Config{}, fleet.Config{})
+	// Answers with Set-Cookie and private ones are never stored, so they
+	// never reach share; its own guard against Set-Cookie and credentials
+	// is a second line, which TestFleetCredentialedBodyNeverSharedThrough304
+	// reaches.
 	for _, p := range rs.ps {
 		get(p, "/cookie")
 		get(p, "/private")
@@ -314,7 +329,14 @@ func TestFleetMemoryHitsMakeNoRedisCall(t *testing.T) {
 	client := srv.Client()
 	t.Cleanup(func() { client.Close() })
 	var commands atomic.Int64
-	client.AddHook(countHook{&commands})
+	// Every command but the SCRIPT LOADs a Fleet sends once, in the
+	// background, when it starts.
+	client.AddHook(redistest.Hook(func(ctx context.Context, cmd redis.Cmder, next redis.ProcessHook) error {
+		if cmd.Name() != "script" {
+			commands.Add(1)
+		}
+		return next(ctx, cmd)
+	}))
 	rs := newReplicas(t, srv, o, clk, 1, Config{}, fleet.Config{Client: client})
 	get(rs.ps[0], "/api/stats") // the miss: a lookup, a lease, a write, a release
 	if commands.Load() == 0 {
@@ -334,26 +356,6 @@ func TestFleetMemoryHitsMakeNoRedisCall(t *testing.T) {
 	}
 	if n := commands.Load() - before; n != 0 {
 		t.Errorf("10,000 memory hits made %d Redis commands, want 0", n)
-	}
-}
-
-// countHook counts the commands a go-redis client sends, but for the
-// SCRIPT LOADs that a Fleet sends once, in the background, when it starts.
-type countHook struct{ n *atomic.Int64 }
-
-func (countHook) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (h countHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		if cmd.Name() != "script" {
-			h.n.Add(1)
-		}
-		return next(ctx, cmd)
-	}
-}
-func (h countHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		h.n.Add(int64(len(cmds)))
-		return next(ctx, cmds)
 	}
 }
 
@@ -476,7 +478,7 @@ func (rs *replicas) herdOnTrouble(path string, n int, trouble func()) int64 {
 }
 
 func TestFleetRedisTroubleCostsClientsNothing(t *testing.T) {
-	admin := func(srv *redistest.Server, args ...any) {
+	admin := func(t *testing.T, srv *redistest.Server, args ...any) {
 		t.Helper()
 		c := srv.Client()
 		defer c.Close()
@@ -486,13 +488,13 @@ func TestFleetRedisTroubleCostsClientsNothing(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		name    string
-		trouble func(srv *redistest.Server)
-		heal    func(srv *redistest.Server)
+		trouble func(t *testing.T, srv *redistest.Server)
+		heal    func(t *testing.T, srv *redistest.Server)
 	}{
-		{"killed", func(srv *redistest.Server) { srv.Kill() }, func(srv *redistest.Server) { srv.Restart() }},
-		{"restarted", func(srv *redistest.Server) { srv.Restart() }, func(*redistest.Server) {}},
-		{"paused", func(srv *redistest.Server) { admin(srv, "client", "pause", 1500, "all") }, func(srv *redistest.Server) {}},
-		{"blocked", func(srv *redistest.Server) {
+		{"killed", func(t *testing.T, srv *redistest.Server) { srv.Kill() }, func(t *testing.T, srv *redistest.Server) { srv.Restart() }},
+		{"restarted", func(t *testing.T, srv *redistest.Server) { srv.Restart() }, func(*testing.T, *redistest.Server) {}},
+		{"paused", func(t *testing.T, srv *redistest.Server) { admin(t, srv, "client", "pause", 1500, "all") }, func(t *testing.T, srv *redistest.Server) {}},
+		{"blocked", func(t *testing.T, srv *redistest.Server) {
 			c := srv.Client()
 			sleeping := make(chan error, 1)
 			go func() {
@@ -512,11 +514,11 @@ func TestFleetRedisTroubleCostsClientsNothing(t *testing.T) {
 				defer cancel()
 				return ping.Ping(ctx).Err() != nil
 			})
-		}, func(*redistest.Server) {}},
-		{"full", func(srv *redistest.Server) {
-			admin(srv, "config", "set", "maxmemory-policy", "noeviction")
-			admin(srv, "config", "set", "maxmemory", "1")
-		}, func(srv *redistest.Server) { admin(srv, "config", "set", "maxmemory", "0") }},
+		}, func(*testing.T, *redistest.Server) {}},
+		{"full", func(t *testing.T, srv *redistest.Server) {
+			admin(t, srv, "config", "set", "maxmemory-policy", "noeviction")
+			admin(t, srv, "config", "set", "maxmemory", "1")
+		}, func(t *testing.T, srv *redistest.Server) { admin(t, srv, "config", "set", "maxmemory", "0") }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			srv := redistest.Start(t, false)
@@ -529,13 +531,13 @@ func TestFleetRedisTroubleCostsClientsNothing(t *testing.T) {
 				t.Fatalf("before the trouble: %d upstream requests, want 1", n)
 			}
 			// Mid-stampede: every client in, the fetches under way.
-			if n := rs.herdOnTrouble("/during", 300, func() { tc.trouble(srv) }); n > 3 {
+			if n := rs.herdOnTrouble("/during", 300, func() { tc.trouble(t, srv) }); n > 3 {
 				t.Errorf("during: %d upstream requests from 3 replicas, want at most 3 (each coalesces its own)", n)
 			}
 			if n := rs.herdOnTrouble("/while", 300, func() {}); n > 3 {
 				t.Errorf("while in trouble: %d upstream requests, want at most 3", n)
 			}
-			tc.heal(srv)
+			tc.heal(t, srv)
 			i := 0
 			pollUntil(t, "the fleet to share one fetch again", func() bool {
 				i++

@@ -104,6 +104,17 @@ func waiting(stale uint64) (fleet.Judge, <-chan struct{}) {
 	}, judged
 }
 
+// judgedWithin waits for the judge that waiting returned to be asked, or
+// fails the test after a generous deadline.
+func judgedWithin(t *testing.T, judged <-chan struct{}) {
+	t.Helper()
+	select {
+	case <-judged:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the waiting Claim never judged the stale entry")
+	}
+}
+
 // claimAsync runs Claim on a goroutine of its own.
 func claimAsync(ctx context.Context, f *fleet.Fleet, key string, judge fleet.Judge) <-chan fleet.Claim {
 	ch := make(chan fleet.Claim, 1)
@@ -149,7 +160,7 @@ func TestHandOver(t *testing.T) {
 	}
 	judge, judged := waiting(stale.ID)
 	cb := claimAsync(ctx, b, "/k", judge)
-	<-judged
+	judgedWithin(t, judged)
 
 	fresh := response("fresh")
 	if err := l.Put(ctx, "/k", fresh, time.Hour, time.Now().Add(time.Minute), start); err != nil {
@@ -182,7 +193,7 @@ func TestLostWakeup(t *testing.T) {
 	defer l.Release(ctx, 0)
 	judge, judged := waiting(stale.ID)
 	cb := claimAsync(ctx, b, "/k", judge)
-	<-judged
+	judgedWithin(t, judged)
 
 	fresh := response("fresh")
 	if err := s.SetFresh(ctx, "/k", fresh, time.Hour, time.Now().Add(time.Minute), cache.Cond{}); err != nil {
@@ -294,7 +305,7 @@ func TestLocalOnly(t *testing.T) {
 	l := mustLease(t, a.Claim(ctx, "/k", fetchAll))
 	judge, judged := waiting(stale.ID)
 	cb := claimAsync(ctx, b, "/k", judge)
-	<-judged
+	judgedWithin(t, judged)
 	// A's fetch ended with its context; its release must still happen.
 	dead, cancel := context.WithCancel(ctx)
 	cancel()
@@ -405,29 +416,15 @@ func TestMalformedPurge(t *testing.T) {
 	}
 }
 
-// countingHook counts the commands a client sends.
-type countingHook struct{ n atomic.Int64 }
-
-func (h *countingHook) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (h *countingHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		h.n.Add(1)
-		return next(ctx, cmd)
-	}
-}
-func (h *countingHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		h.n.Add(int64(len(cmds)))
-		return next(ctx, cmds)
-	}
-}
-
 func TestBreaker(t *testing.T) {
 	srv := redistest.Start(t, false)
 	c := srv.Client()
 	defer c.Close()
-	hook := new(countingHook)
-	c.AddHook(hook)
+	var commands atomic.Int64
+	c.AddHook(redistest.Hook(func(ctx context.Context, cmd redis.Cmder, next redis.ProcessHook) error {
+		commands.Add(1)
+		return next(ctx, cmd)
+	}))
 	const timeout = 100 * time.Millisecond
 	f := newFleet(t, srv, fleet.Config{Client: c, Timeout: timeout, BreakerFailures: 3, BreakerCooldown: 300 * time.Millisecond})
 	ctx := context.Background()
@@ -447,11 +444,11 @@ func TestBreaker(t *testing.T) {
 	if s := f.Stats(); !s.BreakerOpen || s.Unavailable != 3 {
 		t.Fatalf("stats %+v after 3 failures, want the breaker open", s)
 	}
-	before := hook.n.Load()
+	before := commands.Load()
 	if got := f.Claim(ctx, "/k", fetchAll); got.Lease != nil {
 		t.Fatalf("Claim with the breaker open = %+v", got)
 	}
-	if n := hook.n.Load(); n != before {
+	if n := commands.Load(); n != before {
 		t.Errorf("%d commands sent with the breaker open", n-before)
 	}
 	if s := f.Stats(); s.Rejected == 0 {
@@ -623,7 +620,7 @@ func TestClose(t *testing.T) {
 	defer lw.Release(ctx, 0)
 	judge, judged := waiting(stale.ID)
 	waiter := claimAsync(ctx, f, "/w", judge)
-	<-judged
+	judgedWithin(t, judged)
 	if err := f.Close(); err != nil {
 		t.Error(err)
 	}
@@ -703,7 +700,7 @@ func TestCluster(t *testing.T) {
 		l := mustLease(t, a.Claim(ctx, key, fetchAll))
 		judge, judged := waiting(stale.ID)
 		cb := claimAsync(ctx, b, key, judge)
-		<-judged
+		judgedWithin(t, judged)
 		fresh := response("fresh")
 		if err := l.Put(ctx, key, fresh, time.Hour, time.Now().Add(time.Minute), start); err != nil {
 			t.Fatal(err)

@@ -385,25 +385,6 @@ func TestLayout(t *testing.T) {
 	}
 }
 
-// pauseOn is a hook that calls during before each command named name.
-type pauseOn struct {
-	name   string
-	during func()
-}
-
-func (h pauseOn) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (h pauseOn) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
-}
-func (h pauseOn) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		if cmd.Name() == h.name {
-			h.during()
-		}
-		return next(ctx, cmd)
-	}
-}
-
 // TestPendingUnseen: in a Cluster, a Set checks the prefix records after
 // its write, which no reader sees until the check is done; refused, it
 // leaves nothing behind. (On a single Redis the one script checks them.)
@@ -414,7 +395,10 @@ func TestPendingUnseen(t *testing.T) {
 	c := srv.Client()
 	defer c.Close()
 	checks := 0
-	c.AddHook(pauseOn{name: "zrangebyscore", during: func() {
+	c.AddHook(redistest.Hook(func(ctx context.Context, cmd redis.Cmder, next redis.ProcessHook) error {
+		if cmd.Name() != "zrangebyscore" {
+			return next(ctx, cmd)
+		}
 		checks++
 		if e, err := reader.Get(ctx, "/p/a"); !errors.Is(err, cache.ErrNotFound) {
 			t.Errorf("Get during the check of prefix records = %v, %v; want ErrNotFound", e, err)
@@ -422,7 +406,8 @@ func TestPendingUnseen(t *testing.T) {
 		if f, err := reader.Lookup(ctx, "/p/a", "reader", 0); err != nil || f.Entry != nil {
 			t.Errorf("Lookup during the check of prefix records = %+v, %v; want no entry", f, err)
 		}
-	}})
+		return next(ctx, cmd)
+	}))
 	s := newStore(t, redisstore.Config{Client: c, Timeout: 5 * time.Second})
 	began := time.Now()
 	e := &cache.Entry{ID: cache.NewID(), Status: 200, Body: []byte("x")}
