@@ -100,23 +100,8 @@ func benchmarkFleetWindow(b *testing.B, srv *redistest.Server, shared bool) {
 		b.Fatal(err)
 	}
 	b.Cleanup(stopFront)
-	u := fu.String() + "/api/stats"
-	client := NewClient(clients)
-	ctx, cancel := context.WithTimeout(context.Background(), runLimit)
-	defer cancel()
-	for range 3 {
-		get(ctx, client, u) // every replica has it
-	}
-	base := origin.Requests()
-	var lat latencies
-	b.ResetTimer()
-	began := time.Now()
-	pollHerd(ctx, client, u, clients, interval, b.N, &lat)
-	elapsed := time.Since(began)
-	b.StopTimer()
-	windows := elapsed.Seconds() / maxAge.Seconds()
-	b.ReportMetric(float64(origin.Requests()-base)/windows, "upstream-req/window")
-	lat.report(b)
+	// Round robin: three warm requests, one for each replica.
+	pollWindows(b, origin, fu.String()+"/api/stats", 3, clients, interval, maxAge)
 }
 
 // forgetful is a memory that keeps nothing: every request to a replica on
