@@ -39,9 +39,9 @@ type fetched struct {
 	// or no-cache were removed: for the client whose request it answers.
 	own http.Header
 
-	// shared says, with status 0, that entry came from the tier the
+	// fromShared says, with status 0, that entry came from the tier the
 	// fleet shares, not from this replica's memory.
-	shared bool
+	fromShared bool
 
 	// inShared says the fetch left its answer in the tier the fleet
 	// shares, a response or a pass mark, for the replicas that wait.

@@ -669,7 +669,7 @@ func (p *Proxy) serveFetched(w http.ResponseWriter, r *http.Request, req freshne
 	switch {
 	case f.status == 0: // another flight had just stored it, here or in the shared tier
 		o, st = outHit, cacheStatus{hit: true, ttl: e.Decision.TTL(now), hasTTL: true, collapsed: true}
-		if f.shared {
+		if f.fromShared {
 			st.detail = detailSharedTier
 		}
 	case !leader:

@@ -62,7 +62,7 @@ func (p *Proxy) claim(ctx context.Context, in flight) (c fleet.Claim, f *fetched
 			// the requests of the flight look again and find it.
 			return fleet.Claim{}, &fetched{again: true}, nil
 		default:
-			return fleet.Claim{}, &fetched{entry: l, own: l.Header, shared: true}, nil
+			return fleet.Claim{}, &fetched{entry: l, own: l.Header, fromShared: true}, nil
 		}
 	}
 	return fleet.Claim{}, nil, nil // refused twice: on our own
