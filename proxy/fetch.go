@@ -59,8 +59,13 @@ type flight struct {
 	key    string      // the request target: path and query
 	vkey   string      // the variant key lookup found; key when the URI is not known to vary
 	header http.Header // the request fields a shared fetch sends (sharedFetchHeader)
-	client string      // the RemoteAddr of the client whose request it is, for the guard
 	stale  *local      // the stored response to validate; nil when none
+
+	// neutral says header carries nothing of one client's: no field
+	// but those the URI is known to vary on, which every client of the
+	// variant sends alike. What the origin answers a neutral request
+	// speaks of the resource, never of one client (see upstream.WithNeutral).
+	neutral bool
 
 	// shared says the fleet's tier may be read and written for it: there
 	// is one, and the request carries no Authorization (an answer fetched
@@ -76,26 +81,21 @@ type flight struct {
 }
 
 // newFlight builds the flight for r, a request for key with directives
-// req, whose lookup found stale (or nil) under vkey. Only a request that
-// starts or joins a flight builds one: a hit never does.
-func (p *Proxy) newFlight(r *http.Request, req freshness.RequestDirectives, key, vkey string, stale *local) flight {
+// req, whose lookup found stale (or nil) under vkey, for a URI that varies
+// on the fields vary. Only a request that starts or joins a flight builds
+// one: a hit never does.
+func (p *Proxy) newFlight(r *http.Request, req freshness.RequestDirectives, key, vkey string, vary []string, stale *local) flight {
+	h := sharedFetchHeader(r.Header)
 	return flight{
-		id:     p.flightKey(r, vkey),
-		key:    key,
-		vkey:   vkey,
-		header: sharedFetchHeader(r.Header),
-		client: r.RemoteAddr,
-		stale:  stale,
-		shared: p.fleet != nil && r.Header["Authorization"] == nil,
-		req:    req,
+		id:      p.flightKey(r, vkey),
+		key:     key,
+		vkey:    vkey,
+		header:  h,
+		stale:   stale,
+		neutral: onlyFields(h, vary),
+		shared:  p.fleet != nil && r.Header["Authorization"] == nil,
+		req:     req,
 	}
-}
-
-// withClient returns ctx carrying the flight's client for the guard, which
-// tells by it whether a 429 is one client's own. The guard reads the
-// address alone from the request it is given.
-func (in flight) withClient(ctx context.Context) context.Context {
-	return upstream.WithClient(ctx, peerAddr(in.client))
 }
 
 // fetch asks the origin for the resource of in, revalidating in.stale when
@@ -107,7 +107,7 @@ func (p *Proxy) fetch(ctx context.Context, in flight) (f *fetched, err error) {
 	// other: the second flight starts just after the first one stored its
 	// answer. Look again before calling the origin. (in.header holds the
 	// fields the variants are keyed on as the client sent them.)
-	cur, vk := p.lookup(ctx, key, in.header)
+	cur, vk, _ := p.lookup(ctx, key, in.header)
 	if cur != nil && (stale == nil || cur.ID != stale.ID) && cur.Kind == cache.Response && cur.Decision.State(p.now()) == freshness.Fresh {
 		return &fetched{entry: cur, own: cur.Header}, nil
 	}
@@ -169,6 +169,9 @@ func (p *Proxy) fetchUpstream(ctx context.Context, in flight, lease *fleet.Lease
 	// The guard says when the request left, after any wait for the
 	// upstream caps: that is the request_time of RFC 9111 section 4.2.3,
 	// and a wait in the queue must not age the answer.
+	if in.neutral {
+		out = out.WithContext(upstream.WithNeutral(ctx))
+	}
 	resp, sent, err := p.guard.Send(out)
 	var busy *upstream.BusyError
 	if errors.As(err, &busy) {
@@ -401,14 +404,15 @@ func (p *Proxy) warnEvictions(now time.Time) {
 const validatorGrace = time.Minute
 
 // lookup returns what the store holds for a request to key with header h,
-// following a Vary marker to the variant, and the key it was found under.
-func (p *Proxy) lookup(ctx context.Context, key string, h http.Header) (*local, string) {
-	e := p.get(ctx, key)
+// following a Vary marker to the variant, the key it was found under, and
+// the names of the fields the URI varies on (nil when it is not known to).
+func (p *Proxy) lookup(ctx context.Context, key string, h http.Header) (e *local, vkey string, vary []string) {
+	e = p.get(ctx, key)
 	if e == nil {
-		return nil, key
+		return nil, key, nil
 	}
 	if e.Kind != cache.VaryMarker {
-		return e, key
+		return e, key, e.Vary
 	}
 	vk := cache.VariantKey(key, e.Gen, varyKey(e.Vary, h))
 	v := p.get(ctx, vk)
@@ -420,11 +424,11 @@ func (p *Proxy) lookup(ctx context.Context, key string, h http.Header) (*local, 
 			// since that variant may have been stored anew since.
 			ovk := cache.VariantKey(key, e.Gen, other)
 			if v := p.get(ctx, ovk); v != nil && contentLanguage(v) == lang {
-				return v, ovk
+				return v, ovk, e.Vary
 			}
 		}
 	}
-	return v, vk
+	return v, vk, e.Vary
 }
 
 // withLanguage returns languages, copied, with lang mapped to varyKey and

@@ -109,6 +109,16 @@ func sharedFetchHeader(h http.Header) http.Header {
 	return out
 }
 
+// onlyFields reports whether h holds no field but those named in names.
+func onlyFields(h http.Header, names []string) bool {
+	for k := range h {
+		if !slices.Contains(names, k) {
+			return false
+		}
+	}
+	return true
+}
+
 // sentValues returns the values of the canonical field name in h as
 // sharedFetchHeader(h) holds them: none for a field that does not go
 // upstream. It reads the same lists without copying h, and must drop what

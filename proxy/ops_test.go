@@ -379,10 +379,10 @@ func TestInflightCapTurnsAwayAtOnce(t *testing.T) {
 }
 
 // TestOriginWidePauseHoldsEveryKey has three endpoints answer 429 with
-// Retry-After at once to two clients each: the origin's limit is corral's,
-// not one URL's or one client's, and every key waits it out (one path's
-// answer pauses only its own key, and one client's 429s nothing, as
-// security_pause_test.go checks).
+// Retry-After at once to requests that carry nothing of one client's: the
+// origin's limit is corral's, not one URL's or one client's, and every key
+// waits it out (one path's answer pauses only its own key, and one
+// client's 429s nothing, as security_pause_test.go checks).
 func TestOriginWidePauseHoldsEveryKey(t *testing.T) {
 	clk := newClock()
 	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {

@@ -129,9 +129,9 @@ type Config struct {
 	// UpstreamMaxPause caps how long a Retry-After from the origin (RFC
 	// 9110 section 10.2.3) holds back the requests for its URL, or for
 	// every URL once several endpoints (first path segments) answered so
-	// within seconds. Only answers to GET and HEAD pause: a 503, or a 429
-	// to requests without Authorization from two clients (IP addresses)
-	// within ten seconds; one client's 429 is its own quota. Zero means
+	// within seconds. Only a 503 or 429 to a GET or HEAD that carried
+	// nothing of one client's pauses (see upstream.WithNeutral): any
+	// other is that client's own. Zero means
 	// 30s; negative means never pause, as with net.Dialer's KeepAlive.
 	// Either way a failed background refresh waits as long as the origin
 	// asked, up to five minutes.
@@ -453,7 +453,7 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request, start time.Time) 
 // r upstream on its own, or fetching. varied reports, with nothing written
 // to w, that the fetch answered another variant than r's.
 func (p *Proxy) answer(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, key string, now time.Time) (o requestOutcome, varied bool) {
-	e, vkey := p.lookup(r.Context(), key, r.Header)
+	e, vkey, vary := p.lookup(r.Context(), key, r.Header)
 	v := p.decide(r, req, key, e, vkey, now)
 	switch v.do {
 	case doServe:
@@ -469,7 +469,7 @@ func (p *Proxy) answer(w http.ResponseWriter, r *http.Request, req freshness.Req
 		p.serveStatus(w, http.StatusGatewayTimeout, cacheStatus{detail: v.detail})
 		return outError, false
 	}
-	return p.fetchAndServe(w, r, req, p.newFlight(r, req, key, vkey, e), v.fwd)
+	return p.fetchAndServe(w, r, req, p.newFlight(r, req, key, vkey, vary, e), v.fwd)
 }
 
 // verdict is what decide made of a request and what the store holds for
@@ -591,7 +591,7 @@ func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshn
 		// Only the caller that starts the flight runs this: the leader.
 		// It may run on after the leader's handler returned, and reads
 		// in, never r.
-		ctx = httptrace.WithClientTrace(in.withClient(ctx), &httptrace.ClientTrace{Got1xxResponse: interim.write})
+		ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{Got1xxResponse: interim.write})
 		f, err := p.fetch(ctx, in)
 		if stale != nil && (err != nil || (!f.again && isServerError(f.entry.Status))) {
 			// A failed validation: until the pause ends, a client's
@@ -609,7 +609,7 @@ func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshn
 	if in.stale == nil && in.shared && (err != nil || (!f.again && isServerError(f.entry.Status))) {
 		// The fetch may have found a stale copy in the shared tier,
 		// now in memory, that can stand in for the failure.
-		if e, _ := p.lookup(r.Context(), in.key, r.Header); e != nil && e.Kind == cache.Response && !isServerError(e.Status) {
+		if e, _, _ := p.lookup(r.Context(), in.key, r.Header); e != nil && e.Kind == cache.Response && !isServerError(e.Status) {
 			in.stale = e
 		}
 	}
@@ -760,7 +760,7 @@ func (p *Proxy) refresh(r *http.Request, key, vkey string, stale *local) {
 		return
 	}
 	started := p.flights.Refresh(r.Context(), p.flightKey(r, vkey), func() coalesce.Fetch[*fetched] {
-		return p.refreshFetch(p.newFlight(r, noDirectives, key, vkey, stale))
+		return p.refreshFetch(p.newFlight(r, noDirectives, key, vkey, stale.Vary, stale))
 	})
 	if started {
 		p.stats.Refreshes.Add(1)
@@ -772,9 +772,7 @@ func (p *Proxy) refreshFetch(in flight) coalesce.Fetch[*fetched] {
 	in.background = true
 	key, stale := in.key, in.stale
 	return func(ctx context.Context) (*fetched, error) {
-		// Made for the client whose stale hit started it, as far as the
-		// guard's count of 429s goes.
-		f, err := p.fetch(in.withClient(ctx), in)
+		f, err := p.fetch(ctx, in)
 		switch {
 		case err == nil && f.again:
 			// The URI varies now; its variants refresh on their own. (Or

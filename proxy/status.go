@@ -134,8 +134,7 @@ type passed struct {
 	uri       string      // the client's request URI
 	reqHeader http.Header // the client's request header
 	reqTime   time.Time
-	mayStore  bool   // the request went upstream as one whose answer may be stored
-	client    string // the client's RemoteAddr, for the guard's count of 429s
+	mayStore  bool // the request went upstream as one whose answer may be stored
 }
 
 // passThrough sends r upstream on its own and streams the answer back,
@@ -144,7 +143,7 @@ type passed struct {
 // again as soon as the origin says so. fwd and detail go to Cache-Status.
 // It returns outPassed, or outBusy when the upstream guard held r back.
 func (p *Proxy) passThrough(w http.ResponseWriter, r *http.Request, target string, fwd fwdReason, detail detail) requestOutcome {
-	info := passed{st: cacheStatus{fwd: fwd, detail: detail}, host: r.Host, uri: target, reqHeader: r.Header, reqTime: p.now(), mayStore: mayStore(r), client: r.RemoteAddr}
+	info := passed{st: cacheStatus{fwd: fwd, detail: detail}, host: r.Host, uri: target, reqHeader: r.Header, reqTime: p.now(), mayStore: mayStore(r)}
 	pw := &passWriter{ResponseWriter: w, outcome: outPassed}
 	p.pass.ServeHTTP(pw, r.WithContext(context.WithValue(r.Context(), passKey{}, info)))
 	return pw.outcome

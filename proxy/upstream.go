@@ -40,13 +40,9 @@ func newGuard(next http.RoundTripper, cfg Config, maxWait time.Duration, now fun
 }
 
 // RoundTrip sends a passed-through request, for httputil.ReverseProxy.
-// Such a request runs on its client's request's context, whose passed
-// value names the client: the guard learns it (for its count of 429s),
-// and that the answer streams to that client alone, so that its slot is
-// freed once the header is in.
+// Such a request is its client's alone: the guard learns that its answer
+// streams to that client, so that its slot is freed once the header is in.
+// It is never neutral: its answer pauses nothing.
 func (g *guard) RoundTrip(req *http.Request) (*http.Response, error) {
-	if info, ok := req.Context().Value(passKey{}).(passed); ok {
-		req = req.WithContext(upstream.WithStreaming(upstream.WithClient(req.Context(), peerAddr(info.client))))
-	}
-	return g.Guard.RoundTrip(req)
+	return g.Guard.RoundTrip(req.WithContext(upstream.WithStreaming(req.Context())))
 }

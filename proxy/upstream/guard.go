@@ -17,16 +17,16 @@ import (
 // Guard is the http.RoundTripper every upstream request goes through,
 // shared fetches and passed-through requests alike. It caps the request
 // rate and the requests in flight across all keys, lets at most MaxQueue
-// requests wait for their turn, and after a 503 to a GET or HEAD (or a 429
-// that more than one client got) with Retry-After sends nothing more for
-// that key until the origin said it may, nor for any key when several
-// endpoints said so at once.
+// requests wait for their turn, and after a 503 or 429 with Retry-After to
+// a GET or HEAD that carried nothing of one client's (WithNeutral) sends
+// nothing more for that key until the origin said it may, nor for any key
+// when several endpoints said so at once.
 // Whatever it turns away fails at once with a *BusyError.
 //
 // A key is the upstream request's escaped path and query, read from its
 // URL. What else the guard needs to know of a request comes in its
-// context: the client it was made for (WithClient), and whether its answer
-// streams to that client alone (WithStreaming).
+// context: whether it carries nothing of one client's (WithNeutral), and
+// whether its answer streams to one client alone (WithStreaming).
 type Guard struct {
 	next     http.RoundTripper
 	limiter  *rate.Limiter // nil: no rate cap
@@ -189,41 +189,33 @@ func (g *Guard) paused(key string) error {
 
 // noteRetryAfter pauses key for as long as resp's Retry-After says, up to
 // maxPause, when resp says the origin cannot serve key now: a 503 (RFC
-// 9110 section 15.6.4), or a 429 (RFC 6585 section 4) that is not one
-// client's own.
+// 9110 section 15.6.4) or a 429 (RFC 6585 section 4) to a request that
+// carried nothing of one client's (WithNeutral).
 //
-// A 429 to a request with Authorization speaks of that user's quota, and
-// pauses nothing. So may any other 429: the origin may count an API key,
-// a session cookie or anything else the request carries, which corral
-// cannot tell apart from a limit on corral's own address. So a 429 pauses
-// its key only once 429s for the key came for requests of quotaClients
-// distinct clients (IP addresses) within overloadWindow (see
-// pauses.holdShared). Until then it answers its own request, and the
-// requests coalesced with it, and nobody else's.
+// Any other request is one client's, or was led by one: it may carry a
+// spent API key, a session cookie, or a field the origin refuses, none of
+// which corral can tell apart from the rest, and from any number of
+// addresses. Its 429 or 503 speaks of that client, and pauses nothing
+// shared: otherwise one user, from two addresses, pauses every URL for
+// everyone (issue 23). A neutral request's 429 is corral's own quota, and
+// its 503 the resource's: those the guard honours.
 //
 // Only answers to GET and HEAD count: they ask for the resource that the
 // key's shared fetches ask for. Another method's answer speaks of that
-// method's handler (a broken form, a preflight nobody configured), and
-// any client may send one.
+// method's handler (a broken form, a preflight nobody configured).
 //
 // One key's trouble pauses that key only: one broken endpoint or one
 // rate-limited URL must not turn every other URL into a 503. The whole
 // origin pauses when answers that paused their keys come for several
 // endpoints at once (see pauses.overloaded and endpoint), for as long as
-// the answer that completed the evidence asked, up to maxPause. 429s from
-// several clients count there too: corral's anonymous requests all come
-// from one address, and a limit that three endpoints hit within seconds is
-// that address's, so any other path would only spend it more. One
-// client's 429s never count: they paused nothing.
+// the answer that completed the evidence asked, up to maxPause.
 func (g *Guard) noteRetryAfter(req *http.Request, key string, resp *http.Response) {
-	quota := false
 	switch {
+	case !neutral(req.Context()):
+		return
 	case req.Method != http.MethodGet && req.Method != http.MethodHead:
 		return
-	case resp.StatusCode == http.StatusServiceUnavailable:
-	case resp.StatusCode == http.StatusTooManyRequests && req.Header.Get("Authorization") == "":
-		quota = true
-	default:
+	case resp.StatusCode != http.StatusServiceUnavailable && resp.StatusCode != http.StatusTooManyRequests:
 		return
 	}
 	now := g.now()
@@ -231,12 +223,7 @@ func (g *Guard) noteRetryAfter(req *http.Request, key string, resp *http.Respons
 	if d <= 0 {
 		return
 	}
-	switch {
-	case !quota:
-		g.pauses.hold(key, now.Add(d), now)
-	case !g.pauses.holdShared(key, ClientOf(req.Context()), now.Add(d), now):
-		return // for all corral knows, one client's own quota
-	}
+	g.pauses.hold(key, now.Add(d), now)
 	if g.pauses.overloaded(endpoint(strings.TrimPrefix(req.URL.EscapedPath(), g.base)), now) {
 		g.hold(d)
 		g.log.Warn("origin overloaded: pausing every upstream request",

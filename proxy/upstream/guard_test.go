@@ -3,8 +3,8 @@ package upstream
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
-	"net/netip"
 	"strconv"
 	"testing"
 	"time"
@@ -23,13 +23,6 @@ type roundTripFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
-// Client addresses.
-var (
-	clientA = netip.MustParseAddr("192.0.2.1")
-	clientB = netip.MustParseAddr("198.51.100.7")
-	clientC = netip.MustParseAddr("2001:db8::1")
-)
-
 // TestPausedKeysStayBounded floods the guard with keys that each answer 503
 // with Retry-After, as an origin's one broken endpoint does under queries a
 // client makes up: the records stay bounded, a key past the bound goes
@@ -41,7 +34,7 @@ func TestPausedKeysStayBounded(t *testing.T) {
 	})
 	g := New(Config{Transport: unavailable, MaxWait: time.Minute, Now: clk.Now})
 	send := func(i int) error {
-		req, err := http.NewRequest(http.MethodGet, "http://origin.example/broken?i="+strconv.Itoa(i), nil)
+		req, err := http.NewRequestWithContext(WithNeutral(context.Background()), http.MethodGet, "http://origin.example/broken?i="+strconv.Itoa(i), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -108,50 +101,43 @@ func TestEndpoint(t *testing.T) {
 	}
 }
 
-// TestQuotaRecordsStayBounded floods the guard with keys that answer 429
-// with Retry-After to one client, as a client spending its own quota on
-// URLs it makes up can: the records of who got a 429 share the bound of
-// the pause records, hold one address per key, and expire with the
-// window.
-func TestQuotaRecordsStayBounded(t *testing.T) {
-	clk := newClock()
-	limited := roundTripFunc(func(r *http.Request) (*http.Response, error) {
-		return &http.Response{StatusCode: 429, Header: http.Header{"Retry-After": {"60"}}, Body: http.NoBody, Request: r}, nil
-	})
-	g := New(Config{Transport: limited, MaxWait: time.Minute, Now: clk.Now})
-	send := func(i int, client netip.Addr) error {
-		ctx := WithClient(context.Background(), client)
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://origin.example/quota?i="+strconv.Itoa(i), nil)
-		if err != nil {
-			t.Fatal(err)
+// TestOnlyNeutralRequestsPause: a 503 or 429 with Retry-After pauses its
+// key only when the request carried nothing of one client's
+// (WithNeutral). Any other request may carry a spent key or a field the
+// origin refuses, and its answer is that client's (issue 23).
+func TestOnlyNeutralRequestsPause(t *testing.T) {
+	for _, status := range []int{http.StatusServiceUnavailable, http.StatusTooManyRequests} {
+		for _, neutral := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%d neutral=%v", status, neutral), func(t *testing.T) {
+				clk := newClock()
+				answer := roundTripFunc(func(r *http.Request) (*http.Response, error) {
+					return &http.Response{StatusCode: status, Header: http.Header{"Retry-After": {"60"}}, Body: http.NoBody, Request: r}, nil
+				})
+				g := New(Config{Transport: answer, Now: clk.Now})
+				ctx := context.Background()
+				if neutral {
+					ctx = WithNeutral(ctx)
+				}
+				for _, path := range []string{"/a", "/b", "/c"} {
+					req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://origin.example"+path, nil)
+					if err != nil {
+						t.Fatal(err)
+					}
+					resp, err := g.RoundTrip(req)
+					if err != nil {
+						t.Fatalf("GET %s was not sent: %v", path, err)
+					}
+					resp.Body.Close()
+				}
+				s := g.Stats()
+				want := Stats{OriginPaused: neutral, LastAnswer: s.LastAnswer}
+				if neutral {
+					want.PausedKeys = 3
+				}
+				if diff := cmp.Diff(want, s); diff != "" {
+					t.Errorf("after three endpoints answered %d (-want +got):\n%s", status, diff)
+				}
+			})
 		}
-		resp, err := g.RoundTrip(req)
-		if err == nil {
-			resp.Body.Close()
-		}
-		return err
-	}
-	for i := range maxPausedKeys + 100 {
-		if err := send(i, clientA); err != nil {
-			t.Fatalf("key %d was not sent: %v", i, err)
-		}
-		if n := len(g.pauses.keys); n > maxPausedKeys {
-			t.Fatalf("after %d keys, %d records; want at most %d", i+1, n, maxPausedKeys)
-		}
-	}
-	if origin, keys := g.pausedNow(); origin || keys != 0 {
-		t.Errorf("one client's 429s paused the origin (%v) or %d keys", origin, keys)
-	}
-	if err := send(0, clientB); err != nil {
-		t.Fatalf("a second client's request was not sent: %v", err)
-	}
-	var busy *BusyError
-	if err := send(0, clientC); !errors.As(err, &busy) {
-		t.Errorf("after 429s for two clients, the key was sent again: %v", err)
-	}
-	clk.Advance(overloadWindow)
-	g.pausedNow() // sweeps
-	if n := len(g.pauses.keys); n != 1 {
-		t.Errorf("after the window, %d records; want 1: the paused key's", n)
 	}
 }

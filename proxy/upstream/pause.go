@@ -1,7 +1,6 @@
 package upstream
 
 import (
-	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -9,13 +8,12 @@ import (
 )
 
 // pauses remembers, key by key, the pauses the origin asked for with
-// Retry-After (RFC 9110 section 10.2.3), and the 429s that paused nothing
-// yet because one client alone got them; and it tells when such answers
-// add up to evidence that the origin as a whole is overloaded: answers for
+// Retry-After (RFC 9110 section 10.2.3), and tells when such answers add
+// up to evidence that the origin as a whole is overloaded: answers for
 // overloadEndpoints distinct endpoints within overloadWindow.
 //
 // Clients choose the keys, so the records are bounded: with maxPausedKeys
-// keys recorded, a new key's pause or 429 is not recorded, and that key is
+// keys recorded, a new key's pause is not recorded, and that key is
 // asked again within the guard's rate and in-flight caps. The alternatives
 // are worse: growing would give memory to whoever finds URLs that fail,
 // and pausing the whole origin would give them every other URL.
@@ -27,37 +25,9 @@ import (
 type pauses struct {
 	n       atomic.Int64 // len(keys), read without the lock
 	mu      sync.RWMutex
-	keys    map[string]keyRecord
-	sweepAt time.Time  // no record expires before this
-	recent  []overload // at most overloadEndpoints-1, one per endpoint
-}
-
-// keyRecord is what pauses knows of one key.
-type keyRecord struct {
-	end time.Time // when the key's pause ends; zero when none was asked
-
-	// limited holds the latest 429 of each client that got one for the
-	// key within overloadWindow, while they are fewer than quotaClients:
-	// at most quotaClients-1 addresses, whatever clients do.
-	limited [quotaClients - 1]sighting
-}
-
-// sighting is one client's 429 for a key.
-type sighting struct {
-	client netip.Addr
-	at     time.Time
-}
-
-// expires returns when r no longer says anything: its pause has ended and
-// its 429s are out of the window.
-func (r *keyRecord) expires() time.Time {
-	t := r.end
-	for _, s := range r.limited {
-		if !s.at.IsZero() {
-			t = later(t, s.at.Add(overloadWindow))
-		}
-	}
-	return t
+	keys    map[string]time.Time // when each key's pause ends
+	sweepAt time.Time            // no record expires before this
+	recent  []overload           // at most overloadEndpoints-1, one per endpoint
 }
 
 // overload is one endpoint's answer that said the origin was overloaded.
@@ -70,11 +40,6 @@ const (
 	maxPausedKeys     = 10_000
 	overloadEndpoints = 3
 	overloadWindow    = 10 * time.Second
-
-	// quotaClients is how many distinct clients must get a 429 for a
-	// key within overloadWindow before it pauses the key: fewer may be
-	// one client's own quota, which its API key or cookie spent.
-	quotaClients = 2
 )
 
 // hold pauses key until end, unless a pause that ends later runs already
@@ -83,62 +48,18 @@ func (p *pauses) hold(key string, end, now time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.sweep(now)
-	r, ok := p.keys[key]
+	cur, ok := p.keys[key]
 	if !ok && len(p.keys) >= maxPausedKeys {
 		return
 	}
-	r.end = later(r.end, end)
-	p.put(key, r)
-}
-
-// holdShared records that the origin answered key with a 429 at now to a
-// request made for client, and once 429s for key came for quotaClients
-// distinct clients within overloadWindow (a limit, then, that is not one
-// client's own) pauses key until end as hold does, and reports true. The
-// evidence is spent then. With the records full, a new key's 429 is not
-// recorded and reports false.
-func (p *pauses) holdShared(key string, client netip.Addr, end, now time.Time) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.sweep(now)
-	r, ok := p.keys[key]
-	if !ok && len(p.keys) >= maxPausedKeys {
-		return false
-	}
-	others, slot := 0, -1
-	for i, s := range r.limited {
-		switch {
-		case s.at.IsZero() || now.Sub(s.at) >= overloadWindow:
-			if slot < 0 {
-				slot = i
-			}
-		case s.client == client:
-			slot = i // this client's own: replaced, never counted twice
-		default:
-			others++
-		}
-	}
-	if others+1 >= quotaClients {
-		r.limited = [quotaClients - 1]sighting{}
-		r.end = later(r.end, end)
-		p.put(key, r)
-		return true
-	}
-	// others < quotaClients-1, so a slot is free or is client's.
-	r.limited[slot] = sighting{client, now}
-	p.put(key, r)
-	return false
-}
-
-// put stores r for key, with p.mu held.
-func (p *pauses) put(key string, r keyRecord) {
 	if p.keys == nil {
-		p.keys = make(map[string]keyRecord)
+		p.keys = make(map[string]time.Time)
 	}
-	if exp := r.expires(); len(p.keys) == 0 || exp.Before(p.sweepAt) {
-		p.sweepAt = exp
+	end = later(cur, end)
+	if len(p.keys) == 0 || end.Before(p.sweepAt) {
+		p.sweepAt = end
 	}
-	p.keys[key] = r
+	p.keys[key] = end
 	p.n.Store(int64(len(p.keys)))
 }
 
@@ -150,7 +71,7 @@ func (p *pauses) until(key string) time.Time {
 	}
 	p.mu.RLock()
 	defer p.mu.RUnlock()
-	return p.keys[key].end
+	return p.keys[key]
 }
 
 // live returns the number of keys paused at now.
@@ -159,8 +80,8 @@ func (p *pauses) live(now time.Time) int {
 	defer p.mu.Unlock()
 	p.sweep(now)
 	n := 0
-	for _, r := range p.keys {
-		if r.end.After(now) {
+	for _, end := range p.keys {
+		if end.After(now) {
 			n++
 		}
 	}
@@ -174,8 +95,8 @@ func (p *pauses) sweep(now time.Time) {
 		return
 	}
 	var next time.Time
-	for k, r := range p.keys {
-		switch end := r.expires(); {
+	for k, end := range p.keys {
+		switch {
 		case !end.After(now):
 			delete(p.keys, k)
 		case next.IsZero() || end.Before(next):

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"net/netip"
 	"strconv"
 	"time"
 )
@@ -94,25 +93,22 @@ func ParseRetryAfter(v string, now time.Time) time.Duration {
 	return max(d, 0)
 }
 
-// clientKey carries, in an upstream request's context, the IP address of
-// the client it was made for: the guard tells by it whether a 429 is one
-// client's own.
-type clientKey struct{}
+// neutralKey marks, in an upstream request's context, a request that
+// carries nothing of one client's.
+type neutralKey struct{}
 
-// WithClient returns ctx carrying addr, the IP address of the client an
-// upstream request with that context is made for: for a shared fetch, the
-// client whose request started it. A 429 pauses its key only once
-// requests of two distinct clients got one; a request without an address
-// counts as the one client whose address is unknown.
-func WithClient(ctx context.Context, addr netip.Addr) context.Context {
-	return context.WithValue(ctx, clientKey{}, addr)
+// WithNeutral returns ctx marking an upstream request that carries nothing
+// of any one client's (no field but those its answer varies on): what the
+// origin answers it speaks of the resource, or of the proxy itself, never
+// of one client. Only such answers pause anything: any other request may
+// carry a spent API key, a session cookie, or a field the origin refuses,
+// and its 429 or 503 is about that client (see Guard.noteRetryAfter).
+func WithNeutral(ctx context.Context) context.Context {
+	return context.WithValue(ctx, neutralKey{}, true)
 }
 
-// ClientOf returns the client address that WithClient put in ctx; the zero
-// Addr when none.
-func ClientOf(ctx context.Context) netip.Addr {
-	addr, _ := ctx.Value(clientKey{}).(netip.Addr)
-	return addr
+func neutral(ctx context.Context) bool {
+	return ctx.Value(neutralKey{}) != nil
 }
 
 // streamingKey marks, in an upstream request's context, a request whose
