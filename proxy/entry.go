@@ -218,8 +218,8 @@ func (p *Proxy) setErr(ctx context.Context, key string, e *local, ttl time.Durat
 }
 
 // failedRecently reports whether a validation of l failed less than
-// refreshBackoff before now.
-func (l *local) failedRecently(now time.Time) bool {
+// within before now.
+func (l *local) failedRecently(now time.Time, within time.Duration) bool {
 	at := l.failedAt.Load()
-	return at != 0 && now.UnixNano()-at < int64(refreshBackoff)
+	return at != 0 && now.UnixNano()-at < int64(within)
 }

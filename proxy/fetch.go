@@ -43,6 +43,12 @@ type fetched struct {
 	// fleet shares, not from this replica's memory.
 	fromShared bool
 
+	// mine is the origin's answer to the leader's own request, when it
+	// spoke of that request (aboutTheRequest) and this one came from a
+	// neutral exchange made for everyone else: for the leader alone,
+	// never stored or shared.
+	mine *fetched
+
 	// inShared says the fetch left its answer in the tier the fleet
 	// shares, a response or a pass mark, for the replicas that wait.
 	inShared bool
@@ -59,6 +65,7 @@ type flight struct {
 	key    string      // the request target: path and query
 	vkey   string      // the variant key lookup found; key when the URI is not known to vary
 	header http.Header // the request fields a shared fetch sends (sharedFetchHeader)
+	vary   []string    // the fields the URI is known to vary on
 	stale  *local      // the stored response to validate; nil when none
 
 	// neutral says header carries nothing of one client's: no field
@@ -71,6 +78,11 @@ type flight struct {
 	// is one, and the request carries no Authorization (an answer fetched
 	// with credentials never reaches another replica).
 	shared bool
+
+	// credentialed says the request carries Authorization: its flight
+	// is shared only by requests with the same credentials (flightKey),
+	// whose answer is theirs as much as the leader's.
+	credentialed bool
 
 	// background says no client waits on it: a refresh.
 	background bool
@@ -86,16 +98,33 @@ type flight struct {
 // one: a hit never does.
 func (p *Proxy) newFlight(r *http.Request, req freshness.RequestDirectives, key, vkey string, vary []string, stale *local) flight {
 	h := sharedFetchHeader(r.Header)
+	credentialed := r.Header["Authorization"] != nil
 	return flight{
-		id:      p.flightKey(r, vkey),
-		key:     key,
-		vkey:    vkey,
-		header:  h,
-		stale:   stale,
-		neutral: onlyFields(h, vary),
-		shared:  p.fleet != nil && r.Header["Authorization"] == nil,
-		req:     req,
+		id:           p.flightKey(r, vkey),
+		key:          key,
+		vkey:         vkey,
+		header:       h,
+		vary:         vary,
+		stale:        stale,
+		neutral:      onlyFields(h, vary),
+		shared:       p.fleet != nil && !credentialed,
+		credentialed: credentialed,
+		req:          req,
 	}
+}
+
+// neutralized returns in as a request that carries nothing of its client's:
+// only the fields its URI varies on (RFC 9111 section 4.1), which every
+// client of the variant sends alike.
+func (in flight) neutralized() flight {
+	h := make(http.Header, len(in.vary))
+	for _, name := range in.vary {
+		if vs, ok := in.header[name]; ok {
+			h[name] = vs
+		}
+	}
+	in.header, in.neutral = h, true
+	return in
 }
 
 // fetch asks the origin for the resource of in, revalidating in.stale when
@@ -118,7 +147,7 @@ func (p *Proxy) fetch(ctx context.Context, in flight) (f *fetched, err error) {
 		return &fetched{again: true}, nil
 	}
 	if !in.shared {
-		return p.fetchUpstream(ctx, in, nil)
+		return p.exchange(ctx, in, nil)
 	}
 	// Across the fleet: the shared tier's answer, or its lease.
 	c, f, sharedStale := p.claim(ctx, in)
@@ -135,11 +164,61 @@ func (p *Proxy) fetch(ctx context.Context, in flight) (f *fetched, err error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.upstreamTimeout)
 	defer cancel()
 	if c.Lease == nil {
-		return p.fetchUpstream(ctx, in, nil) // on our own
+		return p.exchange(ctx, in, nil) // on our own
 	}
 	defer func() { c.Lease.Release(context.WithoutCancel(ctx), p.localFor(f, err, in.stale != nil)) }()
-	return p.fetchUpstream(ctx, in, c.Lease)
+	return p.exchange(ctx, in, c.Lease)
 }
+
+// exchange asks the origin for the resource of in, as fetchUpstream does,
+// for every client that waits on the flight. The request carries its
+// leader's fields, which the origin may need; but an answer that speaks of
+// the request rather than the resource (aboutTheRequest: a spent quota, a
+// refused field, a failure a field may have caused) is the leader's alone
+// when those fields were one client's: one user must not hand its 429 to
+// everyone coalesced with it, nor pin the stale copy on them by failing
+// validation after validation (issue 23). Then the flight asks once more
+// with nothing of any one client's (neutralized), and that answer, stored
+// and backed off from as any, is everyone else's. The leader gets its own
+// (fetched.mine, or in an *answeredLeader when the second exchange fails).
+// An abuser's answer thus costs the origin one more request per flight,
+// and the waiters one more round trip.
+func (p *Proxy) exchange(ctx context.Context, in flight, lease *fleet.Lease) (*fetched, error) {
+	if !in.neutral && in.stale != nil && in.stale.failedRecently(p.now(), sickWindow) {
+		// The origin failed a neutral validation moments ago: ask it
+		// neutrally at once rather than twice per flight while it is
+		// down.
+		in = in.neutralized()
+	}
+	f, err := p.fetchUpstream(ctx, in, lease)
+	if err != nil || in.neutral || in.credentialed || !aboutTheRequest(f.status) {
+		return f, err
+	}
+	// The second exchange gets an UpstreamTimeout of its own: the first
+	// may have spent most of the flight's.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.upstreamTimeout)
+	defer cancel()
+	n, err := p.fetchUpstream(ctx, in.neutralized(), lease)
+	if err != nil {
+		return nil, &answeredLeader{err, f}
+	}
+	n.mine = f
+	return n, nil
+}
+
+// answeredLeader is the failure of a flight's neutral exchange, made after
+// the origin answered its leader's own request (see exchange): the leader
+// gets mine, the others the failure.
+type answeredLeader struct {
+	error
+	mine *fetched
+}
+
+func (e *answeredLeader) Unwrap() error { return e.error }
+
+// sickWindow is how long after a failed neutral validation of an entry its
+// flights ask the origin neutrally at once.
+const sickWindow = 10 * time.Second
 
 // fetchUpstream is the exchange with the origin of fetch: it revalidates
 // in.stale when it has validators, and stores the answer when it may, in
@@ -214,6 +293,11 @@ func (p *Proxy) fetchUpstream(ctx context.Context, in flight, lease *fleet.Lease
 		return nil, fmt.Errorf("reading upstream body: %w", err)
 	}
 	e, own := p.newEntry(key, reqHeader, resp.StatusCode, resp.Header, bb.trimmed(), sent, respTime)
+	if !in.neutral && aboutTheRequest(resp.StatusCode) {
+		// Perhaps one client's answer, however cacheable: never stored,
+		// never a pass mark (see exchange).
+		return &fetched{entry: e, own: own, status: resp.StatusCode}, nil
+	}
 	if isServerError(resp.StatusCode) && stale != nil && stale.Decision.UsableOnError(respTime) {
 		// The stored response stands in for the error (RFC 5861
 		// section 4), which must not replace it, however cacheable.

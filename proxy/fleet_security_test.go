@@ -383,9 +383,10 @@ func TestFleetLocalMarkLeavesStaleCopyUsable(t *testing.T) {
 }
 
 // One client's request that the origin refuses (a 400 to a field it
-// sends, with no-cache to skip the stored copy) leaves the key local-only
-// for a moment, not for PassTTL: the fleet goes on sharing one fetch per
-// window.
+// sends, with no-cache to skip the stored copy) leaves the key neither
+// passed nor local-only: the flight asks again for everyone with nothing of
+// that client's, shares the answer, and the fleet goes on sharing one
+// fetch per window.
 func TestFleetOneClientCannotMakeAKeyLocalOnly(t *testing.T) {
 	srv := redistest.Start(t, false)
 	clk := newClock()
@@ -404,9 +405,13 @@ func TestFleetOneClientCannotMakeAKeyLocalOnly(t *testing.T) {
 		t.Fatalf("the attack did not reach the origin: %+v", r)
 	}
 	rs.ps[0].Wait()
-	rs.awaitLocalMark("/k")
-	clk.Advance(2 * time.Second) // the marks go by the replicas' clock
 	before := o.count()
+	rs.herd(30, "/k")
+	if n := o.count() - before; n != 0 {
+		t.Errorf("right after one client's 400: %d upstream requests, want 0: the answer for everyone is shared", n)
+	}
+	clk.Advance(2 * time.Second)
+	before = o.count()
 	rs.herd(30, "/k")
 	if n := o.count() - before; n != 1 {
 		t.Errorf("a window after one client's 400: %d upstream requests, want 1", n)

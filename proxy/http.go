@@ -146,6 +146,25 @@ func sentValues(h http.Header, name string) []string {
 	return vs
 }
 
+// aboutTheRequest reports whether an answer with status may speak of the
+// request that got it rather than of the resource: of its credentials
+// (401, 403, 407), its quota (429), its form or size (400, 406, 411, 413,
+// 414, 417, 421, 422, 431), or a failure that one of its fields can cause
+// as readily as an outage can (5xx). An origin answers such a status to one
+// client's API key, cookie or odd field while it serves everyone else, so
+// it is never handed to requests that differ from the one it answered.
+func aboutTheRequest(status int) bool {
+	switch status {
+	case http.StatusBadRequest, http.StatusUnauthorized, http.StatusForbidden,
+		http.StatusNotAcceptable, http.StatusProxyAuthRequired, http.StatusLengthRequired,
+		http.StatusRequestEntityTooLarge, http.StatusRequestURITooLong, http.StatusExpectationFailed,
+		http.StatusMisdirectedRequest, http.StatusUnprocessableEntity, http.StatusTooManyRequests,
+		http.StatusRequestHeaderFieldsTooLarge:
+		return true
+	}
+	return status >= 500 && status < 600
+}
+
 // notUpdatedBy304 are stored fields a 304 must not replace (RFC 9111
 // section 3.2): the stored body is kept, so the fields that describe it
 // stay as they were.

@@ -509,13 +509,13 @@ func (p *Proxy) decide(r *http.Request, req freshness.RequestDirectives, key str
 			return v
 		case use.State == freshness.StaleWhileRevalidate:
 			return verdict{do: doServeStale}
-		case use.Refused && e.failedRecently(now):
+		case use.Refused && e.failedRecently(now, refreshBackoff):
 			// The client asked for a fresher answer, but the last
 			// attempt to validate this one failed moments ago.
 			return verdict{do: doServe, hit: outHit, detail: detailRevalidationFailed}
 		case use.Refused:
 			fwd = fwdRequest // the client asked for a fresher answer
-		case e.failedRecently(now) && e.Decision.UsableOnErrorFor(now, req):
+		case e.failedRecently(now, refreshBackoff) && e.Decision.UsableOnErrorFor(now, req):
 			// Its validation failed moments ago, and it may stand in
 			// for a failing origin: serve it, rather than ask the
 			// origin again for every request until it recovers.
@@ -605,6 +605,17 @@ func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshn
 	// read when the fetch ended: none may reach w once this handler
 	// writes to it.
 	interim.close()
+	if leader {
+		// The origin's answer to the leader's own request, when it
+		// spoke of that request (see exchange).
+		var own *answeredLeader
+		switch {
+		case errors.As(err, &own):
+			f, err = own.mine, nil
+		case err == nil && f.mine != nil:
+			f = f.mine
+		}
+	}
 	now := p.now()
 	if in.stale == nil && in.shared && (err != nil || (!f.again && isServerError(f.entry.Status))) {
 		// The fetch may have found a stale copy in the shared tier,

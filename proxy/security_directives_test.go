@@ -292,7 +292,8 @@ func TestOutageCostsOneRequestPerBackOff(t *testing.T) {
 
 // One client whose fields make a validation fail (the origin rejects
 // them, and asks for 300 s of quiet) must not pin the stale answer on
-// everyone for that long: a second later, the next request asks again.
+// everyone: its flight asks again for everyone with nothing of that
+// client's, and the next request gets the new answer at once.
 func TestOneClientCannotPinAStaleAnswer(t *testing.T) {
 	clk := newClock()
 	var version atomic.Int64
@@ -311,9 +312,8 @@ func TestOneClientCannotPinAStaleAnswer(t *testing.T) {
 	if res, _ := get(p, "/pin", "X-Bad", "1"); res.Body != "v1" {
 		t.Fatalf("the attacker's request: %q (%s)", res.Body, res.CacheStatus)
 	}
-	clk.Advance(1100 * time.Millisecond)
 	if res, _ := get(p, "/pin"); res.Body != "v2" {
-		t.Errorf("a second after the failed validation, everyone still got %q (%s), want the origin's new answer", res.Body, res.CacheStatus)
+		t.Errorf("after the failed validation, everyone still got %q (%s), want the origin's new answer", res.Body, res.CacheStatus)
 	}
 }
 

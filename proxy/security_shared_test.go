@@ -1,10 +1,16 @@
 package proxy
 
 import (
+	"fmt"
+	"io"
 	"net/http"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"corral/freshness"
 )
 
 // These tests play one user who wants to hurt the others (issue 23): with
@@ -41,18 +47,22 @@ func TestSpentKeyFromTwoAddressesPausesNothing(t *testing.T) {
 			p := newTestProxy(t, o, clk, Config{})
 			for _, path := range []string{"/a/1", "/b/1", "/c/1"} {
 				for _, client := range []string{"127.0.0.2:40000", "127.0.0.5:40000"} {
-					if got, _ := doFrom(p, client, http.MethodGet, path, "X-Api-Key", "spent"); got.Status != status {
-						t.Fatalf("the abuser's GET %s from %s got %d (%s), want the origin's %d", path, client, got.Status, got.CacheStatus, status)
-					}
+					clk.Advance(2 * time.Second) // past -revalidate-interval: no-cache goes upstream
+					doFrom(p, client, http.MethodGet, path, "X-Api-Key", "spent", "Cache-Control", "no-cache")
 				}
+			}
+			if n := o.count(); n != 12 {
+				t.Fatalf("origin saw %d requests, want 12: the abuser's six, and one for everyone after each", n)
 			}
 			type seen struct {
 				Status      int
 				CacheStatus string
 			}
-			for _, path := range []string{"/d/1", "/a/1"} {
+			for path, want := range map[string]seen{
+				"/d/1": {200, "corral; fwd=uri-miss; fwd-status=200; stored; ttl=60"},
+				"/a/1": {200, "corral; hit; ttl=52"},
+			} {
 				got, _ := doFrom(p, clientC, http.MethodGet, path)
-				want := seen{200, "corral; fwd=uri-miss; fwd-status=200; stored; ttl=60"}
 				if diff := cmp.Diff(want, seen{got.Status, got.CacheStatus}); diff != "" {
 					t.Errorf("another user's GET %s after the abuser's answers (-want +got):\n%s", path, diff)
 				}
@@ -61,5 +71,105 @@ func TestSpentKeyFromTwoAddressesPausesNothing(t *testing.T) {
 				t.Errorf("the guard paused the origin (%v) or %d keys for one user's answers; want nothing", s.OriginPaused, s.PausedKeys)
 			}
 		})
+	}
+}
+
+// versionedOrigin answers a cacheable 200 whose body counts the answers
+// it gave ("v1", "v2", ...) with cacheControl, and a request with X-Api-Key:
+// spent with status and Retry-After: 30 (the answer to one user's spent
+// quota, or, as a 500, to a field that makes the origin fail). A request
+// for /held waits for release first, when release is not nil.
+type versionedOrigin struct {
+	*origin
+}
+
+func newVersionedOrigin(t *testing.T, clk *clock, cacheControl string, status int, arrived chan<- struct{}, release <-chan struct{}) *versionedOrigin {
+	t.Helper()
+	var mu sync.Mutex
+	version := 0
+	vo := &versionedOrigin{}
+	vo.origin = newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("X-Api-Key") == "spent" {
+			if arrived != nil {
+				arrived <- struct{}{}
+				<-release
+			}
+			w.Header().Set("Retry-After", "30")
+			w.WriteHeader(status)
+			io.WriteString(w, "not you")
+			return
+		}
+		mu.Lock()
+		version++
+		v := version
+		mu.Unlock()
+		w.Header().Set("Cache-Control", cacheControl)
+		fmt.Fprintf(w, "v%d", v)
+	})
+	return vo
+}
+
+// TestSpentKeyLeaderGivesNoOneElseItsAnswer is issue 23's second finding:
+// a user with a spent key looped Cache-Control: no-cache on a URL stored
+// with max-age=1, and led the fetches that the others' stale requests
+// joined: they got its 429 (fwd-status=429; collapsed) though their own
+// requests would have got 200. An answer that speaks of the leader's
+// request is the leader's: the others get the answer to a request that
+// carries nothing of any one client's, asked once for all of them.
+func TestSpentKeyLeaderGivesNoOneElseItsAnswer(t *testing.T) {
+	for _, status := range []int{http.StatusTooManyRequests, http.StatusForbidden, http.StatusBadRequest, http.StatusInternalServerError} {
+		t.Run(http.StatusText(status), func(t *testing.T) {
+			clk := newClock()
+			arrived, release := make(chan struct{}), make(chan struct{})
+			o := newVersionedOrigin(t, clk, "max-age=1", status, arrived, release)
+			p := newTestProxy(t, o.origin, clk, Config{})
+			if got, _ := get(p, "/q"); got.Body != "v1" {
+				t.Fatalf("first GET got %+v, want v1", got)
+			}
+			clk.Advance(2 * time.Second) // stale for everyone
+
+			abuser := make(chan response, 1)
+			go func() {
+				r, _ := doFrom(p, "127.0.0.2:40000", http.MethodGet, "/q", "X-Api-Key", "spent", "Cache-Control", "no-cache")
+				abuser <- r
+			}()
+			wait(t, arrived, "the abuser's fetch to reach the origin")
+			const n = 50
+			entered := releaseWhenEntered(n, release)
+			victims := herd(t, p, n, "/q", func(int) []string { return []string{"User-Agent", "victim"} }, entered)
+			if got := wait(t, abuser, "the abuser's answer"); got.Status != status {
+				t.Errorf("the abuser got %d (%s), want its own %d", got.Status, got.CacheStatus, status)
+			}
+			for i, v := range victims {
+				if v.Status != 200 || v.Body != "v2" {
+					t.Fatalf("victim %d got %d %q (%s); want 200 v2, what the origin answers anyone but the abuser", i, v.Status, v.Body, v.CacheStatus)
+				}
+			}
+			if c := o.count(); c != 3 {
+				t.Errorf("origin saw %d requests, want 3: v1, the abuser's, and one for every victim", c)
+			}
+		})
+	}
+}
+
+// TestRefusedFieldPinsNoStaleAnswer is issue 23's third finding, in the
+// foreground: a client whose field the origin answers 500 to led the fetch
+// of a stale URL, and its failure set the back-off that answers everyone
+// from the stale copy without asking the origin: the victims saw one
+// version for as long as the client kept it up. A failure that speaks of
+// one client's request must not hold back an answer that would succeed.
+func TestRefusedFieldPinsNoStaleAnswer(t *testing.T) {
+	clk := newClock()
+	o := newVersionedOrigin(t, clk, "max-age=1", http.StatusInternalServerError, nil, nil)
+	// With corral's default stale-if-error, as main sets it.
+	p := newTestProxy(t, o.origin, clk, Config{Policy: freshness.Policy{DefaultSIE: 5 * time.Minute}})
+	get(p, "/q")
+	for i := range 5 {
+		clk.Advance(2 * time.Second)
+		doFrom(p, "127.0.0.2:40000", http.MethodGet, "/q", "X-Api-Key", "spent")
+		got, _ := get(p, "/q")
+		if want := fmt.Sprintf("v%d", i+2); got.Body != want {
+			t.Errorf("round %d: a victim right after the abuser got %q (%s), want %q: the origin would answer it", i, got.Body, got.CacheStatus, want)
+		}
 	}
 }
