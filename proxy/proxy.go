@@ -765,13 +765,19 @@ func (p *Proxy) flightKey(r *http.Request, vkey string) string {
 // background, once per key at a time, and not again before a failed
 // refresh's back-off has passed. The refresh outlives r's handler: it
 // starts from a flight built from r, only when it starts.
+//
+// A refresh serves everyone, so it carries nothing of r's client but the
+// fields the response varies on (neutralized), credentials included: a
+// client whose field the origin refuses must not fail the refreshes that
+// its stale hits start, and push the next one back for everyone (issue
+// 23).
 func (p *Proxy) refresh(r *http.Request, key, vkey string, stale *local) {
 	now := p.now()
 	if now.UnixNano() < stale.refreshAt.Load() {
 		return
 	}
 	started := p.flights.Refresh(r.Context(), p.flightKey(r, vkey), func() coalesce.Fetch[*fetched] {
-		return p.refreshFetch(p.newFlight(r, noDirectives, key, vkey, stale.Vary, stale))
+		return p.refreshFetch(p.newFlight(r, noDirectives, key, vkey, stale.Vary, stale).neutralized())
 	})
 	if started {
 		p.stats.Refreshes.Add(1)
@@ -798,9 +804,7 @@ func (p *Proxy) refreshFetch(in flight) coalesce.Fetch[*fetched] {
 			p.markPass(ctx, in.vkey, f.entry.Decision.Reason)
 		case !f.stored && f.status != 0:
 			// Nothing worth keeping came back (max-age=0 without
-			// validators, say; or an error of the client whose stale
-			// hit started the refresh): do not ask again on every
-			// stale hit.
+			// validators, say): do not ask again on every stale hit.
 			stale.refreshAt.Store(p.now().Add(refreshBackoff).UnixNano())
 		}
 		return f, err

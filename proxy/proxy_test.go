@@ -605,7 +605,8 @@ func TestPanicInFetchIsAnErrorNotACrash(t *testing.T) {
 
 // TestRefreshReadsNoRequestAfterItsHandler: a background refresh outlives
 // the handler of the stale hit that started it, and starts from what that
-// request said then. The client's request is changed as soon as its
+// request said then (of the fields the response varies on, the only ones
+// a refresh carries). The client's request is changed as soon as its
 // handler returns: under -race, a refresh that still read it would race,
 // and the origin would see what the request became.
 func TestRefreshReadsNoRequestAfterItsHandler(t *testing.T) {
@@ -613,6 +614,7 @@ func TestRefreshReadsNoRequestAfterItsHandler(t *testing.T) {
 	langs := make(chan string, 2)
 	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
 		langs <- r.Header.Get("Accept-Language")
+		w.Header().Set("Vary", "Accept-Language")
 		answer("max-age=1, stale-while-revalidate=60", "x")(w, r)
 	})
 	p := newTestProxy(t, o, clk, Config{})

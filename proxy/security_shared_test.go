@@ -173,3 +173,49 @@ func TestRefusedFieldPinsNoStaleAnswer(t *testing.T) {
 		}
 	}
 }
+
+// TestStaleHitRefreshCarriesNothingOfItsClient is issue 23's third
+// finding, in the background: the stale hits of a client whose field the
+// origin answers 500 (with Retry-After: 300) started the background
+// refreshes with that field, and each failed refresh held back the next
+// one for everyone: one version in 16 s. A refresh serves everyone: it
+// carries nothing of the client whose stale hit started it but the fields
+// the response varies on.
+func TestStaleHitRefreshCarriesNothingOfItsClient(t *testing.T) {
+	clk := newClock()
+	seen := make(chan http.Header, 10)
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		seen <- r.Header.Clone()
+		if r.Header.Get("X-Api-Key") == "spent" {
+			w.Header().Set("Retry-After", "300")
+			http.Error(w, "not you", http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Cache-Control", "max-age=1, stale-while-revalidate=60")
+		w.Header().Set("Vary", "Accept-Language")
+		io.WriteString(w, "hello "+r.Header.Get("Accept-Language"))
+	})
+	p := newTestProxy(t, o, clk, Config{})
+	get(p, "/q", "Accept-Language", "fr")
+	<-seen
+	clk.Advance(2 * time.Second)
+	if got, _ := get(p, "/q", "Accept-Language", "fr", "X-Api-Key", "spent", "User-Agent", "abuser"); got.CacheStatus != "corral; hit; ttl=-1; detail=stale-while-revalidate" {
+		t.Fatalf("the abuser's request got %+v, want a stale hit that starts a refresh", got)
+	}
+	p.Wait()
+	if n := o.count(); n != 2 {
+		t.Fatalf("origin saw %d requests, want 2: the first, and one refresh", n)
+	}
+	h := <-seen
+	got := map[string]string{}
+	for _, name := range []string{"Accept-Language", "X-Api-Key", "User-Agent"} {
+		got[name] = h.Get(name)
+	}
+	want := map[string]string{"Accept-Language": "fr", "X-Api-Key": "", "User-Agent": "Go-http-client/1.1"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("the refresh's fields at the origin (-want +got):\n%s", diff)
+	}
+	if got, _ := get(p, "/q", "Accept-Language", "fr"); got.CacheStatus != "corral; hit; ttl=1" {
+		t.Errorf("a victim after the refresh got %+v, want a fresh hit", got)
+	}
+}
