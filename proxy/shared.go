@@ -20,10 +20,11 @@ import (
 
 // claim asks the fleet for in's key. It returns a fetched when the shared
 // tier answers in, and otherwise the fleet's Claim: with a lease, in's
-// fetch is the fleet's; without one, it goes upstream on its own. With
-// nothing stored here to validate, it also returns, promoted into memory,
-// the stale response the shared tier holds, to revalidate or to stand in
-// for a failure.
+// fetch is the fleet's; without one, it goes upstream on its own (as it
+// does past a pass mark there while this replica holds a copy of its own,
+// which the mark does not replace). With nothing stored here to validate,
+// it also returns, promoted into memory, the stale response the shared
+// tier holds, to revalidate or to stand in for a failure.
 func (p *Proxy) claim(ctx context.Context, in flight) (c fleet.Claim, f *fetched, stale *local) {
 	judge := p.judge(in)
 	for range 2 {
@@ -36,15 +37,15 @@ func (p *Proxy) claim(ctx context.Context, in flight) (c fleet.Claim, f *fetched
 			// is what the fetch validates: the shared tier's must not
 			// replace it in memory.
 			if in.stale == nil {
-				if l, ok := p.promote(ctx, in.vkey, c); ok {
+				if l, err := p.promote(ctx, in.vkey, c); err == nil {
 					stale = l
 				}
 			}
 			return c, nil, stale
 		}
-		l, ok := p.promote(ctx, in.vkey, c)
+		l, err := p.promote(ctx, in.vkey, c)
 		switch {
-		case !ok:
+		case errors.Is(err, cache.ErrPurged):
 			// This replica knows of a purge since it was fetched, which
 			// the shared tier missed (Redis failed then) or could not
 			// see (past the memory's records): not that one. The fetch
@@ -56,6 +57,14 @@ func (p *Proxy) claim(ctx context.Context, in flight) (c fleet.Claim, f *fetched
 				}
 				return base(e)
 			}
+		case errors.Is(err, cache.ErrConflict):
+			// A pass mark, and this replica holds a live entry for the
+			// key: its own copy, which the fetch that left the mark
+			// never saw (a body too large for Redis lives only here).
+			// The mark sends this fetch upstream on its own, as it
+			// would without the copy; the copy stays, to be validated,
+			// and to stand in for a failing origin.
+			return fleet.Claim{}, nil, nil
 		case c.Entry.Kind != cache.Response || l.Decision.State(p.now()) != freshness.Fresh:
 			// A Vary marker, a pass mark, or a response to serve stale
 			// while another replica refreshes it: now in memory, where
@@ -95,19 +104,25 @@ func (p *Proxy) judge(in flight) fleet.Judge {
 }
 
 // promote stores c's entry, read from the shared tier under key, in
-// memory, and returns it as this replica uses it: its freshness computed
-// from its stored times, never restarted. ok is false when this replica
-// knows of a purge of key since the entry was fetched (its own, or one
-// another replica announced), which the shared tier may not have seen:
-// the entry is not to be served.
-func (p *Proxy) promote(ctx context.Context, key string, c fleet.Claim) (l *local, ok bool) {
-	l = p.recompute(key, c.Entry)
+// memory where fleet.CondFor lets it, and returns it as this replica uses
+// it: its freshness computed from its stored times, never restarted. It
+// refuses with cache.ErrPurged when this replica knows of a purge of key
+// since the entry was fetched (its own, or one another replica
+// announced), which the shared tier may not have seen: the entry is not
+// to be served; and with cache.ErrConflict when the entry is a pass mark
+// and memory holds a live entry under key, which it must not replace. A
+// failure of the store is logged, and the entry served all the same.
+func (p *Proxy) promote(ctx context.Context, key string, c fleet.Claim) (*local, error) {
+	l := p.recompute(key, c.Entry)
 	ttl := c.Expires.Sub(p.now())
 	if ttl <= 0 {
-		return l, true // expired in Redis a moment ago: served once, not kept
+		return l, nil // expired in Redis a moment ago: served once, not kept
 	}
-	err := p.setErr(ctx, key, l, ttl, cache.Cond{Since: c.Entry.RequestTime})
-	return l, !errors.Is(err, cache.ErrPurged)
+	err := p.setErr(ctx, key, l, ttl, fleet.CondFor(c.Entry, c.Entry.RequestTime))
+	if errors.Is(err, cache.ErrPurged) || errors.Is(err, cache.ErrConflict) {
+		return l, err
+	}
+	return l, nil
 }
 
 // share writes e, stored in memory under key for ttl and fresh until

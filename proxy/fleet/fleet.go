@@ -504,11 +504,25 @@ func (l *Lease) renew(ctx context.Context) {
 // errNoLease is returned by Put on a nil Lease.
 var errNoLease = errors.New("fleet: no lease")
 
+// CondFor is the condition for writing e, an entry that crosses between
+// a replica and the shared tier, to a store: to Redis (Lease.Put), and to
+// a replica's memory from Redis (the proxy's promotion). No purge recorded
+// at or after since may forbid it, and a pass mark never replaces a live
+// entry. A pass mark says only that one fetch, which found nothing stored,
+// got an answer it could not share: an answer that may be one client's
+// own (a 400 to a field the origin refuses, say). It must not take away
+// a copy that another fetch stored, in Redis or in the memory of a
+// replica (a body too large for Redis lives only there), and that stands
+// in for a failing origin (RFC 5861 section 4).
+func CondFor(e *cache.Entry, since time.Time) cache.Cond {
+	return cache.Cond{Since: since, IfAbsent: e.Kind == cache.PassMark}
+}
+
 // Put writes e under key (the leased key, or a key its fetch wrote
-// beside it: a variant and its Vary marker; a pass mark only where no live
-// entry is, else cache.ErrConflict) to the shared tier for ttl,
-// fresh until fresh (Claim takes a fresh entry without a lease), unless a
-// purge recorded at or after since forbids it (cache.ErrPurged). A body
+// beside it: a variant and its Vary marker) to the shared tier for ttl,
+// fresh until fresh (Claim takes a fresh entry without a lease), if
+// CondFor(e, since) holds: else cache.ErrPurged (a purge since), or
+// cache.ErrConflict (a pass mark where a live entry is). A body
 // over MaxObjectBytes is not written (ErrTooLarge). After a call on the
 // lease fails, the lease makes no further call: Put returns that failure
 // at once.
@@ -522,15 +536,8 @@ func (l *Lease) Put(ctx context.Context, key string, e *cache.Entry, ttl time.Du
 	if int64(len(e.Body)) > l.f.maxObject {
 		return ErrTooLarge
 	}
-	cond := cache.Cond{Since: since}
-	if e.Kind == cache.PassMark {
-		// A pass mark never replaces a live response: the answer one
-		// client's request got (a 400 to a field the origin refuses,
-		// say) must not take the fleet's copy away.
-		cond.IfAbsent = true
-	}
 	err := l.f.call(ctx, opSet, func(ctx context.Context) error {
-		return l.f.store.SetFresh(ctx, key, e, ttl, fresh, cond)
+		return l.f.store.SetFresh(ctx, key, e, ttl, fresh, CondFor(e, since))
 	})
 	if err != nil && !answered(err) {
 		l.fail(err)
