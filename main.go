@@ -288,7 +288,7 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) (string, bo
 		redisMaxObject  = byteSize(fleet.DefaultMaxObjectBytes)
 		ruleFlags       ruleList
 	)
-	fs.Var(&ruleFlags, "rule", "a freshness `rule` 'PATH-PREFIX DIRECTIVES', e.g. '/api/stats/ max-age=1, stale-while-revalidate=10': corral caches responses for paths under the prefix as if the origin had sent Corral-Cache-Control: DIRECTIVES, over its Cache-Control, private and no-store included (clients still get that Cache-Control). Repeatable; the longest prefix wins. Set-Cookie responses and answers to requests with Authorization are never shared. The variable takes one rule per line")
+	fs.Var(&ruleFlags, "rule", "a freshness `rule` 'PATH-PREFIX DIRECTIVES', e.g. '/api/stats/ max-age=1, stale-while-revalidate=10': corral caches responses for paths under the prefix (a prefix ending in / covers the path without it) as if the origin had sent Corral-Cache-Control: DIRECTIVES, over its Cache-Control, no-cache and no-store included (clients still get that Cache-Control). Repeatable; the longest prefix wins. Set-Cookie responses and answers to requests with Authorization are never shared; answers the origin marked private only under a rule that says share-private. The variable takes one rule per line")
 	fs.StringVar(&c.listen, "listen", ":8080", "address to serve clients on")
 	fs.StringVar(&c.adminListen, "admin-listen", "127.0.0.1:9091", "address of the admin listener: /metrics, /healthz, /readyz, /purge (empty: none); a non-loopback address needs -admin-token")
 	fs.StringVar(&c.adminToken, "admin-token", "", "bearer token that /metrics and /purge on the admin listener require")

@@ -31,6 +31,12 @@ type Directives struct {
 	StaleWhileRevalidate, StaleIfError int      // seconds; -1 when absent
 	Malformed                          []string // directives that did not parse, as sent
 	Ignored                            []string // in a targeted field: members that are no directive corral knows
+
+	// SharePrivate is corral's own share-private, read in an operator's
+	// rule only: the rule shares answers the origin marked private. The
+	// origin needs no such directive: its Corral-Cache-Control decides
+	// alone, private included.
+	SharePrivate bool
 }
 
 // ParseResponse reads every Cache-Control field line of h.

@@ -44,7 +44,8 @@ type Exchange struct {
 	// the origin had sent them in Corral-Cache-Control: one the origin
 	// does send wins over them. "" means no rule. A rule never makes
 	// shareable a response with Set-Cookie, or the answer to a request
-	// with Authorization.
+	// with Authorization, nor, unless it says share-private, one the
+	// origin marked private.
 	Rule string
 }
 
@@ -195,7 +196,8 @@ func (p Policy) Evaluate(x Exchange) Decision {
 // unstorable returns why a shared cache must not store the response
 // (RFC 9111 section 3), or "" when it may. An operator's rule decides how
 // long a response stays fresh, never whose it is: under one, credentials
-// and Set-Cookie keep a response unshared whatever the rule says.
+// and Set-Cookie keep a response unshared whatever the rule says, and the
+// origin's private unless the rule says share-private (directives).
 func (p Policy) unstorable(x Exchange, cc Directives, source Source, explicit bool, stripped []string) string {
 	rule := source == FromRule
 	reqCC := ParseRequest(x.RequestHeader)

@@ -41,24 +41,55 @@ func (s Source) String() string { return sourceNames[s] }
 // wins outright: Cache-Control and Expires are then for the caches
 // downstream, and corral ignores them. A targeted field that does not parse
 // is ignored as a whole (section 2.1), as if it were absent.
+//
+// A rule decides how long an answer stays fresh, not whose it is: it
+// carries the private of the field that would decide without it, so that
+// an answer the origin marked private is not shared unless the rule says
+// share-private, and the fields a qualified private names are never stored.
 func directives(x Exchange) (Directives, Source) {
 	if d, ok := parseTargeted(x.Header.Values(CorralCacheControl)); ok {
 		return d, FromCorral
 	}
 	if x.Rule != "" {
 		if d, ok := parseTargeted([]string{x.Rule}); ok {
+			origin, _ := originDirectives(x)
+			d.keepPrivate(origin)
 			return d, FromRule
 		}
 	}
+	return originDirectives(x)
+}
+
+// originDirectives returns the directives that decide for x when neither
+// Corral-Cache-Control nor a rule does, and their source.
+func originDirectives(x Exchange) (Directives, Source) {
 	if d, ok := parseTargeted(x.Header[cdnKey]); ok {
 		return d, FromCDN
 	}
 	return ParseResponse(x.Header), FromCacheControl
 }
 
+// keepPrivate adds the private of origin to d, a rule's directives:
+// unqualified, the whole response is private, unless d says share-private;
+// qualified, its field names join d's, share-private or not (the answer is
+// shared either way, without the fields the origin named).
+func (d *Directives) keepPrivate(origin Directives) {
+	switch {
+	case !origin.Private, d.Private && d.PrivateFields == nil:
+	case origin.PrivateFields == nil:
+		if !d.SharePrivate {
+			d.Private, d.PrivateFields = true, nil
+		}
+	default:
+		d.Private = true
+		d.PrivateFields = append(d.PrivateFields, origin.PrivateFields...)
+	}
+}
+
 // CheckTargeted reports what is wrong with v as the value of a targeted
 // field, for an operator's rule: nil when every directive in it is one
-// corral implements, with a value of the type RFC 9213 section 2.1 infers.
+// corral implements, with a value of the type RFC 9213 section 2.1 infers,
+// or share-private, which only a rule carries.
 func CheckTargeted(v string) error {
 	d, ok := parseTargeted([]string{v})
 	switch {
@@ -125,6 +156,10 @@ func (d *Directives) addMember(m sfMember) {
 		d.MustUnderstand, malformed = flag, !flag
 	case "no-transform":
 		malformed = !flag
+	case "share-private":
+		// corral's own, read in a rule only (directives): the operator
+		// says the origin's private answers on the path are everyone's.
+		d.SharePrivate, malformed = flag, !flag
 	case "private", "no-cache":
 		// Bare, or a String listing field names (RFC 9213 section 2.1);
 		// anything else is read as bare, which covers the whole response.

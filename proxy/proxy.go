@@ -85,12 +85,13 @@ type Config struct {
 	Policy freshness.Policy
 
 	// Rules are the operator's freshness rules. A response to a request
-	// whose path starts with a rule's prefix (the longest such) is judged
-	// as if the origin had sent the rule's directives in
-	// Corral-Cache-Control: they win over Cache-Control and
+	// whose path a rule's prefix covers (the longest such; see
+	// rules.Match) is judged as if the origin had sent the rule's
+	// directives in Corral-Cache-Control: they win over Cache-Control and
 	// CDN-Cache-Control, and lose only to a Corral-Cache-Control the origin
 	// does send. A rule never shares a response with Set-Cookie, or the
-	// answer to a request with Authorization.
+	// answer to a request with Authorization, nor, unless it says
+	// share-private, one the origin marked private.
 	Rules []rules.Rule
 
 	// RequestNoCache says what a client's no-cache, max-age or min-fresh
@@ -300,14 +301,15 @@ func (p *Proxy) ruleFor(key string) (rules.Rule, bool) {
 }
 
 // setRules checks rs as rules.Parse would, brings their prefixes to the
-// form rulePath gives request paths, and makes a decision counter for each.
+// form rulePath gives request paths (rulePrefix), and makes a decision
+// counter for each.
 func (p *Proxy) setRules(rs []rules.Rule) error {
 	p.stats.RuleDecisions = make(map[string]*atomic.Int64, len(rs))
 	for _, given := range rs {
 		r, err := rules.Parse(given.String())
 		if err == nil {
 			r.Prefix, err = normalizeTarget(r.Prefix)
-			r.Prefix = rulePath(r.Prefix)
+			r.Prefix = rulePrefix(r.Prefix)
 		}
 		if err == nil && p.stats.RuleDecisions[r.Prefix] != nil {
 			err = fmt.Errorf("a rule for prefix %s is given already", r.Prefix)

@@ -190,12 +190,25 @@ func (p *Proxy) upstreamURL(target string) *url.URL {
 
 // rulePath is the form of a path that the operator's rules match: decoded,
 // lower-cased, with backslashes as slashes, runs of slashes as one, and
-// ";params" cut from each segment. An origin may read /ADMIN/me,
-// /admin%2Fme, //admin/me or /admin;x/me as /admin/me, and a rule such as
-// '/admin/ no-store' must keep all of them out of a broader rule's reach.
-// Only matching uses it; the key and what goes upstream keep their form.
-func rulePath(path string) string {
-	if clean(path) && !strings.Contains(path, "//") && !strings.Contains(path, ";") && strings.ToLower(path) == path {
+// ";params" and then trailing dots and spaces cut from each segment. An
+// origin may read /ADMIN/me, /admin%2Fme, //admin/me, /admin;x/me,
+// /admin./me or /admin%20/me as /admin/me (IIS and Windows drop a name's
+// trailing dots and spaces; Tomcat and Spring a segment's parameters), and
+// a rule such as '/admin/ no-store' must keep all of them out of a broader
+// rule's reach. Only matching uses it; the key and what goes upstream keep
+// their form.
+func rulePath(path string) string { return ruleForm(path, true) }
+
+// rulePrefix is rulePath for a rule's prefix, so that a prefix and the
+// paths it covers are compared in one form. Its last segment may be the
+// start of a longer one (/v1. of /v1.json), so it keeps its trailing dots
+// and spaces: trimmed, /v1. would become /v1 and cover /v10 as well.
+func rulePrefix(prefix string) string { return ruleForm(prefix, false) }
+
+// ruleForm is rulePath, with the last segment trimmed only when whole.
+func ruleForm(path string, whole bool) string {
+	if clean(path) && !strings.Contains(path, "//") && !strings.Contains(path, ";") &&
+		!strings.Contains(path, "./") && (!whole || !strings.HasSuffix(path, ".")) && strings.ToLower(path) == path {
 		return path // the common case, without allocating
 	}
 	decoded, err := url.PathUnescape(path)
@@ -206,8 +219,12 @@ func rulePath(path string) string {
 	segs := strings.Split(decoded, "/")
 	out := segs[:1]
 	for i, seg := range segs[1:] {
+		last := i == len(segs)-2
 		seg, _, _ = strings.Cut(seg, ";")
-		if seg == "" && i < len(segs)-2 {
+		if whole || !last {
+			seg = strings.TrimRight(seg, ". ")
+		}
+		if seg == "" && !last {
 			continue // an empty segment between two others: a doubled slash
 		}
 		out = append(out, seg)

@@ -1,6 +1,6 @@
 // Package rules holds the operator's freshness rules: for a request path,
 // the cache directives corral reads as if the origin had sent them in
-// Corral-Cache-Control. Of the rules whose prefix the path starts with, the
+// Corral-Cache-Control. Of the rules that cover the path, the one with the
 // longest prefix wins.
 package rules
 
@@ -15,9 +15,11 @@ import (
 // Rule is one rule, as the operator writes it: "PATH-PREFIX DIRECTIVES".
 type Rule struct {
 	// Prefix is matched against the start of the request path, never
-	// the query: /api/ matches /api/stats, /api matches /apis too. Match
-	// compares byte for byte; the proxy gives it paths (and prefixes) in
-	// one canonical form, decoded and lower-cased.
+	// the query: /api/ matches /api/stats, /api matches /apis too. A
+	// prefix that ends in "/" also matches the path without that slash:
+	// /api/ matches /api. Match compares byte for byte; the proxy gives
+	// it paths (and prefixes) in one canonical form, decoded and
+	// lower-cased.
 	Prefix string
 
 	// Directives are response cache directives, such as
@@ -80,14 +82,28 @@ func isHex(c byte) bool {
 	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
 }
 
-// Match returns the rule of rs with the longest prefix of path, and false
-// when none matches.
+// Match returns the rule of rs that covers path with the longest prefix,
+// and false when none does. Prefixes are distinct, so there is no tie:
+// for /api/stats, a rule for /api/stats/ wins over one for /api/stats.
 func Match(rs []Rule, path string) (Rule, bool) {
 	best, found := Rule{}, false
 	for _, r := range rs {
-		if strings.HasPrefix(path, r.Prefix) && (!found || len(r.Prefix) > len(best.Prefix)) {
+		if covers(r.Prefix, path) && (!found || len(r.Prefix) > len(best.Prefix)) {
 			best, found = r, true
 		}
 	}
 	return best, found
+}
+
+// covers reports whether a rule for prefix speaks of path: path starts
+// with prefix, or prefix is path and a final "/". Origins commonly serve
+// /admin and /admin/ alike (one redirects to the other, or both reach one
+// handler), so '/admin/ no-store' must keep /admin out of the cache too,
+// not leave it to a broader rule.
+func covers(prefix, path string) bool {
+	if strings.HasPrefix(path, prefix) {
+		return true
+	}
+	n := len(prefix) - 1
+	return n > 0 && prefix[n] == '/' && path == prefix[:n]
 }

@@ -44,6 +44,8 @@ func TestMatchLongestPrefix(t *testing.T) {
 		{"/", "max-age=60"},
 		{"/api/stats/", "max-age=1"},
 		{"/api/", "max-age=5"},
+		{"/admin", "max-age=1"},
+		{"/admin/", "no-store"},
 	}
 	tests := []struct {
 		path string
@@ -51,9 +53,15 @@ func TestMatchLongestPrefix(t *testing.T) {
 	}{
 		{"/api/stats/today", "/api/stats/"},
 		{"/api/stats/", "/api/stats/"},
-		{"/api/stats", "/api/"},
+		{"/api/stats", "/api/stats/"}, // a prefix ending in "/" covers the path without it
+		{"/api/statsx", "/api/"},
 		{"/api/users", "/api/"},
+		{"/api", "/api/"},
+		{"/apis", "/"},
 		{"/index.html", "/"},
+		{"/admin", "/admin/"}, // both cover it; the longer prefix wins
+		{"/admin/x", "/admin/"},
+		{"/administrator", "/admin"},
 	}
 	for _, tt := range tests {
 		got, ok := Match(rs, tt.path)
