@@ -10,8 +10,9 @@ import (
 // request made for the client request in. It is the one forwarding policy
 // of shared fetches and passed-through requests alike:
 //
-//   - A client's own forwarding fields (forwardingFields) never go
-//     upstream, nor any field with an underscore in its name.
+//   - A client's own forwarding fields (isForwardingField) never go
+//     upstream, nor any field with an underscore in its name
+//     (neverForwarded).
 //   - A request whose answer may be stored or shared (mayStore) carries
 //     nothing that depends on which client asked, beyond the fields the
 //     cache keys on: only corral's Via. An origin that built a link from a
@@ -28,10 +29,7 @@ func (p *Proxy) forward(out http.Header, in *http.Request, mayStore bool) {
 		out.Add("Via", via)
 		return
 	}
-	dropUnderscored(out)
-	for _, f := range forwardingFields {
-		out.Del(f)
-	}
+	dropFields(out, neverForwarded)
 	out.Add("Via", via)
 	peer := peerAddr(in.RemoteAddr)
 	if peer.IsValid() && p.trusted(peer) {
@@ -57,16 +55,9 @@ func (p *Proxy) forward(out http.Header, in *http.Request, mayStore bool) {
 }
 
 // dropStoredForwarding drops from h what a request whose answer may be
-// stored never carries of its client's: forwarding fields, fields with an
-// underscore in their names, method overrides.
-func dropStoredForwarding(h http.Header) {
-	dropUnderscored(h)
-	for _, list := range [][]string{forwardingFields, methodOverrides} {
-		for _, f := range list {
-			h.Del(f)
-		}
-	}
-}
+// stored never carries of its client's (neverStored): forwarding fields,
+// fields with an underscore in their names, method overrides.
+func dropStoredForwarding(h http.Header) { dropFields(h, neverStored) }
 
 // mayStore reports whether the answer to r may be stored or shared.
 func mayStore(r *http.Request) bool {

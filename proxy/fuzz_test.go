@@ -67,6 +67,10 @@ func FuzzUpstreamRequest(f *testing.F) {
 		{"GET", "/keys/%64?x=%7e", "Accept-Language", "fr"},
 		{"GET", "/v", "Connection", "Accept-Language"},
 		{"GET", "/v", "X-Forwarded-Host", "evil.example"},
+		{"GET", "/v", "X-Forwarded-User", "admin"},
+		{"GET", "/v", "x-envoy-original-path", "/admin"},
+		{"GET", "/v", "CF-Connecting-IP", "6.6.6.6"},
+		{"GET", "/v", "X-HTTP-Method-Override", "DELETE"},
 		{"HEAD", "/v?%zz", "Accept-Encoding", "gzip"},
 	} {
 		f.Add(seed.method, seed.target, seed.name, seed.value)

@@ -66,30 +66,77 @@ var tailoring = []string{
 // view of it.
 var sharedFetchDrops = append(slices.Clip(tailoring), "Cache-Control", "Pragma")
 
-// forwardingFields are request fields by which a client would speak for
-// the hops before corral, or tell the origin which URL, host or method it
-// means. A client's own never go upstream: an origin that builds links or
-// routes from them would otherwise store one client's choice for everyone
-// (issue 9). corral sets its own, in forward.
-var forwardingFields = []string{
+// forwardingPrefixes and forwardingNames make up the forwarding fields:
+// request fields by which a proxy in front of an origin tells it about the
+// client (its address, identity, client certificate, country), the
+// client's connection (scheme, port), or the URL, host, path or method
+// the client asked for before a rewrite. Proxies and frameworks name new
+// ones all the time within a few families, so a family is matched by its
+// prefix, not member by member: X-Forwarded-User, X-Forwarded-Client-Cert
+// and X-Original-Uri are as trusted by some origin as X-Forwarded-Host is
+// by another. A client's own never go upstream: an origin that builds
+// links or routes from them, or believes them about who asks, would
+// otherwise store one client's choice for everyone (issues 9 and 23).
+// corral sets its own, in forward.
+//
+// Each prefix is a namespace that its owner's edge sets about the client
+// and overwrites when a client sends it, as corral, the origin's edge,
+// does. X-Amzn- is not X-Amz-, the fields that sign requests to S3.
+var forwardingPrefixes = []string{
+	"X-Forwarded-", // the de facto family: -For, -Host, -Proto, -Port, -Prefix, -Uri, -User, -Client-Cert
+	"X-Original-",  // IIS URL Rewrite, ASP.NET Core, ingress-nginx: -Url, -Uri, -Host, -For, -Proto, -Method
+	"X-Envoy-",     // Envoy's own: -Original-Path, -Internal, -External-Address
+	"X-Amzn-",      // AWS load balancers: -Oidc-Identity, -Mtls-Clientcert, -Tls-Version
+	"Cf-",          // Cloudflare: -Connecting-Ip, -Ipcountry, -Visitor, -Access-Authenticated-User-Email
+	"Fastly-",      // Fastly: -Client-Ip, -Ssl
+}
+
+// forwardingNames are the forwarding fields outside those families.
+var forwardingNames = []string{
 	"Forwarded", // RFC 7239
-	"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Forwarded-Port",
-	"X-Forwarded-Prefix", "X-Forwarded-Server", "X-Forwarded-Ssl", "X-Forwarded-Scheme",
-	"X-Real-Ip", "X-Client-Ip", "True-Client-Ip", "Client-Ip",
-	"X-Original-Url", "X-Rewrite-Url", "X-Original-Host", "X-Host",
+	"X-Forwarded",
+	"X-Real-Ip", "X-Client-Ip", "True-Client-Ip", "Client-Ip", "X-Cluster-Client-Ip", "Fly-Client-Ip",
+	"X-Rewrite-Url", "X-Host", "X-Http-Host-Override",
+	"Front-End-Https", "X-Url-Scheme",
+}
+
+// isForwardingField reports whether the request field name is a
+// forwarding field, in any letter case.
+func isForwardingField(name string) bool {
+	for _, p := range forwardingPrefixes {
+		if len(name) >= len(p) && strings.EqualFold(name[:len(p)], p) {
+			return true
+		}
+	}
+	return slices.ContainsFunc(forwardingNames, func(f string) bool { return strings.EqualFold(name, f) })
 }
 
 // methodOverrides make some origins treat a request as another method. A
 // GET whose answer may be stored must be a GET at the origin too.
 var methodOverrides = []string{"X-Http-Method-Override", "X-Http-Method", "X-Method-Override"}
 
-// dropUnderscored deletes the fields whose names hold an underscore. CGI
-// and many frameworks read X_Forwarded_Host as X-Forwarded-Host, which
-// would slip every field of forwardingFields past the lists above; nginx
-// drops such fields by default for the same reason.
-func dropUnderscored(h http.Header) {
+// neverForwarded reports whether a client's field name never goes
+// upstream as the client sent it, on any request: a forwarding field, or
+// a field whose name holds an underscore (forward then adds corral's own
+// forwarding fields, and a trusted proxy's chain). CGI and many frameworks read X_Forwarded_Host as
+// X-Forwarded-Host, which would slip every forwarding field past
+// isForwardingField; nginx drops such fields by default for the same
+// reason.
+func neverForwarded(name string) bool {
+	return strings.Contains(name, "_") || isForwardingField(name)
+}
+
+// neverStored reports whether a client's field name never goes upstream
+// on a request whose answer may be stored or shared: what neverForwarded
+// says, and the method overrides.
+func neverStored(name string) bool {
+	return neverForwarded(name) || slices.ContainsFunc(methodOverrides, func(f string) bool { return strings.EqualFold(name, f) })
+}
+
+// dropFields deletes from h the fields whose names drop reports.
+func dropFields(h http.Header, drop func(name string) bool) {
 	for k := range h {
-		if strings.Contains(k, "_") {
+		if drop(k) {
 			delete(h, k)
 		}
 	}
@@ -121,15 +168,15 @@ func onlyFields(h http.Header, names []string) bool {
 
 // sentValues returns the values of the canonical field name in h as
 // sharedFetchHeader(h) holds them: none for a field that does not go
-// upstream. It reads the same lists without copying h, and must drop what
-// sharedFetchHeader drops (FuzzUpstreamRequest checks that variants are
-// keyed on what was sent).
+// upstream. It reads the same lists and predicates without copying h,
+// and must drop what sharedFetchHeader drops (FuzzUpstreamRequest checks
+// that variants are keyed on what was sent).
 func sentValues(h http.Header, name string) []string {
 	vs := h[name]
-	if vs == nil || strings.Contains(name, "_") {
+	if vs == nil || neverStored(name) {
 		return nil
 	}
-	for _, list := range [][]string{hopHeaders, sharedFetchDrops, forwardingFields, methodOverrides} {
+	for _, list := range [][]string{hopHeaders, sharedFetchDrops} {
 		if slices.Contains(list, name) {
 			return nil
 		}

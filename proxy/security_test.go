@@ -241,7 +241,7 @@ func TestForwardingFieldsCannotPoisonTheCache(t *testing.T) {
 	mu.Lock()
 	defer mu.Unlock()
 	for i, h := range sent {
-		for _, f := range append(append([]string{}, forwardingFields...), methodOverrides...) {
+		for _, f := range []string{"X-Forwarded-Host", "X-Forwarded-Proto", "X-Forwarded-For", "Forwarded", "X-Original-Url", "X-Real-Ip", "X-Http-Method-Override"} {
 			if v := h.Get(f); v != "" {
 				t.Errorf("upstream request %d carried %s: %q", i, f, v)
 			}
