@@ -13,6 +13,9 @@ import (
 //   - A client's own forwarding fields (isForwardingField) never go
 //     upstream, nor any field with an underscore in its name
 //     (neverForwarded).
+//   - Accept-Language and Accept-Encoding go in the one form variants
+//     are keyed on (normalizeLists): a passed-through answer may be
+//     stored on the way, a POST's for later GETs.
 //   - A request whose answer may be stored or shared (mayStore) carries
 //     nothing that depends on which client asked, beyond the fields the
 //     cache keys on: only corral's Via. An origin that built a link from a
@@ -24,6 +27,7 @@ import (
 //     X-Forwarded-Proto and Forwarded it sent are kept, and its address
 //     is appended to the chain.
 func (p *Proxy) forward(out http.Header, in *http.Request, mayStore bool) {
+	normalizeLists(out)
 	if mayStore {
 		dropStoredForwarding(out)
 		out.Add("Via", via)

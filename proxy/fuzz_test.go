@@ -72,6 +72,9 @@ func FuzzUpstreamRequest(f *testing.F) {
 		{"GET", "/v", "CF-Connecting-IP", "6.6.6.6"},
 		{"GET", "/v", "X-HTTP-Method-Override", "DELETE"},
 		{"HEAD", "/v?%zz", "Accept-Encoding", "gzip"},
+		{"GET", "/v", "Accept-Language", "en;q=0.7, FR"},
+		{"GET", "/v", "Accept-Encoding", "gzip;q=abc, br;q=0.50000, , identity;q=0"},
+		{"GET", "/v", "Accept-Encoding", ""},
 	} {
 		f.Add(seed.method, seed.target, seed.name, seed.value)
 	}

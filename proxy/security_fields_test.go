@@ -1,13 +1,16 @@
 package proxy
 
 import (
+	"fmt"
 	"io"
 	"net/http"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
 	"testing"
+	"unicode"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -130,4 +133,190 @@ func TestTrustedProxyKeepsOnlyItsForwardingChain(t *testing.T) {
 	if diff := cmp.Diff(chain, o.got("POST /form", append(append([]string{}, chain...), unlistedForwarding...))); diff != "" {
 		t.Errorf("fields a trusted proxy's POST took upstream (-want +got):\n%s", diff)
 	}
+}
+
+// Issue 23, finding 9: one client chose the language everyone got. The
+// variant key held Accept-Language as a set of members, but the request
+// went upstream in the client's order and lines: an origin that reads the
+// first tag answered English to "en;q=0.7, fr" (French preferred), and a
+// French browser, "fr, en;q=0.7", got that English answer from the cache.
+
+// firstMemberOrigin answers max-age=60, varying on field, with the first
+// member of the first line of field as the origin got it, as an origin
+// that reads Header.Get and splits on commas would. Its first answer for
+// a path under /marked/ marks the URL uncacheable. It sends the lines of
+// field it got on sent.
+func firstMemberOrigin(t *testing.T, clk *clock, field string, sent chan<- []string) *origin {
+	t.Helper()
+	var marked sync.Once
+	return newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/marked/") {
+			marked.Do(func() { w.Header().Set("Set-Cookie", "s=1") })
+		}
+		sent <- r.Header.Values(field)
+		first, _, _ := strings.Cut(r.Header.Get(field), ",")
+		first, _, _ = strings.Cut(first, ";")
+		w.Header().Set("Cache-Control", "max-age=60")
+		w.Header().Set("Vary", field)
+		io.WriteString(w, strings.TrimSpace(first))
+	})
+}
+
+// One client's Accept-Language, in an order or lines of its choosing,
+// goes upstream on a shared fetch, or on a passed-through GET whose answer
+// is stored on the way; the next client, whose request the variant key
+// says is the same, gets the stored answer. The origin must have got the
+// one form the key says, so that the next client gets what the origin
+// answers to it.
+func TestOneClientCannotChooseTheLanguageEveryoneGets(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		field  string
+		attack []string // the field lines of the first client
+		victim []string // the field lines of the next, whose request the key says is the same
+		sent   string   // what the origin must have got for both
+		want   string   // what the origin answers to sent
+	}{
+		{"English listed first, French preferred", "Accept-Language", []string{"en;q=0.7, fr"}, []string{"fr, en;q=0.7"}, "fr,en;q=0.7", "fr"},
+		{"the preferred language on a second line", "Accept-Language", []string{"en;q=0.5", "DE"}, []string{"de, en;q=0.5"}, "de,en;q=0.5", "de"},
+		{"equal preference", "Accept-Language", []string{"it, de"}, []string{"de, it"}, "de,it", "de"},
+		{"a coding listed first, another preferred", "Accept-Encoding", []string{"gzip;q=0.5, br"}, []string{"br, gzip;q=0.5"}, "br,gzip;q=0.5", "br"},
+	} {
+		for _, path := range []string{"/shared/page", "/marked/page"} {
+			t.Run(tt.name+" "+path, func(t *testing.T) {
+				clk := newClock()
+				sent := make(chan []string, 2)
+				o := firstMemberOrigin(t, clk, tt.field, sent)
+				p := newTestProxy(t, o, clk, Config{})
+				if path == "/marked/page" {
+					get(p, path) // the URL passes from now on
+					wait(t, sent, "the request that marks the URL")
+				}
+				var first, next []string
+				for _, v := range tt.attack {
+					first = append(first, tt.field, v)
+				}
+				for _, v := range tt.victim {
+					next = append(next, tt.field, v)
+				}
+				get(p, path, first...)
+				if diff := cmp.Diff([]string{tt.sent}, wait(t, sent, "the first client's request upstream")); diff != "" {
+					t.Errorf("%s the origin got for %q (-want +got):\n%s", tt.field, tt.attack, diff)
+				}
+				res, _ := get(p, path, next...)
+				want := response{Status: http.StatusOK, Body: tt.want, CacheStatus: "corral; hit; ttl=60", Age: "0"}
+				if diff := cmp.Diff(want, res); diff != "" {
+					t.Errorf("the next client, %s %q (-want +got):\n%s", tt.field, tt.victim, diff)
+				}
+			})
+		}
+	}
+}
+
+// Accept-Language and Accept-Encoding go upstream in one form, the one
+// their variants are keyed on: members by q-value (RFC 9110 section
+// 12.4.2), then in byte order, lower-cased, without white space, on one
+// line. Putting that form in order again changes nothing.
+func TestAcceptListsGoUpstreamInOneForm(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		lines []string
+		want  string
+	}{
+		{"by q-value", []string{"en;q=0.7, fr"}, "fr,en;q=0.7"},
+		{"equal q-values in byte order", []string{"it, de"}, "de,it"},
+		{"an absent q is 1, as 1.000 is", []string{"en;q=1.000, de"}, "de,en;q=1.000"},
+		{"lines combined (RFC 9110 section 5.3)", []string{"en;q=0.5", "DE"}, "de,en;q=0.5"},
+		{"case and white space", []string{" EN ; Q=0.5 ,\tfr-CH "}, "fr-ch,en;q=0.5"},
+		{"duplicates", []string{"fr, FR", "fr"}, "fr"},
+		{"empty members", []string{",, en ,,"}, "en"},
+		{"empty", []string{""}, ""},
+		{"q=0 after the others", []string{"y;q=0, z;q=0.001"}, "z;q=0.001,y;q=0"},
+		{"malformed q-values last", []string{"a;q=abc, b;q=1.5, c;q=0.50000, d;q=, e;q=0.1, f;q=-1"}, "e;q=0.1,a;q=abc,b;q=1.5,c;q=0.50000,d;q=,f;q=-1"},
+		{"the first q of a member", []string{"a;x=1;q=0.2;q=0.9, b;q=0.5"}, "b;q=0.5,a;x=1;q=0.2;q=0.9"},
+		{"codings", []string{"gzip;q=0.5, BR, identity;q=0"}, "br,gzip;q=0.5,identity;q=0"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			got := normalList(tt.lines)
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("normalList(%q) (-want +got):\n%s", tt.lines, diff)
+			}
+			if again := normalList([]string{got}); again != got {
+				t.Errorf("normalList(%q) = %q, but %q again", got, again, got)
+			}
+		})
+	}
+}
+
+// A hostile list costs work in proportion to the field, and at most
+// maxListMembers members are put in order, kept and sent: the first the
+// client listed.
+func TestLongAcceptListsAreCut(t *testing.T) {
+	var long []string
+	for i := range 10000 {
+		long = append(long, fmt.Sprintf("l%05d;q=0.%s", i, strings.Repeat("9", 1000)))
+	}
+	got := strings.Split(normalList([]string{strings.Join(long, ", ")}), ",")
+	sort.Strings(got)
+	want := long[:maxListMembers]
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("members kept of %d (-want +got):\n%s", len(long), diff)
+	}
+}
+
+// An empty Accept-Encoding asks for no content coding; an absent one
+// accepts any (RFC 9110 section 12.5.3). RFC 9111 section 4.1: a field
+// absent from one request matches only a request where it is absent too.
+func TestEmptyAcceptEncodingIsNotAnAbsentOne(t *testing.T) {
+	clk := newClock()
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "max-age=60")
+		w.Header().Set("Vary", "Accept-Encoding")
+		if r.Header["Accept-Encoding"] == nil {
+			w.Header().Set("Content-Encoding", "gzip")
+			io.WriteString(w, "gzip")
+			return
+		}
+		io.WriteString(w, "identity "+strings.Join(r.Header["Accept-Encoding"], ","))
+	})
+	p := newTestProxy(t, o, clk, Config{})
+	get(p, "/page")
+	res, _ := get(p, "/page", "Accept-Encoding", "")
+	want := response{Status: http.StatusOK, Body: "identity ", CacheStatus: "corral; fwd=vary-miss; fwd-status=200; stored; ttl=60"}
+	if diff := cmp.Diff(want, res); diff != "" {
+		t.Errorf("an empty Accept-Encoding after an absent one (-want +got):\n%s", diff)
+	}
+}
+
+// FuzzAcceptListNormalForm checks that normalList's form is one: the same
+// for its own result, and for the members of its input in another order.
+func FuzzAcceptListNormalForm(f *testing.F) {
+	for _, seed := range [][2]string{
+		{"en;q=0.7, fr", ""}, {"en;q=0.5", "DE"}, {"a;q=abc, b;q=1.5", "c;q=0.50000"},
+		{"gzip;q=0.5, BR, identity;q=0", "*;q=0"}, {",, ;q=1 ,", "Q=0.5"}, {"fr;q=0.8;q=0.1", "fr;q=0.8"},
+	} {
+		f.Add(seed[0], seed[1])
+	}
+	f.Fuzz(func(t *testing.T, a, b string) {
+		got := normalList([]string{a, b})
+		if again := normalList([]string{got}); again != got {
+			t.Fatalf("normalList(%q, %q) = %q, but %q again", a, b, got, again)
+		}
+		members := strings.Split(a+","+b, ",")
+		if len(members) > maxListMembers {
+			return // cut to the first: another order keeps others
+		}
+		slices.Reverse(members)
+		if other := normalList([]string{strings.Join(members, ",")}); other != got {
+			t.Fatalf("normalList(%q, %q) = %q, but %q for its members reversed", a, b, got, other)
+		}
+		last := 1000
+		for m := range strings.SplitSeq(got, ",") {
+			if q := qValue(m); q > last || strings.ContainsFunc(m, unicode.IsSpace) {
+				t.Fatalf("normalList(%q, %q) = %q: member %q out of order or spaced", a, b, got, m)
+			} else {
+				last = q
+			}
+		}
+	})
 }
