@@ -73,12 +73,17 @@ func (b *buffers) release(n int64) {
 // client that sends one byte holds no more than this of the budget.
 const minBufferChunk = 4 << 10
 
+// upFront is the most of a body's declared length reserved before its
+// bytes arrive.
+const upFront = 64 << 10
+
 // bodyBuffer is a body read into memory reserved from a budget. Its
 // capacity is exactly what it holds of the budget; it grows by doubling,
-// so a body of unknown length is copied about once in all.
+// as its bytes arrive, so a body is copied about once in all.
 type bodyBuffer struct {
 	budget *buffers
 	limit  int64 // the most bytes the body may have: past it, errTooLarge
+	size   int64 // the length the body declared, where growth stops; 0 when unknown
 	buf    []byte
 }
 
@@ -92,7 +97,11 @@ func (bb *bodyBuffer) grow(n int) error {
 	if need <= old {
 		return nil
 	}
-	return bb.resize(min(max(need, 2*old, minBufferChunk), bb.limit))
+	size := min(max(need, 2*old, minBufferChunk), bb.limit)
+	if need <= bb.size {
+		size = min(size, bb.size) // a body that keeps its word ends exactly
+	}
+	return bb.resize(size)
 }
 
 // resize moves the body to a buffer of capacity size.
@@ -118,16 +127,22 @@ func (bb *bodyBuffer) write(p []byte) error {
 }
 
 // readFrom reads r to its end. A size above zero is the length r says it
-// has, reserved at once; reading goes on past it, to the limit.
+// has: a larger one than the limit fails at once, and the buffer grows to
+// it and no further unless more arrives. Of it, only upFront bytes are
+// reserved before they arrive, so that a small body is read into one
+// buffer of its length, never copied; past that, the buffer grows as its
+// bytes arrive: an answer that declares 8 MiB and trickles holds only what
+// came, and a client asking for slow exports cannot spend the budget the
+// others' fetches need on bytes that may never come (issue 23). Reading
+// goes on past size, to the limit.
 func (bb *bodyBuffer) readFrom(r io.Reader, size int64) error {
-	if size > 0 {
-		if size > bb.limit {
-			return errTooLarge
-		}
-		if size > int64(cap(bb.buf)) {
-			if err := bb.resize(size); err != nil {
-				return err
-			}
+	if size > bb.limit {
+		return errTooLarge
+	}
+	bb.size = size
+	if first := min(size, upFront); first > int64(cap(bb.buf)) {
+		if err := bb.resize(first); err != nil {
+			return err
 		}
 	}
 	var probe []byte

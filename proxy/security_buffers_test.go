@@ -1,0 +1,105 @@
+package proxy
+
+import (
+	"bytes"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+)
+
+// exportOrigin serves /export/... as a slow export: it declares size bytes,
+// sends sent of them at once, and the rest once release is closed; and
+// /stats as a small cacheable answer, held until stats is closed. It
+// counts the requests for /stats apart.
+type exportOrigin struct {
+	*origin
+	stats    atomic.Int64
+	exports  atomic.Int64
+	released chan struct{}
+}
+
+func newExportOrigin(t *testing.T, clk *clock, size, sent int, release, stats <-chan struct{}) *exportOrigin {
+	t.Helper()
+	eo := &exportOrigin{}
+	eo.origin = newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "max-age=60")
+		if strings.HasPrefix(r.URL.Path, "/export/") {
+			eo.exports.Add(1)
+			w.Header().Set("Content-Length", strconv.Itoa(size))
+			w.Write(bytes.Repeat([]byte("e"), sent))
+			w.(http.Flusher).Flush()
+			<-release
+			w.Write(bytes.Repeat([]byte("e"), size-sent))
+			return
+		}
+		eo.stats.Add(1)
+		<-stats
+		w.Write(bytes.Repeat([]byte("s"), 16<<10))
+	})
+	return eo
+}
+
+// startExports asks for n distinct exports, from the client addresses
+// given in turn, each on its own goroutine; the answers arrive on the
+// returned channel once the exports are released.
+func startExports(p http.Handler, n int, clients ...string) <-chan *http.Response {
+	out := make(chan *http.Response, n)
+	for i := range n {
+		req := newRequest(http.MethodGet, "/export/"+strconv.Itoa(i))
+		req.RemoteAddr = clients[i%len(clients)]
+		go func() {
+			rec := httptest.NewRecorder()
+			p.ServeHTTP(rec, req)
+			out <- rec.Result()
+		}()
+	}
+	return out
+}
+
+// coldHerdCost sends a herd of n cold requests for /stats, released
+// together and held at the origin until all have entered the proxy, and
+// returns the origin's requests for /stats; every client must get the
+// whole answer.
+func coldHerdCost(t *testing.T, p http.Handler, eo *exportOrigin, n int, stats chan struct{}) int64 {
+	t.Helper()
+	entered := releaseWhenEntered(n, stats)
+	for i, r := range herd(t, p, n, "/stats", nil, entered) {
+		if r.Status != 200 || len(r.Body) != 16<<10 {
+			t.Errorf("herd client %d got %d with %d bytes (%s), want 200 and 16 KiB", i, r.Status, len(r.Body), r.CacheStatus)
+		}
+	}
+	return eo.stats.Load()
+}
+
+// TestSlowExportsReserveOnlyWhatArrived is issue 23's fifth finding: one
+// client asked for ten slow exports, each declaring its length, and the
+// fetches reserved every declared length up front: the buffer budget was
+// spent on bytes that had not arrived, and a cold herd of 40 on another
+// URL then cost 41 upstream requests instead of 1. A body reserves the
+// budget as its bytes arrive.
+func TestSlowExportsReserveOnlyWhatArrived(t *testing.T) {
+	clk := newClock()
+	release, stats := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	t.Cleanup(func() { once.Do(func() { close(release) }) })
+	eo := newExportOrigin(t, clk, 256<<10, 1<<10, release, stats)
+	p := newTestProxy(t, eo.origin, clk, Config{BufferBytes: 1 << 20, MaxObjectBytes: 256 << 10})
+
+	exports := startExports(p, 10, clientA)
+	pollUntil(t, "the exports' first bytes to be buffered", func() bool {
+		return eo.exports.Load() >= 10 && p.buffers.InUse() >= 10*(1<<10)
+	})
+	if n := coldHerdCost(t, p, eo, 40, stats); n != 1 {
+		t.Errorf("a cold herd of 40 during ten slow exports cost %d upstream requests, want 1", n)
+	}
+	once.Do(func() { close(release) })
+	for range 10 {
+		if r := wait(t, exports, "an export"); r.StatusCode != 200 {
+			t.Errorf("an export got %d, want 200", r.StatusCode)
+		}
+	}
+}
