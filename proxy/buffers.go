@@ -3,6 +3,8 @@ package proxy
 import (
 	"errors"
 	"io"
+	"net/netip"
+	"sync"
 	"sync/atomic"
 )
 
@@ -202,4 +204,57 @@ func (bb *bodyBuffer) release() {
 		bb.budget.release(int64(cap(bb.buf)))
 	}
 	bb.buf = nil
+}
+
+// shares hands each client a share of a budget for the bodies of the
+// fetches its requests lead: a buffers whose parent is the budget, with a
+// limit of its own. Clients choose how many slow answers they ask for at
+// once, and without a cap one of them could hold the whole budget with
+// exports that trickle, so that every other client's cold fetch found no
+// room and went upstream on its own (issue 23). A client is its address,
+// or for IPv6 its /64, which one host commonly holds whole. A share lives
+// while a fetch uses it: the records are as many as fetches running.
+type shares struct {
+	parent *buffers
+	limit  int64
+
+	mu sync.Mutex
+	m  map[netip.Prefix]*share
+}
+
+// share is one client's share, and how many fetches use it.
+type share struct {
+	buffers
+	key   netip.Prefix
+	users int // under shares.mu
+}
+
+// acquire returns client's share, which the caller gives back with
+// release once no body of its holds any of it.
+func (s *shares) acquire(client netip.Addr) *share {
+	bits := 32
+	if client.Is6() {
+		bits = 64
+	}
+	key, _ := client.Prefix(bits) // the zero Prefix for an unknown address: one share
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sh := s.m[key]
+	if sh == nil {
+		if s.m == nil {
+			s.m = make(map[netip.Prefix]*share)
+		}
+		sh = &share{buffers: buffers{limit: s.limit, parent: s.parent}, key: key}
+		s.m[key] = sh
+	}
+	sh.users++
+	return sh
+}
+
+func (s *shares) release(sh *share) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if sh.users--; sh.users == 0 {
+		delete(s.m, sh.key)
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"net/textproto"
 	"slices"
 	"strings"
@@ -68,6 +69,13 @@ type flight struct {
 	vary   []string    // the fields the URI is known to vary on
 	stale  *local      // the stored response to validate; nil when none
 
+	// client is the address of the client whose request leads it
+	// (clientAddr); budget is what its bodies are held against: its
+	// client's share of the buffer budget, or for a refresh, which no
+	// client leads, the whole. Set when the fetch starts.
+	client netip.Addr
+	budget *buffers
+
 	// neutral says header carries nothing of one client's: no field
 	// but those the URI is known to vary on, which every client of the
 	// variant sends alike. What the origin answers a neutral request
@@ -106,6 +114,7 @@ func (p *Proxy) newFlight(r *http.Request, req freshness.RequestDirectives, key,
 		header:       h,
 		vary:         vary,
 		stale:        stale,
+		client:       p.clientAddr(r),
 		neutral:      onlyFields(h, vary),
 		shared:       p.fleet != nil && !credentialed,
 		credentialed: credentialed,
@@ -281,7 +290,11 @@ func (p *Proxy) fetchUpstream(ctx context.Context, in flight, lease *fleet.Lease
 
 	// The body is held against the buffer budget until it is stored
 	// (and counted by the store) or dropped.
-	bb := bodyBuffer{budget: p.buffers, limit: p.maxObject}
+	budget := in.budget
+	if budget == nil {
+		budget = p.buffers
+	}
+	bb := bodyBuffer{budget: budget, limit: p.maxObject}
 	defer bb.release()
 	err = bb.readFrom(resp.Body, resp.ContentLength)
 	if errors.Is(err, errTooLarge) || errors.Is(err, errBuffersFull) {

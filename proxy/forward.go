@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 )
 
 // forward sets the forwarding fields of out, the header of an upstream
@@ -75,6 +76,31 @@ func (p *Proxy) trusted(addr netip.Addr) bool {
 		}
 	}
 	return false
+}
+
+// clientAddr is the address of the client that sent r: its peer's, or,
+// when the peer is one of TrustedProxies, the last address in the
+// X-Forwarded-For chain that is not one of them (the chain's earlier
+// entries are whatever the client wrote).
+func (p *Proxy) clientAddr(r *http.Request) netip.Addr {
+	addr := peerAddr(r.RemoteAddr)
+	if !addr.IsValid() || !p.trusted(addr) {
+		return addr
+	}
+	chain := r.Header.Values("X-Forwarded-For")
+	for i := len(chain) - 1; i >= 0; i-- {
+		hops := strings.Split(chain[i], ",")
+		for j := len(hops) - 1; j >= 0; j-- {
+			hop, err := netip.ParseAddr(strings.TrimSpace(hops[j]))
+			if err != nil {
+				return addr // a chain that does not parse: the proxy is the client
+			}
+			if hop = hop.Unmap(); !p.trusted(hop) {
+				return hop
+			}
+		}
+	}
+	return addr
 }
 
 // peerAddr is the IP address of a RemoteAddr, or the zero Addr.

@@ -169,6 +169,7 @@ type Proxy struct {
 	buffers         *buffers // what bodies held in memory may take
 	requestBuffers  *buffers // the share of it request bodies may take
 	copyBuffers     *buffers // the share of it passed-through copies may take
+	clientBuffers   shares   // each client's share of it for the fetches it leads
 	passTTL         time.Duration
 	policy          freshness.Policy
 	rules           []rules.Rule // prefixes normalised as request keys are
@@ -257,6 +258,9 @@ func New(cfg Config) (*Proxy, error) {
 	p.buffers = &buffers{limit: orDefault(cfg.BufferBytes, max(cacheBytes/4, 2*p.maxObject, 8*p.maxRequestBody))}
 	p.requestBuffers = &buffers{limit: p.buffers.limit / 4, parent: p.buffers}
 	p.copyBuffers = &buffers{limit: p.buffers.limit / 4, parent: p.buffers}
+	// One client's fetches may hold a quarter of it, or what one object
+	// of MaxObjectBytes needs while its buffer doubles, if that is more.
+	p.clientBuffers = shares{parent: p.buffers, limit: min(max(p.buffers.limit/4, 2*p.maxObject), p.buffers.limit)}
 	if p.transport == nil {
 		p.transport = newTransport(timeout)
 	}
@@ -592,7 +596,11 @@ func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshn
 	f, leader, err := p.flights.Do(r.Context(), in.id, func(ctx context.Context) (*fetched, error) {
 		// Only the caller that starts the flight runs this: the leader.
 		// It may run on after the leader's handler returned, and reads
-		// in, never r.
+		// in, never r. Its bodies count against its leader's share of
+		// the buffer budget.
+		share := p.clientBuffers.acquire(in.client)
+		defer p.clientBuffers.release(share)
+		in.budget = &share.buffers
 		ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{Got1xxResponse: interim.write})
 		f, err := p.fetch(ctx, in)
 		if stale != nil && (err != nil || (!f.again && isServerError(f.entry.Status))) {

@@ -2,8 +2,10 @@ package proxy
 
 import (
 	"bytes"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,9 +19,8 @@ import (
 // counts the requests for /stats apart.
 type exportOrigin struct {
 	*origin
-	stats    atomic.Int64
-	exports  atomic.Int64
-	released chan struct{}
+	stats   atomic.Int64
+	exports atomic.Int64
 }
 
 func newExportOrigin(t *testing.T, clk *clock, size, sent int, release, stats <-chan struct{}) *exportOrigin {
@@ -89,7 +90,11 @@ func TestSlowExportsReserveOnlyWhatArrived(t *testing.T) {
 	eo := newExportOrigin(t, clk, 256<<10, 1<<10, release, stats)
 	p := newTestProxy(t, eo.origin, clk, Config{BufferBytes: 1 << 20, MaxObjectBytes: 256 << 10})
 
-	exports := startExports(p, 10, clientA)
+	var addrs []string // one client from many addresses: a share each
+	for i := range 10 {
+		addrs = append(addrs, fmt.Sprintf("203.0.113.%d:40000", 10+i))
+	}
+	exports := startExports(p, 10, addrs...)
 	pollUntil(t, "the exports' first bytes to be buffered", func() bool {
 		return eo.exports.Load() >= 10 && p.buffers.InUse() >= 10*(1<<10)
 	})
@@ -100,6 +105,67 @@ func TestSlowExportsReserveOnlyWhatArrived(t *testing.T) {
 	for range 10 {
 		if r := wait(t, exports, "an export"); r.StatusCode != 200 {
 			t.Errorf("an export got %d, want 200", r.StatusCode)
+		}
+	}
+}
+
+// TestOneClientsExportsLeaveRoomForAHerd is issue 23's fifth finding with
+// exports that do send their bytes: one client's ten exports, each most of
+// the way through and then slow, held the whole budget as their bytes
+// came. The fetches a client's requests lead hold at most its share (a
+// quarter of the budget, or one object): its other exports go upstream on
+// their own, and a cold herd on another URL still shares one fetch.
+func TestOneClientsExportsLeaveRoomForAHerd(t *testing.T) {
+	clk := newClock()
+	release, stats := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	t.Cleanup(func() { once.Do(func() { close(release) }) })
+	eo := newExportOrigin(t, clk, 128<<10, 120<<10, release, stats)
+	p := newTestProxy(t, eo.origin, clk, Config{BufferBytes: 1 << 20, MaxObjectBytes: 128 << 10})
+
+	exports := startExports(p, 10, "203.0.113.9:40000")
+	pollUntil(t, "the exports' bytes to be buffered or passed", func() bool {
+		return eo.exports.Load() >= 10 && p.buffers.InUse() >= 120<<10
+	})
+	if n := coldHerdCost(t, p, eo, 40, stats); n != 1 {
+		t.Errorf("a cold herd of 40 during one client's ten exports cost %d upstream requests, want 1", n)
+	}
+	once.Do(func() { close(release) })
+	for range 10 {
+		if r := wait(t, exports, "an export"); r.StatusCode != 200 {
+			t.Errorf("an export got %d, want 200", r.StatusCode)
+		}
+	}
+}
+
+// TestClientBehindATrustedProxy: behind one of TrustedProxies, a client
+// is the last address of X-Forwarded-For that is not a trusted proxy's,
+// so that clients behind one load balancer do not share one client's
+// share of the budget; anywhere else, what a client writes in the field
+// names nobody.
+func TestClientBehindATrustedProxy(t *testing.T) {
+	clk := newClock()
+	o := newOrigin(t, clk, answer("max-age=60", "x"))
+	p := newTestProxy(t, o, clk, Config{TrustedProxies: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}})
+	tests := []struct {
+		remote, xff, want string
+	}{
+		{"198.51.100.7:1", "", "198.51.100.7"},
+		{"198.51.100.7:1", "203.0.113.9", "198.51.100.7"},                  // not a trusted peer: the field names nobody
+		{"10.0.0.1:1", "203.0.113.9", "203.0.113.9"},                       // behind the load balancer
+		{"10.0.0.1:1", "192.0.2.66, 203.0.113.9, 10.0.0.2", "203.0.113.9"}, // the client wrote the first entry
+		{"10.0.0.1:1", "", "10.0.0.1"},
+		{"10.0.0.1:1", "not an address", "10.0.0.1"},
+		{"[::ffff:10.0.0.1]:1", "2001:db8::1", "2001:db8::1"},
+	}
+	for _, tt := range tests {
+		r := newRequest(http.MethodGet, "/")
+		r.RemoteAddr = tt.remote
+		if tt.xff != "" {
+			r.Header.Set("X-Forwarded-For", tt.xff)
+		}
+		if got := p.clientAddr(r).String(); got != tt.want {
+			t.Errorf("RemoteAddr %s, X-Forwarded-For %q: client %s, want %s", tt.remote, tt.xff, got, tt.want)
 		}
 	}
 }
