@@ -94,6 +94,17 @@ func (g *Group[V]) Refresh(ctx context.Context, key string, start func() Fetch[V
 	return true
 }
 
+// Go runs fn on a goroutine of its own, counted as a fetch until it
+// returns: Wait waits for it too. It is for work a fetch hands on past its
+// return, such as streaming to its callers a body it could not hold.
+func (g *Group[V]) Go(fn func()) {
+	g.begin()
+	go func() {
+		defer g.end()
+		fn()
+	}()
+}
+
 func (g *Group[V]) begin() {
 	g.mu.Lock()
 	g.running++

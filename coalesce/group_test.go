@@ -253,3 +253,24 @@ func TestRefreshMakesItsFetchOnlyWhenItStarts(t *testing.T) {
 		t.Errorf("the fetch was made %d times for one refresh, want 1", made)
 	}
 }
+
+// TestWaitOutlastsWorkHandedOn: what a fetch hands on past its return
+// with Go (a body streamed to its callers) is waited for as a fetch is.
+func TestWaitOutlastsWorkHandedOn(t *testing.T) {
+	var g Group[string]
+	release, done := make(chan struct{}), make(chan struct{})
+	g.Go(func() {
+		<-release
+		close(done)
+	})
+	expired, stop := context.WithCancel(context.Background())
+	stop()
+	if err := g.Wait(expired); err == nil {
+		t.Error("Wait returned nil while the work handed on still ran")
+	}
+	close(release)
+	if err := g.Wait(context.Background()); err != nil {
+		t.Errorf("Wait after the work ended: %v", err)
+	}
+	within(t, done, "the work")
+}

@@ -87,6 +87,7 @@ type bodyBuffer struct {
 	limit  int64 // the most bytes the body may have: past it, errTooLarge
 	size   int64 // the length the body declared, where growth stops; 0 when unknown
 	buf    []byte
+	over   []byte // read past buf when it could not grow: the body's next bytes
 }
 
 // grow makes room for n more bytes.
@@ -158,6 +159,7 @@ func (bb *bodyBuffer) readFrom(r io.Reader, size int64) error {
 			n, err := r.Read(probe)
 			if n > 0 {
 				if werr := bb.write(probe[:n]); werr != nil {
+					bb.over = probe[:n]
 					return werr
 				}
 			}

@@ -1,9 +1,11 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/netip"
 	"net/textproto"
@@ -44,6 +46,11 @@ type fetched struct {
 	// fleet shares, not from this replica's memory.
 	fromShared bool
 
+	// stream, when not nil, is entry's body, which the fetch could not
+	// hold: each client reads it from there (see stream), and entry is
+	// neither stored nor shared beyond the flight.
+	stream *stream
+
 	// mine is the origin's answer to the leader's own request, when it
 	// spoke of that request (aboutTheRequest) and this one came from a
 	// neutral exchange made for everyone else: for the leader alone,
@@ -71,8 +78,8 @@ type flight struct {
 
 	// client is the address of the client whose request leads it
 	// (clientAddr); budget is what its bodies are held against: its
-	// client's share of the buffer budget, or for a refresh, which no
-	// client leads, the whole. Set when the fetch starts.
+	// client's share of the buffer budget, or when nil (a refresh, which
+	// no client leads) the whole. Set when the fetch starts.
 	client netip.Addr
 	budget *buffers
 
@@ -200,7 +207,9 @@ func (p *Proxy) exchange(ctx context.Context, in flight, lease *fleet.Lease) (*f
 		in = in.neutralized()
 	}
 	f, err := p.fetchUpstream(ctx, in, lease)
-	if err != nil || in.neutral || in.credentialed || !aboutTheRequest(f.status) {
+	if errors.Is(err, errLeaderAnswerLost) {
+		f, err = nil, nil // the leader gets everyone's answer
+	} else if err != nil || in.neutral || in.credentialed || !aboutTheRequest(f.status) {
 		return f, err
 	}
 	// The second exchange gets an UpstreamTimeout of its own: the first
@@ -208,11 +217,54 @@ func (p *Proxy) exchange(ctx context.Context, in flight, lease *fleet.Lease) (*f
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.upstreamTimeout)
 	defer cancel()
 	n, err := p.fetchUpstream(ctx, in.neutralized(), lease)
-	if err != nil {
+	switch {
+	case f == nil:
+		return n, err
+	case err != nil:
 		return nil, &answeredLeader{err, f}
 	}
 	n.mine = f
 	return n, nil
+}
+
+// errLeaderAnswerLost ends an exchange whose answer spoke of its leader's
+// request and whose body could not be held: the flight asks again for
+// everyone, and the leader gets that answer too.
+var errLeaderAnswerLost = errors.New("the answer to the leader's request was too large to hold")
+
+// streamed hands the body of resp, whose start bb holds and which could not
+// be held whole (why: errTooLarge or errBuffersFull), to the clients of
+// in's flight as a stream, so that they share one upstream exchange rather
+// than go upstream each on their own. The stream's window is bb's buffer,
+// whose reservation it takes over, or when that is smaller, a buffer of
+// streamWindow bytes outside the budget: one per flight, as a
+// passed-through answer is copied through one buffer per request. A body
+// too large to store also passes its key, as a fetch of it would, so that
+// later requests go upstream on their own.
+func (p *Proxy) streamed(ctx context.Context, in flight, resp *http.Response, bb *bodyBuffer, why error, sent, respTime time.Time) *fetched {
+	kept := *bb
+	*bb = bodyBuffer{}
+	win := kept.buf
+	if cap(win) < streamWindow {
+		win = append(make([]byte, 0, streamWindow), kept.buf...)
+		kept.release()
+	}
+	d := detailBuffersFull
+	if errors.Is(why, errTooLarge) {
+		d = detailTooLarge
+		p.markPass(ctx, in.vkey, string(d))
+	}
+	e, own := p.newEntry(in.key, in.header, resp.StatusCode, resp.Header, nil, sent, respTime)
+	return &fetched{entry: e, own: own, status: resp.StatusCode, stream: newStream(win, resp.ContentLength, d, kept.release)}
+}
+
+// detach returns a context with ctx's values and deadline but not its
+// cancellation, and its cancel function.
+func detach(ctx context.Context) (context.Context, context.CancelFunc) {
+	if d, ok := ctx.Deadline(); ok {
+		return context.WithDeadline(context.WithoutCancel(ctx), d)
+	}
+	return context.WithCancel(context.WithoutCancel(ctx))
 }
 
 // answeredLeader is the failure of a flight's neutral exchange, made after
@@ -232,8 +284,17 @@ const sickWindow = 10 * time.Second
 // fetchUpstream is the exchange with the origin of fetch: it revalidates
 // in.stale when it has validators, and stores the answer when it may, in
 // memory and, holding lease, in the tier the fleet shares.
-func (p *Proxy) fetchUpstream(ctx context.Context, in flight, lease *fleet.Lease) (*fetched, error) {
+func (p *Proxy) fetchUpstream(ctx context.Context, in flight, lease *fleet.Lease) (_ *fetched, err error) {
 	key, stale := in.key, in.stale
+	// A body streamed to the flight's clients outlives the flight: the
+	// exchange keeps the flight's deadline but not its cancellation.
+	ctx, cancel := detach(ctx)
+	streaming := false
+	defer func() {
+		if !streaming {
+			cancel()
+		}
+	}()
 	out, err := http.NewRequestWithContext(ctx, http.MethodGet, p.upstreamURL(key).String(), nil)
 	if err != nil {
 		return nil, err
@@ -269,7 +330,11 @@ func (p *Proxy) fetchUpstream(ctx context.Context, in flight, lease *fleet.Lease
 		p.stats.upstream(0, err)
 		return nil, err
 	}
-	defer resp.Body.Close()
+	defer func() {
+		if !streaming {
+			resp.Body.Close()
+		}
+	}()
 	respTime := p.now()
 	if resp.StatusCode < 200 {
 		// A 101 to a request that asked for no upgrade, or any other
@@ -299,7 +364,23 @@ func (p *Proxy) fetchUpstream(ctx context.Context, in flight, lease *fleet.Lease
 	err = bb.readFrom(resp.Body, resp.ContentLength)
 	if errors.Is(err, errTooLarge) || errors.Is(err, errBuffersFull) {
 		p.stats.upstream(resp.StatusCode, nil)
-		return nil, err
+		switch {
+		case !in.neutral && !in.credentialed && aboutTheRequest(resp.StatusCode):
+			// The leader's own answer, not kept: everyone's comes from
+			// the neutral exchange (see exchange).
+			return nil, errLeaderAnswerLost
+		case errors.Is(err, errBuffersFull) && stale != nil && stale.Decision.UsableDisconnected():
+			return nil, err // the stale response stands in
+		}
+		rest := io.MultiReader(bytes.NewReader(bb.over), resp.Body)
+		f := p.streamed(ctx, in, resp, &bb, err, sent, respTime)
+		streaming = true
+		p.flights.Go(func() {
+			defer cancel()
+			defer resp.Body.Close()
+			f.stream.pump(rest)
+		})
+		return f, nil
 	}
 	p.stats.upstream(resp.StatusCode, err)
 	if err != nil {

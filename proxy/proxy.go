@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -210,6 +211,10 @@ type flights interface {
 	// starts one, and reports whether it did.
 	Refresh(ctx context.Context, key string, start func() coalesce.Fetch[*fetched]) bool
 
+	// Go runs fn, work a fetch hands on past its return (a stream's
+	// pump), on a goroutine of its own that Wait waits for too.
+	Go(fn func())
+
 	// Wait blocks until the fetches started so far have finished, or
 	// ctx ends.
 	Wait(ctx context.Context) error
@@ -405,7 +410,14 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}()
 	}
 	defer func() { p.metrics.client.Observe(time.Since(start).Seconds()) }()
-	p.stats.count(p.handle(w, r, start))
+	o := p.handle(w, r, start)
+	p.stats.count(o)
+	if o == outCut {
+		// net/http closes the connection, or resets the stream, so
+		// that the client sees the body end early (a chunked one would
+		// otherwise look whole).
+		panic(http.ErrAbortHandler)
+	}
 }
 
 // handle answers r: it refuses a request it will not forward, passes one
@@ -660,6 +672,9 @@ func otherVariant(f *fetched, r *http.Request) bool {
 // serveFetched serves f, what the flight in fetched for r; leader says
 // r's request started it.
 func (p *Proxy) serveFetched(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, in flight, fwd fwdReason, f *fetched, leader bool, now time.Time) requestOutcome {
+	if f.stream != nil {
+		return p.serveStream(w, r, in, fwd, f, leader)
+	}
 	stale, e := in.stale, f.entry
 	st := cacheStatus{fwd: fwd, fwdStatus: f.status, stored: f.stored, collapsed: !leader}
 	if f.stored {
@@ -700,6 +715,49 @@ func (p *Proxy) serveFetched(w http.ResponseWriter, r *http.Request, req freshne
 	}
 	p.serve(w, r, e, h, st, now)
 	return o
+}
+
+// serveStream serves f, whose body the flight in could not hold, from its
+// stream (see stream): one upstream exchange for the whole herd. A client
+// that cannot read it as it comes (a range or a precondition to answer
+// from the whole body, an answer that is the leader's alone, or a join
+// too late for the body's first byte) goes upstream on its own.
+func (p *Proxy) serveStream(w http.ResponseWriter, r *http.Request, in flight, fwd fwdReason, f *fetched, leader bool) requestOutcome {
+	e, s := f.entry, f.stream
+	if !leader && !e.Decision.Shareable || conditionalOrRange(r.Header) {
+		return p.passThrough(w, r, in.key, fwdMiss, s.detail)
+	}
+	var rd *streamReader
+	if r.Method != http.MethodHead && bodyAllowed(e.Status) {
+		if rd = s.join(); rd == nil {
+			return p.passThrough(w, r, in.key, fwdMiss, s.detail)
+		}
+		defer rd.close()
+	}
+	h := e.Header
+	if leader {
+		h = f.own
+	}
+	out := w.Header()
+	copyHeader(out, h, 0)
+	out["Via"] = append(out["Via"], via)
+	out.Set("Cache-Status", cacheStatus{fwd: fwd, fwdStatus: f.status, collapsed: !leader, detail: s.detail}.String())
+	if s.length >= 0 && bodyAllowed(e.Status) {
+		out.Set("Content-Length", strconv.FormatInt(s.length, 10))
+	}
+	w.WriteHeader(e.Status)
+	if rd != nil {
+		if _, err := io.Copy(w, rd); err != nil {
+			// The client has part of the body: it must see the answer
+			// cut short, never a complete-looking one.
+			p.log.Warn("streamed answer cut short", "path", r.URL.Path, "err", err)
+			return outCut
+		}
+	}
+	if leader {
+		return outMiss
+	}
+	return outCoalesced
 }
 
 // interimWriter passes the interim responses (RFC 9110 section 15.2) of a

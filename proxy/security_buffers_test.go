@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -168,4 +169,44 @@ func TestClientBehindATrustedProxy(t *testing.T) {
 			t.Errorf("RemoteAddr %s, X-Forwarded-For %q: client %s, want %s", tt.remote, tt.xff, got, tt.want)
 		}
 	}
+}
+
+// TestHerdSharesOneExchangeWithTheBudgetSpent is issue 23's fifth finding
+// with the budget spent after all: one client, from ten addresses (a
+// share each), holds every byte of it with exports that come most of the
+// way and then slow down. A cold herd on another URL, whose fetch finds no
+// room, still shares one upstream exchange: the body streams to every
+// client of the flight through one small window, rather than each going
+// upstream on its own.
+func TestHerdSharesOneExchangeWithTheBudgetSpent(t *testing.T) {
+	clk := newClock()
+	release, stats := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	t.Cleanup(func() { once.Do(func() { close(release) }) })
+	eo := newExportOrigin(t, clk, 128<<10, 120<<10, release, stats)
+	p := newTestProxy(t, eo.origin, clk, Config{BufferBytes: 1 << 20, MaxObjectBytes: 128 << 10})
+
+	var addrs []string
+	for i := range 10 {
+		addrs = append(addrs, fmt.Sprintf("203.0.113.%d:40000", 10+i))
+	}
+	exports := startExports(p, 10, addrs...)
+	pollUntil(t, "the exports to spend the budget", func() bool {
+		return eo.exports.Load() >= 10 && p.buffers.InUse() > 1<<20-128<<10
+	})
+	if n := coldHerdCost(t, p, eo, 40, stats); n != 1 {
+		t.Errorf("a cold herd of 40 with the budget spent cost %d upstream requests, want 1", n)
+	}
+	if n := p.buffers.Peak(); n > 1<<20 {
+		t.Errorf("the buffers peaked at %d bytes, over the budget", n)
+	}
+	once.Do(func() { close(release) })
+	for range 10 {
+		r := wait(t, exports, "an export")
+		if body, _ := io.ReadAll(r.Body); r.StatusCode != 200 || len(body) != 128<<10 {
+			t.Errorf("an export got %d with %d bytes, want 200 and 128 KiB", r.StatusCode, len(body))
+		}
+	}
+	p.Wait()
+	pollUntil(t, "every byte of the budget to be given back", func() bool { return p.buffers.InUse() == 0 })
 }

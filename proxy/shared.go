@@ -155,6 +155,8 @@ func (p *Proxy) localFor(f *fetched, err error, cached bool) time.Duration {
 	switch {
 	case err == nil && f != nil && f.inShared:
 		return 0
+	case err == nil && f != nil && f.stream != nil && f.stream.detail == detailBuffersFull:
+		return refreshBackoff // the pressure of a moment
 	case err == nil && f != nil && !cached && !isServerError(f.entry.Status):
 		return p.passTTL
 	}

@@ -82,6 +82,7 @@ const (
 	outStaleOnBusy                        // StaleOnBusy
 	outBusy                               // Busy
 	outRejected                           // Rejected
+	outCut                                // Errors: a streamed answer cut short, the connection aborted
 )
 
 // count counts one request with outcome o.
@@ -102,7 +103,7 @@ func (s *Stats) count(o requestOutcome) {
 		c = &s.StaleOnError
 	case outPassed:
 		c = &s.Passed
-	case outError:
+	case outError, outCut:
 		c = &s.Errors
 	case outAbandoned:
 		c = &s.Abandoned

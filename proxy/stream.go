@@ -1,0 +1,259 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"sync"
+	"time"
+)
+
+// A stream hands one upstream body to every client of a flight that could
+// not hold it (the buffer budget spent, or a body over MaxObjectBytes), so
+// that a herd still costs one upstream exchange rather than one each
+// (issue 23): one client who spends the budget must not switch coalescing
+// off for everyone else.
+//
+// The body passes through a window of memory: what the pump read from the
+// origin and not every reader has taken yet. The window is what the fetch
+// had buffered when it ran out of room, still reserved from the budget, or
+// when that is less, streamWindow bytes; it never grows. The pump reads on only
+// while the window has room, so the herd moves at the pace of its slowest
+// reader, and a reader that holds the window full for streamStall is cut
+// off: one slow client cannot hold the others back for longer than that.
+// Readers join while the window still holds the body's first byte, which
+// it keeps for streamJoin, and for a body that fits, to its end.
+type stream struct {
+	length int64 // the body's declared length; -1 when unknown
+	detail detail
+
+	mu      sync.Mutex
+	wake    chan struct{} // closed and replaced when bytes come or go, or the body ends
+	win     []byte        // body bytes [base, base+len(win)); cap(win) is reserved
+	base    int64
+	err     error // why the pump stopped: io.EOF once the body is whole
+	readers map[*streamReader]struct{}
+	users   int           // readers and the pump: the window goes when none is left
+	stall   time.Duration // streamStall, but in tests
+
+	// stuckAt is where the slowest readers were when the pump last
+	// found the window full and could not move it, since stuckSince.
+	stuckAt    int64
+	stuckSince time.Time
+
+	joinBy  time.Time // the window keeps the first byte until then
+	release func()    // gives the window's reservation back
+	freed   bool      // release was called: no one may join
+}
+
+// streamReader is one client's place in a stream.
+type streamReader struct {
+	s   *stream
+	pos int64
+	cut bool
+}
+
+const (
+	// streamWindow is a stream's window when its fetch had buffered
+	// less: httputil.ReverseProxy's copy buffer.
+	streamWindow = 32 << 10
+
+	// streamStall is how long the slowest readers may hold a full
+	// window before they are cut off.
+	streamStall = 2 * time.Second
+
+	// streamJoin is how long the window keeps the body's first byte for
+	// the flight's clients to join: they are handed the stream at once,
+	// and join within microseconds, but a straggler that comes too late
+	// goes upstream on its own.
+	streamJoin = 100 * time.Millisecond
+)
+
+var (
+	errStreamCut       = errors.New("stream: reader held the others back and was cut off")
+	errStreamNoReaders = errors.New("stream: no client reads it")
+)
+
+// newStream returns a stream of a body of the declared length (-1 when
+// unknown) whose first bytes are in win; release gives back what win
+// holds of the budget, once no one reads it.
+func newStream(win []byte, length int64, d detail, release func()) *stream {
+	return &stream{
+		length:  length,
+		detail:  d,
+		wake:    make(chan struct{}),
+		win:     win,
+		readers: make(map[*streamReader]struct{}),
+		users:   1, // the pump
+		stall:   streamStall,
+		stuckAt: -1,
+		joinBy:  time.Now().Add(streamJoin),
+		release: release,
+	}
+}
+
+// join returns a reader at the body's first byte, or nil when the window
+// has moved past it, or the stream failed.
+func (s *stream) join() *streamReader {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.freed || s.base > 0 || s.err != nil && s.err != io.EOF {
+		return nil
+	}
+	r := &streamReader{s: s}
+	s.readers[r] = struct{}{}
+	s.users++
+	return r
+}
+
+// notify wakes whoever waits on the stream, with s.mu held.
+func (s *stream) notify() {
+	close(s.wake)
+	s.wake = make(chan struct{})
+}
+
+// done drops one user, with s.mu held, and gives the window back after
+// the last: once no client of the flight can join any more.
+func (s *stream) done() {
+	if s.users--; s.users > 0 {
+		return
+	}
+	if wait := time.Until(s.joinBy); wait > 0 && s.base == 0 {
+		// The pump may finish before the flight's clients have joined.
+		time.AfterFunc(wait, func() {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			if s.users == 0 {
+				s.free()
+			}
+		})
+		return
+	}
+	s.free()
+}
+
+// free gives the window back, once, with s.mu held.
+func (s *stream) free() {
+	if !s.freed {
+		s.freed, s.win = true, nil
+		s.release()
+	}
+}
+
+// pump reads body into the stream until it ends, fails, or nobody reads
+// it.
+func (s *stream) pump(body io.Reader) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	defer s.done()
+	for {
+		for len(s.win) == cap(s.win) {
+			if err := s.makeRoom(); err != nil {
+				s.err = err
+				s.notify()
+				return
+			}
+		}
+		room := s.win[len(s.win):cap(s.win)]
+		s.mu.Unlock()
+		// Readers copy out of the bytes before room, under the lock:
+		// the read fills memory no one else touches.
+		n, err := body.Read(room)
+		s.mu.Lock()
+		s.win = s.win[:len(s.win)+n]
+		if err != nil {
+			s.err = err
+			s.notify()
+			return
+		}
+		if n > 0 {
+			s.notify()
+		}
+	}
+}
+
+// makeRoom, with s.mu held and the window full, drops from the window
+// what every reader has taken, or waits until it can: for a reader to
+// take more, for streamJoin to pass, or for streamStall, after which the
+// readers that did not move are cut off. It fails when no reader is left.
+func (s *stream) makeRoom() error {
+	now := time.Now()
+	joining := s.base == 0 && now.Before(s.joinBy)
+	if !joining && len(s.readers) == 0 {
+		return errStreamNoReaders
+	}
+	taken := s.base + int64(len(s.win)) // what every reader has taken
+	for r := range s.readers {
+		taken = min(taken, r.pos)
+	}
+	if n := taken - s.base; n > 0 && !joining {
+		copy(s.win, s.win[n:])
+		s.win = s.win[:int64(len(s.win))-n]
+		s.base = taken
+		return nil
+	}
+	wait := s.joinBy.Sub(now)
+	if !joining {
+		// The slowest readers hold the window full: after s.stall
+		// without one of them moving, they are cut off.
+		if taken != s.stuckAt {
+			s.stuckAt, s.stuckSince = taken, now
+		}
+		if wait = s.stuckSince.Add(s.stall).Sub(now); wait <= 0 {
+			for r := range s.readers {
+				if r.pos == taken {
+					r.cut = true
+					delete(s.readers, r)
+				}
+			}
+			s.notify()
+			return nil
+		}
+	}
+	wake := s.wake
+	s.mu.Unlock()
+	t := time.NewTimer(wait)
+	select {
+	case <-wake:
+	case <-t.C:
+	}
+	t.Stop()
+	s.mu.Lock()
+	return nil
+}
+
+// Read reads the next bytes of the body, waiting for the pump.
+func (r *streamReader) Read(p []byte) (int, error) {
+	s := r.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for {
+		if r.cut {
+			return 0, errStreamCut
+		}
+		if end := s.base + int64(len(s.win)); r.pos < end {
+			n := copy(p, s.win[r.pos-s.base:])
+			r.pos += int64(n)
+			s.notify()
+			return n, nil
+		}
+		if s.err != nil {
+			return 0, s.err
+		}
+		wake := s.wake
+		s.mu.Unlock()
+		<-wake
+		s.mu.Lock()
+	}
+}
+
+// close leaves the stream.
+func (r *streamReader) close() {
+	s := r.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.readers[r]; ok {
+		delete(s.readers, r)
+		s.notify()
+	}
+	s.done()
+}

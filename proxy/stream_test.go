@@ -1,0 +1,100 @@
+package proxy
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"testing"
+	"time"
+)
+
+// streamOf returns a stream of the body written to the returned pipe, with
+// a window of win bytes, and a channel that is closed once the stream has
+// given its window back.
+func streamOf(win int, stall time.Duration) (*stream, *io.PipeWriter, <-chan struct{}) {
+	pr, pw := io.Pipe()
+	freed := make(chan struct{})
+	s := newStream(make([]byte, 0, win), -1, detailBuffersFull, func() { close(freed) })
+	s.stall = stall
+	go func() {
+		s.pump(pr)
+		pr.Close() // as fetchUpstream closes the response body
+	}()
+	return s, pw, freed
+}
+
+// TestStreamHandsEveryReaderTheWholeBody: readers that join at the start
+// each get the whole body, longer than the window, whatever their pace.
+func TestStreamHandsEveryReaderTheWholeBody(t *testing.T) {
+	s, pw, freed := streamOf(1<<10, time.Minute)
+	body := bytes.Repeat([]byte("0123456789abcdef"), 1<<10) // 16 KiB through 1 KiB
+	var readers []*streamReader
+	for range 3 {
+		readers = append(readers, s.join())
+	}
+	go func() {
+		pw.Write(body)
+		pw.Close()
+	}()
+	got := make(chan []byte, len(readers))
+	for i, r := range readers {
+		go func() {
+			defer r.close()
+			var b bytes.Buffer
+			chunk := make([]byte, 100*(i+1)) // each its own pace
+			for {
+				n, err := r.Read(chunk)
+				b.Write(chunk[:n])
+				if err != nil {
+					break
+				}
+			}
+			got <- b.Bytes()
+		}()
+	}
+	for range readers {
+		if b := wait(t, got, "a reader"); !bytes.Equal(b, body) {
+			t.Errorf("a reader got %d bytes, want the %d of the body", len(b), len(body))
+		}
+	}
+	wait(t, freed, "the window to be given back")
+	if r := s.join(); r != nil {
+		t.Error("a reader joined a stream whose window had moved on and been given back")
+	}
+}
+
+// TestStreamCutsAReaderThatHoldsTheOthersBack: a reader that takes nothing
+// while the window is full is cut off after the stall, and the others get
+// the whole body.
+func TestStreamCutsAReaderThatHoldsTheOthersBack(t *testing.T) {
+	s, pw, _ := streamOf(1<<10, 50*time.Millisecond)
+	body := bytes.Repeat([]byte("x"), 8<<10)
+	fast, stalled := s.join(), s.join()
+	go func() {
+		pw.Write(body)
+		pw.Close()
+	}()
+	b, err := io.ReadAll(fast)
+	fast.close()
+	if err != nil || !bytes.Equal(b, body) {
+		t.Errorf("the fast reader got %d bytes and %v, want the whole body", len(b), err)
+	}
+	if _, err := io.ReadAll(stalled); !errors.Is(err, errStreamCut) {
+		t.Errorf("the stalled reader got %v, want errStreamCut", err)
+	}
+	stalled.close()
+}
+
+// TestStreamEndsWithNoReader: a stream nobody joins stops reading its body
+// once no client can join any more.
+func TestStreamEndsWithNoReader(t *testing.T) {
+	s, pw, freed := streamOf(1<<10, time.Minute)
+	s.mu.Lock()
+	s.joinBy = time.Now() // past the join
+	s.mu.Unlock()
+	n, err := pw.Write(bytes.Repeat([]byte("x"), 4<<10))
+	if !errors.Is(err, io.ErrClosedPipe) || n > 1<<10 {
+		t.Errorf("the body's writer got %d bytes read and %v; want the pump to stop after one window", n, err)
+	}
+	wait(t, freed, "the window to be given back")
+}
