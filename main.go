@@ -101,7 +101,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, getenv func(strin
 		fmt.Fprintln(stderr, "corral:", err)
 		return 2
 	}
-	servers := []*server{{name: "listen", addr: c.listen, handler: p, maxHeaderBytes: c.maxHeaderBytes, writeTimeout: c.clientWriteTimeout}}
+	servers := []*server{{name: "listen", addr: c.listen, handler: p, maxHeaderBytes: c.maxHeaderBytes, writeTimeout: c.clientWriteTimeout, maxConns: c.maxConnections}}
 	var admin *proxy.Admin
 	if c.adminListen != "" {
 		admin = proxy.NewAdmin(p, c.adminToken)
@@ -185,12 +185,13 @@ type server struct {
 
 	maxHeaderBytes int           // request line and header fields
 	writeTimeout   time.Duration // how long a client may accept no bytes; 0: for ever
+	maxConns       int           // connections open at once; 0: no cap
 }
 
 func (s *server) listen() (err error) {
 	s.ln, err = net.Listen("tcp", s.addr)
 	if err == nil {
-		s.ln = proxy.WriteTimeoutListener(s.ln, s.writeTimeout)
+		s.ln = proxy.WriteTimeoutListener(proxy.LimitListener(s.ln, s.maxConns), s.writeTimeout)
 	}
 	s.srv = &http.Server{
 		Handler:           s.handler,
@@ -238,6 +239,7 @@ type config struct {
 	shutdownTimeout    time.Duration
 	maxHeaderBytes     int
 	clientWriteTimeout time.Duration
+	maxConnections     int
 	demo               bool
 	demoClients        int
 	demoDuration       time.Duration
@@ -270,6 +272,7 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) (string, bo
 		maxBodyBytes    = byteSize(1 << 20)
 		bufferBytes     = byteSize(0)
 		maxHeaderBytes  = byteSize(64 << 10)
+		clientMinRate   = zeroOrSize{64 << 10}
 		bodyTimeout     = fs.Duration("request-body-timeout", 30*time.Second, "longest a client may take to send a whole request body, which is read before the request goes upstream; past it, 408")
 		upstreamTimeout = fs.Duration("upstream-timeout", 30*time.Second, "longest a shared upstream fetch may take, body included (a passed-through request: until its header arrives); waiters then get 504")
 		passTTL         = fs.Duration("pass-ttl", 10*time.Second, "how long a URL whose response could not be shared goes upstream without coalescing")
@@ -295,9 +298,11 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) (string, bo
 	fs.Var(&cacheBytes, "cache-bytes", "memory budget of the cache, a `size` such as 256MiB or 1GiB: bodies, headers and keys count")
 	fs.Var(&maxObjectBytes, "max-object-bytes", "largest response body that is cached, a `size` such as 8MiB; larger ones stream through")
 	fs.Var(&maxBodyBytes, "max-request-body-bytes", "largest request body accepted, a `size`; larger ones get 413")
-	fs.Var(&bufferBytes, "buffer-bytes", "memory budget of the bodies held on their way through, a `size`: shared fetches until stored (at least half of it is theirs), copies of passed-through answers and request bodies (at most a quarter each); past it answers stream unstored or stale stands in, and request bodies get 503; unset, a quarter of -cache-bytes but at least twice -max-object-bytes and eight times -max-request-body-bytes")
+	fs.Var(&bufferBytes, "buffer-bytes", "memory budget of the bodies held on their way through, a `size`: shared fetches until stored (at least a quarter of it is theirs), copies of passed-through answers, request bodies, and answers of 64KiB or more being written whose body the cache no longer holds (at most a quarter each); past it answers stream unstored or stale stands in, request bodies get 503, and answers the cache no longer holds get 503 or are cut (see -client-min-rate); unset, a quarter of -cache-bytes but at least four times -max-object-bytes and eight times -max-request-body-bytes")
 	fs.Var(&maxHeaderBytes, "max-header-bytes", "largest request line and header fields, a `size`; larger ones get 431 (Go reads 4KiB more before it refuses)")
 	fs.DurationVar(&c.clientWriteTimeout, "client-write-timeout", 30*time.Second, "how long a client may accept no bytes of its answer before it is disconnected; long downloads that keep moving are not cut (0: for ever)")
+	fs.Var(&clientMinRate, "client-min-rate", "slowest a client may read an answer of 64KiB or more whose body the cache no longer holds, a `size` a second over its last 256KiB, and keep that body's room in the buffer budget when another needs it; a slower one is cut then (0: no client is cut for its pace)")
+	fs.IntVar(&c.maxConnections, "max-connections", 4096, "most client connections open at once, idle keep-alive ones included; past it new ones wait to be accepted (0: no cap)")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long to let in-flight requests and upstream fetches finish after SIGINT or SIGTERM")
 	fs.StringVar(&c.fleet.Addr, "redis", "", "the `URL` of the Redis that this replica shares with the others (redis://host:6379/0, rediss:// for TLS, or unix:///path/redis.sock; for a Redis Cluster, redis+cluster://host1:6379?addr=host2:6379&addr=host3:6379, or rediss+cluster://): a second cache tier, and one upstream request per key per freshness window across the fleet; Redis 7 or later. Redis down never fails a client or the start; the replica then serves alone (empty: no shared tier)")
 	fs.DurationVar(&c.fleet.Timeout, "redis-timeout", fleet.DefaultTimeout, "longest each Redis call may take; no call is retried, and repeated failures keep the replica local-only until a probe succeeds")
@@ -345,6 +350,7 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) (string, bo
 		{"shutdown-timeout", c.shutdownTimeout > 0, "positive"},
 		{"request-body-timeout", *bodyTimeout > 0, "positive"},
 		{"client-write-timeout", c.clientWriteTimeout >= 0, "zero or more"},
+		{"max-connections", c.maxConnections >= 0, "zero or more"},
 		{"max-header-bytes", maxHeaderBytes <= 1<<30, "at most 1GiB"},
 		{"pass-ttl", *passTTL >= 0, "zero or more"},
 		{"revalidate-interval", *revalidateIntvl >= 0, "zero or more"},
@@ -393,9 +399,11 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) (string, bo
 		}
 	}
 	if bufferBytes != 0 && (bufferBytes/2 < maxObjectBytes || bufferBytes/8 < maxBodyBytes) {
-		// Shared fetches keep half, and request bodies take a quarter,
-		// which must hold a body of the largest size while its buffer
-		// doubles (half of it, and all of it, live at once).
+		// Request bodies take a quarter, which must hold a body of the
+		// largest size while its buffer doubles (half of it, and all of
+		// it, live at once). The largest body must fit twice: being
+		// fetched, and held for a client. (Four times, the default, lets
+		// each quarter hold one.)
 		return bad("buffer-bytes", "%s is too small: want at least twice -max-object-bytes (%s) and eight times -max-request-body-bytes (%s)", &bufferBytes, &maxObjectBytes, &maxBodyBytes)
 	}
 	c.maxHeaderBytes = int(maxHeaderBytes)
@@ -410,6 +418,7 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) (string, bo
 		MaxRequestBodyBytes: int64(maxBodyBytes),
 		RequestBodyTimeout:  *bodyTimeout,
 		BufferBytes:         int64(bufferBytes),
+		ClientMinRate:       clientMinRate.rate(),
 		UpstreamTimeout:     *upstreamTimeout,
 		PassTTL:             *passTTL,
 		UpstreamMaxRPS:      *maxRPS,
@@ -604,6 +613,26 @@ func parsePrefixes(s string) ([]netip.Prefix, error) {
 // byteSize is a flag value in bytes that accepts KiB, MiB and GiB suffixes
 // (and KB, MB, GB as the same powers of two).
 type byteSize int64
+
+// zeroOrSize is a byteSize flag that 0 turns off.
+type zeroOrSize struct{ byteSize }
+
+func (z *zeroOrSize) Set(s string) error {
+	if strings.TrimSpace(s) == "0" {
+		z.byteSize = 0
+		return nil
+	}
+	return z.byteSize.Set(s)
+}
+
+// rate is z as a proxy.Config rate: negative for off, since zero there
+// means the default.
+func (z *zeroOrSize) rate() int64 {
+	if z.byteSize == 0 {
+		return -1
+	}
+	return int64(z.byteSize)
+}
 
 func (b *byteSize) String() string {
 	n := int64(*b)

@@ -59,7 +59,8 @@ func TestHelpExplainsEveryFlag(t *testing.T) {
 		"-upstream-max-rps", "-upstream-max-inflight", "-upstream-max-queue", "-upstream-max-pause",
 		"-trusted-proxies",
 		"-max-request-body-bytes", "-request-body-timeout", "-buffer-bytes",
-		"-max-header-bytes", "-client-write-timeout", "-rule", "-demo-origin-cc",
+		"-max-header-bytes", "-client-write-timeout", "-client-min-rate", "-max-connections",
+		"-rule", "-demo-origin-cc",
 		"-redis", "-redis-timeout", "-redis-prefix", "-redis-max-object-bytes", "-redis-lease-ttl",
 		"-demo-replicas",
 	} {
@@ -157,6 +158,8 @@ func TestBadFlagValueExitsTwoWithOneLine(t *testing.T) {
 		{"negative max pause", []string{"-upstream-max-pause", "-1s"}, "corral: -upstream-max-pause: must be zero or more, got -1s\n"},
 		{"zero body timeout", []string{"-request-body-timeout", "0s"}, "corral: -request-body-timeout: must be positive, got 0s\n"},
 		{"negative write timeout", []string{"-client-write-timeout", "-1s"}, "corral: -client-write-timeout: must be zero or more, got -1s\n"},
+		{"negative connections", []string{"-max-connections", "-1"}, "corral: -max-connections: must be zero or more, got -1\n"},
+		{"rate", []string{"-client-min-rate", "-1KiB"}, `corral: invalid value "-1KiB" for flag -client-min-rate: want a positive size such as 512MiB` + "\n"},
 		{"zero body size", []string{"-max-request-body-bytes", "0"}, `corral: invalid value "0" for flag -max-request-body-bytes: want a positive size such as 512MiB` + "\n"},
 		{"huge header limit", []string{"-max-header-bytes", "2GiB"}, "corral: -max-header-bytes: must be at most 1GiB, got 2GiB\n"},
 		{"buffers smaller than an object", []string{"-buffer-bytes", "4MiB"}, "corral: -buffer-bytes: 4MiB is too small: want at least twice -max-object-bytes (8MiB) and eight times -max-request-body-bytes (1MiB)\n"},
@@ -335,6 +338,43 @@ func TestUpstreamMaxPause(t *testing.T) {
 			}
 			if diff := cmp.Diff(tt.want, c.proxy.UpstreamMaxPause); diff != "" {
 				t.Errorf("proxy.Config.UpstreamMaxPause (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// Issue 23, finding 4: the client listener takes -max-connections at once,
+// 4096 unless told; -client-min-rate reaches proxy.Config, where a
+// negative rate is none, as the flag's 0 is.
+func TestClientLimits(t *testing.T) {
+	type limits struct {
+		MaxConnections int
+		ClientMinRate  int64
+	}
+	tests := []struct {
+		name string
+		args []string
+		env  map[string]string
+		want limits
+	}{
+		{"default", nil, nil, limits{4096, 64 << 10}},
+		{"flags", []string{"-max-connections", "100", "-client-min-rate", "1MiB"}, nil, limits{100, 1 << 20}},
+		{"variables", nil, map[string]string{"CORRAL_MAX_CONNECTIONS": "0", "CORRAL_CLIENT_MIN_RATE": "16KiB"}, limits{0, 16 << 10}},
+		{"zero rate is none", []string{"-client-min-rate", "0"}, nil, limits{4096, -1}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			getenv := func(name string) (string, bool) {
+				v, ok := tt.env[name]
+				return v, ok
+			}
+			var stderr bytes.Buffer
+			c, code := parseFlags(append([]string{"-upstream", "http://127.0.0.1:1"}, tt.args...), &stderr, getenv)
+			if c == nil {
+				t.Fatalf("parseFlags failed with %d: %s", code, stderr.String())
+			}
+			if diff := cmp.Diff(tt.want, limits{c.maxConnections, c.proxy.ClientMinRate}); diff != "" {
+				t.Errorf("limits (-want +got):\n%s", diff)
 			}
 		})
 	}

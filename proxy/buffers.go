@@ -14,9 +14,11 @@ var errBuffersFull = errors.New("buffer budget spent")
 
 // buffers is the one byte budget for bodies held in memory on their way
 // through corral: a shared fetch's body until it is stored or dropped, the
-// copy a passed-through answer keeps to store on the way, and request
-// bodies read before they go upstream. Stored entries are counted by the
-// store's own budget instead; together the two bound what bodies cost.
+// copy a passed-through answer keeps to store on the way, request bodies
+// read before they go upstream, and the bodies being written to clients
+// that the store does not hold (see bodyRef). Stored entries are counted
+// by the store's own budget instead; together the two bound what bodies
+// cost.
 // A reservation that does not fit is refused at once, never waited for:
 // whoever asked streams instead, or answers 503.
 //

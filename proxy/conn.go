@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"os"
+	"sync"
 	"time"
 )
 
@@ -61,6 +62,69 @@ func (c *writeTimeoutConn) Write(b []byte) (int, error) {
 // as it does on a bare TCP connection, so that a client still sending gets
 // its answer rather than a reset.
 func (c *writeTimeoutConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+// LimitListener returns ln accepting at most n connections at once, as
+// nginx's worker_connections caps its own: each connection costs a
+// goroutine, its buffers and what it is being written, so that the cap
+// bounds what all of them cost. Past it, Accept waits for a connection to
+// close; new clients wait meanwhile in the kernel's listen queue, and past
+// that, their connections are refused or time out. An n of zero or less
+// returns ln.
+func LimitListener(ln net.Listener, n int) net.Listener {
+	if n <= 0 {
+		return ln
+	}
+	return &limitListener{Listener: ln, slots: make(chan struct{}, n), closed: make(chan struct{})}
+}
+
+type limitListener struct {
+	net.Listener
+	slots     chan struct{} // one per open connection
+	closeOnce sync.Once
+	closed    chan struct{}
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	select {
+	case l.slots <- struct{}{}:
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
+	c, err := l.Listener.Accept()
+	if err != nil {
+		<-l.slots
+		return nil, err
+	}
+	return &limitConn{Conn: c, free: func() { <-l.slots }}, nil
+}
+
+// Close ends an Accept that waits for a slot, too.
+func (l *limitListener) Close() error {
+	l.closeOnce.Do(func() { close(l.closed) })
+	return l.Listener.Close()
+}
+
+// limitConn is one connection of a limitListener: closing it frees its slot,
+// once.
+type limitConn struct {
+	net.Conn
+	once sync.Once
+	free func()
+}
+
+func (c *limitConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.free)
+	return err
+}
+
+// CloseWrite passes http.Server's half-close on, as writeTimeoutConn does.
+func (c *limitConn) CloseWrite() error {
 	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
 		return cw.CloseWrite()
 	}

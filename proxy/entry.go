@@ -67,14 +67,34 @@ type local struct {
 	// served thousands of times in one: the hit path formats them only
 	// when they change.
 	served atomic.Pointer[servedFields]
+
+	// ref is what a body of largeBody or more is written from, nil for
+	// a smaller one. Entries that share a body (a 304 refreshes an
+	// entry with the body it had) share it.
+	ref *bodyRef
 }
 
-// withBody returns a copy of e, not yet stored, with body: the entry a
-// response judged by its header becomes once its body is in.
-func (e *local) withBody(body []byte) *local {
+// Kept and Dropped tell e's body ref whether the store holds e: the
+// store's budget counts e's body just so long (see cache.Tracker).
+func (e *local) Kept() {
+	if e.ref != nil {
+		e.ref.owner.kept(e.ref, e.Body)
+	}
+}
+
+func (e *local) Dropped() {
+	if e.ref != nil {
+		e.ref.owner.dropped(e.ref)
+	}
+}
+
+// withBody returns a copy of e, not yet stored, with body, written from
+// ref: the entry a response judged by its header becomes once its body is
+// in.
+func (e *local) withBody(body []byte, ref *bodyRef) *local {
 	c := *e.Entry
 	c.ID, c.Body = cache.NewID(), body
-	return &local{Entry: &c, Header: e.Header, Decision: e.Decision, rule: e.rule, credentialed: e.credentialed}
+	return &local{Entry: &c, Header: e.Header, Decision: e.Decision, rule: e.rule, credentialed: e.credentialed, ref: ref}
 }
 
 // decidedBy returns what Cache-Status says decided e's freshness: the
@@ -136,6 +156,9 @@ func (p *Proxy) recompute(key string, e *cache.Entry) *local {
 	if e.Kind != cache.Response {
 		return l
 	}
+	// Its own: a store that keeps no local decodes a body of its own for
+	// each read, which no budget but the buffers' counts.
+	l.ref = p.unstored.newRef(e.Body)
 	x := freshness.Exchange{
 		Method:       http.MethodGet,
 		Status:       e.Status,

@@ -462,6 +462,7 @@ func (p *Proxy) newEntryFor(method, key string, reqHeader http.Header, status in
 		Header:       servedHeader(h),
 		Decision:     d,
 		credentialed: reqHeader["Authorization"] != nil,
+		ref:          p.unstored.newRef(body),
 	}
 	if d.Source == freshness.FromRule {
 		// Counted when the rule decides, once per upstream response,
@@ -492,6 +493,11 @@ func (p *Proxy) revalidated(key string, reqHeader http.Header, stale *local, hea
 	}
 	e, own := p.newEntry(key, reqHeader, stale.Status, merged, stale.Body, reqTime, respTime)
 	e.credentialed = e.credentialed || stale.credentialed
+	if stale.ref != nil && stale.ref.body.Load() != nil {
+		// The same body: the store holds it once for both, and while
+		// the one replaces the other, it is never seen to let go of it.
+		e.ref = stale.ref
+	}
 	return e, own
 }
 

@@ -25,6 +25,9 @@ type metered interface {
 	guardStats() upstream.Stats
 	// bufferedBytes returns the buffer budget in use.
 	bufferedBytes() int64
+	// unstoredBytes returns what of it bodies being written that the
+	// store does not hold take.
+	unstoredBytes() int64
 	// sizer returns the store's gauges, or nil when it keeps none.
 	sizer() cache.Sizer
 }
@@ -32,6 +35,7 @@ type metered interface {
 func (p *Proxy) counters() *Stats           { return &p.stats }
 func (p *Proxy) guardStats() upstream.Stats { return p.guard.Stats() }
 func (p *Proxy) bufferedBytes() int64       { return p.buffers.InUse() }
+func (p *Proxy) unstoredBytes() int64       { return p.unstored.InUse() }
 func (p *Proxy) sizer() cache.Sizer {
 	s, _ := p.store.(cache.Sizer)
 	return s
@@ -68,12 +72,14 @@ var (
 	descPaused    = prometheus.NewDesc("corral_upstream_paused", "1 while the origin's Retry-After holds back the upstream requests of the scope; origin: every URL's.", []string{"scope"}, nil)
 	descPausedKey = prometheus.NewDesc("corral_upstream_paused_keys", "URLs whose upstream requests their own Retry-After holds back now.", nil, nil)
 	descPurged    = prometheus.NewDesc("corral_purged_entries_total", "Entries dropped by purges and by unsafe requests.", nil, nil)
-	descBuffered  = prometheus.NewDesc("corral_buffered_bytes", "Bytes of bodies held in memory on their way through (shared fetches until stored, copies of passed-through answers, request bodies), against -buffer-bytes.", nil, nil)
+	descBuffered  = prometheus.NewDesc("corral_buffered_bytes", "Bytes of bodies held in memory on their way through (shared fetches until stored, copies of passed-through answers, request bodies, bodies being written that the store does not hold), against -buffer-bytes.", nil, nil)
+	descUnstored  = prometheus.NewDesc("corral_unstored_bytes", "Bytes of bodies being written to clients that the store does not hold (evicted, replaced or purged meanwhile, or never stored), against their quarter of -buffer-bytes.", nil, nil)
+	descCut       = prometheus.NewDesc("corral_cut_answers_total", "Answers cut short because the store let go of their body and the buffer budget had no room for it.", nil, nil)
 	descRules     = prometheus.NewDesc("corral_rule_decisions_total", "Upstream responses whose freshness an operator's -rule decided, by the rule's path prefix.", []string{"rule"}, nil)
 )
 
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descRequests, descUpstream, descRefreshes, descEvictions, descBytes, descEntries, descThrottled, descInflight, descQueued, descPaused, descPausedKey, descPurged, descBuffered, descRules} {
+	for _, d := range []*prometheus.Desc{descRequests, descUpstream, descRefreshes, descEvictions, descBytes, descEntries, descThrottled, descInflight, descQueued, descPaused, descPausedKey, descPurged, descBuffered, descUnstored, descCut, descRules} {
 		ch <- d
 	}
 	m.client.Describe(ch)
@@ -102,6 +108,7 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	}
 	counter(descRefreshes, s.Refreshes.Load())
 	counter(descPurged, s.Purged.Load())
+	counter(descCut, s.Cut.Load())
 	for prefix, n := range s.RuleDecisions {
 		counter(descRules, n.Load(), prefix)
 	}
@@ -116,6 +123,7 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descPaused, prometheus.GaugeValue, paused, "origin")
 	ch <- prometheus.MustNewConstMetric(descPausedKey, prometheus.GaugeValue, float64(g.PausedKeys))
 	ch <- prometheus.MustNewConstMetric(descBuffered, prometheus.GaugeValue, float64(m.src.bufferedBytes()))
+	ch <- prometheus.MustNewConstMetric(descUnstored, prometheus.GaugeValue, float64(m.src.unstoredBytes()))
 	if mem := m.src.sizer(); mem != nil {
 		counter(descEvictions, mem.Evictions())
 		ch <- prometheus.MustNewConstMetric(descBytes, prometheus.GaugeValue, float64(mem.Bytes()))

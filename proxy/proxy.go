@@ -45,9 +45,11 @@ type Config struct {
 	// Store holds cached responses. Nil means an in-memory store of
 	// CacheBytes. A store made by NewMemory keeps beside each entry what
 	// the proxy derives from it; behind any other store, that is
-	// recomputed on every read, and a failed refresh's back-off is not
-	// remembered. Gauges, eviction warnings and readiness read the store
-	// through cache.Sizer, when it implements it.
+	// recomputed on every read, a failed refresh's back-off is not
+	// remembered, and each body of 64 KiB or more that is read takes
+	// room in the buffer budget while it is written. Gauges, eviction
+	// warnings and readiness read the store through cache.Sizer, when it
+	// implements it.
 	Store cache.Store
 
 	// CacheBytes is the in-memory store's budget. Zero means 256 MiB.
@@ -67,12 +69,25 @@ type Config struct {
 
 	// BufferBytes bounds the bodies held in memory on their way through:
 	// shared fetches' bodies until they are stored, the copies passed-
-	// through answers keep to store on the way, and request bodies; the
-	// last two may take a quarter of it each at most. Past it, answers
-	// stream without being stored (or a stale response stands in) and
-	// request bodies get 503. Zero means a quarter of CacheBytes, and at
-	// least twice MaxObjectBytes and eight times MaxRequestBodyBytes.
+	// through answers keep to store on the way, request bodies, and
+	// bodies of 64 KiB or more being written to clients that the store
+	// does not hold (evicted, replaced or purged meanwhile, or never
+	// stored); the last three may take a quarter of it each at most. Past
+	// it, answers stream without being stored (or a stale response stands
+	// in), request bodies get 503, and a body the store does not hold is
+	// not written (503) or, when its clients are being written it, they
+	// are cut. Zero means a quarter of CacheBytes, and at least four times
+	// MaxObjectBytes and eight times MaxRequestBodyBytes.
 	BufferBytes int64
+
+	// ClientMinRate is the slowest, in bytes a second, that clients may
+	// read a body the store does not hold (see BufferBytes) and keep its
+	// room in the buffer budget when another body needs the room: a
+	// client that reads at a trickle cannot keep a body from those who
+	// read it. The pace is that of their last 256 KiB, so that what
+	// socket buffers take at first does not count. Zero means 64 KiB a
+	// second; negative means no client gives up room for its pace.
+	ClientMinRate int64
 
 	// UpstreamTimeout bounds one exchange with the origin, body included,
 	// however many clients wait on it. Zero means 30s.
@@ -167,10 +182,11 @@ type Proxy struct {
 	maxObject       int64
 	maxRequestBody  int64
 	bodyTimeout     time.Duration
-	buffers         *buffers // what bodies held in memory may take
-	requestBuffers  *buffers // the share of it request bodies may take
-	copyBuffers     *buffers // the share of it passed-through copies may take
-	clientBuffers   shares   // each client's share of it for the fetches it leads
+	buffers         *buffers        // what bodies held in memory may take
+	requestBuffers  *buffers        // the share of it request bodies may take
+	copyBuffers     *buffers        // the share of it passed-through copies may take
+	clientBuffers   shares          // each client's share of it for the fetches it leads
+	unstored        *unstoredBodies // the share of it bodies being written that the store does not hold may take
 	passTTL         time.Duration
 	policy          freshness.Policy
 	rules           []rules.Rule // prefixes normalised as request keys are
@@ -257,10 +273,12 @@ func New(cfg Config) (*Proxy, error) {
 		p.store = p.ownStore
 	}
 	p.locals, _ = p.store.(localStore)
-	// Request bodies and the copies passed-through answers keep each
-	// take at most a quarter, so that what clients hold open can never
-	// take the half that shared fetches need.
-	p.buffers = &buffers{limit: orDefault(cfg.BufferBytes, max(cacheBytes/4, 2*p.maxObject, 8*p.maxRequestBody))}
+	// Request bodies, the copies passed-through answers keep, and the
+	// bodies being written that the store does not hold each take at
+	// most a quarter, so that what clients hold open can never take all
+	// that shared fetches need. By default a quarter holds the largest
+	// body.
+	p.buffers = &buffers{limit: orDefault(cfg.BufferBytes, max(cacheBytes/4, 4*p.maxObject, 8*p.maxRequestBody))}
 	p.requestBuffers = &buffers{limit: p.buffers.limit / 4, parent: p.buffers}
 	p.copyBuffers = &buffers{limit: p.buffers.limit / 4, parent: p.buffers}
 	// One client's fetches may hold a quarter of it, or what one object
@@ -271,6 +289,14 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	if p.now == nil {
 		p.now = time.Now
+	}
+	p.unstored = &unstoredBodies{
+		budget:  &buffers{limit: p.buffers.limit / 4, parent: p.buffers},
+		minRate: orDefault(cfg.ClientMinRate, 64<<10),
+		now:     p.now,
+	}
+	if cfg.ClientMinRate < 0 {
+		p.unstored.minRate = 0 // none
 	}
 	p.fakeClock = cfg.Now != nil
 	p.guard = newGuard(p.transport, cfg, timeout, p.now,
@@ -475,12 +501,12 @@ func (p *Proxy) answer(w http.ResponseWriter, r *http.Request, req freshness.Req
 	v := p.decide(r, req, key, e, vkey, now)
 	switch v.do {
 	case doServe:
-		p.serve(w, r, e, e.Header, cacheStatus{hit: true, ttl: e.Decision.TTL(now), hasTTL: true, detail: v.detail}, now)
-		return v.hit, false
+		return p.serve(w, r, e, e.Header, cacheStatus{hit: true, ttl: e.Decision.TTL(now), hasTTL: true, detail: v.detail}, now, v.hit), false
 	case doServeStale:
-		p.serve(w, r, e, e.Header, cacheStatus{hit: true, ttl: e.Decision.TTL(now), hasTTL: true, detail: detailStaleWhileRevalidate}, now)
+		// The refresh starts first: nothing here may keep e, and its
+		// body, alive while a slow client is written it (see bodyRef).
 		p.refresh(r, key, vkey, e)
-		return outStale, false
+		return p.serve(w, r, e, e.Header, cacheStatus{hit: true, ttl: e.Decision.TTL(now), hasTTL: true, detail: detailStaleWhileRevalidate}, now, outStale), false
 	case doPass:
 		return p.passThrough(w, r, key, v.fwd, v.detail), false
 	case doRefuse:
@@ -686,8 +712,7 @@ func (p *Proxy) serveFetched(w http.ResponseWriter, r *http.Request, req freshne
 		if passes(e.Decision, stale) {
 			p.markPass(r.Context(), in.vkey, e.Decision.Reason)
 		}
-		p.serve(w, r, e, f.own, st, now)
-		return outMiss
+		return p.serve(w, r, e, f.own, st, now, outMiss)
 	case !e.Decision.Shareable:
 		// Meant for the leader's request alone: fetch our own.
 		return p.passThrough(w, r, in.key, fwdMiss, detail(e.Decision.Reason))
@@ -713,8 +738,7 @@ func (p *Proxy) serveFetched(w http.ResponseWriter, r *http.Request, req freshne
 	case f.status == http.StatusNotModified:
 		o = outRevalidated
 	}
-	p.serve(w, r, e, h, st, now)
-	return o
+	return p.serve(w, r, e, h, st, now, o)
 }
 
 // serveStream serves f, whose body the flight in could not hold, from its
@@ -983,8 +1007,19 @@ func isServerError(status int) bool {
 }
 
 // serve writes e to w with header h, which is copied: the stored header
-// is never handed to a client.
-func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, e *local, h http.Header, st cacheStatus, now time.Time) {
+// is never handed to a client. It returns o, what serving e is, or outBusy
+// when it answered 503 instead: e's body is large, the store no longer
+// holds it, and the buffer budget has no room for it.
+func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, e *local, h http.Header, st cacheStatus, now time.Time, o requestOutcome) requestOutcome {
+	ref := e.ref
+	if ref != nil && r.Method != http.MethodHead && bodyAllowed(e.Status) {
+		if !p.unstored.enter(ref) {
+			return p.serveBusy(w, &upstream.BusyError{RetryAfter: time.Second, Why: "buffer budget spent"}, cacheStatus{detail: detailBuffersFull})
+		}
+		defer p.unstored.leave(ref)
+	} else {
+		ref = nil
+	}
 	out := w.Header()
 	// The fields set below share the one allocation of the copy; each
 	// gets a slice capped at its one value, so an append to one cannot
@@ -1016,17 +1051,38 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, e *local, h http.H
 		modtime, _ := http.ParseTime(h.Get("Last-Modified"))
 		if modtime.IsZero() && notModifiedSinceDate(r, h, e.Decision.ResponseTime) {
 			writeNotModified(w)
-			return
+			return o
 		}
-		http.ServeContent(w, r, "", modtime, bytes.NewReader(e.Body))
-		return
+		if ref == nil {
+			http.ServeContent(w, r, "", modtime, bytes.NewReader(e.Body))
+			return o
+		}
+		body := &bodyReader{ref: ref}
+		http.ServeContent(w, r, "", modtime, body)
+		p.countCut(body)
+		return o
 	}
 	if bodyAllowed(e.Status) {
 		set("Content-Length", f.contentLength)
 	}
 	w.WriteHeader(e.Status)
-	if r.Method != http.MethodHead && bodyAllowed(e.Status) {
+	switch {
+	case ref != nil:
+		// A chunk at a time, e no longer used: a client that stalls
+		// holds a chunk, not the body (see bodyRef).
+		body := &bodyReader{ref: ref}
+		io.Copy(w, body) //nolint:errcheck // the client may have gone
+		p.countCut(body)
+	case r.Method != http.MethodHead && bodyAllowed(e.Status):
 		w.Write(e.Body) //nolint:errcheck // the client may have gone
+	}
+	return o
+}
+
+// countCut counts an answer whose body, read through body, was cut.
+func (p *Proxy) countCut(body *bodyReader) {
+	if body.cut {
+		p.stats.Cut.Add(1)
 	}
 }
 
@@ -1078,8 +1134,7 @@ func bodyAllowed(status int) bool {
 // serveStaleOnError serves stale in place of an origin failure
 // (RFC 5861 section 4).
 func (p *Proxy) serveStaleOnError(w http.ResponseWriter, r *http.Request, stale *local, fwdStatus int, now time.Time) requestOutcome {
-	p.serve(w, r, stale, stale.Header, cacheStatus{fwd: fwdStale, fwdStatus: fwdStatus, ttl: stale.Decision.TTL(now), hasTTL: true, detail: detailStaleIfError}, now)
-	return outStaleOnError
+	return p.serve(w, r, stale, stale.Header, cacheStatus{fwd: fwdStale, fwdStatus: fwdStatus, ttl: stale.Decision.TTL(now), hasTTL: true, detail: detailStaleIfError}, now, outStaleOnError)
 }
 
 // serveError answers a failed fetch of the flight in: with its stale
@@ -1098,8 +1153,7 @@ func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, req freshness
 		// upstream on their own, streamed. The key is not marked; the
 		// next fetch may fit.
 		if stale != nil && stale.Decision.UsableDisconnected() {
-			p.serve(w, r, stale, stale.Header, cacheStatus{hit: true, ttl: stale.Decision.TTL(now), hasTTL: true, detail: detailBuffersFull}, now)
-			return outStaleOnBusy
+			return p.serve(w, r, stale, stale.Header, cacheStatus{hit: true, ttl: stale.Decision.TTL(now), hasTTL: true, detail: detailBuffersFull}, now, outStaleOnBusy)
 		}
 		return p.passThrough(w, r, key, fwdMiss, detailBuffersFull)
 	}
@@ -1108,8 +1162,7 @@ func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, req freshness
 		// corral held the request back to spare the origin: as good as
 		// disconnected from it.
 		if stale != nil && stale.Decision.UsableDisconnected() {
-			p.serve(w, r, stale, stale.Header, cacheStatus{hit: true, ttl: stale.Decision.TTL(now), hasTTL: true, detail: detailUpstreamBusy}, now)
-			return outStaleOnBusy
+			return p.serve(w, r, stale, stale.Header, cacheStatus{hit: true, ttl: stale.Decision.TTL(now), hasTTL: true, detail: detailUpstreamBusy}, now, outStaleOnBusy)
 		}
 		return p.serveBusy(w, busy, cacheStatus{fwd: fwd, detail: d})
 	}

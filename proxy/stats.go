@@ -22,11 +22,12 @@ type Stats struct {
 	Errors       atomic.Int64 // answered 502 or 504 by corral (504 also for only-if-cached)
 	Abandoned    atomic.Int64 // the client left before its fetch ended
 	StaleOnBusy  atomic.Int64 // served stale while the upstream guard held requests back
-	Busy         atomic.Int64 // answered 503 by corral: the upstream guard held the request back
+	Busy         atomic.Int64 // answered 503 by corral: the upstream guard held the request back, or the buffer budget had no room for a body the store no longer holds
 	Rejected     atomic.Int64 // answered 4xx by corral: a request it will not forward
 
 	Refreshes atomic.Int64 // background refreshes started
 	Purged    atomic.Int64 // entries dropped by purges and unsafe requests
+	Cut       atomic.Int64 // answers cut short: the store let go of their body and the buffer budget had no room for it, or a streamed body's reader held the others back
 
 	// RuleDecisions counts, by the prefix of each of Config.Rules, the
 	// upstream responses whose freshness the rule decided. New makes the
@@ -103,7 +104,10 @@ func (s *Stats) count(o requestOutcome) {
 		c = &s.StaleOnError
 	case outPassed:
 		c = &s.Passed
-	case outError, outCut:
+	case outError:
+		c = &s.Errors
+	case outCut:
+		s.Cut.Add(1)
 		c = &s.Errors
 	case outAbandoned:
 		c = &s.Abandoned

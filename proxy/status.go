@@ -205,7 +205,7 @@ func (p *Proxy) storeOnTheWay(resp *http.Response, info passed, since time.Time)
 		// The client's context may end as soon as it has read the body.
 		// Memory only: a passed-through answer was fetched for one
 		// client, under no lease, and stays on this replica.
-		p.put(context.WithoutCancel(resp.Request.Context()), info.uri, e.withBody(body), since, nil, nil)
+		p.put(context.WithoutCancel(resp.Request.Context()), info.uri, e.withBody(body, p.unstored.newRef(body)), since, nil, nil)
 	}}
 	if resp.ContentLength > 0 && t.kept.resize(resp.ContentLength) != nil {
 		return e // no room for the copy now: the body only streams

@@ -68,6 +68,9 @@ func NewMemory(cfg Config) *Memory {
 			if e.Cause == otter.CauseOverflow {
 				m.evictions.Add(1)
 			}
+			if t, ok := e.Value.local.(Tracker); ok {
+				t.Dropped()
+			}
 		},
 	}
 	if cfg.Now != nil {
@@ -137,7 +140,8 @@ func (m *Memory) Set(ctx context.Context, key string, e *Entry, ttl time.Duratio
 // GetLocal to hand back: what this process derives from the entry and the
 // state it keeps about it (its freshness decision, a memo of the fields
 // served from it, a back-off), which must not go into the Entry itself.
-// Its cost is counted in entryOverhead.
+// Its cost is counted in entryOverhead. A local that is a Tracker is told
+// when the store takes e and when it lets go of it.
 func (m *Memory) SetLocal(_ context.Context, key string, e *Entry, local any, ttl time.Duration, cond Cond) error {
 	if ttl <= 0 {
 		return nil
@@ -159,9 +163,28 @@ func (m *Memory) SetLocal(_ context.Context, key string, e *Entry, local any, tt
 			err = ErrConflict
 			return old, otter.CancelOp
 		}
+		// Before the old entry's Dropped, which otter calls once this
+		// returns: a local that replaces one sharing its body is never
+		// seen to leave the body unheld.
+		if t, ok := local.(Tracker); ok {
+			t.Kept()
+		}
 		return it, otter.WriteOp
 	})
 	return err
+}
+
+// Tracker is what a local given to SetLocal may implement to learn how long
+// the store holds its entry in memory: the memory its entry points to (a
+// body, say) is counted by the store's budget just so long, and its owner
+// must count it elsewhere past that. Both run under a lock of the store,
+// and must not call it.
+type Tracker interface {
+	// Kept is called when the store takes the entry.
+	Kept()
+	// Dropped is called once the store lets go of the entry: evicted,
+	// expired, replaced, deleted or purged.
+	Dropped()
 }
 
 func (m *Memory) Delete(_ context.Context, key string) error {
