@@ -34,11 +34,12 @@ const Version = 1
 // where a string or bytes is a uvarint length and that many bytes, and a
 // time is a varint of Unix seconds and a uvarint of nanoseconds (the zero
 // Time is second -62135596800). The version, kind and ID sit at fixed
-// offsets (0, 1 and 2-9), so that a script in another store can compare
-// IDs without decoding the rest.
+// offsets (0, 1 and IDOffset), so that a script in another store can
+// compare IDs without decoding the rest.
 const (
-	idOffset = 2
-	idEnd    = idOffset + 8
+	IDOffset = 2 // where an encoded entry's ID starts
+	IDSize   = 8 // its bytes, big-endian
+	idEnd    = IDOffset + IDSize
 )
 
 // errEncode is returned by MarshalBinary for an Entry it cannot encode.

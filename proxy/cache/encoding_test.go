@@ -104,8 +104,8 @@ func TestRoundTripLargeBody(t *testing.T) {
 func TestIDAtFixedOffset(t *testing.T) {
 	e := examples()["response"]
 	b, _ := e.MarshalBinary()
-	if diff := cmp.Diff([]byte{0xfe, 0xed, 0xfa, 0xce, 0xca, 0xfe, 0xbe, 0xef}, b[idOffset:idEnd]); diff != "" {
-		t.Errorf("bytes %d-%d (-want +got):\n%s", idOffset, idEnd-1, diff)
+	if diff := cmp.Diff([]byte{0xfe, 0xed, 0xfa, 0xce, 0xca, 0xfe, 0xbe, 0xef}, b[IDOffset:idEnd]); diff != "" {
+		t.Errorf("bytes %d-%d (-want +got):\n%s", IDOffset, idEnd-1, diff)
 	}
 }
 

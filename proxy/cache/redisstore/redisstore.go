@@ -19,7 +19,7 @@
 // slot of a Redis Cluster, and the scripts that touch several of them run
 // there; T being hex, no brace in a cache key can move the tag. A key's
 // entry is a hash at Prefix+"{T}e:"+key with field v (the cache.Entry
-// encoding, whose ID sits at bytes 2-9) and field x (the moment it
+// encoding, whose ID sits at cache.IDOffset) and field x (the moment it
 // expires by Config.Now, in Unix microseconds). Redis also expires it by
 // its own clock after the ttl, so that memory is given back; the x field
 // is what a reader goes by. An entry with field q is not yet written: in
@@ -373,7 +373,7 @@ func (s *Store) Get(ctx context.Context, key string) (*cache.Entry, error) {
 // of prefixes are in another slot: set checks them after the write. The
 // entry's fields are replaced as a whole, so that a plain Set leaves no
 // fresh-until (field f) of an earlier SetFresh.
-var setScript = redis.NewScript(`#!lua
+var setScript = redis.NewScript("#!lua\n" + luaEntryID + `
 local since = tonumber(ARGV[4])
 if since > 0 then
   for i = 2, 3 do
@@ -392,7 +392,7 @@ if mode ~= '' then
   local cur = redis.call('HMGET', KEYS[1], 'v', 'x')
   local live = cur[1] and cur[2] and tonumber(cur[2]) > tonumber(ARGV[7])
   if mode == 'absent' and live then return 'conflict' end
-  if mode == 'id' and not (live and string.sub(cur[1], 3, 10) == ARGV[6]) then return 'conflict' end
+  if mode == 'id' and not (live and entryID(cur[1]) == ARGV[6]) then return 'conflict' end
 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 'x', ARGV[3])
@@ -403,15 +403,20 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 'ok'
 `)
 
+// luaEntryID defines entryID(v) for the scripts that compare IDs: the ID
+// of an encoded entry, where cache.IDOffset says it sits (Lua counts from
+// one).
+var luaEntryID = fmt.Sprintf("local function entryID(v) return string.sub(v, %d, %d) end\n",
+	cache.IDOffset+1, cache.IDOffset+cache.IDSize)
+
 // settleScript ends the pending state of an entry that set wrote, if it
-// is still the one set wrote (its ID, bytes 2-9 of v): it drops it, or
-// makes it written.
+// is still the one set wrote (its ID): it drops it, or makes it written.
 //
 //	KEYS: entry
-//	ARGV: ID (8 bytes), "drop" or "keep"
-var settleScript = redis.NewScript(`#!lua flags=allow-oom
+//	ARGV: ID (cache.IDSize bytes), "drop" or "keep"
+var settleScript = redis.NewScript("#!lua flags=allow-oom\n" + luaEntryID + `
 local v = redis.call('HGET', KEYS[1], 'v')
-if v and string.sub(v, 3, 10) == ARGV[1] then
+if v and entryID(v) == ARGV[1] then
   if ARGV[2] == 'drop' then redis.call('DEL', KEYS[1]) else redis.call('HDEL', KEYS[1], 'q') end
 end
 return 0
@@ -435,7 +440,7 @@ func (s *Store) set(ctx context.Context, key string, e *cache.Entry, ttl time.Du
 	if err != nil {
 		return fail(outer, "set", key, err)
 	}
-	mode, id := "", make([]byte, 8)
+	mode, id := "", make([]byte, cache.IDSize)
 	switch {
 	case cond.IfID != 0:
 		mode = "id"
@@ -507,10 +512,10 @@ func (s *Store) set(ctx context.Context, key string, e *cache.Entry, ttl time.Du
 	// Until settled, the entry is pending, so that no reader serves it in
 	// between; a Set that fails from here leaves it pending, unseen, until
 	// Redis expires it or a write replaces it.
-	if len(v) < 10 {
+	if len(v) < cache.IDOffset+cache.IDSize {
 		return fail(outer, "set", key, errors.New("encoding too short"))
 	}
-	id = []byte(v[2:10])
+	id = []byte(v[cache.IDOffset : cache.IDOffset+cache.IDSize])
 	cctx, cancel, err = s.call(ctx)
 	if err != nil {
 		return err

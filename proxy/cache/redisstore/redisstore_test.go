@@ -452,3 +452,25 @@ func TestPurgeRecordsAreSmall(t *testing.T) {
 		t.Errorf("Set of a fetch begun before the purge: %v, want ErrPurged", err)
 	}
 }
+
+// TestScriptsReadTheEncodedID runs the Lua that the conditional scripts
+// compare IDs with against an entry as the cache encodes it: the scripts
+// and the encoding agree on where the ID sits (cache.IDOffset), or an
+// IfID write would never match, or match the wrong bytes.
+func TestScriptsReadTheEncodedID(t *testing.T) {
+	srv := redistest.Start(t, false)
+	c := srv.Client()
+	defer c.Close()
+	e := &cache.Entry{Kind: cache.Response, ID: 0x0102030405060708, Status: 200, Body: []byte("body")}
+	v, err := e.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := c.Eval(context.Background(), redisstore.LuaEntryID+"return entryID(ARGV[1])", nil, v).Text()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "\x01\x02\x03\x04\x05\x06\x07\x08"; got != want {
+		t.Errorf("the scripts read the ID %q out of an encoded entry, want %q", got, want)
+	}
+}
