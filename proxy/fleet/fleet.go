@@ -276,10 +276,6 @@ const (
 	Fetch Use = iota
 	// Take: serve it (a fresh response, a Vary marker, a pass mark).
 	Take
-	// TakeIfHeld: serve it if another replica holds the lease and so
-	// is fetching a new one (a response within stale-while-revalidate);
-	// otherwise take the lease and fetch.
-	TakeIfHeld
 )
 
 // Judge says what an entry found in the shared tier is good for.
@@ -379,7 +375,7 @@ func (f *Fleet) Claim(ctx context.Context, key string, judge Judge) Claim {
 			}
 			return c
 		case redisstore.LeaseHeld:
-			if e != nil && (use == Take || use == TakeIfHeld) {
+			if e != nil && use == Take {
 				f.stats.hits.Add(1)
 				return Claim{Entry: e, Expires: found.Expires}
 			}

@@ -269,27 +269,6 @@ func TestRenewal(t *testing.T) {
 	}
 }
 
-// TestTakeIfHeld: a stale entry is served at once while another replica
-// fetches.
-func TestTakeIfHeld(t *testing.T) {
-	srv := redistest.Start(t, false)
-	stale := response("stale")
-	seed(t, srv.URL, "/k", stale)
-	a := newFleet(t, srv, fleet.Config{})
-	b := newFleet(t, srv, fleet.Config{Recheck: time.Minute})
-	ctx := context.Background()
-
-	l := mustLease(t, a.Claim(ctx, "/k", fetchAll))
-	defer l.Release(ctx, 0)
-	got := b.Claim(ctx, "/k", func(*cache.Entry) fleet.Use { return fleet.TakeIfHeld })
-	if got.Lease != nil || got.Entry == nil || got.Entry.ID != stale.ID {
-		t.Fatalf("B's Claim = %+v, want the stale entry", got)
-	}
-	if s := b.Stats(); s.Waited != 0 {
-		t.Errorf("B waited: %+v", s)
-	}
-}
-
 // TestLocalOnly: a holder that leaves a local-only mark sends its waiters,
 // and later claims, to fetch on their own, with the stale copy beside the
 // mark to stand in for a failure.
