@@ -19,7 +19,7 @@ type Stats struct {
 	Coalesced    atomic.Int64 // answered by a flight another request started
 	StaleOnError atomic.Int64 // served stale in place of an origin failure
 	Passed       atomic.Int64 // sent upstream on their own (bypass, uncacheable)
-	Errors       atomic.Int64 // answered 502 or 504 by corral (504 also for only-if-cached)
+	Errors       atomic.Int64 // answered 502 or 504 by corral for a shared fetch, or 504 for only-if-cached; a streamed answer cut short (a passed-through request's 502 or 504 counts in Passed)
 	Abandoned    atomic.Int64 // the client left before its fetch ended
 	StaleOnBusy  atomic.Int64 // served stale while the upstream guard held requests back
 	Busy         atomic.Int64 // answered 503 by corral: the upstream guard held the request back, or the buffer budget had no room for a body the store no longer holds

@@ -2,8 +2,11 @@
 // behind each replica's memory, a lease per key so that one replica asks
 // the origin for the whole fleet while the others wait to be woken, and
 // purges that reach every replica. Redis never fails a caller: every call
-// has a short deadline and no retry, and a breaker keeps the replica
-// local-only while Redis fails, until a probe succeeds.
+// has a short deadline and is not retried (on a Redis Cluster, go-redis
+// may send a call again within its deadline after a redirect or a broken
+// connection, which the store's scripts allow for: see redisstore), and a
+// breaker keeps the replica local-only while Redis fails, until a probe
+// succeeds.
 package fleet
 
 import (
