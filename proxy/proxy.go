@@ -202,6 +202,7 @@ type Proxy struct {
 	upstreamTimeout time.Duration
 	flights         flights      // a coalesce.Group
 	fleet           *fleet.Fleet // the tier replicas share; nil when none
+	stopPurges      func()       // ends the fleet's calls to purgedElsewhere
 	pass            *httputil.ReverseProxy
 	stats           Stats
 	metrics         *Metrics
@@ -306,7 +307,7 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	p.logRequests = p.log.Enabled(context.Background(), slog.LevelDebug)
 	if p.fleet != nil {
-		p.fleet.OnPurge(p.purgedElsewhere)
+		p.stopPurges = p.fleet.OnPurge(p.purgedElsewhere)
 	}
 	p.pass = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
@@ -404,11 +405,15 @@ func (p *Proxy) Stats() *Stats { return &p.stats }
 func (p *Proxy) Wait() { p.flights.Wait(context.Background()) } //nolint:errcheck // no deadline
 
 // Shutdown waits, until ctx ends, for the fetches under way to finish,
-// background refreshes and those whose clients left included, then closes
-// the idle upstream connections and stops the store New made. Call it
+// background refreshes and those whose clients left included, then stops
+// hearing the fleet's purges, closes the idle upstream connections and
+// stops the store New made. Call it
 // once the server in front has stopped handing the proxy requests.
 func (p *Proxy) Shutdown(ctx context.Context) error {
 	err := p.flights.Wait(ctx)
+	if p.stopPurges != nil {
+		p.stopPurges() // the Fleet may outlive the proxy, and serve another
+	}
 	if t, ok := p.transport.(interface{ CloseIdleConnections() }); ok {
 		t.CloseIdleConnections()
 	}

@@ -119,8 +119,12 @@ type Fleet struct {
 	closed   bool
 	renewals sync.WaitGroup // of the renewal goroutines, started under mu
 
-	onPurge    atomic.Pointer[func(key string, prefix bool, at time.Time)]
-	decodeOnce sync.Once // the first undecodable entry is logged, the others counted
+	// subscribers are the functions OnPurge was given and not yet
+	// stopped, by the number each was given under; copied on write.
+	subMu       sync.Mutex
+	subscribers atomic.Pointer[map[int64]func(key string, prefix bool, at time.Time)]
+	lastSub     int64
+	decodeOnce  sync.Once // the first undecodable entry is logged, the others counted
 
 	stats   counters
 	latency prometheus.Histogram
@@ -621,10 +625,34 @@ func (f *Fleet) Purge(ctx context.Context, key string, prefix bool, at time.Time
 	return n, cmp.Or(err, perr)
 }
 
-// OnPurge sets the function called, on the subscription's goroutine, for
-// each purge another replica announces. Set it before serving.
-func (f *Fleet) OnPurge(fn func(key string, prefix bool, at time.Time)) {
-	f.onPurge.Store(&fn)
+// OnPurge adds fn to the functions called, on the subscription's
+// goroutine, for each purge another replica announces, and returns the
+// function that removes it again: every proxy on the Fleet hears every
+// purge, and one that is shut down, none.
+func (f *Fleet) OnPurge(fn func(key string, prefix bool, at time.Time)) (stop func()) {
+	f.subMu.Lock()
+	defer f.subMu.Unlock()
+	f.lastSub++
+	id := f.lastSub
+	f.setSubscribers(func(m map[int64]func(string, bool, time.Time)) { m[id] = fn })
+	return func() {
+		f.subMu.Lock()
+		defer f.subMu.Unlock()
+		f.setSubscribers(func(m map[int64]func(string, bool, time.Time)) { delete(m, id) })
+	}
+}
+
+// setSubscribers replaces the subscribers by a copy that change made,
+// with subMu held, so that purged reads them without a lock.
+func (f *Fleet) setSubscribers(change func(map[int64]func(string, bool, time.Time))) {
+	m := make(map[int64]func(string, bool, time.Time))
+	if old := f.subscribers.Load(); old != nil {
+		for id, fn := range *old {
+			m[id] = fn
+		}
+	}
+	change(m)
+	f.subscribers.Store(&m)
 }
 
 // purged handles a message on the purge channel.
@@ -638,7 +666,9 @@ func (f *Fleet) purged(payload string) {
 		return // this replica's own: its caller purged its memory already
 	}
 	f.stats.purgesReceived.Add(1)
-	if fn := f.onPurge.Load(); fn != nil && *fn != nil {
-		(*fn)(m.key, m.prefix, m.at)
+	if subs := f.subscribers.Load(); subs != nil {
+		for _, fn := range *subs {
+			fn(m.key, m.prefix, m.at)
+		}
 	}
 }

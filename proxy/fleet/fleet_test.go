@@ -717,3 +717,37 @@ func TestCluster(t *testing.T) {
 		t.Errorf("Purge of the prefix / = %d, %v; want %d", n, err, len(keys))
 	}
 }
+
+// TestEverySubscriberHearsAPurge: two proxies on one Fleet each subscribe
+// to the purges other replicas announce; a second subscription must not
+// silently replace the first, and one that stops (its proxy shut down)
+// hears no more.
+func TestEverySubscriberHearsAPurge(t *testing.T) {
+	srv := redistest.Start(t, false)
+	a := newFleet(t, srv, fleet.Config{})
+	b := newFleet(t, srv, fleet.Config{})
+	subscribed(t, srv, 2)
+	first := make(chan purge, 4)
+	stopFirst := b.OnPurge(func(key string, prefix bool, at time.Time) { first <- purge{key, prefix, at} })
+	second := onPurge(b)
+	ctx := context.Background()
+	at := time.UnixMicro(time.Now().UnixMicro())
+	if _, err := a.Purge(ctx, "/k", false, at); err != nil {
+		t.Fatal(err)
+	}
+	for name, ch := range map[string]<-chan purge{"the first": first, "the second": second} {
+		if got := receivePurge(t, ch); got != (purge{"/k", false, at}) {
+			t.Errorf("%s subscriber heard %+v, want /k at %v", name, got, at)
+		}
+	}
+	stopFirst()
+	if _, err := a.Purge(ctx, "/j", false, at); err != nil {
+		t.Fatal(err)
+	}
+	receivePurge(t, second)
+	select {
+	case got := <-first:
+		t.Errorf("a subscriber that stopped heard %+v", got)
+	default:
+	}
+}
