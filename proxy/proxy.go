@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptrace"
@@ -807,13 +808,20 @@ func (iw *interimWriter) write(code int, header textproto.MIMEHeader) error {
 	if iw.closed || code == http.StatusSwitchingProtocols {
 		return nil
 	}
+	// net/http sends the fields of w's header with a 1xx, and keeps
+	// them for the final answer: the fields set on it before the flight
+	// (a chunked request's Connection: close) are put aside while the
+	// interim answer is written, and back afterwards.
 	h := iw.w.Header()
+	kept := h.Clone()
+	clear(h)
 	for k, vs := range header {
 		h[k] = append([]string(nil), vs...)
 	}
 	filterInterim(h)
 	iw.w.WriteHeader(code)
-	clear(h) // net/http keeps the fields of a 1xx for the final answer
+	clear(h)
+	maps.Copy(h, kept)
 	return nil
 }
 
