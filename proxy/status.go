@@ -317,11 +317,21 @@ func safeMethod(m string) bool {
 // invalidate drops what is stored for the target of a successful unsafe
 // request, and for its Location and Content-Location when they are on the
 // same origin (RFC 9111 section 4.4).
+//
+// This replica's memory is purged at once; the fleet, in the background
+// (fleet.Announce): the client's answer does not wait on Redis.
 func (p *Proxy) invalidate(info passed, h http.Header) {
-	p.Purge(info.uri, false) //nolint:errcheck // logged; the client's answer stands
+	at := p.now()
+	targets := []string{info.uri}
 	for _, f := range []string{"Location", "Content-Location"} {
 		if target, ok := p.sameOrigin(info, h.Get(f)); ok {
-			p.Purge(target, false) //nolint:errcheck // logged
+			targets = append(targets, target)
+		}
+	}
+	for _, target := range targets {
+		p.purgeHere(target, false, at) //nolint:errcheck // logged; the client's answer stands
+		if p.fleet != nil {
+			p.fleet.Announce(target, false, at)
 		}
 	}
 }

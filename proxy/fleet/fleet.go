@@ -126,6 +126,8 @@ type Fleet struct {
 	lastSub     int64
 	decodeOnce  sync.Once // the first undecodable entry is logged, the others counted
 
+	announcements chan purgeMessage // Announce's, for the announcer
+
 	stats   counters
 	latency prometheus.Histogram
 }
@@ -158,6 +160,8 @@ func New(cfg Config) (*Fleet, error) {
 		purgeCh:   store.PurgeChannel(),
 		done:      make(chan struct{}),
 		waiters:   make(map[string][]chan struct{}),
+
+		announcements: make(chan purgeMessage, announceQueue),
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "corral_redis_command_duration_seconds",
 			Help:    "Time of a call to Redis, as the replica measured it.",
@@ -190,6 +194,8 @@ func New(cfg Config) (*Fleet, error) {
 	f.ps = store.Subscribe(ctx, f.wakeCh, f.purgeCh)
 	cancel()
 	go f.listen(f.ps.Channel())
+	f.renewals.Add(1)
+	go f.announcer()
 	// The first calls after a start find the scripts loaded, and the
 	// connection made, rather than spend their deadline on it.
 	f.renewals.Add(1)
@@ -624,6 +630,55 @@ func (f *Fleet) Purge(ctx context.Context, key string, prefix bool, at time.Time
 	})
 	return n, cmp.Or(err, perr)
 }
+
+// announceQueue bounds the purges that Announce holds for Redis: any
+// client can send unsafe requests, and their purges must not grow it.
+const announceQueue = 1024
+
+// Announce purges key, or every key under it with prefix, across the fleet
+// as Purge does, at a time recorded now, but in the background: the
+// caller, the answer to a client's unsafe request, does not wait on Redis
+// (issue 17). Past announceQueue purges waiting, one is dropped, and
+// counted: it then holds on this replica only (the caller purged its
+// memory), until the entries expire elsewhere.
+func (f *Fleet) Announce(key string, prefix bool, at time.Time) {
+	select {
+	case f.announcements <- purgeMessage{from: f.id, key: key, prefix: prefix, at: at}:
+	default:
+		f.stats.announced[announceDropped].Add(1)
+	}
+}
+
+// announcer makes Announce's purges, one after another, until Close.
+func (f *Fleet) announcer() {
+	defer f.renewals.Done()
+	for {
+		select {
+		case m := <-f.announcements:
+			_, err := f.Purge(f.closing, m.key, m.prefix, m.at)
+			switch {
+			case err == nil:
+				f.stats.announced[announceMade].Add(1)
+			case f.closing.Err() != nil:
+				f.stats.announced[announceDropped].Add(1)
+			default:
+				f.stats.announced[announceFailed].Add(1)
+				f.log.Warn("purge of the shared tier failed; other replicas may serve the purged response until it expires", "uri", m.key, "prefix", m.prefix, "err", err)
+			}
+		case <-f.closing.Done():
+			f.stats.announced[announceDropped].Add(int64(len(f.announcements)))
+			return
+		}
+	}
+}
+
+// What became of an announced purge.
+const (
+	announceMade = iota
+	announceFailed
+	announceDropped
+	numAnnounced
+)
 
 // OnPurge adds fn to the functions called, on the subscription's
 // goroutine, for each purge another replica announces, and returns the

@@ -751,3 +751,46 @@ func TestEverySubscriberHearsAPurge(t *testing.T) {
 	default:
 	}
 }
+
+// TestAnnounceIsBounded: the purges Announce holds while Redis is slow
+// are bounded, whatever clients send: past the queue, a purge is dropped
+// and counted, not held; the others are made once Redis answers, and the
+// other replicas hear them.
+func TestAnnounceIsBounded(t *testing.T) {
+	srv := redistest.Start(t, false)
+	release := make(chan struct{})
+	var armed atomic.Bool
+	c := srv.Client()
+	t.Cleanup(func() { c.Close() })
+	c.AddHook(redistest.Hook(func(ctx context.Context, cmd redis.Cmder, next redis.ProcessHook) error {
+		if armed.Load() {
+			<-release
+		}
+		return next(ctx, cmd)
+	}))
+	a := newFleet(t, srv, fleet.Config{Client: c})
+	b := newFleet(t, srv, fleet.Config{})
+	subscribed(t, srv, 2)
+	var heard atomic.Int64
+	b.OnPurge(func(string, bool, time.Time) { heard.Add(1) })
+	armed.Store(true)
+	const n = 1024 + 100
+	at := time.UnixMicro(time.Now().UnixMicro())
+	for i := range n {
+		a.Announce("/k"+strconv.Itoa(i), false, at) // never waits
+	}
+	armed.Store(false)
+	close(release)
+	deadline := time.Now().Add(10 * time.Second)
+	for s := a.Stats(); s.AnnouncedPurges+s.AnnounceDropped+s.AnnounceFailed < n || heard.Load() < s.AnnouncedPurges; s = a.Stats() {
+		if time.Now().After(deadline) {
+			t.Fatalf("announcements not all accounted for: %+v", s)
+		}
+		time.Sleep(5 * time.Millisecond) // purges over a real Redis
+	}
+	// The one the announcer had taken when Redis stalled may fail, past
+	// its deadline; the queue holds 1024 more.
+	if s := a.Stats(); s.AnnounceDropped != n-1024-1 || s.AnnounceFailed > 1 {
+		t.Errorf("of %d announcements, %d made, %d failed, %d dropped; want %d dropped: the queue holds 1024", n, s.AnnouncedPurges, s.AnnounceFailed, s.AnnounceDropped, n-1024-1)
+	}
+}

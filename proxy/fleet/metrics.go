@@ -27,6 +27,7 @@ type counters struct {
 	wokenByRecheck atomic.Int64
 	purgesReceived atomic.Int64
 	purgesDropped  atomic.Int64
+	announced      [numAnnounced]atomic.Int64 // by result
 }
 
 // Stats are a Fleet's counts since New.
@@ -52,6 +53,11 @@ type Stats struct {
 	PurgesReceived       int64 // other replicas' purges handed to OnPurge
 	PurgeMessagesDropped int64 // messages on the purge channel that did not parse
 
+	// Announce's purges, by what became of them: made (in Redis, and
+	// announced), failed (Redis failed some of it), dropped (the queue
+	// was full, or the Fleet closed first).
+	AnnouncedPurges, AnnounceFailed, AnnounceDropped int64
+
 	BreakerOpen bool // the breaker is open or half-open: the replica is local-only
 }
 
@@ -74,6 +80,9 @@ func (f *Fleet) Stats() Stats {
 		WokenByRecheck:       c.wokenByRecheck.Load(),
 		PurgesReceived:       c.purgesReceived.Load(),
 		PurgeMessagesDropped: c.purgesDropped.Load(),
+		AnnouncedPurges:      c.announced[announceMade].Load(),
+		AnnounceFailed:       c.announced[announceFailed].Load(),
+		AnnounceDropped:      c.announced[announceDropped].Load(),
 		BreakerOpen:          f.breaker.State() != gobreaker.StateClosed,
 	}
 	for i := range c.ops {
@@ -93,11 +102,12 @@ var (
 	descWakeups   = prometheus.NewDesc("corral_lease_wakeups_total", "Waits for another replica's fetch ended, by what ended them.", []string{"via"}, nil)
 	descPurgesIn  = prometheus.NewDesc("corral_purges_received_total", "Purges announced by other replicas.", nil, nil)
 	descPurgesBad = prometheus.NewDesc("corral_purge_messages_dropped_total", "Messages on the purge channel that did not parse.", nil, nil)
+	descAnnounced = prometheus.NewDesc("corral_purge_announcements_total", "Purges of unsafe requests sent to the fleet in the background, by result: made, failed (Redis failed), dropped (the queue was full).", []string{"result"}, nil)
 )
 
 // Describe implements prometheus.Collector.
 func (f *Fleet) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descCommands, descOpen, descHits, descDecode, descLeases, descWakeups, descPurgesIn, descPurgesBad} {
+	for _, d := range []*prometheus.Desc{descCommands, descOpen, descHits, descDecode, descLeases, descWakeups, descPurgesIn, descPurgesBad, descAnnounced} {
 		ch <- d
 	}
 	f.latency.Describe(ch)
@@ -129,6 +139,9 @@ func (f *Fleet) Collect(ch chan<- prometheus.Metric) {
 	counter(descWakeups, s.WokenByRecheck, "recheck")
 	counter(descPurgesIn, s.PurgesReceived)
 	counter(descPurgesBad, s.PurgeMessagesDropped)
+	counter(descAnnounced, s.AnnouncedPurges, "made")
+	counter(descAnnounced, s.AnnounceFailed, "failed")
+	counter(descAnnounced, s.AnnounceDropped, "dropped")
 	f.latency.Collect(ch)
 }
 
