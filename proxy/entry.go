@@ -62,6 +62,11 @@ type local struct {
 	// must not pin a stale answer on everyone for longer than that.
 	failedAt atomic.Int64
 
+	// lastFailure is the last failed validation of the entry by a
+	// request that carried one client's fields, which another client's
+	// must confirm before everyone backs off (confirmedFailure).
+	lastFailure atomic.Pointer[failure]
+
 	// served remembers the field values of the last answer from the
 	// entry. They change at most once a second, and a hot entry is
 	// served thousands of times in one: the hit path formats them only
@@ -238,6 +243,12 @@ func (p *Proxy) setErr(ctx context.Context, key string, e *local, ttl time.Durat
 		p.log.Warn("cache write failed; not stored", "key", key, "err", err)
 	}
 	return err
+}
+
+// failure is a failed validation: by which fields (fingerprint), when.
+type failure struct {
+	fp uint64
+	at int64 // Unix nanoseconds
 }
 
 // failedRecently reports whether a validation of l failed less than

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"net/textproto"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -51,11 +52,14 @@ type fetched struct {
 	// neither stored nor shared beyond the flight.
 	stream *stream
 
-	// mine is the origin's answer to the leader's own request, when it
-	// spoke of that request (aboutTheRequest) and this one came from a
-	// neutral exchange made for everyone else: for the leader alone,
-	// never stored or shared.
-	mine *fetched
+	// personal says the answer may speak of its leader's own request
+	// rather than of the resource (aboutTheRequest: a spent quota, a
+	// refused field), which carried fields beyond those the response
+	// varies on, and the origin did not let caches keep it: it is the
+	// leader's, and of requests that sent the same fields (sent), never
+	// stored or shared with the others.
+	personal bool
+	sent     http.Header
 
 	// inShared says the fetch left its answer in the tier the fleet
 	// shares, a response or a pass mark, for the replicas that wait.
@@ -83,11 +87,15 @@ type flight struct {
 	client netip.Addr
 	budget *buffers
 
-	// neutral says header carries nothing of one client's: no field
-	// but those the URI is known to vary on, which every client of the
-	// variant sends alike. What the origin answers a neutral request
-	// speaks of the resource, never of one client (see upstream.WithNeutral).
+	// neutral says header carries nothing of one client's but the
+	// fields the URI is known to vary on, which every client of the
+	// variant sends alike.
 	neutral bool
+
+	// round is how many flights for the key came before this one in the
+	// same herd, each of whose answers spoke of its own leader's request
+	// (see fetchAndServe): 0 for the first.
+	round int
 
 	// shared says the fleet's tier may be read and written for it: there
 	// is one, and the request carries no Authorization (an answer fetched
@@ -127,6 +135,14 @@ func (p *Proxy) newFlight(r *http.Request, req freshness.RequestDirectives, key,
 		credentialed: credentialed,
 		req:          req,
 	}
+}
+
+// roundID is the coalescing key of in's round (see fetchAndServe).
+func (in flight) roundID() string {
+	if in.round == 0 {
+		return in.id
+	}
+	return in.id + "\x00round" + strconv.Itoa(in.round)
 }
 
 // neutralized returns in as a request that carries nothing of its client's:
@@ -187,61 +203,51 @@ func (p *Proxy) fetch(ctx context.Context, in flight) (f *fetched, err error) {
 }
 
 // exchange asks the origin for the resource of in, as fetchUpstream does,
-// for every client that waits on the flight. The request carries its
-// leader's fields, which the origin may need; but an answer that speaks of
-// the request rather than the resource (aboutTheRequest: a spent quota, a
-// refused field, a failure a field may have caused) is the leader's alone
-// when those fields were one client's: one user must not hand its 429 to
-// everyone coalesced with it, nor pin the stale copy on them by failing
-// validation after validation (issue 23). Then the flight asks once more
-// with nothing of any one client's (neutralized), and that answer, stored
-// and backed off from as any, is everyone else's. The leader gets its own
-// (fetched.mine, or in an *answeredLeader when the second exchange fails).
-// An abuser's answer thus costs the origin one more request per flight,
-// and the waiters one more round trip.
+// for every client that waits on the flight, with its leader's fields,
+// which the origin may need. A failed validation backs off when the
+// failure is not one client's own (see confirmedFailure).
 func (p *Proxy) exchange(ctx context.Context, in flight, lease *fleet.Lease) (*fetched, error) {
-	if !in.neutral && in.stale != nil && in.stale.failedRecently(p.now(), sickWindow) {
-		// The origin failed a neutral validation moments ago: ask it
-		// neutrally at once rather than twice per flight while it is
-		// down.
-		in = in.neutralized()
-	}
 	f, err := p.fetchUpstream(ctx, in, lease)
-	if errors.Is(err, errLeaderAnswerLost) {
-		f, err = nil, nil // the leader gets everyone's answer
-	} else if err != nil || in.neutral || in.credentialed || !aboutTheRequest(f.status) {
-		return f, err
+	if stale := in.stale; stale != nil && (err != nil || isServerError(f.entry.Status)) && p.confirmedFailure(in, stale) {
+		p.backOff(stale, f, err)
 	}
-	// The second exchange gets an UpstreamTimeout of its own: the first
-	// may have spent most of the flight's.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.upstreamTimeout)
-	defer cancel()
-	n, err := p.fetchUpstream(ctx, in.neutralized(), lease)
-	switch {
-	case f == nil:
-		return n, err
-	case err != nil:
-		return nil, &answeredLeader{err, f}
-	}
-	n.mine = f
-	return n, nil
+	return f, err
 }
 
-// errLeaderAnswerLost ends an exchange whose answer spoke of its leader's
-// request and whose body could not be held: the flight asks again for
-// everyone, and the leader gets that answer too.
-var errLeaderAnswerLost = errors.New("the answer to the leader's request was too large to hold")
+// confirmedFailure reports whether a failed validation of stale by the
+// flight in is the resource's rather than one client's, which must not
+// make everyone's answer stale (issue 23): the flight carried nothing of
+// one client's but the fields the URI varies on (a background refresh, or
+// a request that sent no other field), or a request with other fields
+// failed too within failureWindow. It records in's failure.
+func (p *Proxy) confirmedFailure(in flight, stale *local) bool {
+	if in.neutral {
+		return true
+	}
+	fp, now := fingerprint(in.header), p.now().UnixNano()
+	last := stale.lastFailure.Swap(&failure{fp: fp, at: now})
+	return last != nil && last.fp != fp && now-last.at < int64(failureWindow)
+}
+
+// failureWindow is how long one client's failed validation waits for
+// another's to confirm it.
+const failureWindow = 10 * time.Second
+
+// errPersonal ends an exchange whose answer may speak of its leader's
+// request (see fetched.personal) and whose body could not be held: every
+// client of the flight goes upstream on its own.
+var errPersonal = errors.New("the answer to the leader's own request was too large to hold")
 
 // streamed hands the body of resp, whose start bb holds and which could not
-// be held whole (why: errTooLarge or errBuffersFull), to the clients of
-// in's flight as a stream, so that they share one upstream exchange rather
+// be held whole (why: errTooLarge or errBuffersFull), and which e judges
+// from its header, to the clients of in's flight as a stream, so that they share one upstream exchange rather
 // than go upstream each on their own. The stream's window is bb's buffer,
 // whose reservation it takes over, or when that is smaller, a buffer of
 // streamWindow bytes outside the budget: one per flight, as a
 // passed-through answer is copied through one buffer per request. A body
 // too large to store also passes its key, as a fetch of it would, so that
 // later requests go upstream on their own.
-func (p *Proxy) streamed(ctx context.Context, in flight, resp *http.Response, bb *bodyBuffer, why error, sent, respTime time.Time) *fetched {
+func (p *Proxy) streamed(ctx context.Context, in flight, resp *http.Response, bb *bodyBuffer, why error, e *local, own http.Header) *fetched {
 	kept := *bb
 	*bb = bodyBuffer{}
 	win := kept.buf
@@ -254,7 +260,6 @@ func (p *Proxy) streamed(ctx context.Context, in flight, resp *http.Response, bb
 		d = detailTooLarge
 		p.markPass(ctx, in.vkey, string(d))
 	}
-	e, own := p.newEntry(in.key, in.header, resp.StatusCode, resp.Header, nil, sent, respTime)
 	return &fetched{entry: e, own: own, status: resp.StatusCode, stream: newStream(win, resp.ContentLength, d, kept.release)}
 }
 
@@ -266,20 +271,6 @@ func detach(ctx context.Context) (context.Context, context.CancelFunc) {
 	}
 	return context.WithCancel(context.WithoutCancel(ctx))
 }
-
-// answeredLeader is the failure of a flight's neutral exchange, made after
-// the origin answered its leader's own request (see exchange): the leader
-// gets mine, the others the failure.
-type answeredLeader struct {
-	error
-	mine *fetched
-}
-
-func (e *answeredLeader) Unwrap() error { return e.error }
-
-// sickWindow is how long after a failed neutral validation of an entry its
-// flights ask the origin neutrally at once.
-const sickWindow = 10 * time.Second
 
 // fetchUpstream is the exchange with the origin of fetch: it revalidates
 // in.stale when it has validators, and stores the answer when it may, in
@@ -318,7 +309,10 @@ func (p *Proxy) fetchUpstream(ctx context.Context, in flight, lease *fleet.Lease
 	// The guard says when the request left, after any wait for the
 	// upstream caps: that is the request_time of RFC 9111 section 4.2.3,
 	// and a wait in the queue must not age the answer.
-	if in.neutral {
+	if len(in.header) == 0 {
+		// No client field at all, not even one the response varies on
+		// (a key the origin limits by): what the origin answers it may
+		// pause the URL (see upstream.WithNeutral).
 		out = out.WithContext(upstream.WithNeutral(ctx))
 	}
 	resp, sent, err := p.guard.Send(out)
@@ -364,16 +358,15 @@ func (p *Proxy) fetchUpstream(ctx context.Context, in flight, lease *fleet.Lease
 	err = bb.readFrom(resp.Body, resp.ContentLength)
 	if errors.Is(err, errTooLarge) || errors.Is(err, errBuffersFull) {
 		p.stats.upstream(resp.StatusCode, nil)
+		e, own := p.newEntry(key, reqHeader, resp.StatusCode, resp.Header, nil, sent, respTime)
 		switch {
-		case !in.neutral && !in.credentialed && aboutTheRequest(resp.StatusCode):
-			// The leader's own answer, not kept: everyone's comes from
-			// the neutral exchange (see exchange).
-			return nil, errLeaderAnswerLost
+		case !in.neutral && !in.credentialed && aboutTheRequest(resp.StatusCode) && !e.Decision.Storable:
+			return nil, errPersonal
 		case errors.Is(err, errBuffersFull) && stale != nil && stale.Decision.UsableDisconnected():
 			return nil, err // the stale response stands in
 		}
 		rest := io.MultiReader(bytes.NewReader(bb.over), resp.Body)
-		f := p.streamed(ctx, in, resp, &bb, err, sent, respTime)
+		f := p.streamed(ctx, in, resp, &bb, err, e, own)
 		streaming = true
 		p.flights.Go(func() {
 			defer cancel()
@@ -387,10 +380,12 @@ func (p *Proxy) fetchUpstream(ctx context.Context, in flight, lease *fleet.Lease
 		return nil, fmt.Errorf("reading upstream body: %w", err)
 	}
 	e, own := p.newEntry(key, reqHeader, resp.StatusCode, resp.Header, bb.trimmed(), sent, respTime)
-	if !in.neutral && aboutTheRequest(resp.StatusCode) {
-		// Perhaps one client's answer, however cacheable: never stored,
-		// never a pass mark (see exchange).
-		return &fetched{entry: e, own: own, status: resp.StatusCode}, nil
+	if !in.neutral && !in.credentialed && aboutTheRequest(resp.StatusCode) && !e.Decision.Storable {
+		// Perhaps one client's answer, which the origin did not let
+		// caches keep: never shared, nor a pass mark. (One it gave
+		// explicit freshness, the origin told every shared cache to
+		// serve to everyone, RFC 9111 section 3.)
+		return &fetched{entry: e, own: own, status: resp.StatusCode, personal: true, sent: reqHeader}, nil
 	}
 	if isServerError(resp.StatusCode) && stale != nil && stale.Decision.UsableOnError(respTime) {
 		// The stored response stands in for the error (RFC 5861

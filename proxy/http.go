@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"hash/maphash"
+	"maps"
 	"net/http"
 	"net/textproto"
 	"slices"
@@ -164,6 +166,31 @@ func onlyFields(h http.Header, names []string) bool {
 		}
 	}
 	return true
+}
+
+// fingerprint is a hash of what a request with header h sends upstream,
+// field names and values, in any order of the names: two requests that
+// send the same fields have one.
+func fingerprint(h http.Header) uint64 {
+	names := slices.Sorted(maps.Keys(h))
+	var m maphash.Hash
+	m.SetSeed(fingerprintSeed)
+	for _, name := range names {
+		m.WriteString(name)
+		m.WriteByte(0)
+		for _, v := range h[name] {
+			m.WriteString(v)
+			m.WriteByte(1)
+		}
+	}
+	return m.Sum64()
+}
+
+var fingerprintSeed = maphash.MakeSeed()
+
+// sameFields reports whether a and b hold the same fields and values.
+func sameFields(a, b http.Header) bool {
+	return maps.EqualFunc(a, b, slices.Equal)
 }
 
 // sentValues returns the values of the canonical field name in h as

@@ -201,9 +201,11 @@ type Proxy struct {
 	log             *slog.Logger
 	logRequests     bool // a line per request, at debug level
 	upstreamTimeout time.Duration
-	flights         flights      // a coalesce.Group
-	fleet           *fleet.Fleet // the tier replicas share; nil when none
-	stopPurges      func()       // ends the fleet's calls to purgedElsewhere
+	hedgeAfter      time.Duration // how long a waiter waits on another client's flight: UpstreamTimeout/4
+	leading         sync.Map      // a flight's round ID: the fields its leader's fetch sends
+	flights         flights       // a coalesce.Group
+	fleet           *fleet.Fleet  // the tier replicas share; nil when none
+	stopPurges      func()        // ends the fleet's calls to purgedElsewhere
 	pass            *httputil.ReverseProxy
 	stats           Stats
 	metrics         *Metrics
@@ -266,6 +268,7 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	timeout := orDefault(cfg.UpstreamTimeout, defaultUpstreamTimeout)
 	p.upstreamTimeout = timeout
+	p.hedgeAfter = timeout / 4
 	p.flights = &coalesce.Group[*fetched]{Timeout: timeout}
 	p.metrics = newMetrics(p)
 	cacheBytes := orDefault(cfg.CacheBytes, 256<<20)
@@ -633,42 +636,24 @@ const (
 // fetchAndServe starts or joins the flight in, built from r, and serves
 // what it brought. varied reports, with nothing written to w, that the
 // fetch answered another variant than r's.
+//
+// A flight carries its leader's fields, which the origin may need, and its
+// answer is everyone's, unless it may speak of the leader's own request
+// (fetched.personal: a spent quota, a refused field): then the waiters
+// that sent other fields fly again, led by the first of them, with its
+// own. So do waiters that sent other fields than the first flight's
+// leader and waited hedgeAfter for it: a client whose requests the origin
+// holds (a tarpit, a rate limiter's queue) would otherwise hold them for
+// UpstreamTimeout; that costs a hung origin one request more per herd.
+// One user, then, cannot hand its 429 to the clients coalesced with it,
+// or make them wait on its own trouble (issue 23). After maxRounds
+// flights, each waiter whose fields differ from the last leader's goes
+// upstream on its own.
 func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, in flight, fwd fwdReason) (o requestOutcome, varied bool) {
-	stale := in.stale
-	interim := &interimWriter{w: w}
-	defer interim.close() // the client left: the fetch may go on
-	f, leader, err := p.flights.Do(r.Context(), in.id, func(ctx context.Context) (*fetched, error) {
-		// Only the caller that starts the flight runs this: the leader.
-		// It may run on after the leader's handler returned, and reads
-		// in, never r. Its bodies count against its leader's share of
-		// the buffer budget.
-		share := p.clientBuffers.acquire(in.client)
-		defer p.clientBuffers.release(share)
-		in.budget = &share.buffers
-		ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{Got1xxResponse: interim.write})
-		f, err := p.fetch(ctx, in)
-		if stale != nil && (err != nil || (!f.again && isServerError(f.entry.Status))) {
-			// A failed validation: until the pause ends, a client's
-			// no-cache is answered from stale rather than by asking a
-			// failing origin again, one request after another.
-			p.backOff(stale, f, err)
-		}
-		return f, err
-	})
-	// net/http's transport may still deliver interim responses it had
-	// read when the fetch ended: none may reach w once this handler
-	// writes to it.
-	interim.close()
-	if leader {
-		// The origin's answer to the leader's own request, when it
-		// spoke of that request (see exchange).
-		var own *answeredLeader
-		switch {
-		case errors.As(err, &own):
-			f, err = own.mine, nil
-		case err == nil && f.mine != nil:
-			f = f.mine
-		}
+	f, leader, err := p.join(w, r, in)
+	for !leader && in.round < maxRounds && (errors.Is(err, errHedged) || err == nil && f.personal && !sameFields(f.sent, in.header)) {
+		in.round++
+		f, leader, err = p.join(w, r, in)
 	}
 	now := p.now()
 	if in.stale == nil && in.shared && (err != nil || (!f.again && isServerError(f.entry.Status))) {
@@ -688,6 +673,88 @@ func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshn
 		return outNone, true
 	}
 	return p.serveFetched(w, r, req, in, fwd, f, leader, now), false
+}
+
+// maxRounds is how many flights after the first a herd makes for a key
+// whose answers spoke of their leaders' own requests, or took too long.
+const maxRounds = 2
+
+// errHedged ends the wait of a client on a flight that another client's
+// request leads, and that ran past hedgeAfter.
+var errHedged = errors.New("the flight's leader took too long")
+
+// join starts or joins in's flight (of its round) and waits for its
+// answer: as its leader, as long as the fetch runs; as a waiter, for at
+// most p.hedgeAfter, past which it returns errHedged, unless this is the
+// last round.
+func (p *Proxy) join(w http.ResponseWriter, r *http.Request, in flight) (f *fetched, leader bool, err error) {
+	interim := &interimWriter{w: w}
+	defer interim.close() // the client left: the fetch may go on
+	own := &ownFetch{done: make(chan struct{})}
+	fetch := func(ctx context.Context) (f *fetched, err error) {
+		// Only the caller that starts the flight runs this: the leader.
+		// It may run on after the leader's handler returned, and reads
+		// in, never r. Its bodies count against its leader's share of
+		// the buffer budget.
+		own.ran.Store(true)
+		defer func() { own.set(f, err) }()
+		p.leading.Store(in.roundID(), in.header)
+		defer p.leading.Delete(in.roundID())
+		share := p.clientBuffers.acquire(in.client)
+		defer p.clientBuffers.release(share)
+		in.budget = &share.buffers
+		ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{Got1xxResponse: interim.write})
+		return p.fetch(ctx, in)
+	}
+	ctx := r.Context()
+	if in.round == 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, p.hedgeAfter)
+		defer cancel()
+	}
+	f, leader, err = p.flights.Do(ctx, in.roundID(), fetch)
+	if err != nil && ctx.Err() != nil && r.Context().Err() == nil {
+		// The wait ran out, not the client.
+		if !own.ran.Load() {
+			// Another's request leads the flight. If it sent what this
+			// one sends, this one's would take as long: wait on.
+			if sent, ok := p.leading.Load(in.roundID()); ok && sameFields(sent.(http.Header), in.header) {
+				f, leader, err = p.flights.Do(r.Context(), in.roundID(), fetch)
+			} else {
+				err = errHedged
+			}
+		} else {
+			// Its own fetch: the leader waits for it, as long as it runs.
+			select {
+			case <-own.done:
+				f, leader, err = own.f, true, own.err
+			case <-r.Context().Done():
+				err = r.Context().Err()
+			}
+		}
+	}
+	// net/http's transport may still deliver interim responses it had
+	// read when the fetch ended: none may reach w once this handler
+	// writes to it.
+	interim.close()
+	return f, leader, err
+}
+
+// ownFetch is what the leader's fetch brought, for a leader whose wait on
+// the flight ran out before it (see join).
+type ownFetch struct {
+	ran  atomic.Bool
+	done chan struct{} // closed once f and err are set
+	f    *fetched
+	err  error
+}
+
+func (o *ownFetch) set(f *fetched, err error) {
+	if f == nil && err == nil {
+		err = errors.New("fetch ended without an answer") // it panicked
+	}
+	o.f, o.err = f, err
+	close(o.done)
 }
 
 // otherVariant reports whether what a flight fetched answers another
@@ -713,6 +780,9 @@ func (p *Proxy) serveFetched(w http.ResponseWriter, r *http.Request, req freshne
 		st.ttl, st.hasTTL = e.Decision.TTL(now), true
 	}
 	switch {
+	case f.personal && !leader && !sameFields(f.sent, in.header):
+		// The last round's leader's own answer: each its own.
+		return p.passThrough(w, r, in.key, fwdMiss, detail(e.Decision.Reason))
 	case leader && !e.Decision.Shareable:
 		st.detail = detail(e.Decision.Reason)
 		if passes(e.Decision, stale) {
@@ -900,9 +970,11 @@ func (p *Proxy) refreshFetch(in flight) coalesce.Fetch[*fetched] {
 			// The URI varies now; its variants refresh on their own. (Or
 			// the shared tier held a marker or a pass mark, now here.)
 		case err != nil || isServerError(f.entry.Status):
-			// Keep serving the stale entry; ask again after a pause.
-			pause := p.backOff(stale, f, err)
-			p.log.Warn("background refresh failed", "key", key, "status", statusOf(f), "err", err, "retry_in", pause)
+			// Keep serving the stale entry; ask again after the pause
+			// that exchange set (a refresh carries nothing of one
+			// client's: its failure is the resource's).
+			retry := time.Duration(max(stale.refreshAt.Load()-p.now().UnixNano(), 0))
+			p.log.Warn("background refresh failed", "key", key, "status", statusOf(f), "err", err, "retry_in", retry)
 		case passes(f.entry.Decision, stale):
 			// The origin no longer lets this be shared: stop serving
 			// the stale copy.
@@ -1155,6 +1227,9 @@ func (p *Proxy) serveStaleOnError(w http.ResponseWriter, r *http.Request, stale 
 // too large to share, and otherwise as upstreamFailure says.
 func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, in flight, fwd fwdReason, err error, now time.Time) requestOutcome {
 	key, stale := in.key, in.stale
+	if errors.Is(err, errPersonal) || errors.Is(err, errHedged) {
+		return p.passThrough(w, r, key, fwd, "")
+	}
 	if errors.Is(err, errTooLarge) {
 		p.markPass(r.Context(), in.vkey, string(detailTooLarge))
 		return p.passThrough(w, r, key, fwdMiss, detailTooLarge)

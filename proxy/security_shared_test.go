@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -51,8 +52,8 @@ func TestSpentKeyFromTwoAddressesPausesNothing(t *testing.T) {
 					doFrom(p, client, http.MethodGet, path, "X-Api-Key", "spent", "Cache-Control", "no-cache")
 				}
 			}
-			if n := o.count(); n != 12 {
-				t.Fatalf("origin saw %d requests, want 12: the abuser's six, and one for everyone after each", n)
+			if n := o.count(); n != 6 {
+				t.Fatalf("origin saw %d requests, want the abuser's 6", n)
 			}
 			type seen struct {
 				Status      int
@@ -60,7 +61,7 @@ func TestSpentKeyFromTwoAddressesPausesNothing(t *testing.T) {
 			}
 			for path, want := range map[string]seen{
 				"/d/1": {200, "corral; fwd=uri-miss; fwd-status=200; stored; ttl=60"},
-				"/a/1": {200, "corral; hit; ttl=52"},
+				"/a/1": {200, "corral; fwd=uri-miss; fwd-status=200; stored; ttl=60"},
 			} {
 				got, _ := doFrom(p, clientC, http.MethodGet, path)
 				if diff := cmp.Diff(want, seen{got.Status, got.CacheStatus}); diff != "" {
@@ -217,5 +218,91 @@ func TestStaleHitRefreshCarriesNothingOfItsClient(t *testing.T) {
 	}
 	if got, _ := get(p, "/q", "Accept-Language", "fr"); got.CacheStatus != "corral; hit; ttl=1" {
 		t.Errorf("a victim after the refresh got %+v, want a fresh hit", got)
+	}
+}
+
+// TestSpentKeyOnVaryingURLsPausesNothing is the second attack pass's first
+// finding: on URLs that vary on the key field (Vary: X-Api-Key), the
+// abuser's request carried nothing but a field the response varies on, and
+// was taken for one that carries nothing of one client's: its 429 paused
+// three URLs, then the origin, and every other user got 503. A field the
+// response varies on is still one client's value: only a request that
+// carries no client field at all pauses anything.
+func TestSpentKeyOnVaryingURLsPausesNothing(t *testing.T) {
+	clk := newClock()
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Vary", "X-Api-Key")
+		spentKeyOrigin(http.StatusTooManyRequests)(w, r)
+	})
+	p := newTestProxy(t, o, clk, Config{})
+	paths := []string{"/a/1", "/b/1", "/c/1", "/d/1"}
+	for _, path := range paths {
+		get(p, path, "X-Api-Key", "alice") // the URLs are known to vary
+	}
+	clk.Advance(2 * time.Second)
+	for _, path := range paths[:3] {
+		if r, _ := get(p, path, "X-Api-Key", "spent"); r.Status != http.StatusTooManyRequests {
+			t.Fatalf("the abuser's GET %s got %+v, want the origin's 429", path, r)
+		}
+	}
+	if s := p.guard.Stats(); s.OriginPaused || s.PausedKeys != 0 {
+		t.Errorf("one user's 429s paused the origin (%v) or %d keys", s.OriginPaused, s.PausedKeys)
+	}
+	for _, path := range paths {
+		if r, _ := get(p, path, "X-Api-Key", "carol"); r.Status != http.StatusOK {
+			t.Errorf("another user's GET %s got %+v, want 200", path, r)
+		}
+	}
+}
+
+// TestTarpittedFieldHoldsNoHerd is the second attack pass's second
+// finding: an origin that holds one client's requests (a spent key it
+// tarpits, or a rate limiter's queue) held the cold fetch that client led,
+// and every client coalesced on it waited for the upstream timeout, then
+// got 504. A client waits on a flight another's request leads for a
+// quarter of the upstream timeout at most, then flies with its own.
+func TestTarpittedFieldHoldsNoHerd(t *testing.T) {
+	clk := newClock()
+	release := make(chan struct{})
+	defer close(release)
+	arrived := make(chan struct{}, 1)
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("X-Api-Key") == "spent" {
+			arrived <- struct{}{}
+			<-release // the tarpit
+			return
+		}
+		answer("max-age=60", "ok")(w, r)
+	})
+	p := newTestProxy(t, o, clk, Config{UpstreamTimeout: 2 * time.Second})
+	go get(p, "/cold", "X-Api-Key", "spent")
+	wait(t, arrived, "the abuser's fetch to reach the origin")
+	for i, r := range herd(t, p, 10, "/cold", func(int) []string { return []string{"X-Api-Key", "good"} }, nil) {
+		if r.Status != http.StatusOK || r.Body != "ok" {
+			t.Errorf("victim %d got %+v, want 200 ok", i, r)
+		}
+	}
+	if n := o.count(); n != 2 {
+		t.Errorf("origin saw %d requests, want 2: the abuser's, and one for the victims", n)
+	}
+}
+
+// TestFailingOriginCostsOneRequestPerFlight is the second attack pass's
+// fifth finding: with the origin failing, each cold URL's flight cost two
+// upstream requests (the leader's, then one for everyone else). A shared
+// fetch asks once.
+func TestFailingOriginCostsOneRequestPerFlight(t *testing.T) {
+	clk := newClock()
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "down", http.StatusInternalServerError)
+	})
+	p := newTestProxy(t, o, clk, Config{})
+	for i := range 5 {
+		if r, _ := get(p, "/cold/"+strconv.Itoa(i), "User-Agent", "poller", "Cookie", "s=1"); r.Status != http.StatusInternalServerError {
+			t.Fatalf("GET got %+v, want the origin's 500", r)
+		}
+	}
+	if n := o.count(); n != 5 {
+		t.Errorf("five cold flights cost %d upstream requests, want 5", n)
 	}
 }

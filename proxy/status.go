@@ -201,6 +201,7 @@ func (p *Proxy) storeOnTheWay(resp *http.Response, info passed, since time.Time)
 	if len(e.Vary) > 0 && e.VaryKey != varyKey(e.Vary, info.reqHeader) {
 		return e
 	}
+
 	t := &teeBody{ReadCloser: resp.Body, kept: bodyBuffer{budget: p.copyBuffers, limit: p.maxObject}, done: func(body []byte) {
 		// The client's context may end as soon as it has read the body.
 		// Memory only: a passed-through answer was fetched for one
