@@ -90,6 +90,14 @@ var forwardingPrefixes = []string{
 	"X-Amzn-",      // AWS load balancers: -Oidc-Identity, -Mtls-Clientcert, -Tls-Version
 	"Cf-",          // Cloudflare: -Connecting-Ip, -Ipcountry, -Visitor, -Access-Authenticated-User-Email
 	"Fastly-",      // Fastly: -Client-Ip, -Ssl
+
+	// Who the client is, as an auth proxy in front of an origin tells it:
+	// from a client, a claim to be someone else.
+	"X-Remote-",             // -User, -Addr, -Ip
+	"X-Auth-Request-",       // oauth2-proxy: -User, -Email, -Groups
+	"X-Webauth-",            // Grafana's auth proxy: -User
+	"X-Ms-Client-Principal", // Azure App Service: -Name, -Id
+	"X-Goog-Authenticated-", // Google IAP: -User-Email, -User-Id
 }
 
 // forwardingNames are the forwarding fields outside those families.
@@ -99,6 +107,9 @@ var forwardingNames = []string{
 	"X-Real-Ip", "X-Client-Ip", "True-Client-Ip", "Client-Ip", "X-Cluster-Client-Ip", "Fly-Client-Ip",
 	"X-Rewrite-Url", "X-Host", "X-Http-Host-Override",
 	"Front-End-Https", "X-Url-Scheme",
+	"Remote-User", "X-Originating-Ip", "X-Proxyuser-Ip", "X-Custom-Ip-Authorization",
+	// Fields some origins take as the URL to serve.
+	"X-Override-Url", "X-Http-Destinationurl", "X-Proxy-Url", "Base-Url", "Proxy-Host",
 }
 
 // isForwardingField reports whether the request field name is a

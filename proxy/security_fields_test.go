@@ -320,3 +320,35 @@ func FuzzAcceptListNormalForm(f *testing.F) {
 		}
 	})
 }
+
+// identityAndOverrideFields are what the second attack pass still got
+// through: fields that name the client's address or identity to an
+// origin behind an auth proxy, and fields some origins take as the URL
+// to serve: common 403-bypass fields.
+var identityAndOverrideFields = []string{
+	"X-Originating-Ip", "X-Remote-Ip", "X-Remote-Addr", "X-Proxyuser-Ip", "X-Custom-Ip-Authorization",
+	"X-Override-Url", "X-Http-Destinationurl", "X-Proxy-Url", "Base-Url", "Proxy-Host",
+	"Remote-User", "X-Remote-User", "X-Auth-Request-User", "X-Auth-Request-Email", "X-Webauth-User",
+	"X-Ms-Client-Principal-Name", "X-Goog-Authenticated-User-Email",
+}
+
+// TestIdentityAndURLOverrideFieldsNeverReachTheOrigin is the second
+// attack pass's sixth finding: address, identity and URL-override fields
+// outside the forwarding families reached the origin, on shared fetches
+// whose answers are stored, and on requests passed through.
+func TestIdentityAndURLOverrideFieldsNeverReachTheOrigin(t *testing.T) {
+	clk := newClock()
+	o := newFieldsOrigin(t, clk, identityAndOverrideFields)
+	p := newTestProxy(t, o.origin, clk, Config{})
+	var attack []string
+	for _, f := range identityAndOverrideFields {
+		attack = append(attack, f, "evil")
+	}
+	get(p, "/shared/x", attack...)
+	do(p, http.MethodPost, "/form", attack...)
+	for _, key := range []string{"GET /shared/x", "POST /form"} {
+		if got := o.got(key, identityAndOverrideFields); len(got) != 0 {
+			t.Errorf("%s: the origin got the client's %q", key, got)
+		}
+	}
+}
