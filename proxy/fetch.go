@@ -260,16 +260,47 @@ func (p *Proxy) streamed(ctx context.Context, in flight, resp *http.Response, bb
 		d = detailTooLarge
 		p.markPass(ctx, in.vkey, string(d))
 	}
-	return &fetched{entry: e, own: own, status: resp.StatusCode, stream: newStream(win, resp.ContentLength, d, kept.release)}
+	return &fetched{entry: e, own: own, status: resp.StatusCode, stream: newStream(win, resp.ContentLength, d, p.unstored.minRate, kept.release)}
 }
 
-// detach returns a context with ctx's values and deadline but not its
-// cancellation, and its cancel function.
-func detach(ctx context.Context) (context.Context, context.CancelFunc) {
+// exchangeContext is the context of one upstream exchange: ctx's values,
+// and its deadline kept by a timer of the exchange's own rather than by
+// ctx, so that lift can take it away when the body goes on streaming to
+// the flight's clients past the flight (see stream): a streamed body is
+// bounded, as a passed-through one is, until its header arrives, then by
+// its readers' pace. end ends the exchange. timedOut returns err as
+// context.DeadlineExceeded when the deadline is what ended it.
+type exchangeContext struct {
+	context.Context
+	cancel context.CancelCauseFunc
+	timer  *time.Timer
+}
+
+func newExchangeContext(ctx context.Context) *exchangeContext {
+	x := &exchangeContext{}
+	x.Context, x.cancel = context.WithCancelCause(context.WithoutCancel(ctx))
 	if d, ok := ctx.Deadline(); ok {
-		return context.WithDeadline(context.WithoutCancel(ctx), d)
+		x.timer = time.AfterFunc(time.Until(d), func() { x.cancel(context.DeadlineExceeded) })
 	}
-	return context.WithCancel(context.WithoutCancel(ctx))
+	return x
+}
+
+func (x *exchangeContext) lift() {
+	if x.timer != nil {
+		x.timer.Stop()
+	}
+}
+
+func (x *exchangeContext) end() {
+	x.lift()
+	x.cancel(nil)
+}
+
+func (x *exchangeContext) timedOut(err error) error {
+	if err != nil && errors.Is(context.Cause(x), context.DeadlineExceeded) && !errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%w: %w", context.DeadlineExceeded, err)
+	}
+	return err
 }
 
 // fetchUpstream is the exchange with the origin of fetch: it revalidates
@@ -277,13 +308,12 @@ func detach(ctx context.Context) (context.Context, context.CancelFunc) {
 // memory and, holding lease, in the tier the fleet shares.
 func (p *Proxy) fetchUpstream(ctx context.Context, in flight, lease *fleet.Lease) (_ *fetched, err error) {
 	key, stale := in.key, in.stale
-	// A body streamed to the flight's clients outlives the flight: the
-	// exchange keeps the flight's deadline but not its cancellation.
-	ctx, cancel := detach(ctx)
+	x := newExchangeContext(ctx)
+	ctx = x
 	streaming := false
 	defer func() {
 		if !streaming {
-			cancel()
+			x.end()
 		}
 	}()
 	out, err := http.NewRequestWithContext(ctx, http.MethodGet, p.upstreamURL(key).String(), nil)
@@ -316,6 +346,7 @@ func (p *Proxy) fetchUpstream(ctx context.Context, in flight, lease *fleet.Lease
 		out = out.WithContext(upstream.WithNeutral(ctx))
 	}
 	resp, sent, err := p.guard.Send(out)
+	err = x.timedOut(err)
 	var busy *upstream.BusyError
 	if errors.As(err, &busy) {
 		return nil, err // never sent: not an upstream exchange
@@ -355,7 +386,7 @@ func (p *Proxy) fetchUpstream(ctx context.Context, in flight, lease *fleet.Lease
 	}
 	bb := bodyBuffer{budget: budget, limit: p.maxObject}
 	defer bb.release()
-	err = bb.readFrom(resp.Body, resp.ContentLength)
+	err = x.timedOut(bb.readFrom(resp.Body, resp.ContentLength))
 	if errors.Is(err, errTooLarge) || errors.Is(err, errBuffersFull) {
 		p.stats.upstream(resp.StatusCode, nil)
 		e, own := p.newEntry(key, reqHeader, resp.StatusCode, resp.Header, nil, sent, respTime)
@@ -368,8 +399,9 @@ func (p *Proxy) fetchUpstream(ctx context.Context, in flight, lease *fleet.Lease
 		rest := io.MultiReader(bytes.NewReader(bb.over), resp.Body)
 		f := p.streamed(ctx, in, resp, &bb, err, e, own)
 		streaming = true
+		x.lift()
 		p.flights.Go(func() {
-			defer cancel()
+			defer x.end()
 			defer resp.Body.Close()
 			f.stream.pump(rest)
 		})

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // exportOrigin serves /export/... as a slow export: it declares size bytes,
@@ -209,4 +210,49 @@ func TestHerdSharesOneExchangeWithTheBudgetSpent(t *testing.T) {
 	}
 	p.Wait()
 	pollUntil(t, "every byte of the budget to be given back", func() bool { return p.buffers.InUse() == 0 })
+}
+
+// TestStreamedBodyOutlivesTheUpstreamTimeout is the second attack pass's
+// third finding, without an abuser: a body streamed to a herd (too large
+// to store) was cut for every client at the upstream timeout, which bounds
+// a buffered fetch whole. Like a passed-through answer, a streamed one is
+// bounded until its header arrives, then by its readers' pace.
+func TestStreamedBodyOutlivesTheUpstreamTimeout(t *testing.T) {
+	clk := newClock()
+	const chunks, chunk = 40, 4 << 10
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "max-age=60")
+		w.Header().Set("Content-Length", strconv.Itoa(chunks*chunk))
+		for range chunks {
+			w.Write(bytes.Repeat([]byte("x"), chunk))
+			w.(http.Flusher).Flush()
+			time.Sleep(10 * time.Millisecond) // an export that takes its time: 400 ms in all
+		}
+	})
+	p := newTestProxy(t, o, clk, Config{MaxObjectBytes: 16 << 10, UpstreamTimeout: 200 * time.Millisecond})
+	srv := httptest.NewServer(p) // a cut body is a connection cut short
+	defer srv.Close()
+	type got struct {
+		status int
+		n      int
+		err    error
+	}
+	results := make(chan got, 3)
+	for range 3 {
+		go func() {
+			resp, err := srv.Client().Get(srv.URL + "/export")
+			if err != nil {
+				results <- got{err: err}
+				return
+			}
+			defer resp.Body.Close()
+			b, err := io.ReadAll(resp.Body)
+			results <- got{resp.StatusCode, len(b), err}
+		}()
+	}
+	for i := range 3 {
+		if r := wait(t, results, "a client"); r.status != http.StatusOK || r.n != chunks*chunk || r.err != nil {
+			t.Errorf("client %d got %d with %d of %d bytes (%v)", i, r.status, r.n, chunks*chunk, r.err)
+		}
+	}
 }

@@ -34,6 +34,7 @@ type stream struct {
 	readers map[*streamReader]struct{}
 	users   int           // readers and the pump: the window goes when none is left
 	stall   time.Duration // streamStall, but in tests
+	minRate int64         // bytes a second: a reader slower holds no one back; 0 for none
 
 	// stuckAt is where the slowest readers were when the pump last
 	// found the window full and could not move it, since stuckSince.
@@ -47,10 +48,22 @@ type stream struct {
 
 // streamReader is one client's place in a stream.
 type streamReader struct {
-	s   *stream
-	pos int64
-	cut bool
+	s      *stream
+	pos    int64
+	joined time.Time
+	cut    bool
 }
+
+// slow reports whether r, a second or more after it joined, has taken
+// the body slower than s.minRate.
+func (s *stream) slow(r *streamReader, now time.Time) bool {
+	d := now.Sub(r.joined)
+	return s.minRate > 0 && d >= time.Second && r.pos*int64(time.Second) < s.minRate*int64(d)
+}
+
+// paceCheck is how often a stream whose slowest reader holds others
+// waiting looks at that reader's pace.
+const paceCheck = 100 * time.Millisecond
 
 const (
 	// streamWindow is a stream's window when its fetch had buffered
@@ -76,7 +89,7 @@ var (
 // newStream returns a stream of a body of the declared length (-1 when
 // unknown) whose first bytes are in win; release gives back what win
 // holds of the budget, once no one reads it.
-func newStream(win []byte, length int64, d detail, release func()) *stream {
+func newStream(win []byte, length int64, d detail, minRate int64, release func()) *stream {
 	return &stream{
 		length:  length,
 		detail:  d,
@@ -85,6 +98,7 @@ func newStream(win []byte, length int64, d detail, release func()) *stream {
 		readers: make(map[*streamReader]struct{}),
 		users:   1, // the pump
 		stall:   streamStall,
+		minRate: minRate,
 		stuckAt: -1,
 		joinBy:  time.Now().Add(streamJoin),
 		release: release,
@@ -99,7 +113,7 @@ func (s *stream) join() *streamReader {
 	if s.freed || s.base > 0 || s.err != nil && s.err != io.EOF {
 		return nil
 	}
-	r := &streamReader{s: s}
+	r := &streamReader{s: s, joined: time.Now()}
 	s.readers[r] = struct{}{}
 	s.users++
 	return r
@@ -193,20 +207,33 @@ func (s *stream) makeRoom() error {
 	}
 	wait := s.joinBy.Sub(now)
 	if !joining {
-		// The slowest readers hold the window full: after s.stall
-		// without one of them moving, they are cut off.
+		// The slowest readers hold the window full. Those that read
+		// slower than minRate while another waits for bytes, or that
+		// have not moved for s.stall, are cut off: one slow client does
+		// not set the herd's pace for long.
 		if taken != s.stuckAt {
 			s.stuckAt, s.stuckSince = taken, now
 		}
-		if wait = s.stuckSince.Add(s.stall).Sub(now); wait <= 0 {
-			for r := range s.readers {
-				if r.pos == taken {
-					r.cut = true
-					delete(s.readers, r)
-				}
+		end := s.base + int64(len(s.win))
+		waiting := false
+		for r := range s.readers {
+			waiting = waiting || r.pos == end
+		}
+		stalled := !now.Before(s.stuckSince.Add(s.stall))
+		cut := false
+		for r := range s.readers {
+			if r.pos == taken && (stalled || waiting && s.slow(r, now)) {
+				r.cut, cut = true, true
+				delete(s.readers, r)
 			}
+		}
+		if cut {
 			s.notify()
 			return nil
+		}
+		wait = s.stuckSince.Add(s.stall).Sub(now)
+		if waiting && s.minRate > 0 {
+			wait = min(wait, paceCheck) // look at the pace again soon
 		}
 	}
 	wake := s.wake

@@ -14,7 +14,7 @@ import (
 func streamOf(win int, stall time.Duration) (*stream, *io.PipeWriter, <-chan struct{}) {
 	pr, pw := io.Pipe()
 	freed := make(chan struct{})
-	s := newStream(make([]byte, 0, win), -1, detailBuffersFull, func() { close(freed) })
+	s := newStream(make([]byte, 0, win), -1, detailBuffersFull, 0, func() { close(freed) })
 	s.stall = stall
 	go func() {
 		s.pump(pr)
@@ -97,4 +97,40 @@ func TestStreamEndsWithNoReader(t *testing.T) {
 		t.Errorf("the body's writer got %d bytes read and %v; want the pump to stop after one window", n, err)
 	}
 	wait(t, freed, "the window to be given back")
+}
+
+// TestStreamCutsATrickleThatHoldsOthersBack is the second attack pass's
+// third finding: a reader that takes a few bytes every second and a half
+// was never still for the stall, and held the herd to its pace until the
+// body was cut for everyone. A reader slower than the minimum rate while
+// another waits for bytes is cut off.
+func TestStreamCutsATrickleThatHoldsOthersBack(t *testing.T) {
+	s, pw, _ := streamOf(1<<10, time.Minute)
+	s.minRate = 64 << 10
+	body := bytes.Repeat([]byte("x"), 64<<10)
+	fast, trickle := s.join(), s.join()
+	go func() {
+		pw.Write(body)
+		pw.Close()
+	}()
+	trickled := make(chan error, 1)
+	go func() {
+		defer trickle.close()
+		b := make([]byte, 16)
+		for {
+			if _, err := trickle.Read(b); err != nil {
+				trickled <- err
+				return
+			}
+			time.Sleep(20 * time.Millisecond) // a client on a thread of a link
+		}
+	}()
+	b, err := io.ReadAll(fast)
+	fast.close()
+	if err != nil || !bytes.Equal(b, body) {
+		t.Errorf("the fast reader got %d bytes and %v, want the whole body", len(b), err)
+	}
+	if err := wait(t, trickled, "the trickle to end"); !errors.Is(err, errStreamCut) {
+		t.Errorf("the trickle got %v, want errStreamCut", err)
+	}
 }
