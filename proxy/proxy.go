@@ -698,6 +698,7 @@ func (p *Proxy) join(w http.ResponseWriter, r *http.Request, in flight) (f *fetc
 		// the buffer budget.
 		own.ran.Store(true)
 		defer func() { own.set(f, err) }()
+		in := in // its own: join reads in while the fetch runs on
 		p.leading.Store(in.roundID(), in.header)
 		defer p.leading.Delete(in.roundID())
 		share := p.clientBuffers.acquire(in.client)
