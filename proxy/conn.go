@@ -3,7 +3,9 @@ package proxy
 import (
 	"errors"
 	"net"
+	"net/http"
 	"os"
+	"slices"
 	"sync"
 	"time"
 )
@@ -71,15 +73,21 @@ func (c *writeTimeoutConn) CloseWrite() error {
 // LimitListener returns ln accepting at most n connections at once, as
 // nginx's worker_connections caps its own: each connection costs a
 // goroutine, its buffers and what it is being written, so that the cap
-// bounds what all of them cost. Past it, Accept waits for a connection to
-// close; new clients wait meanwhile in the kernel's listen queue, and past
-// that, their connections are refused or time out. An n of zero or less
+// bounds what all of them cost. Past it, a client that connects makes
+// room by the closing of the connection that has been idle between
+// requests the longest, as nginx reclaims keep-alive connections: a client
+// that opens connections and leaves them idle cannot lock the others out
+// (issue 23). Only when every connection is busy does it wait for one to
+// close or go idle, accepted; the next ones wait in the kernel's listen
+// queue. The server must
+// report its connections' states to ConnState (http.Server.ConnState) for
+// idle ones to be found; without, Accept only waits. An n of zero or less
 // returns ln.
 func LimitListener(ln net.Listener, n int) net.Listener {
 	if n <= 0 {
 		return ln
 	}
-	return &limitListener{Listener: ln, slots: make(chan struct{}, n), closed: make(chan struct{})}
+	return &limitListener{Listener: ln, slots: make(chan struct{}, n), closed: make(chan struct{}), idle: make(map[*limitConn]struct{})}
 }
 
 type limitListener struct {
@@ -87,20 +95,93 @@ type limitListener struct {
 	slots     chan struct{} // one per open connection
 	closeOnce sync.Once
 	closed    chan struct{}
+
+	mu      sync.Mutex
+	idle    map[*limitConn]struct{} // between requests, kept alive
+	oldest  []*limitConn            // idle, the longest first; may hold ones no longer idle
+	waiting bool                    // an Accept waits for a slot
 }
 
 func (l *limitListener) Accept() (net.Conn, error) {
-	select {
-	case l.slots <- struct{}{}:
-	case <-l.closed:
-		return nil, net.ErrClosed
-	}
+	// Accepted first, so that room is made only for a client that is
+	// there: at most one connection past the cap, while it waits.
 	c, err := l.Listener.Accept()
 	if err != nil {
-		<-l.slots
 		return nil, err
 	}
-	return &limitConn{Conn: c, free: func() { <-l.slots }}, nil
+	select {
+	case l.slots <- struct{}{}:
+	default:
+		l.mu.Lock()
+		victim := l.reclaimLocked()
+		l.waiting = victim == nil // then the next to go idle makes room
+		l.mu.Unlock()
+		if victim != nil {
+			victim.Close() // frees its slot
+		}
+		select {
+		case l.slots <- struct{}{}:
+		case <-l.closed:
+			c.Close()
+			return nil, net.ErrClosed
+		}
+		l.mu.Lock()
+		l.waiting = false
+		l.mu.Unlock()
+	}
+	lc := &limitConn{Conn: c}
+	lc.free = func() { l.forget(lc); <-l.slots }
+	return lc, nil
+}
+
+// reclaimLocked takes the connection idle the longest out of the idle
+// ones, for the caller to close, with mu held; nil when none is idle.
+func (l *limitListener) reclaimLocked() *limitConn {
+	for len(l.oldest) > 0 {
+		c := l.oldest[0]
+		l.oldest = l.oldest[1:]
+		if _, ok := l.idle[c]; ok {
+			delete(l.idle, c)
+			return c
+		}
+	}
+	return nil
+}
+
+// ConnState is for http.Server.ConnState: it tells the listener which of
+// its connections are idle between requests, and closes one that goes
+// idle while an Accept waits for a slot.
+func (l *limitListener) ConnState(c net.Conn, state http.ConnState) {
+	lc, ok := c.(*limitConn)
+	if !ok {
+		return
+	}
+	l.mu.Lock()
+	switch state {
+	case http.StateIdle:
+		if l.waiting {
+			l.mu.Unlock()
+			lc.Close()
+			return
+		}
+		l.idle[lc] = struct{}{}
+		l.oldest = append(l.oldest, lc)
+	default:
+		delete(l.idle, lc)
+	}
+	if len(l.oldest) > 2*len(l.idle)+64 {
+		// Drop what is no longer idle, so that the queue stays within
+		// twice the idle connections.
+		l.oldest = slices.DeleteFunc(l.oldest, func(c *limitConn) bool { _, ok := l.idle[c]; return !ok })
+	}
+	l.mu.Unlock()
+}
+
+// forget drops c from the idle connections, once it is closed.
+func (l *limitListener) forget(c *limitConn) {
+	l.mu.Lock()
+	delete(l.idle, c)
+	l.mu.Unlock()
 }
 
 // Close ends an Accept that waits for a slot, too.
