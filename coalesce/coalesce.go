@@ -6,9 +6,11 @@ package coalesce
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/singleflight"
@@ -37,30 +39,58 @@ type Fetch[V any] func(ctx context.Context) (V, error)
 // another caller's. If ctx ends first, Do returns ctx.Err() at once and the
 // fetch goes on for whoever else waits, or for nobody.
 func (g *Group[V]) Do(ctx context.Context, key string, fetch Fetch[V]) (v V, led bool, err error) {
+	return g.DoWithin(ctx, key, 0, fetch)
+}
+
+// ErrImpatient is what DoWithin returns to a caller that waited on
+// another caller's fetch for as long as it would.
+var ErrImpatient = errors.New("coalesce: another caller's fetch ran past the patience")
+
+// DoWithin is Do for a caller that waits on another caller's fetch for
+// patience at most (none, when it is zero or less): past it, DoWithin
+// returns ErrImpatient, and the fetch goes on for whoever else waits. A
+// caller whose own fetch runs waits for it as Do does.
+func (g *Group[V]) DoWithin(ctx context.Context, key string, patience time.Duration, fetch Fetch[V]) (v V, led bool, err error) {
 	// Each caller counts as running until its flight has delivered, even
 	// after it left: singleflight delivers only once the fetch returned,
 	// so Wait outlasts every fetch without knowing which caller led it.
 	g.begin()
-	// ran is written by the flight's goroutine before it delivers, and
-	// read here after the delivery: the channel orders the two.
-	var ran bool
+	// ran is written by the flight's goroutine when this caller's fetch
+	// starts, and read here: after the delivery, which the channel
+	// orders, or at the patience's end.
+	var ran atomic.Bool
 	ch := g.sf.DoChan(key, g.run(ctx, func(ctx context.Context) (V, error) {
-		ran = true
+		ran.Store(true)
 		return fetch(ctx)
 	}))
-	select {
-	case r := <-ch:
-		g.end()
-		if r.Err != nil {
-			return v, ran, r.Err
+	var impatient <-chan time.Time
+	if patience > 0 {
+		t := time.NewTimer(patience)
+		defer t.Stop()
+		impatient = t.C
+	}
+	for {
+		select {
+		case r := <-ch:
+			g.end()
+			if r.Err != nil {
+				return v, ran.Load(), r.Err
+			}
+			return r.Val.(V), ran.Load(), nil
+		case <-impatient:
+			if ran.Load() {
+				impatient = nil // its own fetch: wait on
+				continue
+			}
+			err = ErrImpatient
+		case <-ctx.Done():
+			err = ctx.Err()
 		}
-		return r.Val.(V), ran, nil
-	case <-ctx.Done():
 		go func() {
 			<-ch
 			g.end()
 		}()
-		return v, false, ctx.Err()
+		return v, false, err
 	}
 }
 

@@ -274,3 +274,34 @@ func TestWaitOutlastsWorkHandedOn(t *testing.T) {
 	}
 	within(t, done, "the work")
 }
+
+// TestImpatientCallerLeavesAnothersFetch: a caller that waits on another
+// caller's fetch past its patience gets ErrImpatient, and the fetch goes
+// on for the others; the caller whose fetch runs waits for it, patience
+// or not.
+func TestImpatientCallerLeavesAnothersFetch(t *testing.T) {
+	var g Group[string]
+	h := newHeldFetch("v")
+	type result struct {
+		v   string
+		led bool
+		err error
+	}
+	leader, waiter := make(chan result, 1), make(chan result, 1)
+	go func() {
+		v, led, err := g.DoWithin(context.Background(), "k", time.Millisecond, h.fetch)
+		leader <- result{v, led, err}
+	}()
+	within(t, h.started, "the leader's fetch")
+	go func() {
+		v, led, err := g.DoWithin(context.Background(), "k", 10*time.Millisecond, h.fetch)
+		waiter <- result{v, led, err}
+	}()
+	if got := within(t, waiter, "the impatient waiter"); !errors.Is(got.err, ErrImpatient) || got.led {
+		t.Errorf("the waiter got %+v, want ErrImpatient", got)
+	}
+	close(h.release)
+	if got := within(t, leader, "the leader"); got.err != nil || !got.led || got.v != "v" {
+		t.Errorf("the leader got %+v, want its own fetch's v", got)
+	}
+}

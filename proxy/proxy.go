@@ -221,10 +221,12 @@ type Proxy struct {
 // replicas, the fetch itself takes the fleet's lease (see claim): the
 // local flight makes one replica's clients one caller of the fleet.
 type flights interface {
-	// Do returns the result of the fetch for key, running fetch unless
-	// one for key runs already; led reports whether fetch ran. If ctx
-	// ends first, Do returns ctx.Err() and the fetch goes on.
-	Do(ctx context.Context, key string, fetch coalesce.Fetch[*fetched]) (f *fetched, led bool, err error)
+	// DoWithin returns the result of the fetch for key, running fetch
+	// unless one for key runs already; led reports whether fetch ran. If
+	// ctx ends first, it returns ctx.Err(), and if another's fetch runs
+	// past patience (when above zero), coalesce.ErrImpatient; the fetch
+	// goes on either way.
+	DoWithin(ctx context.Context, key string, patience time.Duration, fetch coalesce.Fetch[*fetched]) (f *fetched, led bool, err error)
 
 	// Refresh starts, in the background, the fetch that start makes,
 	// unless a refresh of key runs already; it calls start only when it
@@ -685,19 +687,16 @@ var errHedged = errors.New("the flight's leader took too long")
 
 // join starts or joins in's flight (of its round) and waits for its
 // answer: as its leader, as long as the fetch runs; as a waiter, for at
-// most p.hedgeAfter, past which it returns errHedged, unless this is the
-// last round.
+// most p.hedgeAfter in the first round, past which it returns errHedged,
+// unless the leader sent what this one sends.
 func (p *Proxy) join(w http.ResponseWriter, r *http.Request, in flight) (f *fetched, leader bool, err error) {
 	interim := &interimWriter{w: w}
 	defer interim.close() // the client left: the fetch may go on
-	own := &ownFetch{done: make(chan struct{})}
-	fetch := func(ctx context.Context) (f *fetched, err error) {
+	fetch := func(ctx context.Context) (*fetched, error) {
 		// Only the caller that starts the flight runs this: the leader.
 		// It may run on after the leader's handler returned, and reads
 		// in, never r. Its bodies count against its leader's share of
 		// the buffer budget.
-		own.ran.Store(true)
-		defer func() { own.set(f, err) }()
 		in := in // its own: join reads in while the fetch runs on
 		p.leading.Store(in.roundID(), in.header)
 		defer p.leading.Delete(in.roundID())
@@ -707,55 +706,28 @@ func (p *Proxy) join(w http.ResponseWriter, r *http.Request, in flight) (f *fetc
 		ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{Got1xxResponse: interim.write})
 		return p.fetch(ctx, in)
 	}
-	ctx := r.Context()
+	var patience time.Duration
 	if in.round == 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, p.hedgeAfter)
-		defer cancel()
+		patience = p.hedgeAfter
 	}
-	f, leader, err = p.flights.Do(ctx, in.roundID(), fetch)
-	if err != nil && ctx.Err() != nil && r.Context().Err() == nil {
-		// The wait ran out, not the client.
-		if !own.ran.Load() {
-			// Another's request leads the flight. If it sent what this
-			// one sends, this one's would take as long: wait on.
-			if sent, ok := p.leading.Load(in.roundID()); ok && sameFields(sent.(http.Header), in.header) {
-				f, leader, err = p.flights.Do(r.Context(), in.roundID(), fetch)
-			} else {
-				err = errHedged
-			}
-		} else {
-			// Its own fetch: the leader waits for it, as long as it runs.
-			select {
-			case <-own.done:
-				f, leader, err = own.f, true, own.err
-			case <-r.Context().Done():
-				err = r.Context().Err()
-			}
+	for {
+		f, leader, err = p.flights.DoWithin(r.Context(), in.roundID(), patience, fetch)
+		if !errors.Is(err, coalesce.ErrImpatient) {
+			break
 		}
+		// Another's request leads the flight. If it sent what this one
+		// sends, this one's would take as long: wait on.
+		if sent, ok := p.leading.Load(in.roundID()); !ok || !sameFields(sent.(http.Header), in.header) {
+			err = errHedged
+			break
+		}
+		patience = 0
 	}
 	// net/http's transport may still deliver interim responses it had
 	// read when the fetch ended: none may reach w once this handler
 	// writes to it.
 	interim.close()
 	return f, leader, err
-}
-
-// ownFetch is what the leader's fetch brought, for a leader whose wait on
-// the flight ran out before it (see join).
-type ownFetch struct {
-	ran  atomic.Bool
-	done chan struct{} // closed once f and err are set
-	f    *fetched
-	err  error
-}
-
-func (o *ownFetch) set(f *fetched, err error) {
-	if f == nil && err == nil {
-		err = errors.New("fetch ended without an answer") // it panicked
-	}
-	o.f, o.err = f, err
-	close(o.done)
 }
 
 // otherVariant reports whether what a flight fetched answers another
