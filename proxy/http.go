@@ -353,7 +353,7 @@ var unordered = []string{"Accept-Encoding", "Accept-Language"}
 // upstream, in normalList's form.
 func normalizeLists(h http.Header) {
 	for _, name := range unordered {
-		if vs := h[name]; vs != nil {
+		if vs := h[name]; vs != nil && (len(vs) != 1 || !oneNormalToken(vs[0])) {
 			h[name] = []string{normalList(vs)}
 		}
 	}
@@ -373,6 +373,9 @@ const maxListMembers = 64
 // and lines the client chose. A member whose q-value is malformed goes
 // last. normalList of its own result returns it unchanged.
 func normalList(values []string) string {
+	if len(values) == 1 && oneNormalToken(values[0]) {
+		return values[0] // "gzip", "en": the common case, as it is
+	}
 	type member struct {
 		text string
 		q    int // thousandths; -1 when malformed
@@ -404,6 +407,17 @@ lines:
 		b.WriteString(m.text)
 	}
 	return b.String()
+}
+
+// oneNormalToken reports whether v is one member in normalList's form
+// already: lower-case letters, digits and '-' alone, no list, no weight.
+func oneNormalToken(v string) bool {
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return v != ""
 }
 
 // qValue returns the weight of a member of an unordered field, lower-cased
