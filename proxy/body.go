@@ -8,6 +8,7 @@ import (
 	"os"
 	"time"
 
+	"corral/proxy/internal/cachestatus"
 	"corral/proxy/upstream"
 )
 
@@ -69,19 +70,19 @@ func (p *Proxy) bufferRequestBody(w http.ResponseWriter, r *http.Request) (*body
 	if err != nil {
 		bb.release()
 		w.Header().Set("Connection", "close")
-		st := cacheStatus{fwd: fwdRequest}
+		st := cachestatus.Status{Fwd: cachestatus.FwdRequest}
 		switch {
 		case errors.Is(err, errBuffersFull):
-			st.detail = detailBuffersFull
+			st.Detail = cachestatus.BuffersFull
 			return nil, p.serveBusy(w, &upstream.BusyError{RetryAfter: time.Second, Why: "buffer budget spent"}, st)
 		case errors.Is(err, errTooLarge):
-			st.detail = detailRequestTooLarge
+			st.Detail = cachestatus.RequestTooLarge
 			p.serveStatus(w, http.StatusRequestEntityTooLarge, st)
 		case errors.Is(err, errBodyTimeout):
-			st.detail = detailRequestTimeout
+			st.Detail = cachestatus.RequestTimeout
 			p.serveStatus(w, http.StatusRequestTimeout, st)
 		default:
-			st.detail = detailBadRequestBody
+			st.Detail = cachestatus.BadRequestBody
 			p.serveStatus(w, http.StatusBadRequest, st)
 		}
 		return nil, outRejected

@@ -10,6 +10,7 @@ import (
 
 	"corral/freshness"
 	"corral/proxy/cache"
+	"corral/proxy/internal/cachestatus"
 )
 
 // local is a stored cache.Entry as this process uses it: the entry, which
@@ -113,7 +114,7 @@ func (e *local) decidedBy() (field freshness.Source, rule string) {
 
 // servedFields are the values serve sets on an answer from an entry.
 type servedFields struct {
-	st            cacheStatus // with ttl in whole seconds
+	st            cachestatus.Status // with ttl in whole seconds
 	age           time.Duration
 	status        string // st as a Cache-Status value
 	ageText       string
@@ -121,8 +122,8 @@ type servedFields struct {
 }
 
 // fields returns the values for serving e with status st at now.
-func (e *local) fields(st cacheStatus, now time.Time) *servedFields {
-	st.ttl = st.ttl.Truncate(time.Second)
+func (e *local) fields(st cachestatus.Status, now time.Time) *servedFields {
+	st.TTL = st.TTL.Truncate(time.Second)
 	age := e.Decision.Age(now).Truncate(time.Second)
 	if f := e.served.Load(); f != nil && f.st == st && f.age == age {
 		return f
@@ -134,7 +135,7 @@ func (e *local) fields(st cacheStatus, now time.Time) *servedFields {
 		ageText:       strconv.FormatInt(int64(age/time.Second), 10),
 		contentLength: strconv.Itoa(len(e.Body)),
 	}
-	if st.hit {
+	if st.Hit {
 		e.served.Store(f) // misses are served once; hits again and again
 	}
 	return f

@@ -17,6 +17,7 @@ import (
 	"corral/freshness"
 	"corral/proxy/cache"
 	"corral/proxy/fleet"
+	"corral/proxy/internal/cachestatus"
 	"corral/proxy/upstream"
 )
 
@@ -255,9 +256,9 @@ func (p *Proxy) streamed(ctx context.Context, in flight, resp *http.Response, bb
 		win = append(make([]byte, 0, streamWindow), kept.buf...)
 		kept.release()
 	}
-	d := detailBuffersFull
+	d := cachestatus.BuffersFull
 	if errors.Is(why, errTooLarge) {
-		d = detailTooLarge
+		d = cachestatus.TooLarge
 		p.markPass(ctx, in.vkey, string(d))
 	}
 	return &fetched{entry: e, own: own, status: resp.StatusCode, stream: newStream(win, resp.ContentLength, d, p.unstored.minRate, kept.release)}

@@ -30,6 +30,7 @@ import (
 	"corral/freshness"
 	"corral/proxy/cache"
 	"corral/proxy/fleet"
+	"corral/proxy/internal/cachestatus"
 	"corral/proxy/rules"
 	"corral/proxy/upstream"
 )
@@ -463,7 +464,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (p *Proxy) handle(w http.ResponseWriter, r *http.Request, start time.Time) requestOutcome {
 	key, err := requestTarget(r)
 	if err != nil {
-		p.serveStatus(w, http.StatusBadRequest, cacheStatus{detail: detailBadRequestTarget})
+		p.serveStatus(w, http.StatusBadRequest, cachestatus.Status{Detail: cachestatus.BadRequestTarget})
 		return outRejected
 	}
 	if up := r.Header["Upgrade"]; up != nil && !webSocketUpgrade(up) {
@@ -497,7 +498,7 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request, start time.Time) 
 		// Should that answer too be for another variant, r goes
 		// upstream on its own.
 		if o, varied = p.answer(w, r, req, key, p.now()); varied {
-			o = p.passThrough(w, r, key, fwdVaryMiss, "")
+			o = p.passThrough(w, r, key, cachestatus.FwdVaryMiss, "")
 		}
 	}
 	return o
@@ -512,16 +513,16 @@ func (p *Proxy) answer(w http.ResponseWriter, r *http.Request, req freshness.Req
 	v := p.decide(r, req, key, e, vkey, now)
 	switch v.do {
 	case doServe:
-		return p.serve(w, r, e, e.Header, cacheStatus{hit: true, ttl: e.Decision.TTL(now), hasTTL: true, detail: v.detail}, now, v.hit), false
+		return p.serve(w, r, e, e.Header, cachestatus.Status{Hit: true, TTL: e.Decision.TTL(now), HasTTL: true, Detail: v.detail}, now, v.hit), false
 	case doServeStale:
 		// The refresh starts first: nothing here may keep e, and its
 		// body, alive while a slow client is written it (see bodyRef).
 		p.refresh(r, key, vkey, e)
-		return p.serve(w, r, e, e.Header, cacheStatus{hit: true, ttl: e.Decision.TTL(now), hasTTL: true, detail: detailStaleWhileRevalidate}, now, outStale), false
+		return p.serve(w, r, e, e.Header, cachestatus.Status{Hit: true, TTL: e.Decision.TTL(now), HasTTL: true, Detail: cachestatus.StaleWhileRevalidate}, now, outStale), false
 	case doPass:
 		return p.passThrough(w, r, key, v.fwd, v.detail), false
 	case doRefuse:
-		p.serveStatus(w, http.StatusGatewayTimeout, cacheStatus{detail: v.detail})
+		p.serveStatus(w, http.StatusGatewayTimeout, cachestatus.Status{Detail: v.detail})
 		return outError, false
 	}
 	return p.fetchAndServe(w, r, req, p.newFlight(r, req, key, vkey, vary, e), v.fwd)
@@ -531,9 +532,9 @@ func (p *Proxy) answer(w http.ResponseWriter, r *http.Request, req freshness.Req
 // it.
 type verdict struct {
 	do     action
-	fwd    fwdReason      // why the request goes upstream (doPass, doFetch)
-	detail detail         // for Cache-Status
-	hit    requestOutcome // which kind of hit serving the stored response is (doServe)
+	fwd    cachestatus.Fwd    // why the request goes upstream (doPass, doFetch)
+	detail cachestatus.Detail // for Cache-Status
+	hit    requestOutcome     // which kind of hit serving the stored response is (doServe)
 }
 
 // action is what the flow does with a request.
@@ -551,15 +552,15 @@ const (
 // vkey (nil for nothing), at now. It writes nothing and counts nothing.
 func (p *Proxy) decide(r *http.Request, req freshness.RequestDirectives, key string, e *local, vkey string, now time.Time) verdict {
 	if e != nil && e.Kind == cache.PassMark {
-		return verdict{do: doPass, fwd: fwdMiss, detail: detailUncacheable}
+		return verdict{do: doPass, fwd: cachestatus.FwdMiss, detail: cachestatus.Uncacheable}
 	}
-	fwd := fwdURIMiss
+	fwd := cachestatus.FwdURIMiss
 	if e != nil {
 		switch use := e.Decision.UseFor(now, req, p.revalidate); {
 		case use.State == freshness.Fresh:
 			v := verdict{do: doServe, hit: outHit}
 			if use.Recent {
-				v.detail = detailRevalidatedRecently // the client asked for a fresher one
+				v.detail = cachestatus.RevalidatedRecently // the client asked for a fresher one
 			}
 			return v
 		case use.State == freshness.StaleWhileRevalidate:
@@ -567,35 +568,35 @@ func (p *Proxy) decide(r *http.Request, req freshness.RequestDirectives, key str
 		case use.Refused && e.failedRecently(now, refreshBackoff):
 			// The client asked for a fresher answer, but the last
 			// attempt to validate this one failed moments ago.
-			return verdict{do: doServe, hit: outHit, detail: detailRevalidationFailed}
+			return verdict{do: doServe, hit: outHit, detail: cachestatus.RevalidationFailed}
 		case use.Refused:
-			fwd = fwdRequest // the client asked for a fresher answer
+			fwd = cachestatus.FwdRequest // the client asked for a fresher answer
 		case e.failedRecently(now, refreshBackoff) && e.Decision.UsableOnErrorFor(now, req):
 			// Its validation failed moments ago, and it may stand in
 			// for a failing origin: serve it, rather than ask the
 			// origin again for every request until it recovers.
-			return verdict{do: doServe, hit: outStaleOnError, detail: detailStaleIfError}
+			return verdict{do: doServe, hit: outStaleOnError, detail: cachestatus.StaleIfError}
 		default:
-			fwd = fwdStale
+			fwd = cachestatus.FwdStale
 		}
 	} else if vkey != key {
-		fwd = fwdVaryMiss
+		fwd = cachestatus.FwdVaryMiss
 	}
 	switch {
 	case req.OnlyIfCached:
 		// RFC 9111 section 5.2.1.7: nothing usable is stored.
-		return verdict{do: doRefuse, detail: detailOnlyIfCached}
+		return verdict{do: doRefuse, detail: cachestatus.OnlyIfCached}
 	case r.Header.Get("Range") != "" && e == nil:
 		// With nothing stored, the range goes upstream as it is. A
 		// stored response that needs validating is revalidated whole,
 		// coalesced, and the range served from it: a pass-through
 		// would leave it unvalidated, and the next ranged reload
 		// upstream too.
-		return verdict{do: doPass, fwd: fwd, detail: detailRange}
+		return verdict{do: doPass, fwd: fwd, detail: cachestatus.Range}
 	case req.NoStore:
 		// The answer may not be stored (RFC 9111 section 5.2.1.5),
 		// so it could not be shared with a herd either.
-		return verdict{do: doPass, fwd: fwd, detail: detailRequestNoStore}
+		return verdict{do: doPass, fwd: fwd, detail: cachestatus.RequestNoStore}
 	}
 	return verdict{do: doFetch, fwd: fwd}
 }
@@ -651,7 +652,7 @@ const (
 // or make them wait on its own trouble (issue 23). After maxRounds
 // flights, each waiter whose fields differ from the last leader's goes
 // upstream on its own.
-func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, in flight, fwd fwdReason) (o requestOutcome, varied bool) {
+func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, in flight, fwd cachestatus.Fwd) (o requestOutcome, varied bool) {
 	f, leader, err := p.join(w, r, in)
 	for !leader && in.round < maxRounds && (errors.Is(err, errHedged) || err == nil && f.personal && !sameFields(f.sent, in.header)) {
 		in.round++
@@ -743,33 +744,33 @@ func otherVariant(f *fetched, r *http.Request) bool {
 
 // serveFetched serves f, what the flight in fetched for r; leader says
 // r's request started it.
-func (p *Proxy) serveFetched(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, in flight, fwd fwdReason, f *fetched, leader bool, now time.Time) requestOutcome {
+func (p *Proxy) serveFetched(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, in flight, fwd cachestatus.Fwd, f *fetched, leader bool, now time.Time) requestOutcome {
 	if f.stream != nil {
 		return p.serveStream(w, r, in, fwd, f, leader)
 	}
 	stale, e := in.stale, f.entry
-	st := cacheStatus{fwd: fwd, fwdStatus: f.status, stored: f.stored, collapsed: !leader}
+	st := cachestatus.Status{Fwd: fwd, FwdStatus: f.status, Stored: f.stored, Collapsed: !leader}
 	if f.stored {
-		st.ttl, st.hasTTL = e.Decision.TTL(now), true
+		st.TTL, st.HasTTL = e.Decision.TTL(now), true
 	}
 	switch {
 	case f.personal && !leader && !sameFields(f.sent, in.header):
 		// The last round's leader's own answer: each its own.
-		return p.passThrough(w, r, in.key, fwdMiss, detail(e.Decision.Reason))
+		return p.passThrough(w, r, in.key, cachestatus.FwdMiss, cachestatus.Detail(e.Decision.Reason))
 	case leader && !e.Decision.Shareable:
-		st.detail = detail(e.Decision.Reason)
+		st.Detail = cachestatus.Detail(e.Decision.Reason)
 		if passes(e.Decision, stale) {
 			p.markPass(r.Context(), in.vkey, e.Decision.Reason)
 		}
 		return p.serve(w, r, e, f.own, st, now, outMiss)
 	case !e.Decision.Shareable:
 		// Meant for the leader's request alone: fetch our own.
-		return p.passThrough(w, r, in.key, fwdMiss, detail(e.Decision.Reason))
+		return p.passThrough(w, r, in.key, cachestatus.FwdMiss, cachestatus.Detail(e.Decision.Reason))
 	case isServerError(e.Status) && stale != nil && stale.Decision.UsableOnErrorFor(now, req):
 		return p.serveStaleOnError(w, r, stale, f.status, now)
 	}
 	if !f.stored {
-		st.detail = detail(e.Decision.Reason)
+		st.Detail = cachestatus.Detail(e.Decision.Reason)
 	}
 	h := e.Header
 	if leader {
@@ -778,9 +779,9 @@ func (p *Proxy) serveFetched(w http.ResponseWriter, r *http.Request, req freshne
 	o := outMiss
 	switch {
 	case f.status == 0: // another flight had just stored it, here or in the shared tier
-		o, st = outHit, cacheStatus{hit: true, ttl: e.Decision.TTL(now), hasTTL: true, collapsed: true}
+		o, st = outHit, cachestatus.Status{Hit: true, TTL: e.Decision.TTL(now), HasTTL: true, Collapsed: true}
 		if f.fromShared {
-			st.detail = detailSharedTier
+			st.Detail = cachestatus.SharedTier
 		}
 	case !leader:
 		o = outCoalesced
@@ -795,15 +796,15 @@ func (p *Proxy) serveFetched(w http.ResponseWriter, r *http.Request, req freshne
 // that cannot read it as it comes (a range or a precondition to answer
 // from the whole body, an answer that is the leader's alone, or a join
 // too late for the body's first byte) goes upstream on its own.
-func (p *Proxy) serveStream(w http.ResponseWriter, r *http.Request, in flight, fwd fwdReason, f *fetched, leader bool) requestOutcome {
+func (p *Proxy) serveStream(w http.ResponseWriter, r *http.Request, in flight, fwd cachestatus.Fwd, f *fetched, leader bool) requestOutcome {
 	e, s := f.entry, f.stream
 	if !leader && !e.Decision.Shareable || conditionalOrRange(r.Header) {
-		return p.passThrough(w, r, in.key, fwdMiss, s.detail)
+		return p.passThrough(w, r, in.key, cachestatus.FwdMiss, s.detail)
 	}
 	var rd *streamReader
 	if r.Method != http.MethodHead && bodyAllowed(e.Status) {
 		if rd = s.join(); rd == nil {
-			return p.passThrough(w, r, in.key, fwdMiss, s.detail)
+			return p.passThrough(w, r, in.key, cachestatus.FwdMiss, s.detail)
 		}
 		defer rd.close()
 	}
@@ -814,7 +815,7 @@ func (p *Proxy) serveStream(w http.ResponseWriter, r *http.Request, in flight, f
 	out := w.Header()
 	copyHeader(out, h, 0)
 	out["Via"] = append(out["Via"], via)
-	out.Set("Cache-Status", cacheStatus{fwd: fwd, fwdStatus: f.status, collapsed: !leader, detail: s.detail}.String())
+	out.Set("Cache-Status", cachestatus.Status{Fwd: fwd, FwdStatus: f.status, Collapsed: !leader, Detail: s.detail}.String())
 	if s.length >= 0 && bodyAllowed(e.Status) {
 		out.Set("Content-Length", strconv.FormatInt(s.length, 10))
 	}
@@ -1028,17 +1029,17 @@ func (p *Proxy) markPass(ctx context.Context, key, reason string) {
 
 // bypass returns why r goes straight upstream without the cache, as a
 // Cache-Status fwd and detail, or "" when the cache handles it.
-func bypass(r *http.Request) (fwdReason, detail) {
+func bypass(r *http.Request) (cachestatus.Fwd, cachestatus.Detail) {
 	switch {
 	case r.Method != http.MethodGet && r.Method != http.MethodHead:
-		return fwdMethod, ""
+		return cachestatus.FwdMethod, ""
 	case r.Header["Upgrade"] != nil:
-		return fwdBypass, detailUpgrade
+		return cachestatus.FwdBypass, cachestatus.Upgrade
 	case r.ContentLength != 0:
 		// A GET with a body has no meaning HTTP defines (RFC 9110
 		// section 9.3.1), but some origins read it, so the answer may
 		// depend on it: never shared or stored, nor shared with.
-		return fwdBypass, detailRequestBody
+		return cachestatus.FwdBypass, cachestatus.RequestBody
 	}
 	return "", ""
 }
@@ -1068,11 +1069,11 @@ func isServerError(status int) bool {
 // is never handed to a client. It returns o, what serving e is, or outBusy
 // when it answered 503 instead: e's body is large, the store no longer
 // holds it, and the buffer budget has no room for it.
-func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, e *local, h http.Header, st cacheStatus, now time.Time, o requestOutcome) requestOutcome {
+func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, e *local, h http.Header, st cachestatus.Status, now time.Time, o requestOutcome) requestOutcome {
 	ref := e.ref
 	if ref != nil && r.Method != http.MethodHead && bodyAllowed(e.Status) {
 		if !p.unstored.enter(ref) {
-			return p.serveBusy(w, &upstream.BusyError{RetryAfter: time.Second, Why: "buffer budget spent"}, cacheStatus{detail: detailBuffersFull})
+			return p.serveBusy(w, &upstream.BusyError{RetryAfter: time.Second, Why: "buffer budget spent"}, cachestatus.Status{Detail: cachestatus.BuffersFull})
 		}
 		defer p.unstored.leave(ref)
 	} else {
@@ -1087,11 +1088,11 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, e *local, h http.H
 		vals[0] = v
 		out[k], vals = vals[:1:1], vals[1:]
 	}
-	st.field, st.rule = e.decidedBy()
+	st.Field, st.Rule = e.decidedBy()
 	f := e.fields(st, now)
 	// Age goes on whatever the cache served, and on fetched responses
 	// that arrived with an age of their own (RFC 9111 section 5.1).
-	if st.hit || st.fwdStatus == 0 || st.detail == detailStaleIfError || f.age > 0 {
+	if st.Hit || st.FwdStatus == 0 || st.Detail == cachestatus.StaleIfError || f.age > 0 {
 		set("Age", f.ageText)
 	}
 	if vs := out["Via"]; len(vs) > 0 {
@@ -1192,20 +1193,20 @@ func bodyAllowed(status int) bool {
 // serveStaleOnError serves stale in place of an origin failure
 // (RFC 5861 section 4).
 func (p *Proxy) serveStaleOnError(w http.ResponseWriter, r *http.Request, stale *local, fwdStatus int, now time.Time) requestOutcome {
-	return p.serve(w, r, stale, stale.Header, cacheStatus{fwd: fwdStale, fwdStatus: fwdStatus, ttl: stale.Decision.TTL(now), hasTTL: true, detail: detailStaleIfError}, now, outStaleOnError)
+	return p.serve(w, r, stale, stale.Header, cachestatus.Status{Fwd: cachestatus.FwdStale, FwdStatus: fwdStatus, TTL: stale.Decision.TTL(now), HasTTL: true, Detail: cachestatus.StaleIfError}, now, outStaleOnError)
 }
 
 // serveError answers a failed fetch of the flight in: with its stale
 // entry where it may stand in, upstream on r's own when the answer was
 // too large to share, and otherwise as upstreamFailure says.
-func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, in flight, fwd fwdReason, err error, now time.Time) requestOutcome {
+func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, in flight, fwd cachestatus.Fwd, err error, now time.Time) requestOutcome {
 	key, stale := in.key, in.stale
 	if errors.Is(err, errPersonal) || errors.Is(err, errHedged) {
 		return p.passThrough(w, r, key, fwd, "")
 	}
 	if errors.Is(err, errTooLarge) {
-		p.markPass(r.Context(), in.vkey, string(detailTooLarge))
-		return p.passThrough(w, r, key, fwdMiss, detailTooLarge)
+		p.markPass(r.Context(), in.vkey, string(cachestatus.TooLarge))
+		return p.passThrough(w, r, key, cachestatus.FwdMiss, cachestatus.TooLarge)
 	}
 	if errors.Is(err, errBuffersFull) {
 		// Too large for the buffer budget left now, for this fetch
@@ -1214,24 +1215,24 @@ func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, req freshness
 		// upstream on their own, streamed. The key is not marked; the
 		// next fetch may fit.
 		if stale != nil && stale.Decision.UsableDisconnected() {
-			return p.serve(w, r, stale, stale.Header, cacheStatus{hit: true, ttl: stale.Decision.TTL(now), hasTTL: true, detail: detailBuffersFull}, now, outStaleOnBusy)
+			return p.serve(w, r, stale, stale.Header, cachestatus.Status{Hit: true, TTL: stale.Decision.TTL(now), HasTTL: true, Detail: cachestatus.BuffersFull}, now, outStaleOnBusy)
 		}
-		return p.passThrough(w, r, key, fwdMiss, detailBuffersFull)
+		return p.passThrough(w, r, key, cachestatus.FwdMiss, cachestatus.BuffersFull)
 	}
 	status, d, busy := upstreamFailure(err)
 	if busy != nil {
 		// corral held the request back to spare the origin: as good as
 		// disconnected from it.
 		if stale != nil && stale.Decision.UsableDisconnected() {
-			return p.serve(w, r, stale, stale.Header, cacheStatus{hit: true, ttl: stale.Decision.TTL(now), hasTTL: true, detail: detailUpstreamBusy}, now, outStaleOnBusy)
+			return p.serve(w, r, stale, stale.Header, cachestatus.Status{Hit: true, TTL: stale.Decision.TTL(now), HasTTL: true, Detail: cachestatus.UpstreamBusy}, now, outStaleOnBusy)
 		}
-		return p.serveBusy(w, busy, cacheStatus{fwd: fwd, detail: d})
+		return p.serveBusy(w, busy, cachestatus.Status{Fwd: fwd, Detail: d})
 	}
 	if stale != nil && stale.Decision.UsableOnErrorFor(now, req) {
 		return p.serveStaleOnError(w, r, stale, 0, now)
 	}
 	p.log.Warn("upstream fetch failed", "path", r.URL.Path, "err", err)
-	p.serveStatus(w, status, cacheStatus{fwd: fwd, detail: d})
+	p.serveStatus(w, status, cachestatus.Status{Fwd: fwd, Detail: d})
 	return outError
 }
 
@@ -1239,18 +1240,18 @@ func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, req freshness
 // fetch or passed-through request, to corral's own answer: 503 when the
 // upstream guard held it back (busy says for how long), 504 when the
 // origin took longer than UpstreamTimeout, 502 for anything else.
-func upstreamFailure(err error) (status int, d detail, busy *upstream.BusyError) {
+func upstreamFailure(err error) (status int, d cachestatus.Detail, busy *upstream.BusyError) {
 	switch {
 	case errors.As(err, &busy):
-		return http.StatusServiceUnavailable, detailUpstreamBusy, busy
+		return http.StatusServiceUnavailable, cachestatus.UpstreamBusy, busy
 	case errors.Is(err, context.DeadlineExceeded):
-		return http.StatusGatewayTimeout, detailUpstreamTimeout, nil
+		return http.StatusGatewayTimeout, cachestatus.UpstreamTimeout, nil
 	}
-	return http.StatusBadGateway, detailUpstreamError, nil
+	return http.StatusBadGateway, cachestatus.UpstreamError, nil
 }
 
 // serveBusy answers 503 with the guard's Retry-After.
-func (p *Proxy) serveBusy(w http.ResponseWriter, busy *upstream.BusyError, st cacheStatus) requestOutcome {
+func (p *Proxy) serveBusy(w http.ResponseWriter, busy *upstream.BusyError, st cachestatus.Status) requestOutcome {
 	secs := (busy.RetryAfter + time.Second - 1) / time.Second
 	w.Header().Set("Retry-After", strconv.FormatInt(int64(secs), 10))
 	p.serveStatus(w, http.StatusServiceUnavailable, st)
@@ -1258,7 +1259,7 @@ func (p *Proxy) serveBusy(w http.ResponseWriter, busy *upstream.BusyError, st ca
 }
 
 // serveStatus answers with status and its text, for errors corral makes.
-func (p *Proxy) serveStatus(w http.ResponseWriter, status int, st cacheStatus) {
+func (p *Proxy) serveStatus(w http.ResponseWriter, status int, st cachestatus.Status) {
 	h := w.Header()
 	h.Set("Cache-Status", st.String())
 	h.Set("Content-Type", "text/plain; charset=utf-8")

@@ -8,6 +8,7 @@ import (
 	"corral/freshness"
 	"corral/proxy/cache"
 	"corral/proxy/fleet"
+	"corral/proxy/internal/cachestatus"
 )
 
 // The tier the fleet shares (package fleet) sits behind this replica's
@@ -155,7 +156,7 @@ func (p *Proxy) localFor(f *fetched, err error, cached bool) time.Duration {
 	switch {
 	case err == nil && f != nil && f.inShared:
 		return 0
-	case err == nil && f != nil && f.stream != nil && f.stream.detail == detailBuffersFull:
+	case err == nil && f != nil && f.stream != nil && f.stream.detail == cachestatus.BuffersFull:
 		return refreshBackoff // the pressure of a moment
 	case err == nil && f != nil && !cached && !isServerError(f.entry.Status):
 		return p.passTTL

@@ -2,134 +2,21 @@ package proxy
 
 import (
 	"context"
+	"corral/proxy/internal/cachestatus"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
-	"strconv"
 	"strings"
 	"time"
-
-	"corral/freshness"
 )
-
-// cacheStatus is one Cache-Status field value (RFC 9211 section 2). Its
-// fields are ordered to pack: every hit compares one.
-type cacheStatus struct {
-	fwd       fwdReason // why the request went upstream; "" when it did not
-	detail    detail    // why the response was not stored, or how a stale one was served
-	fwdStatus int       // what upstream answered; 0 when it was not asked
-	ttl       time.Duration
-	hit       bool
-	stored    bool
-	collapsed bool
-	hasTTL    bool
-
-	// What decided the response's freshness, when not Cache-Control:
-	// corral's extension parameters (RFC 9211 section 2 allows them).
-	field freshness.Source // corral-field: the targeted field the origin sent (FromCDN, FromCorral)
-	rule  string           // corral-rule: the operator's rule, by its prefix
-}
-
-// fwdReason is a Cache-Status fwd parameter (RFC 9211 section 2.2): why a
-// request went upstream.
-type fwdReason string
-
-const (
-	fwdURIMiss  fwdReason = "uri-miss"  // nothing stored for the URI
-	fwdVaryMiss fwdReason = "vary-miss" // the URI varies, and nothing is stored for this variant
-	fwdMiss     fwdReason = "miss"      // the URI's answers cannot be stored or shared (a pass mark)
-	fwdStale    fwdReason = "stale"     // the stored response must be validated
-	fwdMethod   fwdReason = "method"    // a method whose answer is never stored
-	fwdBypass   fwdReason = "bypass"    // a request the cache stays out of (an upgrade, a body)
-	fwdRequest  fwdReason = "request"   // the client asked for a fresher answer, or sent a body corral refused
-)
-
-// detail is a Cache-Status detail parameter (RFC 9211 section 2.8): a
-// token that says why a response was not stored, how a stale one came to
-// be served, or why corral answered itself. A response that freshness
-// judged unstorable or unshareable gives its Decision.Reason as the
-// detail instead.
-type detail string
-
-const (
-	// How a stored response came to answer.
-	detailRevalidatedRecently  detail = "revalidated-recently"   // validated moments ago: fresh enough for a no-cache
-	detailRevalidationFailed   detail = "revalidation-failed"    // a fresher one was asked for, but validating failed moments ago
-	detailStaleWhileRevalidate detail = "stale-while-revalidate" // served stale while a background refresh runs (RFC 5861 section 3)
-	detailStaleIfError         detail = "stale-if-error"         // served stale in place of an origin failure (RFC 5861 section 4)
-	detailSharedTier           detail = "shared-tier"            // found in the tier the fleet shares, fetched by another replica
-
-	// Why a request went upstream on its own, or its answer was not stored.
-	detailUncacheable    detail = "uncacheable"      // the URI's answers cannot be shared (a pass mark)
-	detailUpgrade        detail = "upgrade"          // a WebSocket upgrade
-	detailRequestBody    detail = "request-body"     // a GET or HEAD with a body
-	detailRange          detail = "range"            // a range request with nothing stored
-	detailRequestNoStore detail = "request-no-store" // the client sent no-store
-	detailTooLarge       detail = "too-large"        // the body is larger than MaxObjectBytes
-	detailBuffersFull    detail = "buffers-full"     // the buffer budget is spent for now
-
-	// Why corral answered itself.
-	detailUpstreamBusy     detail = "upstream-busy"      // the upstream guard held the request back: 503
-	detailUpstreamTimeout  detail = "upstream-timeout"   // the origin took longer than UpstreamTimeout: 504
-	detailUpstreamError    detail = "upstream-error"     // the exchange with the origin failed: 502
-	detailOnlyIfCached     detail = "only-if-cached"     // nothing usable stored for only-if-cached: 504
-	detailBadRequestTarget detail = "bad-request-target" // 400
-	detailRequestTooLarge  detail = "request-too-large"  // 413
-	detailRequestTimeout   detail = "request-timeout"    // 408
-	detailBadRequestBody   detail = "bad-request-body"   // 400
-)
-
-func (s cacheStatus) String() string {
-	var b strings.Builder
-	b.Grow(64 + len(s.rule)) // one allocation
-	var num [20]byte         // numbers are formatted here, not on the heap
-	b.WriteString("corral")
-	if s.hit {
-		b.WriteString("; hit")
-	}
-	if s.fwd != "" {
-		b.WriteString("; fwd=")
-		b.WriteString(string(s.fwd))
-	}
-	if s.fwdStatus != 0 {
-		b.WriteString("; fwd-status=")
-		b.Write(strconv.AppendInt(num[:0], int64(s.fwdStatus), 10))
-	}
-	if s.stored {
-		b.WriteString("; stored")
-	}
-	if s.collapsed {
-		b.WriteString("; collapsed")
-	}
-	if s.hasTTL {
-		b.WriteString("; ttl=")
-		b.Write(strconv.AppendInt(num[:0], int64(s.ttl/time.Second), 10))
-	}
-	if s.detail != "" {
-		b.WriteString("; detail=")
-		b.WriteString(string(s.detail))
-	}
-	if s.field == freshness.FromCDN || s.field == freshness.FromCorral {
-		b.WriteString("; corral-field=")
-		b.WriteString(s.field.String())
-	}
-	if s.rule != "" {
-		// An sf-string (RFC 8941 section 3.3.3) needs no escapes: a
-		// rule's prefix holds no quote, backslash or control byte.
-		b.WriteString(`; corral-rule="`)
-		b.WriteString(s.rule)
-		b.WriteByte('"')
-	}
-	return b.String()
-}
 
 type passKey struct{}
 
 // passed is what a passed-through request carries to ModifyResponse.
 type passed struct {
-	st        cacheStatus
+	st        cachestatus.Status
 	host      string      // the Host the client asked
 	uri       string      // the client's request URI
 	reqHeader http.Header // the client's request header
@@ -142,8 +29,8 @@ type passed struct {
 // is stored on the way, so that a URL marked uncacheable becomes cacheable
 // again as soon as the origin says so. fwd and detail go to Cache-Status.
 // It returns outPassed, or outBusy when the upstream guard held r back.
-func (p *Proxy) passThrough(w http.ResponseWriter, r *http.Request, target string, fwd fwdReason, detail detail) requestOutcome {
-	info := passed{st: cacheStatus{fwd: fwd, detail: detail}, host: r.Host, uri: target, reqHeader: r.Header, reqTime: p.now(), mayStore: mayStore(r)}
+func (p *Proxy) passThrough(w http.ResponseWriter, r *http.Request, target string, fwd cachestatus.Fwd, detail cachestatus.Detail) requestOutcome {
+	info := passed{st: cachestatus.Status{Fwd: fwd, Detail: detail}, host: r.Host, uri: target, reqHeader: r.Header, reqTime: p.now(), mayStore: mayStore(r)}
 	pw := &passWriter{ResponseWriter: w, outcome: outPassed}
 	p.pass.ServeHTTP(pw, r.WithContext(context.WithValue(r.Context(), passKey{}, info)))
 	return pw.outcome
@@ -173,10 +60,10 @@ func (p *Proxy) modifyPassed(resp *http.Response) error {
 		e = p.storeOnTheWay(resp, info, p.now().Add(time.Nanosecond))
 	}
 	if e != nil {
-		st.field, st.rule = e.decidedBy()
+		st.Field, st.Rule = e.decidedBy()
 	}
 	delete(resp.Header, corralOnly)
-	st.fwdStatus = resp.StatusCode
+	st.FwdStatus = resp.StatusCode
 	resp.Header.Add("Via", via)
 	resp.Header.Set("Cache-Status", st.String())
 	return nil
@@ -373,7 +260,7 @@ func (p *Proxy) passError(w http.ResponseWriter, r *http.Request, err error) {
 	st := info.st
 	status, d, busy := upstreamFailure(err)
 	if busy != nil {
-		st.detail = d
+		st.Detail = d
 		o := p.serveBusy(w, busy, st)
 		if pw, ok := w.(*passWriter); ok {
 			pw.outcome = o // never sent: not a passed request
@@ -383,7 +270,7 @@ func (p *Proxy) passError(w http.ResponseWriter, r *http.Request, err error) {
 	p.stats.upstream(0, err)
 	if status != http.StatusBadGateway {
 		// A 502 keeps the detail of why the request was passed.
-		st.detail = d
+		st.Detail = d
 	}
 	p.log.Warn("upstream request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 	w.Header().Set("Cache-Status", st.String())

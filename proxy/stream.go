@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"corral/proxy/internal/cachestatus"
 	"errors"
 	"io"
 	"sync"
@@ -24,7 +25,7 @@ import (
 // it keeps for streamJoin, and for a body that fits, to its end.
 type stream struct {
 	length int64 // the body's declared length; -1 when unknown
-	detail detail
+	detail cachestatus.Detail
 
 	mu      sync.Mutex
 	wake    chan struct{} // closed and replaced when bytes come or go, or the body ends
@@ -89,7 +90,7 @@ var (
 // newStream returns a stream of a body of the declared length (-1 when
 // unknown) whose first bytes are in win; release gives back what win
 // holds of the budget, once no one reads it.
-func newStream(win []byte, length int64, d detail, minRate int64, release func()) *stream {
+func newStream(win []byte, length int64, d cachestatus.Detail, minRate int64, release func()) *stream {
 	return &stream{
 		length:  length,
 		detail:  d,

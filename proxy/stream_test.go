@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"corral/proxy/internal/cachestatus"
 	"errors"
 	"io"
 	"testing"
@@ -14,7 +15,7 @@ import (
 func streamOf(win int, stall time.Duration) (*stream, *io.PipeWriter, <-chan struct{}) {
 	pr, pw := io.Pipe()
 	freed := make(chan struct{})
-	s := newStream(make([]byte, 0, win), -1, detailBuffersFull, 0, func() { close(freed) })
+	s := newStream(make([]byte, 0, win), -1, cachestatus.BuffersFull, 0, func() { close(freed) })
 	s.stall = stall
 	go func() {
 		s.pump(pr)
