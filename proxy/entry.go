@@ -11,6 +11,7 @@ import (
 	"corral/freshness"
 	"corral/proxy/cache"
 	"corral/proxy/internal/cachestatus"
+	"corral/proxy/internal/httprule"
 )
 
 // local is a stored cache.Entry as this process uses it: the entry, which
@@ -143,12 +144,12 @@ func (e *local) fields(st cachestatus.Status, now time.Time) *servedFields {
 
 // servedHeader is h without the fields that are stored but never served.
 func servedHeader(h http.Header) http.Header {
-	if h["Age"] == nil && h[corralOnly] == nil {
+	if h["Age"] == nil && h[httprule.CorralOnly] == nil {
 		return h
 	}
 	h = h.Clone()
 	delete(h, "Age")
-	delete(h, corralOnly)
+	delete(h, httprule.CorralOnly)
 	return h
 }
 
@@ -246,7 +247,7 @@ func (p *Proxy) setErr(ctx context.Context, key string, e *local, ttl time.Durat
 	return err
 }
 
-// failure is a failed validation: by which fields (fingerprint), when.
+// failure is a failed validation: by which fields (httprule.Fingerprint), when.
 type failure struct {
 	fp uint64
 	at int64 // Unix nanoseconds

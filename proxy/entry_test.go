@@ -15,6 +15,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"corral/proxy/cache"
+	"corral/proxy/internal/httprule"
 	"corral/proxy/rules"
 )
 
@@ -51,7 +52,7 @@ func TestDecodedEntriesServeAlike(t *testing.T) {
 			h.Set("Age", "100")
 		case "/targeted":
 			h.Set("Cache-Control", "max-age=10")
-			h.Set(corralOnly, "max-age=900, stale-while-revalidate=30")
+			h.Set(httprule.CorralOnly, "max-age=900, stale-while-revalidate=30")
 		case "/ruled/x", "/RULED/x": // a rule matches every spelling of its path
 			h.Set("Cache-Control", "max-age=10")
 		case "/vary":
@@ -89,8 +90,8 @@ func TestDecodedEntriesServeAlike(t *testing.T) {
 			hit(elsewhere, path)
 			clk.Advance(5 * time.Second)
 			want, got := hit(here, path), hit(elsewhere, path)
-			if want.Response.Status != http.StatusOK || want.Response.Age == "" || !strings.Contains(want.Response.CacheStatus, "hit") || want.Header.Get(corralOnly) != "" {
-				t.Fatalf("this process served %+v, want a hit without %s", want, corralOnly)
+			if want.Response.Status != http.StatusOK || want.Response.Age == "" || !strings.Contains(want.Response.CacheStatus, "hit") || want.Header.Get(httprule.CorralOnly) != "" {
+				t.Fatalf("this process served %+v, want a hit without %s", want, httprule.CorralOnly)
 			}
 			if diff := cmp.Diff(want, got); diff != "" {
 				t.Errorf("hit on a decoded entry differs (-this process +decoded):\n%s", diff)

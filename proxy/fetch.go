@@ -18,6 +18,7 @@ import (
 	"corral/proxy/cache"
 	"corral/proxy/fleet"
 	"corral/proxy/internal/cachestatus"
+	"corral/proxy/internal/httprule"
 	"corral/proxy/upstream"
 )
 
@@ -54,7 +55,7 @@ type fetched struct {
 	stream *stream
 
 	// personal says the answer may speak of its leader's own request
-	// rather than of the resource (aboutTheRequest: a spent quota, a
+	// rather than of the resource (httprule.AboutTheRequest: a spent quota, a
 	// refused field), which carried fields beyond those the response
 	// varies on, and the origin did not let caches keep it: it is the
 	// leader's, and of requests that sent the same fields (sent), never
@@ -77,7 +78,7 @@ type flight struct {
 	id     string      // the coalescing key (flightKey)
 	key    string      // the request target: path and query
 	vkey   string      // the variant key lookup found; key when the URI is not known to vary
-	header http.Header // the request fields a shared fetch sends (sharedFetchHeader)
+	header http.Header // the request fields a shared fetch sends (httprule.SharedFetchHeader)
 	vary   []string    // the fields the URI is known to vary on
 	stale  *local      // the stored response to validate; nil when none
 
@@ -121,7 +122,7 @@ type flight struct {
 // on the fields vary. Only a request that starts or joins a flight builds
 // one: a hit never does.
 func (p *Proxy) newFlight(r *http.Request, req freshness.RequestDirectives, key, vkey string, vary []string, stale *local) flight {
-	h := sharedFetchHeader(r.Header)
+	h := httprule.SharedFetchHeader(r.Header)
 	credentialed := r.Header["Authorization"] != nil
 	return flight{
 		id:           p.flightKey(r, vkey),
@@ -131,7 +132,7 @@ func (p *Proxy) newFlight(r *http.Request, req freshness.RequestDirectives, key,
 		vary:         vary,
 		stale:        stale,
 		client:       p.clientAddr(r),
-		neutral:      onlyFields(h, vary),
+		neutral:      httprule.OnlyFields(h, vary),
 		shared:       p.fleet != nil && !credentialed,
 		credentialed: credentialed,
 		req:          req,
@@ -209,7 +210,7 @@ func (p *Proxy) fetch(ctx context.Context, in flight) (f *fetched, err error) {
 // failure is not one client's own (see confirmedFailure).
 func (p *Proxy) exchange(ctx context.Context, in flight, lease *fleet.Lease) (*fetched, error) {
 	f, err := p.fetchUpstream(ctx, in, lease)
-	if stale := in.stale; stale != nil && (err != nil || isServerError(f.entry.Status)) && p.confirmedFailure(in, stale) {
+	if stale := in.stale; stale != nil && (err != nil || httprule.IsServerError(f.entry.Status)) && p.confirmedFailure(in, stale) {
 		p.backOff(stale, f, err)
 	}
 	return f, err
@@ -225,7 +226,7 @@ func (p *Proxy) confirmedFailure(in flight, stale *local) bool {
 	if in.neutral {
 		return true
 	}
-	fp, now := fingerprint(in.header), p.now().UnixNano()
+	fp, now := httprule.Fingerprint(in.header), p.now().UnixNano()
 	last := stale.lastFailure.Swap(&failure{fp: fp, at: now})
 	return last != nil && last.fp != fp && now-last.at < int64(failureWindow)
 }
@@ -327,7 +328,7 @@ func (p *Proxy) fetchUpstream(ctx context.Context, in flight, lease *fleet.Lease
 	// applied already, and corral adds its Via.
 	reqHeader := in.header
 	out.Header = reqHeader.Clone()
-	out.Header.Add("Via", via)
+	out.Header.Add("Via", httprule.Via)
 	if stale != nil {
 		if v := stale.Header.Get("ETag"); v != "" {
 			out.Header.Set("If-None-Match", v)
@@ -392,7 +393,7 @@ func (p *Proxy) fetchUpstream(ctx context.Context, in flight, lease *fleet.Lease
 		p.stats.upstream(resp.StatusCode, nil)
 		e, own := p.newEntry(key, reqHeader, resp.StatusCode, resp.Header, nil, sent, respTime)
 		switch {
-		case !in.neutral && !in.credentialed && aboutTheRequest(resp.StatusCode) && !e.Decision.Storable:
+		case !in.neutral && !in.credentialed && httprule.AboutTheRequest(resp.StatusCode) && !e.Decision.Storable:
 			return nil, errPersonal
 		case errors.Is(err, errBuffersFull) && stale != nil && stale.Decision.UsableDisconnected():
 			return nil, err // the stale response stands in
@@ -413,14 +414,14 @@ func (p *Proxy) fetchUpstream(ctx context.Context, in flight, lease *fleet.Lease
 		return nil, fmt.Errorf("reading upstream body: %w", err)
 	}
 	e, own := p.newEntry(key, reqHeader, resp.StatusCode, resp.Header, bb.trimmed(), sent, respTime)
-	if !in.neutral && !in.credentialed && aboutTheRequest(resp.StatusCode) && !e.Decision.Storable {
+	if !in.neutral && !in.credentialed && httprule.AboutTheRequest(resp.StatusCode) && !e.Decision.Storable {
 		// Perhaps one client's answer, which the origin did not let
 		// caches keep: never shared, nor a pass mark. (One it gave
 		// explicit freshness, the origin told every shared cache to
 		// serve to everyone, RFC 9111 section 3.)
 		return &fetched{entry: e, own: own, status: resp.StatusCode, personal: true, sent: reqHeader}, nil
 	}
-	if isServerError(resp.StatusCode) && stale != nil && stale.Decision.UsableOnError(respTime) {
+	if httprule.IsServerError(resp.StatusCode) && stale != nil && stale.Decision.UsableOnError(respTime) {
 		// The stored response stands in for the error (RFC 5861
 		// section 4), which must not replace it, however cacheable.
 		return &fetched{entry: e, own: own, status: resp.StatusCode}, nil
@@ -449,7 +450,7 @@ func (p *Proxy) newEntry(key string, reqHeader http.Header, status int, header h
 // newEntryFor is newEntry for a response to method.
 func (p *Proxy) newEntryFor(method, key string, reqHeader http.Header, status int, header http.Header, body []byte, reqTime, respTime time.Time) (e *local, own http.Header) {
 	own = header.Clone()
-	removeHopHeaders(own)
+	httprule.RemoveHopHeaders(own)
 	x := freshness.Exchange{
 		Method:        method,
 		RequestHeader: reqHeader,
@@ -468,13 +469,13 @@ func (p *Proxy) newEntryFor(method, key string, reqHeader http.Header, status in
 		own.Set("Date", respTime.UTC().Format(http.TimeFormat))
 	}
 	h := own // the stored header
-	if len(d.StripFields) > 0 || own["Age"] != nil || own[corralOnly] != nil {
+	if len(d.StripFields) > 0 || own["Age"] != nil || own[httprule.CorralOnly] != nil {
 		h = own.Clone()
 		for _, f := range d.StripFields {
 			h.Del(f)
 		}
 	}
-	delete(own, corralOnly)
+	delete(own, httprule.CorralOnly)
 	delete(own, "Age")
 	e = &local{
 		Entry: &cache.Entry{
@@ -485,7 +486,7 @@ func (p *Proxy) newEntryFor(method, key string, reqHeader http.Header, status in
 			Status:       status,
 			Header:       h,
 			Body:         body,
-			Vary:         varyNames(h),
+			Vary:         httprule.VaryNames(h),
 		},
 		Header:       servedHeader(h),
 		Decision:     d,
@@ -499,7 +500,7 @@ func (p *Proxy) newEntryFor(method, key string, reqHeader http.Header, status in
 		p.stats.RuleDecisions[rule.Prefix].Add(1)
 	}
 	if len(e.Vary) > 0 {
-		e.VaryKey = sentVaryKey(e.Vary, reqHeader)
+		e.VaryKey = httprule.SentVaryKey(e.Vary, reqHeader)
 	}
 	return e, own
 }
@@ -510,8 +511,8 @@ func (p *Proxy) newEntryFor(method, key string, reqHeader http.Header, status in
 // Age, of the exchange that fetched it, does not.
 func (p *Proxy) revalidated(key string, reqHeader http.Header, stale *local, header http.Header, reqTime, respTime time.Time) (*local, http.Header) {
 	update := header.Clone()
-	removeHopHeaders(update)
-	for _, f := range notUpdatedBy304 {
+	httprule.RemoveHopHeaders(update)
+	for _, f := range httprule.NotUpdatedBy304 {
 		update.Del(f)
 	}
 	merged := stale.Entry.Header.Clone()
@@ -626,10 +627,10 @@ func (p *Proxy) lookup(ctx context.Context, key string, h http.Header) (e *local
 	if e.Kind != cache.VaryMarker {
 		return e, key, e.Vary
 	}
-	vk := cache.VariantKey(key, e.Gen, varyKey(e.Vary, h))
+	vk := cache.VariantKey(key, e.Gen, httprule.VaryKey(e.Vary, h))
 	v := p.get(ctx, vk)
 	if v == nil && e.languages != nil {
-		lang := firstLanguage(sentValues(h, "Accept-Language"))
+		lang := httprule.FirstLanguage(httprule.SentValues(h, "Accept-Language"))
 		if other, ok := e.languages[lang]; ok {
 			// Another request's answer is in the language this
 			// request prefers above all others: checked again here,

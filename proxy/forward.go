@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"corral/proxy/internal/httprule"
 	"net"
 	"net/http"
 	"net/netip"
@@ -11,11 +12,11 @@ import (
 // request made for the client request in. It is the one forwarding policy
 // of shared fetches and passed-through requests alike:
 //
-//   - A client's own forwarding fields (isForwardingField) never go
+//   - A client's own forwarding fields (httprule.IsForwardingField) never go
 //     upstream, nor any field with an underscore in its name
-//     (neverForwarded).
+//     (httprule.NeverForwarded).
 //   - Accept-Language and Accept-Encoding go in the one form variants
-//     are keyed on (normalizeLists): a passed-through answer may be
+//     are keyed on (httprule.NormalizeLists): a passed-through answer may be
 //     stored on the way, a POST's for later GETs.
 //   - A request whose answer may be stored or shared (mayStore) carries
 //     nothing that depends on which client asked, beyond the fields the
@@ -28,14 +29,14 @@ import (
 //     X-Forwarded-Proto and Forwarded it sent are kept, and its address
 //     is appended to the chain.
 func (p *Proxy) forward(out http.Header, in *http.Request, mayStore bool) {
-	normalizeLists(out)
+	httprule.NormalizeLists(out)
 	if mayStore {
-		dropStoredForwarding(out)
-		out.Add("Via", via)
+		httprule.DropStoredForwarding(out)
+		out.Add("Via", httprule.Via)
 		return
 	}
-	dropFields(out, neverForwarded)
-	out.Add("Via", via)
+	httprule.DropFields(out, httprule.NeverForwarded)
+	out.Add("Via", httprule.Via)
 	peer := peerAddr(in.RemoteAddr)
 	if peer.IsValid() && p.trusted(peer) {
 		for _, f := range []string{"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Forwarded"} {
@@ -57,16 +58,6 @@ func (p *Proxy) forward(out http.Header, in *http.Request, mayStore bool) {
 	if peer.IsValid() {
 		out.Add("X-Forwarded-For", peer.String())
 	}
-}
-
-// dropStoredForwarding drops from h what a request whose answer may be
-// stored never carries of its client's (neverStored): forwarding fields,
-// fields with an underscore in their names, method overrides.
-func dropStoredForwarding(h http.Header) { dropFields(h, neverStored) }
-
-// mayStore reports whether the answer to r may be stored or shared.
-func mayStore(r *http.Request) bool {
-	return (r.Method == http.MethodGet || r.Method == http.MethodHead) && r.Header["Upgrade"] == nil && r.ContentLength == 0
 }
 
 func (p *Proxy) trusted(addr netip.Addr) bool {

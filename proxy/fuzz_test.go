@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"corral/proxy/cache"
+	"corral/proxy/internal/httprule"
 )
 
 // recordingTransport answers every upstream request with a cacheable 200
@@ -134,7 +135,7 @@ func FuzzUpstreamRequest(f *testing.F) {
 			if e == nil || len(e.Vary) == 0 || e.Kind != cache.Response || http.CanonicalHeaderKey(name) == "Via" {
 				continue
 			}
-			if len(sent) != 1 || e.VaryKey != sentVaryKey(e.Vary, sent[0].Header) {
+			if len(sent) != 1 || e.VaryKey != httprule.SentVaryKey(e.Vary, sent[0].Header) {
 				t.Fatalf("%q stored a variant keyed %q, but sent %q", raw, e.VaryKey, sent[0].Header)
 			}
 		}

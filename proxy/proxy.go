@@ -31,13 +31,10 @@ import (
 	"corral/proxy/cache"
 	"corral/proxy/fleet"
 	"corral/proxy/internal/cachestatus"
+	"corral/proxy/internal/httprule"
 	"corral/proxy/rules"
 	"corral/proxy/upstream"
 )
-
-// via is corral's pseudonym in Via headers (RFC 9110 section 7.6.3) and
-// its cache name in Cache-Status (RFC 9211).
-const via = "1.1 corral"
 
 // Config configures a Proxy. Only Upstream is required.
 type Config struct {
@@ -321,7 +318,7 @@ func New(cfg Config) (*Proxy, error) {
 			info, _ := pr.In.Context().Value(passKey{}).(passed)
 			pr.Out.URL = p.upstreamURL(info.uri)
 			pr.Out.Host = ""
-			p.forward(pr.Out.Header, pr.In, mayStore(pr.In))
+			p.forward(pr.Out.Header, pr.In, httprule.MayStore(pr.In))
 		},
 		Transport:      p.guard,
 		ModifyResponse: p.modifyPassed,
@@ -467,7 +464,7 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request, start time.Time) 
 		p.serveStatus(w, http.StatusBadRequest, cachestatus.Status{Detail: cachestatus.BadRequestTarget})
 		return outRejected
 	}
-	if up := r.Header["Upgrade"]; up != nil && !webSocketUpgrade(up) {
+	if up := r.Header["Upgrade"]; up != nil && !httprule.WebSocketUpgrade(up) {
 		// Only WebSocket is tunnelled. Any other upgrade, h2c above
 		// all, would open a tunnel to the origin past every rule here
 		// (h2c smuggling): the field is hop-by-hop, and a proxy may
@@ -482,7 +479,7 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request, start time.Time) 
 		}
 		defer bb.release()
 	}
-	if fwd, d := bypass(r); fwd != "" {
+	if fwd, d := httprule.Bypass(r); fwd != "" {
 		return p.passThrough(w, r, key, fwd, d)
 	}
 	req := p.requestDirectives(r)
@@ -654,15 +651,15 @@ const (
 // upstream on its own.
 func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, in flight, fwd cachestatus.Fwd) (o requestOutcome, varied bool) {
 	f, leader, err := p.join(w, r, in)
-	for !leader && in.round < maxRounds && (errors.Is(err, errHedged) || err == nil && f.personal && !sameFields(f.sent, in.header)) {
+	for !leader && in.round < maxRounds && (errors.Is(err, errHedged) || err == nil && f.personal && !httprule.SameFields(f.sent, in.header)) {
 		in.round++
 		f, leader, err = p.join(w, r, in)
 	}
 	now := p.now()
-	if in.stale == nil && in.shared && (err != nil || (!f.again && isServerError(f.entry.Status))) {
+	if in.stale == nil && in.shared && (err != nil || (!f.again && httprule.IsServerError(f.entry.Status))) {
 		// The fetch may have found a stale copy in the shared tier,
 		// now in memory, that can stand in for the failure.
-		if e, _, _ := p.lookup(r.Context(), in.key, r.Header); e != nil && e.Kind == cache.Response && !isServerError(e.Status) {
+		if e, _, _ := p.lookup(r.Context(), in.key, r.Header); e != nil && e.Kind == cache.Response && !httprule.IsServerError(e.Status) {
 			in.stale = e
 		}
 	}
@@ -718,7 +715,7 @@ func (p *Proxy) join(w http.ResponseWriter, r *http.Request, in flight) (f *fetc
 		}
 		// Another's request leads the flight. If it sent what this one
 		// sends, this one's would take as long: wait on.
-		if sent, ok := p.leading.Load(in.roundID()); !ok || !sameFields(sent.(http.Header), in.header) {
+		if sent, ok := p.leading.Load(in.roundID()); !ok || !httprule.SameFields(sent.(http.Header), in.header) {
 			err = errHedged
 			break
 		}
@@ -739,7 +736,7 @@ func otherVariant(f *fetched, r *http.Request) bool {
 		return true
 	}
 	e := f.entry
-	return e.Decision.Shareable && len(e.Vary) > 0 && e.VaryKey != varyKey(e.Vary, r.Header)
+	return e.Decision.Shareable && len(e.Vary) > 0 && e.VaryKey != httprule.VaryKey(e.Vary, r.Header)
 }
 
 // serveFetched serves f, what the flight in fetched for r; leader says
@@ -754,7 +751,7 @@ func (p *Proxy) serveFetched(w http.ResponseWriter, r *http.Request, req freshne
 		st.TTL, st.HasTTL = e.Decision.TTL(now), true
 	}
 	switch {
-	case f.personal && !leader && !sameFields(f.sent, in.header):
+	case f.personal && !leader && !httprule.SameFields(f.sent, in.header):
 		// The last round's leader's own answer: each its own.
 		return p.passThrough(w, r, in.key, cachestatus.FwdMiss, cachestatus.Detail(e.Decision.Reason))
 	case leader && !e.Decision.Shareable:
@@ -766,7 +763,7 @@ func (p *Proxy) serveFetched(w http.ResponseWriter, r *http.Request, req freshne
 	case !e.Decision.Shareable:
 		// Meant for the leader's request alone: fetch our own.
 		return p.passThrough(w, r, in.key, cachestatus.FwdMiss, cachestatus.Detail(e.Decision.Reason))
-	case isServerError(e.Status) && stale != nil && stale.Decision.UsableOnErrorFor(now, req):
+	case httprule.IsServerError(e.Status) && stale != nil && stale.Decision.UsableOnErrorFor(now, req):
 		return p.serveStaleOnError(w, r, stale, f.status, now)
 	}
 	if !f.stored {
@@ -798,11 +795,11 @@ func (p *Proxy) serveFetched(w http.ResponseWriter, r *http.Request, req freshne
 // too late for the body's first byte) goes upstream on its own.
 func (p *Proxy) serveStream(w http.ResponseWriter, r *http.Request, in flight, fwd cachestatus.Fwd, f *fetched, leader bool) requestOutcome {
 	e, s := f.entry, f.stream
-	if !leader && !e.Decision.Shareable || conditionalOrRange(r.Header) {
+	if !leader && !e.Decision.Shareable || httprule.ConditionalOrRange(r.Header) {
 		return p.passThrough(w, r, in.key, cachestatus.FwdMiss, s.detail)
 	}
 	var rd *streamReader
-	if r.Method != http.MethodHead && bodyAllowed(e.Status) {
+	if r.Method != http.MethodHead && httprule.BodyAllowed(e.Status) {
 		if rd = s.join(); rd == nil {
 			return p.passThrough(w, r, in.key, cachestatus.FwdMiss, s.detail)
 		}
@@ -813,10 +810,10 @@ func (p *Proxy) serveStream(w http.ResponseWriter, r *http.Request, in flight, f
 		h = f.own
 	}
 	out := w.Header()
-	copyHeader(out, h, 0)
-	out["Via"] = append(out["Via"], via)
+	httprule.CopyHeader(out, h, 0)
+	out["Via"] = append(out["Via"], httprule.Via)
 	out.Set("Cache-Status", cachestatus.Status{Fwd: fwd, FwdStatus: f.status, Collapsed: !leader, Detail: s.detail}.String())
-	if s.length >= 0 && bodyAllowed(e.Status) {
+	if s.length >= 0 && httprule.BodyAllowed(e.Status) {
 		out.Set("Content-Length", strconv.FormatInt(s.length, 10))
 	}
 	w.WriteHeader(e.Status)
@@ -862,18 +859,11 @@ func (iw *interimWriter) write(code int, header textproto.MIMEHeader) error {
 	for k, vs := range header {
 		h[k] = append([]string(nil), vs...)
 	}
-	filterInterim(h)
+	httprule.FilterInterim(h)
 	iw.w.WriteHeader(code)
 	clear(h)
 	maps.Copy(h, kept)
 	return nil
-}
-
-// filterInterim drops from an interim response's fields what never leaves
-// corral: hop-by-hop fields and Corral-Cache-Control.
-func filterInterim(h http.Header) {
-	removeHopHeaders(h)
-	delete(h, corralOnly)
 }
 
 // passWriter is the ResponseWriter a passed-through request writes to. It
@@ -886,7 +876,7 @@ type passWriter struct {
 
 func (w *passWriter) WriteHeader(code int) {
 	if code >= 100 && code < 200 && code != http.StatusSwitchingProtocols {
-		filterInterim(w.Header())
+		httprule.FilterInterim(w.Header())
 	}
 	w.ResponseWriter.WriteHeader(code)
 }
@@ -943,7 +933,7 @@ func (p *Proxy) refreshFetch(in flight) coalesce.Fetch[*fetched] {
 		case err == nil && f.again:
 			// The URI varies now; its variants refresh on their own. (Or
 			// the shared tier held a marker or a pass mark, now here.)
-		case err != nil || isServerError(f.entry.Status):
+		case err != nil || httprule.IsServerError(f.entry.Status):
 			// Keep serving the stale entry; ask again after the pause
 			// that exchange set (a refresh carries nothing of one
 			// client's: its failure is the resource's).
@@ -1027,51 +1017,13 @@ func (p *Proxy) markPass(ctx context.Context, key, reason string) {
 	p.log.Debug("response not shareable; passing key", "key", key, "reason", reason)
 }
 
-// bypass returns why r goes straight upstream without the cache, as a
-// Cache-Status fwd and detail, or "" when the cache handles it.
-func bypass(r *http.Request) (cachestatus.Fwd, cachestatus.Detail) {
-	switch {
-	case r.Method != http.MethodGet && r.Method != http.MethodHead:
-		return cachestatus.FwdMethod, ""
-	case r.Header["Upgrade"] != nil:
-		return cachestatus.FwdBypass, cachestatus.Upgrade
-	case r.ContentLength != 0:
-		// A GET with a body has no meaning HTTP defines (RFC 9110
-		// section 9.3.1), but some origins read it, so the answer may
-		// depend on it: never shared or stored, nor shared with.
-		return cachestatus.FwdBypass, cachestatus.RequestBody
-	}
-	return "", ""
-}
-
-// webSocketUpgrade reports whether Upgrade asks for WebSocket alone
-// (RFC 6455 section 4.1).
-func webSocketUpgrade(values []string) bool {
-	for _, v := range values {
-		for f := range strings.SplitSeq(v, ",") {
-			if !strings.EqualFold(textproto.TrimString(f), "websocket") {
-				return false
-			}
-		}
-	}
-	return true
-}
-
-func isServerError(status int) bool {
-	switch status {
-	case http.StatusInternalServerError, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
-		return true
-	}
-	return false
-}
-
 // serve writes e to w with header h, which is copied: the stored header
 // is never handed to a client. It returns o, what serving e is, or outBusy
 // when it answered 503 instead: e's body is large, the store no longer
 // holds it, and the buffer budget has no room for it.
 func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, e *local, h http.Header, st cachestatus.Status, now time.Time, o requestOutcome) requestOutcome {
 	ref := e.ref
-	if ref != nil && r.Method != http.MethodHead && bodyAllowed(e.Status) {
+	if ref != nil && r.Method != http.MethodHead && httprule.BodyAllowed(e.Status) {
 		if !p.unstored.enter(ref) {
 			return p.serveBusy(w, &upstream.BusyError{RetryAfter: time.Second, Why: "buffer budget spent"}, cachestatus.Status{Detail: cachestatus.BuffersFull})
 		}
@@ -1083,7 +1035,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, e *local, h http.H
 	// The fields set below share the one allocation of the copy; each
 	// gets a slice capped at its one value, so an append to one cannot
 	// reach another.
-	vals := copyHeader(out, h, 4)
+	vals := httprule.CopyHeader(out, h, 4)
 	set := func(k, v string) {
 		vals[0] = v
 		out[k], vals = vals[:1:1], vals[1:]
@@ -1096,12 +1048,12 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, e *local, h http.H
 		set("Age", f.ageText)
 	}
 	if vs := out["Via"]; len(vs) > 0 {
-		out["Via"] = append(vs, via) // vs is capped: this copies
+		out["Via"] = append(vs, httprule.Via) // vs is capped: this copies
 	} else {
-		set("Via", via)
+		set("Via", httprule.Via)
 	}
 	set("Cache-Status", f.status)
-	if e.Status == http.StatusOK && conditionalOrRange(r.Header) {
+	if e.Status == http.StatusOK && httprule.ConditionalOrRange(r.Header) {
 		// Preconditions (RFC 9110 section 13) and ranges (section 14)
 		// against the stored response, as net/http's file server does.
 		if _, ok := out["Content-Type"]; !ok {
@@ -1121,7 +1073,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, e *local, h http.H
 		p.countCut(body)
 		return o
 	}
-	if bodyAllowed(e.Status) {
+	if httprule.BodyAllowed(e.Status) {
 		set("Content-Length", f.contentLength)
 	}
 	w.WriteHeader(e.Status)
@@ -1132,7 +1084,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, e *local, h http.H
 		body := &bodyReader{ref: ref}
 		io.Copy(w, body) //nolint:errcheck // the client may have gone
 		p.countCut(body)
-	case r.Method != http.MethodHead && bodyAllowed(e.Status):
+	case r.Method != http.MethodHead && httprule.BodyAllowed(e.Status):
 		w.Write(e.Body) //nolint:errcheck // the client may have gone
 	}
 	return o
@@ -1173,21 +1125,6 @@ func writeNotModified(w http.ResponseWriter) {
 		delete(h, f)
 	}
 	w.WriteHeader(http.StatusNotModified)
-}
-
-// conditionalOrRange reports whether h makes a request conditional or
-// partial, so that the stored response must be tailored to it.
-func conditionalOrRange(h http.Header) bool {
-	for _, f := range tailoring {
-		if _, ok := h[f]; ok {
-			return true
-		}
-	}
-	return false
-}
-
-func bodyAllowed(status int) bool {
-	return status >= 200 && status != http.StatusNoContent && status != http.StatusNotModified
 }
 
 // serveStaleOnError serves stale in place of an origin failure
@@ -1263,7 +1200,7 @@ func (p *Proxy) serveStatus(w http.ResponseWriter, status int, st cachestatus.St
 	h := w.Header()
 	h.Set("Cache-Status", st.String())
 	h.Set("Content-Type", "text/plain; charset=utf-8")
-	h.Add("Via", via)
+	h.Add("Via", httprule.Via)
 	w.WriteHeader(status)
 	fmt.Fprintln(w, http.StatusText(status))
 }

@@ -641,6 +641,7 @@ func TestBuffersFullServesStale(t *testing.T) {
 
 	held := serveAsync(p, newRequest(http.MethodGet, "/held")) // reserves 40 of the 64 KiB
 	wait(t, holding, "the held fetch")
+	pollUntil(t, "the held fetch's reservation", func() bool { return p.buffers.InUse() >= 40<<10 })
 	res, _ := get(p, "/stale")
 	close(hold)
 	wait(t, held, "the held answer")

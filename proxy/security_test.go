@@ -14,6 +14,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"corral/proxy/internal/httprule"
 	"corral/proxy/rules"
 )
 
@@ -251,8 +252,8 @@ func TestForwardingFieldsCannotPoisonTheCache(t *testing.T) {
 				t.Errorf("upstream request %d carried %s, which CGI reads as a dashed name", i, k)
 			}
 		}
-		if got := h.Values("Via"); !cmp.Equal(got, []string{via}) {
-			t.Errorf("upstream request %d: Via %q, want %q", i, got, via)
+		if got := h.Values("Via"); !cmp.Equal(got, []string{httprule.Via}) {
+			t.Errorf("upstream request %d: Via %q, want %q", i, got, httprule.Via)
 		}
 	}
 	if len(sent) != 3 {

@@ -9,6 +9,7 @@ import (
 	"corral/proxy/cache"
 	"corral/proxy/fleet"
 	"corral/proxy/internal/cachestatus"
+	"corral/proxy/internal/httprule"
 )
 
 // The tier the fleet shares (package fleet) sits behind this replica's
@@ -158,7 +159,7 @@ func (p *Proxy) localFor(f *fetched, err error, cached bool) time.Duration {
 		return 0
 	case err == nil && f != nil && f.stream != nil && f.stream.detail == cachestatus.BuffersFull:
 		return refreshBackoff // the pressure of a moment
-	case err == nil && f != nil && !cached && !isServerError(f.entry.Status):
+	case err == nil && f != nil && !cached && !httprule.IsServerError(f.entry.Status):
 		return p.passTTL
 	}
 	return refreshBackoff

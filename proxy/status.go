@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"corral/proxy/internal/cachestatus"
+	"corral/proxy/internal/httprule"
 	"errors"
 	"fmt"
 	"io"
@@ -30,7 +31,7 @@ type passed struct {
 // again as soon as the origin says so. fwd and detail go to Cache-Status.
 // It returns outPassed, or outBusy when the upstream guard held r back.
 func (p *Proxy) passThrough(w http.ResponseWriter, r *http.Request, target string, fwd cachestatus.Fwd, detail cachestatus.Detail) requestOutcome {
-	info := passed{st: cachestatus.Status{Fwd: fwd, Detail: detail}, host: r.Host, uri: target, reqHeader: r.Header, reqTime: p.now(), mayStore: mayStore(r)}
+	info := passed{st: cachestatus.Status{Fwd: fwd, Detail: detail}, host: r.Host, uri: target, reqHeader: r.Header, reqTime: p.now(), mayStore: httprule.MayStore(r)}
 	pw := &passWriter{ResponseWriter: w, outcome: outPassed}
 	p.pass.ServeHTTP(pw, r.WithContext(context.WithValue(r.Context(), passKey{}, info)))
 	return pw.outcome
@@ -39,20 +40,20 @@ func (p *Proxy) passThrough(w http.ResponseWriter, r *http.Request, target strin
 func (p *Proxy) modifyPassed(resp *http.Response) error {
 	info, _ := resp.Request.Context().Value(passKey{}).(passed)
 	p.stats.upstream(resp.StatusCode, nil)
-	if !safeMethod(resp.Request.Method) && resp.StatusCode >= 200 && resp.StatusCode < 400 {
+	if !httprule.SafeMethod(resp.Request.Method) && resp.StatusCode >= 200 && resp.StatusCode < 400 {
 		p.invalidate(info, resp.Header)
 	}
 	st := info.st
 	var e *local
 	switch {
-	case resp.Request.Method == http.MethodGet && info.mayStore && !conditionalOrRange(resp.Request.Header):
+	case resp.Request.Method == http.MethodGet && info.mayStore && !httprule.ConditionalOrRange(resp.Request.Header):
 		// Stored only when it went upstream as a shared fetch would have
 		// sent it, but for fields that the answer varies on: under the
 		// forwarding policy for stored answers (forward), and without
 		// the client's preconditions or range, whose answer (a 412, a
 		// 206) is that client's alone.
 		e = p.storeOnTheWay(resp, info, info.reqTime)
-	case resp.Request.Method == http.MethodPost && postStorable(resp.Request.Header) && p.namesItself(info, resp.Header.Get("Content-Location")):
+	case resp.Request.Method == http.MethodPost && httprule.PostStorable(resp.Request.Header) && p.namesItself(info, resp.Header.Get("Content-Location")):
 		// RFC 9110 section 9.3.3: a POST answer with explicit freshness
 		// and a Content-Location that is its own target may answer
 		// later GETs for it. It is stored after the invalidation above,
@@ -62,9 +63,9 @@ func (p *Proxy) modifyPassed(resp *http.Response) error {
 	if e != nil {
 		st.Field, st.Rule = e.decidedBy()
 	}
-	delete(resp.Header, corralOnly)
+	delete(resp.Header, httprule.CorralOnly)
 	st.FwdStatus = resp.StatusCode
-	resp.Header.Add("Via", via)
+	resp.Header.Add("Via", httprule.Via)
 	resp.Header.Set("Cache-Status", st.String())
 	return nil
 }
@@ -85,7 +86,7 @@ func (p *Proxy) storeOnTheWay(resp *http.Response, info passed, since time.Time)
 	if !e.Decision.Storable || resp.ContentLength > p.maxObject {
 		return e
 	}
-	if len(e.Vary) > 0 && e.VaryKey != varyKey(e.Vary, info.reqHeader) {
+	if len(e.Vary) > 0 && e.VaryKey != httprule.VaryKey(e.Vary, info.reqHeader) {
 		return e
 	}
 
@@ -167,39 +168,11 @@ func (p *Proxy) purgeHere(uri string, prefix bool, at time.Time) (int, error) {
 	return n, err
 }
 
-// postStorable reports whether a POST sent upstream with header h may
-// have its answer stored for later GETs: it carried no field that makes
-// the answer one client's, a precondition or range, a method override,
-// or a trusted proxy's X-Forwarded-Host or Forwarded.
-func postStorable(h http.Header) bool {
-	if conditionalOrRange(h) {
-		return false
-	}
-	for _, list := range [][]string{methodOverrides, {"X-Forwarded-Host", "Forwarded"}} {
-		for _, f := range list {
-			if h[f] != nil {
-				return false
-			}
-		}
-	}
-	return true
-}
-
 // namesItself reports whether a Content-Location names the target of the
 // request info describes, as corral's clients or the origin spell it.
 func (p *Proxy) namesItself(info passed, contentLocation string) bool {
 	target, ok := p.sameOrigin(info, contentLocation)
 	return ok && target == info.uri
-}
-
-// safeMethod reports whether m is safe (RFC 9110 section 9.2.1): only
-// unsafe methods invalidate.
-func safeMethod(m string) bool {
-	switch m {
-	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
-		return true
-	}
-	return false
 }
 
 // invalidate drops what is stored for the target of a successful unsafe
@@ -274,6 +247,6 @@ func (p *Proxy) passError(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	p.log.Warn("upstream request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 	w.Header().Set("Cache-Status", st.String())
-	w.Header().Add("Via", via)
+	w.Header().Add("Via", httprule.Via)
 	http.Error(w, http.StatusText(status), status)
 }
