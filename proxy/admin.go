@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -16,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"corral/proxy/cache"
+	"corral/proxy/internal/target"
 
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -136,7 +136,7 @@ func (a *Admin) purge(w http.ResponseWriter, r *http.Request) {
 		targets = []string{""}
 	}
 	for _, raw := range append(q["url"], q["prefix"]...) {
-		target, err := purgeTarget(raw, prefix)
+		target, err := target.Purge(raw, prefix)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
@@ -164,27 +164,6 @@ func (a *Admin) purge(w http.ResponseWriter, r *http.Request) {
 	}{n, failed})
 }
 
-// purgeTarget reads one url= or prefix= value into the normal
-// request-target it names.
-func purgeTarget(raw string, prefix bool) (string, error) {
-	u, err := url.Parse(raw)
-	if err != nil || (u.Path == "" && !prefix) || (!u.IsAbs() && !strings.HasPrefix(raw, "/")) || u.Opaque != "" {
-		return "", fmt.Errorf("%q is not a URL path (such as /api/stats) or an absolute URL", raw)
-	}
-	target := u.EscapedPath()
-	if target == "" {
-		target = "/"
-	}
-	if u.RawQuery != "" || u.ForceQuery {
-		target += "?" + u.RawQuery
-	}
-	norm, err := normalizeTarget(target)
-	if err != nil {
-		return "", fmt.Errorf("%q: %v", raw, err)
-	}
-	return norm, nil
-}
-
 // Ready reports why the proxy cannot serve, or nil when it can: the
 // upstream answered lately or accepts a connection now, or the store holds
 // responses it could serve stale.
@@ -194,7 +173,7 @@ func (p *Proxy) Ready(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, readyDialTimeout)
 	defer cancel()
-	conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", hostPort(p.upstream))
+	conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", p.origin.HostPort())
 	if err == nil {
 		conn.Close()
 		return nil
@@ -211,13 +190,3 @@ const (
 	readyRecent      = 10 * time.Second
 	readyDialTimeout = time.Second
 )
-
-func hostPort(u *url.URL) string {
-	if u.Port() != "" {
-		return u.Host
-	}
-	if u.Scheme == "https" {
-		return net.JoinHostPort(u.Hostname(), "443")
-	}
-	return net.JoinHostPort(u.Hostname(), "80")
-}

@@ -318,7 +318,7 @@ func (p *Proxy) fetchUpstream(ctx context.Context, in flight, lease *fleet.Lease
 			x.end()
 		}
 	}()
-	out, err := http.NewRequestWithContext(ctx, http.MethodGet, p.upstreamURL(key).String(), nil)
+	out, err := http.NewRequestWithContext(ctx, http.MethodGet, p.origin.URL(key).String(), nil)
 	if err != nil {
 		return nil, err
 	}

@@ -149,7 +149,8 @@ func token(s string) bool {
 		return false
 	}
 	for _, c := range []byte(s) {
-		if !(unreserved(c) || strings.IndexByte("!#$%&'*+^`|", c) >= 0) {
+		alnum := 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'
+		if !(alnum || strings.IndexByte("-._~!#$%&'*+^`|", c) >= 0) {
 			return false
 		}
 	}

@@ -32,6 +32,7 @@ import (
 	"corral/proxy/fleet"
 	"corral/proxy/internal/cachestatus"
 	"corral/proxy/internal/httprule"
+	"corral/proxy/internal/target"
 	"corral/proxy/rules"
 	"corral/proxy/upstream"
 )
@@ -174,7 +175,7 @@ type Config struct {
 // Proxy is a caching reverse proxy for one upstream.
 type Proxy struct {
 	upstream        *url.URL
-	upstreamPath    string // escaped, without a final slash
+	origin          target.Upstream // upstream, as upstream requests' URLs are made from it
 	store           cache.Store
 	locals          localStore    // store, when it keeps a local beside each entry
 	ownStore        *cache.Memory // the store New made, which Shutdown stops
@@ -248,7 +249,7 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	p := &Proxy{
 		upstream:       u,
-		upstreamPath:   strings.TrimSuffix(u.EscapedPath(), "/"),
+		origin:         target.NewUpstream(u),
 		store:          cfg.Store,
 		maxObject:      orDefault(cfg.MaxObjectBytes, 8<<20),
 		maxRequestBody: orDefault(cfg.MaxRequestBodyBytes, 1<<20),
@@ -316,7 +317,7 @@ func New(cfg Config) (*Proxy, error) {
 	p.pass = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			info, _ := pr.In.Context().Value(passKey{}).(passed)
-			pr.Out.URL = p.upstreamURL(info.uri)
+			pr.Out.URL = p.origin.URL(info.uri)
 			pr.Out.Host = ""
 			p.forward(pr.Out.Header, pr.In, httprule.MayStore(pr.In))
 		},
@@ -337,7 +338,7 @@ func (p *Proxy) ruleFor(key string) (rules.Rule, bool) {
 	}
 	base, _, _ := strings.Cut(key, "\x00")
 	path, _, _ := strings.Cut(base, "?")
-	return rules.Match(p.rules, rulePath(path))
+	return rules.Match(p.rules, target.RulePath(path))
 }
 
 // setRules checks rs as rules.Parse would, brings their prefixes to the
@@ -348,8 +349,8 @@ func (p *Proxy) setRules(rs []rules.Rule) error {
 	for _, given := range rs {
 		r, err := rules.Parse(given.String())
 		if err == nil {
-			r.Prefix, err = normalizeTarget(r.Prefix)
-			r.Prefix = rulePrefix(r.Prefix)
+			r.Prefix, err = target.Normalize(r.Prefix)
+			r.Prefix = target.RulePrefix(r.Prefix)
 		}
 		if err == nil && p.stats.RuleDecisions[r.Prefix] != nil {
 			err = fmt.Errorf("a rule for prefix %s is given already", r.Prefix)
@@ -459,7 +460,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // the cache stays out of, and answers the others from the store or a
 // fetch (answer). It is the one place that answers a request again.
 func (p *Proxy) handle(w http.ResponseWriter, r *http.Request, start time.Time) requestOutcome {
-	key, err := requestTarget(r)
+	key, err := target.Of(r)
 	if err != nil {
 		p.serveStatus(w, http.StatusBadRequest, cachestatus.Status{Detail: cachestatus.BadRequestTarget})
 		return outRejected

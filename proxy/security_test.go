@@ -602,25 +602,6 @@ func TestRuleCannotStoreOneClientsAnswer(t *testing.T) {
 	}
 }
 
-func TestRulePath(t *testing.T) {
-	for in, want := range map[string]string{
-		"/api/stats":     "/api/stats",
-		"/admin%2Fme":    "/admin/me",
-		"/ADMIN/me":      "/admin/me",
-		"//admin/":       "/admin/",
-		"/admin;x/me":    "/admin/me",
-		"/a//b///c/":     "/a/b/c/",
-		"/admin%5Cme":    "/admin/me",
-		"/":              "/",
-		"/%2Fadmin%2F":   "/admin/",
-		"/caf%C3%A9/Bar": "/café/bar",
-	} {
-		if got := rulePath(in); got != want {
-			t.Errorf("rulePath(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
 // A path-prefix rule that keeps part of the site out of the cache holds
 // for every spelling of the path an origin may read alike.
 func TestExclusionRuleHoldsForEverySpelling(t *testing.T) {

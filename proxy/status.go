@@ -8,8 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
-	"strings"
 	"time"
 )
 
@@ -171,7 +169,7 @@ func (p *Proxy) purgeHere(uri string, prefix bool, at time.Time) (int, error) {
 // namesItself reports whether a Content-Location names the target of the
 // request info describes, as corral's clients or the origin spell it.
 func (p *Proxy) namesItself(info passed, contentLocation string) bool {
-	target, ok := p.sameOrigin(info, contentLocation)
+	target, ok := p.origin.Resolve(info.host, info.uri, contentLocation)
 	return ok && target == info.uri
 }
 
@@ -185,7 +183,7 @@ func (p *Proxy) invalidate(info passed, h http.Header) {
 	at := p.now()
 	targets := []string{info.uri}
 	for _, f := range []string{"Location", "Content-Location"} {
-		if target, ok := p.sameOrigin(info, h.Get(f)); ok {
+		if target, ok := p.origin.Resolve(info.host, info.uri, h.Get(f)); ok {
 			targets = append(targets, target)
 		}
 	}
@@ -195,34 +193,6 @@ func (p *Proxy) invalidate(info passed, h http.Header) {
 			p.fleet.Announce(target, false, at)
 		}
 	}
-}
-
-// sameOrigin resolves a URI reference from the origin's answer to the
-// request info describes, and returns its normal request-target when it
-// names corral's own host or the origin's (under the upstream's path).
-func (p *Proxy) sameOrigin(info passed, ref string) (string, bool) {
-	if ref == "" {
-		return "", false
-	}
-	base := &url.URL{Scheme: "http", Host: info.host, Path: "/"}
-	if path, query, _ := strings.Cut(info.uri, "?"); path != "" {
-		base.Path, base.RawQuery = path, query
-	}
-	u, err := base.Parse(ref)
-	if err != nil {
-		return "", false
-	}
-	switch {
-	case strings.EqualFold(u.Host, info.host):
-	case strings.EqualFold(u.Host, p.upstream.Host) && strings.HasPrefix(u.EscapedPath(), p.upstreamPath+"/"):
-		// The origin named itself: map its URL back to ours.
-		u.RawPath = strings.TrimPrefix(u.EscapedPath(), p.upstreamPath)
-		u.Path, _ = url.PathUnescape(u.RawPath)
-	default:
-		return "", false
-	}
-	target, err := normalizeTarget(u.RequestURI())
-	return target, err == nil
 }
 
 func (p *Proxy) passError(w http.ResponseWriter, r *http.Request, err error) {
