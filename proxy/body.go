@@ -5,20 +5,11 @@ import (
 	"errors"
 	"io"
 	"net/http"
-	"os"
 	"time"
 
+	"corral/proxy/internal/body"
 	"corral/proxy/internal/cachestatus"
 	"corral/proxy/upstream"
-)
-
-var (
-	// errBodyTimeout ends a request body that did not arrive within
-	// RequestBodyTimeout.
-	errBodyTimeout = errors.New("request body not received in time")
-	// errBodyLength ends a request body whose length is not the one its
-	// Content-Length declared.
-	errBodyLength = errors.New("request body length differs from its Content-Length")
 )
 
 // hasBody reports whether r comes with a request body: a declared length,
@@ -41,7 +32,7 @@ func hasBody(r *http.Request) bool {
 // budget cannot hold it now. Each of these closes the connection: the
 // unread rest of the body must not be taken for the next request. The
 // caller releases the returned buffer once r has been answered.
-func (p *Proxy) bufferRequestBody(w http.ResponseWriter, r *http.Request) (*bodyBuffer, requestOutcome) {
+func (p *Proxy) bufferRequestBody(w http.ResponseWriter, r *http.Request) (*body.Buffer, requestOutcome) {
 	if len(r.TransferEncoding) > 0 {
 		// RFC 9112 section 6.1: a request with both Content-Length and
 		// Transfer-Encoding may be an attempt at request smuggling, and
@@ -51,34 +42,18 @@ func (p *Proxy) bufferRequestBody(w http.ResponseWriter, r *http.Request) (*body
 		// request body. They are rare, and closing is always allowed.
 		w.Header().Set("Connection", "close")
 	}
-	// A connection's deadline is wall-clock time, whatever Config.Now
-	// says. It stays set when the body is refused: after the handler the
-	// server reads on to the end of a body that is not too long, and a
-	// client that stalls must not hold it there.
-	rc := http.NewResponseController(w)
-	onConn := rc.SetReadDeadline(time.Now().Add(p.bodyTimeout)) == nil
-	bb := &bodyBuffer{budget: p.requestBuffers, limit: p.maxRequestBody}
-	err := errTooLarge
-	if r.ContentLength <= p.maxRequestBody {
-		// The declared length is not reserved up front: a client must
-		// send its bytes to hold the budget.
-		err = p.readRequestBody(r, bb, onConn)
-	}
-	if err == nil && r.ContentLength > 0 && int64(len(bb.buf)) != r.ContentLength {
-		err = errBodyLength // a server checks this; a handler called in-process may not
-	}
+	bb, err := body.ReadRequest(r, http.NewResponseController(w), p.requestBuffers, p.maxRequestBody, p.bodyTimeout)
 	if err != nil {
-		bb.release()
 		w.Header().Set("Connection", "close")
 		st := cachestatus.Status{Fwd: cachestatus.FwdRequest}
 		switch {
-		case errors.Is(err, errBuffersFull):
+		case errors.Is(err, body.ErrFull):
 			st.Detail = cachestatus.BuffersFull
 			return nil, p.serveBusy(w, &upstream.BusyError{RetryAfter: time.Second, Why: "buffer budget spent"}, st)
-		case errors.Is(err, errTooLarge):
+		case errors.Is(err, body.ErrTooLarge):
 			st.Detail = cachestatus.RequestTooLarge
 			p.serveStatus(w, http.StatusRequestEntityTooLarge, st)
-		case errors.Is(err, errBodyTimeout):
+		case errors.Is(err, body.ErrTimeout):
 			st.Detail = cachestatus.RequestTimeout
 			p.serveStatus(w, http.StatusRequestTimeout, st)
 		default:
@@ -87,42 +62,14 @@ func (p *Proxy) bufferRequestBody(w http.ResponseWriter, r *http.Request) (*body
 		}
 		return nil, outRejected
 	}
-	if onConn {
-		// Lift the deadline: once the body is in, the server reads the
-		// connection in the background to notice a client that leaves,
-		// and a deadline passing then would cancel the request.
-		rc.SetReadDeadline(time.Time{}) //nolint:errcheck // it was set above
-	}
-	body := bb.buf
-	r.ContentLength = int64(len(body))
+	b := bb.Bytes()
+	r.ContentLength = int64(len(b))
 	r.TransferEncoding = nil
 	r.Body = http.NoBody
 	r.GetBody = func() (io.ReadCloser, error) { return http.NoBody, nil }
-	if len(body) > 0 {
-		r.Body = io.NopCloser(bytes.NewReader(body))
-		r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+	if len(b) > 0 {
+		r.Body = io.NopCloser(bytes.NewReader(b))
+		r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }
 	}
 	return bb, outNone
-}
-
-// readRequestBody reads r's body into bb within RequestBodyTimeout, which
-// a deadline on the connection enforces when onConn says one is set.
-func (p *Proxy) readRequestBody(r *http.Request, bb *bodyBuffer, onConn bool) error {
-	if onConn {
-		err := bb.readFrom(r.Body, 0)
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			return errBodyTimeout
-		}
-		return err
-	}
-	// No connection to set a deadline on: a handler called in-process,
-	// or a ResponseWriter that hides its connection. Closing the body
-	// when the time is up ends a read blocked on an io.Pipe, as a
-	// deadline would.
-	t := time.AfterFunc(p.bodyTimeout, func() { r.Body.Close() })
-	err := bb.readFrom(r.Body, 0)
-	if !t.Stop() && err != nil {
-		return errBodyTimeout
-	}
-	return err
 }

@@ -10,6 +10,7 @@ import (
 
 	"corral/freshness"
 	"corral/proxy/cache"
+	"corral/proxy/internal/body"
 	"corral/proxy/internal/cachestatus"
 	"corral/proxy/internal/httprule"
 )
@@ -78,27 +79,27 @@ type local struct {
 	// ref is what a body of largeBody or more is written from, nil for
 	// a smaller one. Entries that share a body (a 304 refreshes an
 	// entry with the body it had) share it.
-	ref *bodyRef
+	ref *body.Ref
 }
 
 // Kept and Dropped tell e's body ref whether the store holds e: the
 // store's budget counts e's body just so long (see cache.Tracker).
 func (e *local) Kept() {
 	if e.ref != nil {
-		e.ref.owner.kept(e.ref, e.Body)
+		e.ref.Owner().Kept(e.ref, e.Body)
 	}
 }
 
 func (e *local) Dropped() {
 	if e.ref != nil {
-		e.ref.owner.dropped(e.ref)
+		e.ref.Owner().Dropped(e.ref)
 	}
 }
 
 // withBody returns a copy of e, not yet stored, with body, written from
 // ref: the entry a response judged by its header becomes once its body is
 // in.
-func (e *local) withBody(body []byte, ref *bodyRef) *local {
+func (e *local) withBody(body []byte, ref *body.Ref) *local {
 	c := *e.Entry
 	c.ID, c.Body = cache.NewID(), body
 	return &local{Entry: &c, Header: e.Header, Decision: e.Decision, rule: e.rule, credentialed: e.credentialed, ref: ref}
@@ -165,7 +166,7 @@ func (p *Proxy) recompute(key string, e *cache.Entry) *local {
 	}
 	// Its own: a store that keeps no local decodes a body of its own for
 	// each read, which no budget but the buffers' counts.
-	l.ref = p.unstored.newRef(e.Body)
+	l.ref = p.unstored.NewRef(e.Body)
 	x := freshness.Exchange{
 		Method:       http.MethodGet,
 		Status:       e.Status,

@@ -17,13 +17,11 @@ import (
 	"corral/freshness"
 	"corral/proxy/cache"
 	"corral/proxy/fleet"
+	"corral/proxy/internal/body"
 	"corral/proxy/internal/cachestatus"
 	"corral/proxy/internal/httprule"
 	"corral/proxy/upstream"
 )
-
-// errTooLarge ends a fetch whose body would not fit in MaxObjectBytes.
-var errTooLarge = errors.New("response body larger than the object limit")
 
 // errInterim ends a fetch that the origin answered with a 1xx status as if
 // it were final.
@@ -52,7 +50,7 @@ type fetched struct {
 	// stream, when not nil, is entry's body, which the fetch could not
 	// hold: each client reads it from there (see stream), and entry is
 	// neither stored nor shared beyond the flight.
-	stream *stream
+	stream *body.Stream
 
 	// personal says the answer may speak of its leader's own request
 	// rather than of the resource (httprule.AboutTheRequest: a spent quota, a
@@ -87,7 +85,7 @@ type flight struct {
 	// client's share of the buffer budget, or when nil (a refresh, which
 	// no client leads) the whole. Set when the fetch starts.
 	client netip.Addr
-	budget *buffers
+	budget *body.Budget
 
 	// neutral says header carries nothing of one client's but the
 	// fields the URI is known to vary on, which every client of the
@@ -241,28 +239,28 @@ const failureWindow = 10 * time.Second
 var errPersonal = errors.New("the answer to the leader's own request was too large to hold")
 
 // streamed hands the body of resp, whose start bb holds and which could not
-// be held whole (why: errTooLarge or errBuffersFull), and which e judges
-// from its header, to the clients of in's flight as a stream, so that they share one upstream exchange rather
-// than go upstream each on their own. The stream's window is bb's buffer,
+// be held whole (why: body.ErrTooLarge or body.ErrFull), and which e judges
+// from its header, to the clients of in's flight as a stream, so that
+// they share one upstream exchange rather than go upstream each on their
+// own. The stream's window is bb's buffer,
 // whose reservation it takes over, or when that is smaller, a buffer of
-// streamWindow bytes outside the budget: one per flight, as a
+// body.StreamWindow bytes outside the budget: one per flight, as a
 // passed-through answer is copied through one buffer per request. A body
 // too large to store also passes its key, as a fetch of it would, so that
 // later requests go upstream on their own.
-func (p *Proxy) streamed(ctx context.Context, in flight, resp *http.Response, bb *bodyBuffer, why error, e *local, own http.Header) *fetched {
-	kept := *bb
-	*bb = bodyBuffer{}
-	win := kept.buf
-	if cap(win) < streamWindow {
-		win = append(make([]byte, 0, streamWindow), kept.buf...)
-		kept.release()
+func (p *Proxy) streamed(ctx context.Context, in flight, resp *http.Response, bb *body.Buffer, why error, e *local, own http.Header) *fetched {
+	win, release := bb.Take()
+	if cap(win) < body.StreamWindow {
+		win = append(make([]byte, 0, body.StreamWindow), win...)
+		release() // the window is outside the budget
+		release = func() {}
 	}
 	d := cachestatus.BuffersFull
-	if errors.Is(why, errTooLarge) {
+	if errors.Is(why, body.ErrTooLarge) {
 		d = cachestatus.TooLarge
 		p.markPass(ctx, in.vkey, string(d))
 	}
-	return &fetched{entry: e, own: own, status: resp.StatusCode, stream: newStream(win, resp.ContentLength, d, p.unstored.minRate, kept.release)}
+	return &fetched{entry: e, own: own, status: resp.StatusCode, stream: body.NewStream(win, resp.ContentLength, d, p.unstored.MinRate(), release)}
 }
 
 // exchangeContext is the context of one upstream exchange: ctx's values,
@@ -386,26 +384,26 @@ func (p *Proxy) fetchUpstream(ctx context.Context, in flight, lease *fleet.Lease
 	if budget == nil {
 		budget = p.buffers
 	}
-	bb := bodyBuffer{budget: budget, limit: p.maxObject}
-	defer bb.release()
-	err = x.timedOut(bb.readFrom(resp.Body, resp.ContentLength))
-	if errors.Is(err, errTooLarge) || errors.Is(err, errBuffersFull) {
+	bb := body.NewBuffer(budget, p.maxObject)
+	defer bb.Release()
+	err = x.timedOut(bb.ReadAll(resp.Body, resp.ContentLength))
+	if errors.Is(err, body.ErrTooLarge) || errors.Is(err, body.ErrFull) {
 		p.stats.upstream(resp.StatusCode, nil)
 		e, own := p.newEntry(key, reqHeader, resp.StatusCode, resp.Header, nil, sent, respTime)
 		switch {
 		case !in.neutral && !in.credentialed && httprule.AboutTheRequest(resp.StatusCode) && !e.Decision.Storable:
 			return nil, errPersonal
-		case errors.Is(err, errBuffersFull) && stale != nil && stale.Decision.UsableDisconnected():
+		case errors.Is(err, body.ErrFull) && stale != nil && stale.Decision.UsableDisconnected():
 			return nil, err // the stale response stands in
 		}
-		rest := io.MultiReader(bytes.NewReader(bb.over), resp.Body)
-		f := p.streamed(ctx, in, resp, &bb, err, e, own)
+		rest := io.MultiReader(bytes.NewReader(bb.Over()), resp.Body)
+		f := p.streamed(ctx, in, resp, bb, err, e, own)
 		streaming = true
 		x.lift()
 		p.flights.Go(func() {
 			defer x.end()
 			defer resp.Body.Close()
-			f.stream.pump(rest)
+			f.stream.Pump(rest)
 		})
 		return f, nil
 	}
@@ -413,7 +411,7 @@ func (p *Proxy) fetchUpstream(ctx context.Context, in flight, lease *fleet.Lease
 	if err != nil {
 		return nil, fmt.Errorf("reading upstream body: %w", err)
 	}
-	e, own := p.newEntry(key, reqHeader, resp.StatusCode, resp.Header, bb.trimmed(), sent, respTime)
+	e, own := p.newEntry(key, reqHeader, resp.StatusCode, resp.Header, bb.Trimmed(), sent, respTime)
 	if !in.neutral && !in.credentialed && httprule.AboutTheRequest(resp.StatusCode) && !e.Decision.Storable {
 		// Perhaps one client's answer, which the origin did not let
 		// caches keep: never shared, nor a pass mark. (One it gave
@@ -491,7 +489,7 @@ func (p *Proxy) newEntryFor(method, key string, reqHeader http.Header, status in
 		Header:       servedHeader(h),
 		Decision:     d,
 		credentialed: reqHeader["Authorization"] != nil,
-		ref:          p.unstored.newRef(body),
+		ref:          p.unstored.NewRef(body),
 	}
 	if d.Source == freshness.FromRule {
 		// Counted when the rule decides, once per upstream response,
@@ -522,7 +520,7 @@ func (p *Proxy) revalidated(key string, reqHeader http.Header, stale *local, hea
 	}
 	e, own := p.newEntry(key, reqHeader, stale.Status, merged, stale.Body, reqTime, respTime)
 	e.credentialed = e.credentialed || stale.credentialed
-	if stale.ref != nil && stale.ref.body.Load() != nil {
+	if stale.ref != nil && stale.ref.Held() {
 		// The same body: the store holds it once for both, and while
 		// the one replaces the other, it is never seen to let go of it.
 		e.ref = stale.ref
@@ -536,7 +534,7 @@ func (p *Proxy) revalidated(key string, reqHeader http.Header, stale *local, hea
 // revalidates replaces is stored only while replaces still is: a 304 must
 // not bring back a body that was purged while it was asked for.
 //
-// Holding lease, put writes what it stored to the tier the fleet shares
+// Holding lease, put writes what it stored to the tier the fleet *body.Shares
 // too, and reports in shared whether that landed.
 func (p *Proxy) put(ctx context.Context, key string, e *local, reqTime time.Time, replaces *local, lease *fleet.Lease) (stored, shared bool) {
 	if !e.Decision.Storable {

@@ -30,6 +30,7 @@ import (
 	"corral/freshness"
 	"corral/proxy/cache"
 	"corral/proxy/fleet"
+	"corral/proxy/internal/body"
 	"corral/proxy/internal/cachestatus"
 	"corral/proxy/internal/httprule"
 	"corral/proxy/internal/target"
@@ -182,11 +183,11 @@ type Proxy struct {
 	maxObject       int64
 	maxRequestBody  int64
 	bodyTimeout     time.Duration
-	buffers         *buffers        // what bodies held in memory may take
-	requestBuffers  *buffers        // the share of it request bodies may take
-	copyBuffers     *buffers        // the share of it passed-through copies may take
-	clientBuffers   shares          // each client's share of it for the fetches it leads
-	unstored        *unstoredBodies // the share of it bodies being written that the store does not hold may take
+	buffers         *body.Budget   // what bodies held in memory may take
+	requestBuffers  *body.Budget   // the share of it request bodies may take
+	copyBuffers     *body.Budget   // the share of it passed-through copies may take
+	clientBuffers   *body.Shares   // each client's share of it for the fetches it leads
+	unstored        *body.Unstored // the share of it bodies being written that the store does not hold may take
 	passTTL         time.Duration
 	policy          freshness.Policy
 	rules           []rules.Rule // prefixes normalised as request keys are
@@ -284,26 +285,23 @@ func New(cfg Config) (*Proxy, error) {
 	// most a quarter, so that what clients hold open can never take all
 	// that shared fetches need. By default a quarter holds the largest
 	// body.
-	p.buffers = &buffers{limit: orDefault(cfg.BufferBytes, max(cacheBytes/4, 4*p.maxObject, 8*p.maxRequestBody))}
-	p.requestBuffers = &buffers{limit: p.buffers.limit / 4, parent: p.buffers}
-	p.copyBuffers = &buffers{limit: p.buffers.limit / 4, parent: p.buffers}
+	p.buffers = body.NewBudget(orDefault(cfg.BufferBytes, max(cacheBytes/4, 4*p.maxObject, 8*p.maxRequestBody)), nil)
+	p.requestBuffers = body.NewBudget(p.buffers.Limit()/4, p.buffers)
+	p.copyBuffers = body.NewBudget(p.buffers.Limit()/4, p.buffers)
 	// One client's fetches may hold a quarter of it, or what one object
 	// of MaxObjectBytes needs while its buffer doubles, if that is more.
-	p.clientBuffers = shares{parent: p.buffers, limit: min(max(p.buffers.limit/4, 2*p.maxObject), p.buffers.limit)}
+	p.clientBuffers = body.NewShares(p.buffers, min(max(p.buffers.Limit()/4, 2*p.maxObject), p.buffers.Limit()))
 	if p.transport == nil {
 		p.transport = newTransport(timeout)
 	}
 	if p.now == nil {
 		p.now = time.Now
 	}
-	p.unstored = &unstoredBodies{
-		budget:  &buffers{limit: p.buffers.limit / 4, parent: p.buffers},
-		minRate: orDefault(cfg.ClientMinRate, 64<<10),
-		now:     p.now,
-	}
+	minRate := orDefault(cfg.ClientMinRate, 64<<10)
 	if cfg.ClientMinRate < 0 {
-		p.unstored.minRate = 0 // none
+		minRate = 0 // none
 	}
+	p.unstored = body.NewUnstored(body.NewBudget(p.buffers.Limit()/4, p.buffers), minRate, p.now)
 	p.fakeClock = cfg.Now != nil
 	p.guard = newGuard(p.transport, cfg, timeout, p.now,
 		func(d time.Duration) { p.metrics.upstream.Observe(d.Seconds()) })
@@ -478,7 +476,7 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request, start time.Time) 
 		if bb == nil {
 			return o // refused, and answered
 		}
-		defer bb.release()
+		defer bb.Release()
 	}
 	if fwd, d := httprule.Bypass(r); fwd != "" {
 		return p.passThrough(w, r, key, fwd, d)
@@ -514,7 +512,7 @@ func (p *Proxy) answer(w http.ResponseWriter, r *http.Request, req freshness.Req
 		return p.serve(w, r, e, e.Header, cachestatus.Status{Hit: true, TTL: e.Decision.TTL(now), HasTTL: true, Detail: v.detail}, now, v.hit), false
 	case doServeStale:
 		// The refresh starts first: nothing here may keep e, and its
-		// body, alive while a slow client is written it (see bodyRef).
+		// body, alive while a slow client is written it (see body.Ref).
 		p.refresh(r, key, vkey, e)
 		return p.serve(w, r, e, e.Header, cachestatus.Status{Hit: true, TTL: e.Decision.TTL(now), HasTTL: true, Detail: cachestatus.StaleWhileRevalidate}, now, outStale), false
 	case doPass:
@@ -699,9 +697,9 @@ func (p *Proxy) join(w http.ResponseWriter, r *http.Request, in flight) (f *fetc
 		in := in // its own: join reads in while the fetch runs on
 		p.leading.Store(in.roundID(), in.header)
 		defer p.leading.Delete(in.roundID())
-		share := p.clientBuffers.acquire(in.client)
-		defer p.clientBuffers.release(share)
-		in.budget = &share.buffers
+		share := p.clientBuffers.Acquire(in.client)
+		defer p.clientBuffers.Release(share)
+		in.budget = &share.Budget
 		ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{Got1xxResponse: interim.write})
 		return p.fetch(ctx, in)
 	}
@@ -797,14 +795,14 @@ func (p *Proxy) serveFetched(w http.ResponseWriter, r *http.Request, req freshne
 func (p *Proxy) serveStream(w http.ResponseWriter, r *http.Request, in flight, fwd cachestatus.Fwd, f *fetched, leader bool) requestOutcome {
 	e, s := f.entry, f.stream
 	if !leader && !e.Decision.Shareable || httprule.ConditionalOrRange(r.Header) {
-		return p.passThrough(w, r, in.key, cachestatus.FwdMiss, s.detail)
+		return p.passThrough(w, r, in.key, cachestatus.FwdMiss, s.Detail)
 	}
-	var rd *streamReader
+	var rd *body.StreamReader
 	if r.Method != http.MethodHead && httprule.BodyAllowed(e.Status) {
-		if rd = s.join(); rd == nil {
-			return p.passThrough(w, r, in.key, cachestatus.FwdMiss, s.detail)
+		if rd = s.Join(); rd == nil {
+			return p.passThrough(w, r, in.key, cachestatus.FwdMiss, s.Detail)
 		}
-		defer rd.close()
+		defer rd.Close()
 	}
 	h := e.Header
 	if leader {
@@ -813,9 +811,9 @@ func (p *Proxy) serveStream(w http.ResponseWriter, r *http.Request, in flight, f
 	out := w.Header()
 	httprule.CopyHeader(out, h, 0)
 	out["Via"] = append(out["Via"], httprule.Via)
-	out.Set("Cache-Status", cachestatus.Status{Fwd: fwd, FwdStatus: f.status, Collapsed: !leader, Detail: s.detail}.String())
-	if s.length >= 0 && httprule.BodyAllowed(e.Status) {
-		out.Set("Content-Length", strconv.FormatInt(s.length, 10))
+	out.Set("Cache-Status", cachestatus.Status{Fwd: fwd, FwdStatus: f.status, Collapsed: !leader, Detail: s.Detail}.String())
+	if s.Length >= 0 && httprule.BodyAllowed(e.Status) {
+		out.Set("Content-Length", strconv.FormatInt(s.Length, 10))
 	}
 	w.WriteHeader(e.Status)
 	if rd != nil {
@@ -1025,10 +1023,10 @@ func (p *Proxy) markPass(ctx context.Context, key, reason string) {
 func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, e *local, h http.Header, st cachestatus.Status, now time.Time, o requestOutcome) requestOutcome {
 	ref := e.ref
 	if ref != nil && r.Method != http.MethodHead && httprule.BodyAllowed(e.Status) {
-		if !p.unstored.enter(ref) {
+		if !p.unstored.Enter(ref) {
 			return p.serveBusy(w, &upstream.BusyError{RetryAfter: time.Second, Why: "buffer budget spent"}, cachestatus.Status{Detail: cachestatus.BuffersFull})
 		}
-		defer p.unstored.leave(ref)
+		defer p.unstored.Leave(ref)
 	} else {
 		ref = nil
 	}
@@ -1069,9 +1067,9 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, e *local, h http.H
 			http.ServeContent(w, r, "", modtime, bytes.NewReader(e.Body))
 			return o
 		}
-		body := &bodyReader{ref: ref}
-		http.ServeContent(w, r, "", modtime, body)
-		p.countCut(body)
+		rd := body.NewRefReader(ref)
+		http.ServeContent(w, r, "", modtime, rd)
+		p.countCut(rd)
 		return o
 	}
 	if httprule.BodyAllowed(e.Status) {
@@ -1081,19 +1079,19 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, e *local, h http.H
 	switch {
 	case ref != nil:
 		// A chunk at a time, e no longer used: a client that stalls
-		// holds a chunk, not the body (see bodyRef).
-		body := &bodyReader{ref: ref}
-		io.Copy(w, body) //nolint:errcheck // the client may have gone
-		p.countCut(body)
+		// holds a chunk, not the body (see body.Ref).
+		rd := body.NewRefReader(ref)
+		io.Copy(w, rd) //nolint:errcheck // the client may have gone
+		p.countCut(rd)
 	case r.Method != http.MethodHead && httprule.BodyAllowed(e.Status):
 		w.Write(e.Body) //nolint:errcheck // the client may have gone
 	}
 	return o
 }
 
-// countCut counts an answer whose body, read through body, was cut.
-func (p *Proxy) countCut(body *bodyReader) {
-	if body.cut {
+// countCut counts an answer whose body, read through rd, was cut.
+func (p *Proxy) countCut(rd *body.RefReader) {
+	if rd.Cut() {
 		p.stats.Cut.Add(1)
 	}
 }
@@ -1142,11 +1140,11 @@ func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, req freshness
 	if errors.Is(err, errPersonal) || errors.Is(err, errHedged) {
 		return p.passThrough(w, r, key, fwd, "")
 	}
-	if errors.Is(err, errTooLarge) {
+	if errors.Is(err, body.ErrTooLarge) {
 		p.markPass(r.Context(), in.vkey, string(cachestatus.TooLarge))
 		return p.passThrough(w, r, key, cachestatus.FwdMiss, cachestatus.TooLarge)
 	}
-	if errors.Is(err, errBuffersFull) {
+	if errors.Is(err, body.ErrFull) {
 		// Too large for the buffer budget left now, for this fetch
 		// only. A stale response that may be served stands in, as when
 		// the guard holds a request back; otherwise the waiters go

@@ -21,6 +21,7 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"corral/proxy/cache"
+	"corral/proxy/internal/body"
 )
 
 // These tests attack corral through request bodies and memory, the way
@@ -471,8 +472,8 @@ func TestBufferedBytesGauge(t *testing.T) {
 	// kept the first.
 	io.WriteString(pw, "a")
 	io.WriteString(pw, "b")
-	if got := scrape(t, a)["corral_buffered_bytes"]; got != minBufferChunk {
-		t.Errorf("corral_buffered_bytes %v while a body is read, want %d", got, minBufferChunk)
+	if got := scrape(t, a)["corral_buffered_bytes"]; got != body.MinChunk {
+		t.Errorf("corral_buffered_bytes %v while a body is read, want %d", got, body.MinChunk)
 	}
 	pw.Close()
 	if resp := wait(t, ch, "the upload's answer"); resp.StatusCode != 200 {

@@ -157,7 +157,7 @@ func (p *Proxy) localFor(f *fetched, err error, cached bool) time.Duration {
 	switch {
 	case err == nil && f != nil && f.inShared:
 		return 0
-	case err == nil && f != nil && f.stream != nil && f.stream.detail == cachestatus.BuffersFull:
+	case err == nil && f != nil && f.stream != nil && f.stream.Detail == cachestatus.BuffersFull:
 		return refreshBackoff // the pressure of a moment
 	case err == nil && f != nil && !cached && !httprule.IsServerError(f.entry.Status):
 		return p.passTTL

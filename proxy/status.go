@@ -2,11 +2,11 @@ package proxy
 
 import (
 	"context"
+	"corral/proxy/internal/body"
 	"corral/proxy/internal/cachestatus"
 	"corral/proxy/internal/httprule"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"time"
 )
@@ -88,47 +88,17 @@ func (p *Proxy) storeOnTheWay(resp *http.Response, info passed, since time.Time)
 		return e
 	}
 
-	t := &teeBody{ReadCloser: resp.Body, kept: bodyBuffer{budget: p.copyBuffers, limit: p.maxObject}, done: func(body []byte) {
+	t := body.NewTee(resp.Body, p.copyBuffers, p.maxObject, resp.ContentLength, func(b []byte) {
 		// The client's context may end as soon as it has read the body.
 		// Memory only: a passed-through answer was fetched for one
 		// client, under no lease, and stays on this replica.
-		p.put(context.WithoutCancel(resp.Request.Context()), info.uri, e.withBody(body, p.unstored.newRef(body)), since, nil, nil)
-	}}
-	if resp.ContentLength > 0 && t.kept.resize(resp.ContentLength) != nil {
+		p.put(context.WithoutCancel(resp.Request.Context()), info.uri, e.withBody(b, p.unstored.NewRef(b)), since, nil, nil)
+	})
+	if t == nil {
 		return e // no room for the copy now: the body only streams
 	}
 	resp.Body = t
 	return e
-}
-
-// teeBody keeps a copy of what is read through it, within kept's limit
-// and budget, and hands the copy to done at a clean end of the body. A
-// body cut short never reaches done. The copy's reservation is released
-// when it is handed over, given up, or the body is closed.
-type teeBody struct {
-	io.ReadCloser
-	kept bodyBuffer
-	over bool
-	done func(body []byte)
-}
-
-func (t *teeBody) Read(b []byte) (int, error) {
-	n, err := t.ReadCloser.Read(b)
-	if !t.over && t.kept.write(b[:n]) != nil {
-		t.over = true
-		t.kept.release()
-	}
-	if err == io.EOF && !t.over && t.done != nil {
-		t.done(t.kept.trimmed())
-		t.done, t.over = nil, true
-		t.kept.release()
-	}
-	return n, err
-}
-
-func (t *teeBody) Close() error {
-	t.kept.release()
-	return t.ReadCloser.Close()
 }
 
 // Purge drops what is stored for the request URI uri (path and query),

@@ -1,4 +1,4 @@
-package proxy
+package body
 
 import (
 	"errors"
@@ -9,17 +9,17 @@ import (
 	"time"
 )
 
-// largeBody is the size from which a body is written to clients from a
-// bodyRef, a chunk at a time. A smaller one is written whole from the
+// LargeBody is the size from which a body is written to clients from a
+// Ref, a chunk at a time. A smaller one is written whole from the
 // entry, at no cost on the hit path: a connection that stalls holds at
 // most this much of a body the store let go of.
-const largeBody = 64 << 10
+const LargeBody = 64 << 10
 
-// errCut ends the writing of a body that was let go of: the store no
+// ErrCut ends the writing of a body that was let go of: the store no
 // longer holds it and the buffer budget has no room for it.
-var errCut = errors.New("body no longer held: the buffer budget has no room for it")
+var ErrCut = errors.New("body no longer held: the buffer budget has no room for it")
 
-// bodyRef is a large body as clients are written from it. Each writer
+// Ref is a large body as clients are written from it. Each writer
 // copies it a chunk at a time into net/http's copy buffer, and holds that
 // chunk, not the body, while a slow client takes it: only the ref, and
 // the store's entries, hold the body.
@@ -27,15 +27,15 @@ var errCut = errors.New("body no longer held: the buffer budget has no room for 
 // While the store holds an entry with the body, its budget counts it; while
 // clients are written a body it does not hold (evicted, replaced or purged
 // meanwhile, or an answer that was never stored), the body takes room in
-// their share of the buffer budget, once however many read it. A body
+// their Share of the buffer budget, once however many read it. A body
 // that finds no room is cut: the ref lets go of it, so that once the store
 // has too the memory is free, and its writers stop at their next chunk.
-type bodyRef struct {
+type Ref struct {
 	body      atomic.Pointer[[]byte] // nil once cut
 	size      int64
 	sent      atomic.Int64 // the most bytes any writer has taken
 	steppedAt atomic.Int64 // when, in Unix nanoseconds, sent last passed a multiple of paceStep
-	owner     *unstoredBodies
+	owner     *Unstored
 
 	// Guarded by owner.mu.
 	kept    int       // store entries holding the body
@@ -44,18 +44,18 @@ type bodyRef struct {
 }
 
 // newRef returns the ref that body is written from, or nil for a body
-// below largeBody.
-func (u *unstoredBodies) newRef(body []byte) *bodyRef {
-	if len(body) < largeBody {
+// below LargeBody.
+func (u *Unstored) NewRef(body []byte) *Ref {
+	if len(body) < LargeBody {
 		return nil
 	}
-	r := &bodyRef{size: int64(len(body)), owner: u}
+	r := &Ref{size: int64(len(body)), owner: u}
 	r.body.Store(&body)
 	return r
 }
 
 // advance records that a client has taken r's body up to off.
-func (r *bodyRef) advance(off int64) {
+func (r *Ref) advance(off int64) {
 	for {
 		sent := r.sent.Load()
 		if off <= sent {
@@ -70,28 +70,28 @@ func (r *bodyRef) advance(off int64) {
 	}
 }
 
-// unstoredBodies keeps the bodies being written to clients that the store
-// does not hold within their share of the buffer budget. When a body needs
+// Unstored keeps the bodies being written to clients that the store
+// does not hold within their Share of the buffer budget. When a body needs
 // room and there is none, it takes the room of bodies whose clients read
 // slower than minRate, oldest first: a client that reads at a trickle
 // cannot keep a body from those who read it. Otherwise the body is cut.
 //
 // The pace is the time the clients took for their last paceStep bytes, not
-// their bytes over all the time they held room: the socket buffers of a
+// their bytes over all the time they held room: the socket Budget of a
 // client that reads nothing take megabytes at first, which would make it
 // look fast for minutes.
-type unstoredBodies struct {
-	budget  *buffers
+type Unstored struct {
+	budget  *Budget
 	minRate int64 // bytes a second; 0: no client gives up room for its pace
 	now     func() time.Time
 
 	mu   sync.Mutex
-	held []*bodyRef // holding room, in the order they took it
+	held []*Ref // holding room, in the order they took it
 }
 
 // kept records that the store took an entry whose body r is written from.
 // A body that was cut is held again: body is it, counted by the store.
-func (u *unstoredBodies) kept(r *bodyRef, body []byte) {
+func (u *Unstored) Kept(r *Ref, body []byte) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	r.kept++
@@ -102,7 +102,7 @@ func (u *unstoredBodies) kept(r *bodyRef, body []byte) {
 }
 
 // dropped records that the store let go of an entry whose body r is.
-func (u *unstoredBodies) dropped(r *bodyRef) {
+func (u *Unstored) Dropped(r *Ref) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	r.kept--
@@ -112,7 +112,7 @@ func (u *unstoredBodies) dropped(r *bodyRef) {
 // enter counts a client about to be written r's body, and reports whether
 // the body is held for it: stored, or given room in the budget. A client
 // it is not held for is not counted.
-func (u *unstoredBodies) enter(r *bodyRef) bool {
+func (u *Unstored) Enter(r *Ref) bool {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	r.writers++
@@ -125,7 +125,7 @@ func (u *unstoredBodies) enter(r *bodyRef) bool {
 }
 
 // leave counts a client written r's body, whole or not.
-func (u *unstoredBodies) leave(r *bodyRef) {
+func (u *Unstored) Leave(r *Ref) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	r.writers--
@@ -134,7 +134,7 @@ func (u *unstoredBodies) leave(r *bodyRef) {
 
 // settle makes r hold room in the budget exactly while clients are written
 // it and the store does not hold it, or cuts it. The caller holds mu.
-func (u *unstoredBodies) settle(r *bodyRef) {
+func (u *Unstored) settle(r *Ref) {
 	needs := r.kept == 0 && r.writers > 0 && r.body.Load() != nil
 	holds := !r.heldAt.IsZero()
 	switch {
@@ -149,10 +149,10 @@ func (u *unstoredBodies) settle(r *bodyRef) {
 
 // take gives r room in the budget, from bodies read too slowly if it must,
 // and reports whether it did. The caller holds mu.
-func (u *unstoredBodies) take(r *bodyRef) bool {
+func (u *Unstored) take(r *Ref) bool {
 	now := u.now()
-	for !u.budget.reserve(r.size) {
-		i := slices.IndexFunc(u.held, func(h *bodyRef) bool { return u.tooSlow(h, now) })
+	for !u.budget.Reserve(r.size) {
+		i := slices.IndexFunc(u.held, func(h *Ref) bool { return u.tooSlow(h, now) })
 		if i < 0 {
 			return false
 		}
@@ -172,7 +172,7 @@ const paceStep = 256 << 10
 // tooSlow reports whether the clients of h, which holds room, have taken
 // less of it lately than minRate allows: no paceStep bytes since it took
 // its room or last passed a step.
-func (u *unstoredBodies) tooSlow(h *bodyRef, now time.Time) bool {
+func (u *Unstored) tooSlow(h *Ref, now time.Time) bool {
 	if u.minRate == 0 {
 		return false
 	}
@@ -181,32 +181,54 @@ func (u *unstoredBodies) tooSlow(h *bodyRef, now time.Time) bool {
 }
 
 // release gives back the room r holds. The caller holds mu.
-func (u *unstoredBodies) release(r *bodyRef) {
-	u.budget.release(r.size)
+func (u *Unstored) release(r *Ref) {
+	u.budget.Release(r.size)
 	r.heldAt = time.Time{}
-	u.held = slices.DeleteFunc(u.held, func(h *bodyRef) bool { return h == r })
+	u.held = slices.DeleteFunc(u.held, func(h *Ref) bool { return h == r })
 }
 
 // InUse returns the bytes of the budget that unstored bodies hold now.
-func (u *unstoredBodies) InUse() int64 { return u.budget.InUse() }
+func (u *Unstored) InUse() int64 { return u.budget.InUse() }
 
-// bodyReader reads a bodyRef's body for one client, as an io.ReadSeeker
+// MinRate is the slowest, in bytes a second, that clients may read and
+// keep their room when another needs it; 0 for none.
+func (u *Unstored) MinRate() int64 { return u.minRate }
+
+// NewUnstored returns the keeper of bodies the store does not hold, with
+// budget as their share of the buffer budget (see Unstored).
+func NewUnstored(budget *Budget, minRate int64, now func() time.Time) *Unstored {
+	return &Unstored{budget: budget, minRate: minRate, now: now}
+}
+
+// NewRefReader returns a reader of r's body for one client.
+func NewRefReader(r *Ref) *RefReader { return &RefReader{ref: r} }
+
+// Cut reports whether a Read found the body cut.
+func (b *RefReader) Cut() bool { return b.cut }
+
+// Held reports whether the body was not cut.
+func (r *Ref) Held() bool { return r.body.Load() != nil }
+
+// Owner is the keeper the ref's body answers to.
+func (r *Ref) Owner() *Unstored { return r.owner }
+
+// RefReader reads a Ref's body for one client, as an io.ReadSeeker
 // for http.ServeContent. It does not implement io.WriterTo: io.Copy, and
 // net/http's ReadFrom, read it a chunk at a time.
-type bodyReader struct {
-	ref *bodyRef
+type RefReader struct {
+	ref *Ref
 	off int64
 	cut bool // a Read found the body cut
 }
 
-func (b *bodyReader) Read(p []byte) (int, error) {
+func (b *RefReader) Read(p []byte) (int, error) {
 	if b.off >= b.ref.size {
 		return 0, io.EOF
 	}
 	body := b.ref.body.Load()
 	if body == nil {
 		b.cut = true
-		return 0, errCut
+		return 0, ErrCut
 	}
 	n := copy(p, (*body)[b.off:])
 	b.off += int64(n)
@@ -214,7 +236,7 @@ func (b *bodyReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-func (b *bodyReader) Seek(offset int64, whence int) (int64, error) {
+func (b *RefReader) Seek(offset int64, whence int) (int64, error) {
 	switch whence {
 	case io.SeekCurrent:
 		offset += b.off

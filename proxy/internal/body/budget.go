@@ -1,4 +1,8 @@
-package proxy
+// Package body holds what bodies cost in memory on their way through
+// corral: one byte budget and the shares of it, a body read into memory as
+// its bytes arrive, the copy a passed-through answer keeps, a large body
+// written to clients a chunk at a time, and one body streamed to a herd.
+package body
 
 import (
 	"errors"
@@ -8,51 +12,63 @@ import (
 	"sync/atomic"
 )
 
-// errBuffersFull ends the buffering of a body that the buffer budget cannot
-// hold now. It is memory pressure, not a property of the resource.
-var errBuffersFull = errors.New("buffer budget spent")
+// ErrTooLarge ends the buffering of a body longer than its limit.
+var ErrTooLarge = errors.New("body larger than its limit")
 
-// buffers is the one byte budget for bodies held in memory on their way
+// ErrFull ends the buffering of a body that the buffer budget cannot
+// hold now. It is memory pressure, not a property of the resource.
+var ErrFull = errors.New("buffer budget spent")
+
+// Budget is the one byte budget for bodies held in memory on their way
 // through corral: a shared fetch's body until it is stored or dropped, the
 // copy a passed-through answer keeps to store on the way, request bodies
 // read before they go upstream, and the bodies being written to clients
-// that the store does not hold (see bodyRef). Stored entries are counted
+// that the store does not hold (see Ref). Stored entries are counted
 // by the store's own budget instead; together the two bound what bodies
 // cost.
 // A reservation that does not fit is refused at once, never waited for:
 // whoever asked streams instead, or answers 503.
 //
-// Request bodies draw from a share of it, a buffers with the whole as its
+// Request bodies draw from a Share of it, a Budget with the whole as its
 // parent: clients choose how many uploads they hold open against a slow
-// origin, and without a share of their own they could spend the budget
+// origin, and without a Share of their own they could spend the budget
 // that shared fetches need, turning every cache miss into one upstream
 // request per waiting client.
-type buffers struct {
+type Budget struct {
 	limit  int64
-	parent *buffers // a reservation here is one there too; nil for the whole
+	parent *Budget // a reservation here is one there too; nil for the whole
 	inUse  atomic.Int64
 	peak   atomic.Int64
 }
 
 // InUse returns the bytes reserved now.
-func (b *buffers) InUse() int64 { return b.inUse.Load() }
+func (b *Budget) InUse() int64 { return b.inUse.Load() }
+
+// Limit returns what the budget may hold.
+func (b *Budget) Limit() int64 { return b.limit }
+
+// NewBudget returns a budget of limit bytes, which are also reserved from
+// parent, when it is not nil.
+func NewBudget(limit int64, parent *Budget) *Budget {
+	return &Budget{limit: limit, parent: parent}
+}
 
 // Peak returns the most bytes ever reserved at once.
-func (b *buffers) Peak() int64 { return b.peak.Load() }
+func (b *Budget) Peak() int64 { return b.peak.Load() }
 
 // reserve takes n bytes of the budget, and of its parent's, if they fit.
-func (b *buffers) reserve(n int64) bool {
+func (b *Budget) Reserve(n int64) bool {
 	if !b.take(n) {
 		return false
 	}
-	if b.parent != nil && !b.parent.reserve(n) {
+	if b.parent != nil && !b.parent.Reserve(n) {
 		b.inUse.Add(-n)
 		return false
 	}
 	return true
 }
 
-func (b *buffers) take(n int64) bool {
+func (b *Budget) take(n int64) bool {
 	for {
 		cur := b.inUse.Load()
 		if cur+n > b.limit {
@@ -66,64 +82,87 @@ func (b *buffers) take(n int64) bool {
 	}
 }
 
-func (b *buffers) release(n int64) {
+// Release gives n bytes back.
+func (b *Budget) Release(n int64) {
 	b.inUse.Add(-n)
 	if b.parent != nil {
-		b.parent.release(n)
+		b.parent.Release(n)
 	}
 }
 
-// minBufferChunk is the first reservation of a body of unknown length: a
+// MinChunk is the first reservation of a body of unknown length: a
 // client that sends one byte holds no more than this of the budget.
-const minBufferChunk = 4 << 10
+const MinChunk = 4 << 10
 
 // upFront is the most of a body's declared length reserved before its
 // bytes arrive.
 const upFront = 64 << 10
 
-// bodyBuffer is a body read into memory reserved from a budget. Its
+// Buffer is a body read into memory reserved from a budget. Its
 // capacity is exactly what it holds of the budget; it grows by doubling,
 // as its bytes arrive, so a body is copied about once in all.
-type bodyBuffer struct {
-	budget *buffers
-	limit  int64 // the most bytes the body may have: past it, errTooLarge
+type Buffer struct {
+	budget *Budget
+	limit  int64 // the most bytes the body may have: past it, ErrTooLarge
 	size   int64 // the length the body declared, where growth stops; 0 when unknown
 	buf    []byte
 	over   []byte // read past buf when it could not grow: the body's next bytes
 }
 
+// NewBuffer returns an empty buffer for a body of at most limit bytes,
+// held against budget.
+func NewBuffer(budget *Budget, limit int64) *Buffer {
+	return &Buffer{budget: budget, limit: limit}
+}
+
+// Bytes returns what the buffer holds.
+func (bb *Buffer) Bytes() []byte { return bb.buf }
+
+// Over returns what ReadAll read past what the buffer could hold, when
+// it could not grow: the body's next bytes.
+func (bb *Buffer) Over() []byte { return bb.over }
+
+// Take returns what the buffer holds and the function that gives its
+// reservation back, and leaves the buffer empty: for a stream that goes
+// on with it (see Stream).
+func (bb *Buffer) Take() (buf []byte, release func()) {
+	kept := *bb
+	*bb = Buffer{}
+	return kept.buf, kept.Release
+}
+
 // grow makes room for n more bytes.
-func (bb *bodyBuffer) grow(n int) error {
+func (bb *Buffer) grow(n int) error {
 	need := int64(len(bb.buf)) + int64(n)
 	if need > bb.limit {
-		return errTooLarge
+		return ErrTooLarge
 	}
 	old := int64(cap(bb.buf))
 	if need <= old {
 		return nil
 	}
-	size := min(max(need, 2*old, minBufferChunk), bb.limit)
+	size := min(max(need, 2*old, MinChunk), bb.limit)
 	if need <= bb.size {
 		size = min(size, bb.size) // a body that keeps its word ends exactly
 	}
-	return bb.resize(size)
+	return bb.Resize(size)
 }
 
 // resize moves the body to a buffer of capacity size.
-func (bb *bodyBuffer) resize(size int64) error {
+func (bb *Buffer) Resize(size int64) error {
 	// The old buffer stays reserved while it is copied: both are live.
-	if !bb.budget.reserve(size) {
-		return errBuffersFull
+	if !bb.budget.Reserve(size) {
+		return ErrFull
 	}
 	nb := make([]byte, len(bb.buf), size)
 	copy(nb, bb.buf)
-	bb.budget.release(int64(cap(bb.buf)))
+	bb.budget.Release(int64(cap(bb.buf)))
 	bb.buf = nb
 	return nil
 }
 
 // write appends p, or fails without appending any of it.
-func (bb *bodyBuffer) write(p []byte) error {
+func (bb *Buffer) write(p []byte) error {
 	if err := bb.grow(len(p)); err != nil {
 		return err
 	}
@@ -140,13 +179,13 @@ func (bb *bodyBuffer) write(p []byte) error {
 // came, and a client asking for slow exports cannot spend the budget the
 // others' fetches need on bytes that may never come (issue 23). Reading
 // goes on past size, to the limit.
-func (bb *bodyBuffer) readFrom(r io.Reader, size int64) error {
+func (bb *Buffer) ReadAll(r io.Reader, size int64) error {
 	if size > bb.limit {
-		return errTooLarge
+		return ErrTooLarge
 	}
 	bb.size = size
 	if first := min(size, upFront); first > int64(cap(bb.buf)) {
-		if err := bb.resize(first); err != nil {
+		if err := bb.Resize(first); err != nil {
 			return err
 		}
 	}
@@ -188,14 +227,14 @@ func (bb *bodyBuffer) readFrom(r io.Reader, size int64) error {
 // left much spare room, so that an entry stored from it holds no more
 // memory than the store counts. The copy is reserved too; without room
 // for it the body is returned as it is.
-func (bb *bodyBuffer) trimmed() []byte {
+func (bb *Buffer) Trimmed() []byte {
 	n := len(bb.buf)
-	if cap(bb.buf)-n <= n/8 || !bb.budget.reserve(int64(n)) {
+	if cap(bb.buf)-n <= n/8 || !bb.budget.Reserve(int64(n)) {
 		return bb.buf
 	}
 	b := make([]byte, n)
 	copy(b, bb.buf)
-	bb.budget.release(int64(cap(bb.buf)))
+	bb.budget.Release(int64(cap(bb.buf)))
 	bb.buf = b
 	return b
 }
@@ -203,59 +242,66 @@ func (bb *bodyBuffer) trimmed() []byte {
 // release gives the reservation back. The bytes may live on (in a stored
 // entry, counted by the store, or in an answer being written), but the
 // buffer no longer holds them.
-func (bb *bodyBuffer) release() {
+func (bb *Buffer) Release() {
 	if bb.budget != nil {
-		bb.budget.release(int64(cap(bb.buf)))
+		bb.budget.Release(int64(cap(bb.buf)))
 	}
 	bb.buf = nil
 }
 
-// shares hands each client a share of a budget for the bodies of the
-// fetches its requests lead: a buffers whose parent is the budget, with a
+// NewShares returns shares of limit bytes each, for each client, of
+// parent.
+func NewShares(parent *Budget, limit int64) *Shares {
+	return &Shares{parent: parent, limit: limit}
+}
+
+// Shares hands each client a Share of a budget for the bodies of the
+// fetches its requests lead: a Budget whose parent is the budget, with a
 // limit of its own. Clients choose how many slow answers they ask for at
 // once, and without a cap one of them could hold the whole budget with
 // exports that trickle, so that every other client's cold fetch found no
 // room and went upstream on its own (issue 23). A client is its address,
-// or for IPv6 its /64, which one host commonly holds whole. A share lives
+// or for IPv6 its /64, which one host commonly holds whole. A Share lives
 // while a fetch uses it: the records are as many as fetches running.
-type shares struct {
-	parent *buffers
+type Shares struct {
+	parent *Budget
 	limit  int64
 
 	mu sync.Mutex
-	m  map[netip.Prefix]*share
+	m  map[netip.Prefix]*Share
 }
 
-// share is one client's share, and how many fetches use it.
-type share struct {
-	buffers
+// Share is one client's Share, and how many fetches use it.
+type Share struct {
+	Budget
 	key   netip.Prefix
-	users int // under shares.mu
+	users int // under Shares.mu
 }
 
-// acquire returns client's share, which the caller gives back with
+// acquire returns client's Share, which the caller gives back with
 // release once no body of its holds any of it.
-func (s *shares) acquire(client netip.Addr) *share {
+func (s *Shares) Acquire(client netip.Addr) *Share {
 	bits := 32
 	if client.Is6() {
 		bits = 64
 	}
-	key, _ := client.Prefix(bits) // the zero Prefix for an unknown address: one share
+	key, _ := client.Prefix(bits) // the zero Prefix for an unknown address: one Share
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	sh := s.m[key]
 	if sh == nil {
 		if s.m == nil {
-			s.m = make(map[netip.Prefix]*share)
+			s.m = make(map[netip.Prefix]*Share)
 		}
-		sh = &share{buffers: buffers{limit: s.limit, parent: s.parent}, key: key}
+		sh = &Share{Budget: Budget{limit: s.limit, parent: s.parent}, key: key}
 		s.m[key] = sh
 	}
 	sh.users++
 	return sh
 }
 
-func (s *shares) release(sh *share) {
+// Release gives back sh, which Acquire returned.
+func (s *Shares) Release(sh *Share) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if sh.users--; sh.users == 0 {

@@ -1,4 +1,4 @@
-package proxy
+package body
 
 import (
 	"bytes"
@@ -9,16 +9,16 @@ import (
 	"time"
 )
 
-// streamOf returns a stream of the body written to the returned pipe, with
-// a window of win bytes, and a channel that is closed once the stream has
+// streamOf returns a Stream of the body written to the returned pipe, with
+// a window of win bytes, and a channel that is closed once the Stream has
 // given its window back.
-func streamOf(win int, stall time.Duration) (*stream, *io.PipeWriter, <-chan struct{}) {
+func streamOf(win int, stall time.Duration) (*Stream, *io.PipeWriter, <-chan struct{}) {
 	pr, pw := io.Pipe()
 	freed := make(chan struct{})
-	s := newStream(make([]byte, 0, win), -1, cachestatus.BuffersFull, 0, func() { close(freed) })
+	s := NewStream(make([]byte, 0, win), -1, cachestatus.BuffersFull, 0, func() { close(freed) })
 	s.stall = stall
 	go func() {
-		s.pump(pr)
+		s.Pump(pr)
 		pr.Close() // as fetchUpstream closes the response body
 	}()
 	return s, pw, freed
@@ -29,9 +29,9 @@ func streamOf(win int, stall time.Duration) (*stream, *io.PipeWriter, <-chan str
 func TestStreamHandsEveryReaderTheWholeBody(t *testing.T) {
 	s, pw, freed := streamOf(1<<10, time.Minute)
 	body := bytes.Repeat([]byte("0123456789abcdef"), 1<<10) // 16 KiB through 1 KiB
-	var readers []*streamReader
+	var readers []*StreamReader
 	for range 3 {
-		readers = append(readers, s.join())
+		readers = append(readers, s.Join())
 	}
 	go func() {
 		pw.Write(body)
@@ -40,7 +40,7 @@ func TestStreamHandsEveryReaderTheWholeBody(t *testing.T) {
 	got := make(chan []byte, len(readers))
 	for i, r := range readers {
 		go func() {
-			defer r.close()
+			defer r.Close()
 			var b bytes.Buffer
 			chunk := make([]byte, 100*(i+1)) // each its own pace
 			for {
@@ -59,8 +59,8 @@ func TestStreamHandsEveryReaderTheWholeBody(t *testing.T) {
 		}
 	}
 	wait(t, freed, "the window to be given back")
-	if r := s.join(); r != nil {
-		t.Error("a reader joined a stream whose window had moved on and been given back")
+	if r := s.Join(); r != nil {
+		t.Error("a reader joined a Stream whose window had moved on and been given back")
 	}
 }
 
@@ -70,23 +70,23 @@ func TestStreamHandsEveryReaderTheWholeBody(t *testing.T) {
 func TestStreamCutsAReaderThatHoldsTheOthersBack(t *testing.T) {
 	s, pw, _ := streamOf(1<<10, 50*time.Millisecond)
 	body := bytes.Repeat([]byte("x"), 8<<10)
-	fast, stalled := s.join(), s.join()
+	fast, stalled := s.Join(), s.Join()
 	go func() {
 		pw.Write(body)
 		pw.Close()
 	}()
 	b, err := io.ReadAll(fast)
-	fast.close()
+	fast.Close()
 	if err != nil || !bytes.Equal(b, body) {
 		t.Errorf("the fast reader got %d bytes and %v, want the whole body", len(b), err)
 	}
-	if _, err := io.ReadAll(stalled); !errors.Is(err, errStreamCut) {
+	if _, err := io.ReadAll(stalled); !errors.Is(err, ErrStreamCut) {
 		t.Errorf("the stalled reader got %v, want errStreamCut", err)
 	}
-	stalled.close()
+	stalled.Close()
 }
 
-// TestStreamEndsWithNoReader: a stream nobody joins stops reading its body
+// TestStreamEndsWithNoReader: a Stream nobody joins stops reading its body
 // once no client can join any more.
 func TestStreamEndsWithNoReader(t *testing.T) {
 	s, pw, freed := streamOf(1<<10, time.Minute)
@@ -109,14 +109,14 @@ func TestStreamCutsATrickleThatHoldsOthersBack(t *testing.T) {
 	s, pw, _ := streamOf(1<<10, time.Minute)
 	s.minRate = 64 << 10
 	body := bytes.Repeat([]byte("x"), 64<<10)
-	fast, trickle := s.join(), s.join()
+	fast, trickle := s.Join(), s.Join()
 	go func() {
 		pw.Write(body)
 		pw.Close()
 	}()
 	trickled := make(chan error, 1)
 	go func() {
-		defer trickle.close()
+		defer trickle.Close()
 		b := make([]byte, 16)
 		for {
 			if _, err := trickle.Read(b); err != nil {
@@ -127,11 +127,23 @@ func TestStreamCutsATrickleThatHoldsOthersBack(t *testing.T) {
 		}
 	}()
 	b, err := io.ReadAll(fast)
-	fast.close()
+	fast.Close()
 	if err != nil || !bytes.Equal(b, body) {
 		t.Errorf("the fast reader got %d bytes and %v, want the whole body", len(b), err)
 	}
-	if err := wait(t, trickled, "the trickle to end"); !errors.Is(err, errStreamCut) {
+	if err := wait(t, trickled, "the trickle to end"); !errors.Is(err, ErrStreamCut) {
 		t.Errorf("the trickle got %v, want errStreamCut", err)
+	}
+}
+
+// wait receives from ch or fails the test after a generous deadline.
+func wait[T any](t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(10 * time.Second):
+		t.Fatalf("timed out waiting for %s", what)
+		panic("unreachable")
 	}
 }

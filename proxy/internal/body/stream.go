@@ -1,4 +1,4 @@
-package proxy
+package body
 
 import (
 	"corral/proxy/internal/cachestatus"
@@ -8,7 +8,7 @@ import (
 	"time"
 )
 
-// A stream hands one upstream body to every client of a flight that could
+// A Stream hands one upstream body to every client of a flight that could
 // not hold it (the buffer budget spent, or a body over MaxObjectBytes), so
 // that a herd still costs one upstream exchange rather than one each
 // (issue 23): one client who spends the budget must not switch coalescing
@@ -17,22 +17,22 @@ import (
 // The body passes through a window of memory: what the pump read from the
 // origin and not every reader has taken yet. The window is what the fetch
 // had buffered when it ran out of room, still reserved from the budget, or
-// when that is less, streamWindow bytes; it never grows. The pump reads on only
+// when that is less, StreamWindow bytes; it never grows. The pump reads on only
 // while the window has room, so the herd moves at the pace of its slowest
 // reader, and a reader that holds the window full for streamStall is cut
 // off: one slow client cannot hold the others back for longer than that.
 // Readers join while the window still holds the body's first byte, which
 // it keeps for streamJoin, and for a body that fits, to its end.
-type stream struct {
-	length int64 // the body's declared length; -1 when unknown
-	detail cachestatus.Detail
+type Stream struct {
+	Length int64              // the body's declared length; -1 when unknown
+	Detail cachestatus.Detail // why it streams, for Cache-Status
 
 	mu      sync.Mutex
 	wake    chan struct{} // closed and replaced when bytes come or go, or the body ends
 	win     []byte        // body bytes [base, base+len(win)); cap(win) is reserved
 	base    int64
 	err     error // why the pump stopped: io.EOF once the body is whole
-	readers map[*streamReader]struct{}
+	readers map[*StreamReader]struct{}
 	users   int           // readers and the pump: the window goes when none is left
 	stall   time.Duration // streamStall, but in tests
 	minRate int64         // bytes a second: a reader slower holds no one back; 0 for none
@@ -47,9 +47,9 @@ type stream struct {
 	freed   bool      // release was called: no one may join
 }
 
-// streamReader is one client's place in a stream.
-type streamReader struct {
-	s      *stream
+// StreamReader is one client's place in a Stream.
+type StreamReader struct {
+	s      *Stream
 	pos    int64
 	joined time.Time
 	cut    bool
@@ -57,46 +57,46 @@ type streamReader struct {
 
 // slow reports whether r, a second or more after it joined, has taken
 // the body slower than s.minRate.
-func (s *stream) slow(r *streamReader, now time.Time) bool {
+func (s *Stream) slow(r *StreamReader, now time.Time) bool {
 	d := now.Sub(r.joined)
 	return s.minRate > 0 && d >= time.Second && r.pos*int64(time.Second) < s.minRate*int64(d)
 }
 
-// paceCheck is how often a stream whose slowest reader holds others
+// paceCheck is how often a Stream whose slowest reader holds others
 // waiting looks at that reader's pace.
 const paceCheck = 100 * time.Millisecond
 
 const (
-	// streamWindow is a stream's window when its fetch had buffered
+	// StreamWindow is a Stream's window when its fetch had buffered
 	// less: httputil.ReverseProxy's copy buffer.
-	streamWindow = 32 << 10
+	StreamWindow = 32 << 10
 
 	// streamStall is how long the slowest readers may hold a full
 	// window before they are cut off.
 	streamStall = 2 * time.Second
 
 	// streamJoin is how long the window keeps the body's first byte for
-	// the flight's clients to join: they are handed the stream at once,
+	// the flight's clients to join: they are handed the Stream at once,
 	// and join within microseconds, but a straggler that comes too late
 	// goes upstream on its own.
 	streamJoin = 100 * time.Millisecond
 )
 
 var (
-	errStreamCut       = errors.New("stream: reader held the others back and was cut off")
+	ErrStreamCut       = errors.New("stream: reader held the others back and was cut off")
 	errStreamNoReaders = errors.New("stream: no client reads it")
 )
 
-// newStream returns a stream of a body of the declared length (-1 when
+// NewStream returns a Stream of a body of the declared length (-1 when
 // unknown) whose first bytes are in win; release gives back what win
 // holds of the budget, once no one reads it.
-func newStream(win []byte, length int64, d cachestatus.Detail, minRate int64, release func()) *stream {
-	return &stream{
-		length:  length,
-		detail:  d,
+func NewStream(win []byte, length int64, d cachestatus.Detail, minRate int64, release func()) *Stream {
+	return &Stream{
+		Length:  length,
+		Detail:  d,
 		wake:    make(chan struct{}),
 		win:     win,
-		readers: make(map[*streamReader]struct{}),
+		readers: make(map[*StreamReader]struct{}),
 		users:   1, // the pump
 		stall:   streamStall,
 		minRate: minRate,
@@ -107,28 +107,28 @@ func newStream(win []byte, length int64, d cachestatus.Detail, minRate int64, re
 }
 
 // join returns a reader at the body's first byte, or nil when the window
-// has moved past it, or the stream failed.
-func (s *stream) join() *streamReader {
+// has moved past it, or the Stream failed.
+func (s *Stream) Join() *StreamReader {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.freed || s.base > 0 || s.err != nil && s.err != io.EOF {
 		return nil
 	}
-	r := &streamReader{s: s, joined: time.Now()}
+	r := &StreamReader{s: s, joined: time.Now()}
 	s.readers[r] = struct{}{}
 	s.users++
 	return r
 }
 
-// notify wakes whoever waits on the stream, with s.mu held.
-func (s *stream) notify() {
+// notify wakes whoever waits on the Stream, with s.mu held.
+func (s *Stream) notify() {
 	close(s.wake)
 	s.wake = make(chan struct{})
 }
 
 // done drops one user, with s.mu held, and gives the window back after
 // the last: once no client of the flight can join any more.
-func (s *stream) done() {
+func (s *Stream) done() {
 	if s.users--; s.users > 0 {
 		return
 	}
@@ -147,16 +147,16 @@ func (s *stream) done() {
 }
 
 // free gives the window back, once, with s.mu held.
-func (s *stream) free() {
+func (s *Stream) free() {
 	if !s.freed {
 		s.freed, s.win = true, nil
 		s.release()
 	}
 }
 
-// pump reads body into the stream until it ends, fails, or nobody reads
+// pump reads body into the Stream until it ends, fails, or nobody reads
 // it.
-func (s *stream) pump(body io.Reader) {
+func (s *Stream) Pump(body io.Reader) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	defer s.done()
@@ -190,7 +190,7 @@ func (s *stream) pump(body io.Reader) {
 // what every reader has taken, or waits until it can: for a reader to
 // take more, for streamJoin to pass, or for streamStall, after which the
 // readers that did not move are cut off. It fails when no reader is left.
-func (s *stream) makeRoom() error {
+func (s *Stream) makeRoom() error {
 	now := time.Now()
 	joining := s.base == 0 && now.Before(s.joinBy)
 	if !joining && len(s.readers) == 0 {
@@ -250,13 +250,13 @@ func (s *stream) makeRoom() error {
 }
 
 // Read reads the next bytes of the body, waiting for the pump.
-func (r *streamReader) Read(p []byte) (int, error) {
+func (r *StreamReader) Read(p []byte) (int, error) {
 	s := r.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for {
 		if r.cut {
-			return 0, errStreamCut
+			return 0, ErrStreamCut
 		}
 		if end := s.base + int64(len(s.win)); r.pos < end {
 			n := copy(p, s.win[r.pos-s.base:])
@@ -274,8 +274,9 @@ func (r *streamReader) Read(p []byte) (int, error) {
 	}
 }
 
-// close leaves the stream.
-func (r *streamReader) close() {
+// close leaves the Stream.
+// Close leaves the stream.
+func (r *StreamReader) Close() {
 	s := r.s
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -1,0 +1,72 @@
+package body
+
+import (
+	"errors"
+	"net/http"
+	"os"
+	"time"
+)
+
+var (
+	// ErrTimeout ends a request body that did not arrive in time.
+	ErrTimeout = errors.New("request body not received in time")
+	// ErrLength ends a request body whose length is not the one its
+	// Content-Length declared.
+	ErrLength = errors.New("request body length differs from its Content-Length")
+)
+
+// ReadRequest reads r's body into a buffer of at most limit bytes held
+// against budget, within timeout: a read deadline on the connection, which
+// rc sets, when it can, and otherwise the closing of the body when the time
+// is up. The declared length is not reserved up front: a client must send
+// its bytes to hold the budget. It fails with ErrTooLarge, ErrFull,
+// ErrTimeout or ErrLength, or why the body could not be read; the deadline
+// stays set when it fails (the server reads on to the end of a body that
+// is not too long, and a client that stalls must not hold it there), and
+// is lifted when it succeeds.
+func ReadRequest(r *http.Request, rc *http.ResponseController, budget *Budget, limit int64, timeout time.Duration) (*Buffer, error) {
+	// A connection's deadline is wall-clock time, whatever the proxy's
+	// clock says.
+	onConn := rc.SetReadDeadline(time.Now().Add(timeout)) == nil
+	bb := NewBuffer(budget, limit)
+	err := ErrTooLarge
+	if r.ContentLength <= limit {
+		err = readRequest(r, bb, onConn, timeout)
+	}
+	if err == nil && r.ContentLength > 0 && int64(len(bb.buf)) != r.ContentLength {
+		err = ErrLength // a server checks this; a handler called in-process may not
+	}
+	if err != nil {
+		bb.Release()
+		return nil, err
+	}
+	if onConn {
+		// Once the body is in, the server reads the connection in the
+		// background to notice a client that leaves, and a deadline
+		// passing then would cancel the request.
+		rc.SetReadDeadline(time.Time{}) //nolint:errcheck // it was set above
+	}
+	return bb, nil
+}
+
+// readRequest reads r's body into bb within timeout, which a deadline on
+// the connection enforces when onConn says one is set.
+func readRequest(r *http.Request, bb *Buffer, onConn bool, timeout time.Duration) error {
+	if onConn {
+		err := bb.ReadAll(r.Body, 0)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return ErrTimeout
+		}
+		return err
+	}
+	// No connection to set a deadline on: a handler called in-process,
+	// or a ResponseWriter that hides its connection. Closing the body
+	// when the time is up ends a read blocked on an io.Pipe, as a
+	// deadline would.
+	t := time.AfterFunc(timeout, func() { r.Body.Close() })
+	err := bb.ReadAll(r.Body, 0)
+	if !t.Stop() && err != nil {
+		return ErrTimeout
+	}
+	return err
+}
