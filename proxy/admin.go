@@ -14,7 +14,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"corral/proxy/cache"
 	"corral/proxy/internal/target"
 
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -178,7 +177,7 @@ func (p *Proxy) Ready(ctx context.Context) error {
 		conn.Close()
 		return nil
 	}
-	if s, ok := p.store.(cache.Sizer); ok && s.Len() > 0 {
+	if s := p.store.Sizer(); s != nil && s.Len() > 0 {
 		return nil
 	}
 	return fmt.Errorf("upstream unreachable (%v) and nothing cached", err)

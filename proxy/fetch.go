@@ -8,10 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
-	"net/textproto"
-	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	"corral/freshness"
@@ -20,6 +17,7 @@ import (
 	"corral/proxy/internal/body"
 	"corral/proxy/internal/cachestatus"
 	"corral/proxy/internal/httprule"
+	"corral/proxy/internal/stored"
 	"corral/proxy/upstream"
 )
 
@@ -30,7 +28,7 @@ var errInterim = errors.New("upstream answered with an interim status as final")
 // fetched is the outcome of one upstream exchange, shared by every client
 // that waited on it.
 type fetched struct {
-	entry  *local
+	entry  *stored.Entry
 	status int  // what the origin answered: 304 for a revalidation, 0 when no call was needed
 	stored bool // entry went into the store
 
@@ -73,12 +71,12 @@ type fetched struct {
 // refresh), so it reads this, never the client's request. Nothing in it
 // is modified once built.
 type flight struct {
-	id     string      // the coalescing key (flightKey)
-	key    string      // the request target: path and query
-	vkey   string      // the variant key lookup found; key when the URI is not known to vary
-	header http.Header // the request fields a shared fetch sends (httprule.SharedFetchHeader)
-	vary   []string    // the fields the URI is known to vary on
-	stale  *local      // the stored response to validate; nil when none
+	id     string        // the coalescing key (flightKey)
+	key    string        // the request target: path and query
+	vkey   string        // the variant key lookup found; key when the URI is not known to vary
+	header http.Header   // the request fields a shared fetch sends (httprule.SharedFetchHeader)
+	vary   []string      // the fields the URI is known to vary on
+	stale  *stored.Entry // the stored response to validate; nil when none
 
 	// client is the address of the client whose request leads it
 	// (clientAddr); budget is what its bodies are held against: its
@@ -119,7 +117,7 @@ type flight struct {
 // req, whose lookup found stale (or nil) under vkey, for a URI that varies
 // on the fields vary. Only a request that starts or joins a flight builds
 // one: a hit never does.
-func (p *Proxy) newFlight(r *http.Request, req freshness.RequestDirectives, key, vkey string, vary []string, stale *local) flight {
+func (p *Proxy) newFlight(r *http.Request, req freshness.RequestDirectives, key, vkey string, vary []string, stale *stored.Entry) flight {
 	h := httprule.SharedFetchHeader(r.Header)
 	credentialed := r.Header["Authorization"] != nil
 	return flight{
@@ -168,7 +166,7 @@ func (p *Proxy) fetch(ctx context.Context, in flight) (f *fetched, err error) {
 	// other: the second flight starts just after the first one stored its
 	// answer. Look again before calling the origin. (in.header holds the
 	// fields the variants are keyed on as the client sent them.)
-	cur, vk, _ := p.lookup(ctx, key, in.header)
+	cur, vk, _ := p.store.Lookup(ctx, key, in.header)
 	if cur != nil && (stale == nil || cur.ID != stale.ID) && cur.Kind == cache.Response && cur.Decision.State(p.now()) == freshness.Fresh {
 		return &fetched{entry: cur, own: cur.Header}, nil
 	}
@@ -220,13 +218,13 @@ func (p *Proxy) exchange(ctx context.Context, in flight, lease *fleet.Lease) (*f
 // one client's but the fields the URI varies on (a background refresh, or
 // a request that sent no other field), or a request with other fields
 // failed too within failureWindow. It records in's failure.
-func (p *Proxy) confirmedFailure(in flight, stale *local) bool {
+func (p *Proxy) confirmedFailure(in flight, stale *stored.Entry) bool {
 	if in.neutral {
 		return true
 	}
 	fp, now := httprule.Fingerprint(in.header), p.now().UnixNano()
-	last := stale.lastFailure.Swap(&failure{fp: fp, at: now})
-	return last != nil && last.fp != fp && now-last.at < int64(failureWindow)
+	last := stale.LastFailure.Swap(&stored.Failure{FP: fp, At: now})
+	return last != nil && last.FP != fp && now-last.At < int64(failureWindow)
 }
 
 // failureWindow is how long one client's failed validation waits for
@@ -248,7 +246,7 @@ var errPersonal = errors.New("the answer to the leader's own request was too lar
 // passed-through answer is copied through one buffer per request. A body
 // too large to store also passes its key, as a fetch of it would, so that
 // later requests go upstream on their own.
-func (p *Proxy) streamed(ctx context.Context, in flight, resp *http.Response, bb *body.Buffer, why error, e *local, own http.Header) *fetched {
+func (p *Proxy) streamed(ctx context.Context, in flight, resp *http.Response, bb *body.Buffer, why error, e *stored.Entry, own http.Header) *fetched {
 	win, release := bb.Take()
 	if cap(win) < body.StreamWindow {
 		win = append(make([]byte, 0, body.StreamWindow), win...)
@@ -258,7 +256,7 @@ func (p *Proxy) streamed(ctx context.Context, in flight, resp *http.Response, bb
 	d := cachestatus.BuffersFull
 	if errors.Is(why, body.ErrTooLarge) {
 		d = cachestatus.TooLarge
-		p.markPass(ctx, in.vkey, string(d))
+		p.store.MarkPass(ctx, in.vkey, string(d))
 	}
 	return &fetched{entry: e, own: own, status: resp.StatusCode, stream: body.NewStream(win, resp.ContentLength, d, p.unstored.MinRate(), release)}
 }
@@ -372,9 +370,9 @@ func (p *Proxy) fetchUpstream(ctx context.Context, in flight, lease *fleet.Lease
 
 	if resp.StatusCode == http.StatusNotModified && stale != nil {
 		p.stats.upstream(resp.StatusCode, nil)
-		e, own := p.revalidated(key, reqHeader, stale, resp.Header, sent, respTime)
+		e, own := p.store.Revalidated(key, reqHeader, stale, resp.Header, sent, respTime)
 		f := &fetched{entry: e, own: own, status: resp.StatusCode}
-		f.stored, f.inShared = p.put(ctx, key, e, sent, stale, lease)
+		f.stored, f.inShared = p.store.Put(ctx, key, e, sent, stale, p.sharer(ctx, lease))
 		return f, nil
 	}
 
@@ -389,7 +387,7 @@ func (p *Proxy) fetchUpstream(ctx context.Context, in flight, lease *fleet.Lease
 	err = x.timedOut(bb.ReadAll(resp.Body, resp.ContentLength))
 	if errors.Is(err, body.ErrTooLarge) || errors.Is(err, body.ErrFull) {
 		p.stats.upstream(resp.StatusCode, nil)
-		e, own := p.newEntry(key, reqHeader, resp.StatusCode, resp.Header, nil, sent, respTime)
+		e, own := p.store.NewEntry(http.MethodGet, key, reqHeader, resp.StatusCode, resp.Header, nil, sent, respTime)
 		switch {
 		case !in.neutral && !in.credentialed && httprule.AboutTheRequest(resp.StatusCode) && !e.Decision.Storable:
 			return nil, errPersonal
@@ -411,7 +409,7 @@ func (p *Proxy) fetchUpstream(ctx context.Context, in flight, lease *fleet.Lease
 	if err != nil {
 		return nil, fmt.Errorf("reading upstream body: %w", err)
 	}
-	e, own := p.newEntry(key, reqHeader, resp.StatusCode, resp.Header, bb.Trimmed(), sent, respTime)
+	e, own := p.store.NewEntry(http.MethodGet, key, reqHeader, resp.StatusCode, resp.Header, bb.Trimmed(), sent, respTime)
 	if !in.neutral && !in.credentialed && httprule.AboutTheRequest(resp.StatusCode) && !e.Decision.Storable {
 		// Perhaps one client's answer, which the origin did not let
 		// caches keep: never shared, nor a pass mark. (One it gave
@@ -425,257 +423,11 @@ func (p *Proxy) fetchUpstream(ctx context.Context, in flight, lease *fleet.Lease
 		return &fetched{entry: e, own: own, status: resp.StatusCode}, nil
 	}
 	f := &fetched{entry: e, own: own, status: resp.StatusCode}
-	f.stored, f.inShared = p.put(ctx, key, e, sent, nil, lease)
+	f.stored, f.inShared = p.store.Put(ctx, key, e, sent, nil, p.sharer(ctx, lease))
 	if lease != nil && passes(e.Decision, stale) {
 		// Hit-for-miss across the fleet: the other replicas' clients
 		// go upstream each on their own too, rather than queue.
 		f.inShared = p.sharePass(ctx, lease, in.vkey, e.Decision.Reason, sent)
 	}
 	return f, nil
-}
-
-// newEntry builds the entry for a response to a request for key sent
-// upstream with reqHeader, judged by the operator's rule for key's path if
-// there is one. own is the header as the origin sent it, for the client
-// that asked; the entry's header loses the fields that may not be shared.
-// Neither what is served nor own holds Corral-Cache-Control, which is for
-// corral alone, or Age, computed when served; the stored header keeps
-// both, for a process that recomputes the Decision from it.
-func (p *Proxy) newEntry(key string, reqHeader http.Header, status int, header http.Header, body []byte, reqTime, respTime time.Time) (e *local, own http.Header) {
-	return p.newEntryFor(http.MethodGet, key, reqHeader, status, header, body, reqTime, respTime)
-}
-
-// newEntryFor is newEntry for a response to method.
-func (p *Proxy) newEntryFor(method, key string, reqHeader http.Header, status int, header http.Header, body []byte, reqTime, respTime time.Time) (e *local, own http.Header) {
-	own = header.Clone()
-	httprule.RemoveHopHeaders(own)
-	x := freshness.Exchange{
-		Method:        method,
-		RequestHeader: reqHeader,
-		Status:        status,
-		Header:        own,
-		RequestTime:   reqTime,
-		ResponseTime:  respTime,
-	}
-	rule, ruled := p.ruleFor(key)
-	if ruled {
-		x.Rule = rule.Directives
-	}
-	d := p.policy.Evaluate(x)
-	own.Del("Content-Length") // set from the body when served
-	if own.Get("Date") == "" {
-		own.Set("Date", respTime.UTC().Format(http.TimeFormat))
-	}
-	h := own // the stored header
-	if len(d.StripFields) > 0 || own["Age"] != nil || own[httprule.CorralOnly] != nil {
-		h = own.Clone()
-		for _, f := range d.StripFields {
-			h.Del(f)
-		}
-	}
-	delete(own, httprule.CorralOnly)
-	delete(own, "Age")
-	e = &local{
-		Entry: &cache.Entry{
-			Kind:         cache.Response,
-			ID:           cache.NewID(),
-			RequestTime:  reqTime,
-			ResponseTime: respTime,
-			Status:       status,
-			Header:       h,
-			Body:         body,
-			Vary:         httprule.VaryNames(h),
-		},
-		Header:       servedHeader(h),
-		Decision:     d,
-		credentialed: reqHeader["Authorization"] != nil,
-		ref:          p.unstored.NewRef(body),
-	}
-	if d.Source == freshness.FromRule {
-		// Counted when the rule decides, once per upstream response,
-		// never per hit.
-		e.rule = rule.Prefix
-		p.stats.RuleDecisions[rule.Prefix].Add(1)
-	}
-	if len(e.Vary) > 0 {
-		e.VaryKey = httprule.SentVaryKey(e.Vary, reqHeader)
-	}
-	return e, own
-}
-
-// revalidated merges a 304's header into the stale entry it validated
-// (RFC 9111 section 4.3.4) and returns the refreshed entry. The stale
-// entry's Corral-Cache-Control, never served, counts as stored with it; its
-// Age, of the exchange that fetched it, does not.
-func (p *Proxy) revalidated(key string, reqHeader http.Header, stale *local, header http.Header, reqTime, respTime time.Time) (*local, http.Header) {
-	update := header.Clone()
-	httprule.RemoveHopHeaders(update)
-	for _, f := range httprule.NotUpdatedBy304 {
-		update.Del(f)
-	}
-	merged := stale.Entry.Header.Clone()
-	delete(merged, "Age")
-	for k, v := range update {
-		merged[k] = v
-	}
-	e, own := p.newEntry(key, reqHeader, stale.Status, merged, stale.Body, reqTime, respTime)
-	e.credentialed = e.credentialed || stale.credentialed
-	if stale.ref != nil && stale.ref.Held() {
-		// The same body: the store holds it once for both, and while
-		// the one replaces the other, it is never seen to let go of it.
-		e.ref = stale.ref
-	}
-	return e, own
-}
-
-// put stores e, fetched by a request sent at reqTime, under key (or under
-// its variant key, with a Vary marker at key) when its decision allows and
-// key was not purged since, and reports whether it did. An e that
-// revalidates replaces is stored only while replaces still is: a 304 must
-// not bring back a body that was purged while it was asked for.
-//
-// Holding lease, put writes what it stored to the tier the fleet *body.Shares
-// too, and reports in shared whether that landed.
-func (p *Proxy) put(ctx context.Context, key string, e *local, reqTime time.Time, replaces *local, lease *fleet.Lease) (stored, shared bool) {
-	if !e.Decision.Storable {
-		return false, false
-	}
-	now := p.now()
-	ttl := e.Decision.Until().Sub(now)
-	if e.Entry.Header.Get("ETag") != "" || e.Entry.Header.Get("Last-Modified") != "" {
-		// Past its stale windows the entry still saves a body transfer
-		// when the origin answers a conditional request with 304.
-		ttl += validatorGrace
-	}
-	if ttl <= 0 {
-		return false, false
-	}
-	defer p.warnEvictions(now)
-	cond := cache.Cond{Since: reqTime}
-	if replaces != nil {
-		cond.IfID = replaces.ID
-	}
-	fresh := now.Add(max(e.Decision.TTL(now), 0))
-	if len(e.Vary) == 0 {
-		if !p.set(ctx, key, e, ttl, cond) {
-			return false, false
-		}
-		return true, p.share(ctx, lease, key, e, ttl, fresh, reqTime)
-	}
-	// Variants live under keys of their marker's generation: a marker
-	// that is dropped (purged, replaced by a pass mark, evicted) takes
-	// its variants out of reach with it. A marker for the same Vary keeps
-	// its generation and lives as long as its longest-lived variant.
-	until := now.Add(ttl)
-	// The marker's request time is its variant's: a purge at or after
-	// it forbids the marker as it does the variant, wherever a replica
-	// reads it (promote, and Redis's lookup).
-	marker := &local{Entry: &cache.Entry{Kind: cache.VaryMarker, ID: cache.NewID(), RequestTime: reqTime, Vary: e.Vary, Gen: cache.NewID()}}
-	if old := p.get(ctx, key); old != nil && old.Kind == cache.VaryMarker && slices.Equal(old.Vary, e.Vary) {
-		marker.Gen, marker.languages = old.Gen, old.languages
-		if old.Until.After(until) {
-			until = old.Until
-		}
-	}
-	marker.Until = until
-	marker.languages = withLanguage(marker.languages, contentLanguage(e), e.VaryKey)
-	// The variant goes first: if its condition fails, the marker is left
-	// as it was. A purge between the two writes refuses the marker, and
-	// the variant, under a generation no marker leads to, is out of reach.
-	vk := cache.VariantKey(key, marker.Gen, e.VaryKey)
-	if !p.set(ctx, vk, e, ttl, cond) || !p.set(ctx, key, marker, until.Sub(now), cache.Cond{Since: reqTime}) {
-		return false, false
-	}
-	// The same order in the shared tier: a replica that finds the
-	// marker finds the variant.
-	shared = p.share(ctx, lease, vk, e, ttl, fresh, reqTime) &&
-		p.share(ctx, lease, key, marker, until.Sub(now), until, reqTime)
-	return true, shared
-}
-
-// warnEvictions logs, at most once a minute, that the memory budget is
-// pushing entries out: a sign that -cache-bytes is too small for the
-// working set.
-func (p *Proxy) warnEvictions(now time.Time) {
-	size, ok := p.store.(cache.Sizer)
-	if !ok {
-		return
-	}
-	n, seen := size.Evictions(), p.evictionsWarned.Load()
-	last := p.evictionWarnAt.Load()
-	if n == seen || now.UnixNano()-last < int64(time.Minute) || !p.evictionWarnAt.CompareAndSwap(last, now.UnixNano()) {
-		return
-	}
-	p.evictionsWarned.Store(n)
-	p.log.Warn("cache full: evicting entries to stay within -cache-bytes", "evicted", n-seen, "stored_bytes", size.Bytes())
-}
-
-// validatorGrace is how long an entry with validators is kept past the
-// last moment it could be served, for revalidation.
-const validatorGrace = time.Minute
-
-// lookup returns what the store holds for a request to key with header h,
-// following a Vary marker to the variant, the key it was found under, and
-// the names of the fields the URI varies on (nil when it is not known to).
-func (p *Proxy) lookup(ctx context.Context, key string, h http.Header) (e *local, vkey string, vary []string) {
-	e = p.get(ctx, key)
-	if e == nil {
-		return nil, key, nil
-	}
-	if e.Kind != cache.VaryMarker {
-		return e, key, e.Vary
-	}
-	vk := cache.VariantKey(key, e.Gen, httprule.VaryKey(e.Vary, h))
-	v := p.get(ctx, vk)
-	if v == nil && e.languages != nil {
-		lang := httprule.FirstLanguage(httprule.SentValues(h, "Accept-Language"))
-		if other, ok := e.languages[lang]; ok {
-			// Another request's answer is in the language this
-			// request prefers above all others: checked again here,
-			// since that variant may have been stored anew since.
-			ovk := cache.VariantKey(key, e.Gen, other)
-			if v := p.get(ctx, ovk); v != nil && contentLanguage(v) == lang {
-				return v, ovk, e.Vary
-			}
-		}
-	}
-	return v, vk, e.Vary
-}
-
-// withLanguage returns languages, copied, with lang mapped to varyKey and
-// no other language mapped to it; the same map when nothing changes.
-func withLanguage(languages map[string]string, lang, varyKey string) map[string]string {
-	stale := false
-	for l, vk := range languages {
-		stale = stale || (vk == varyKey && l != lang)
-	}
-	if !stale && (lang == "" || languages[lang] == varyKey || len(languages) >= maxLanguages) {
-		return languages
-	}
-	m := make(map[string]string, len(languages)+1)
-	for l, vk := range languages {
-		if vk != varyKey {
-			m[l] = vk
-		}
-	}
-	if lang != "" && len(m) < maxLanguages {
-		m[lang] = varyKey
-	}
-	return m
-}
-
-// maxLanguages bounds the languages a Vary marker remembers.
-const maxLanguages = 16
-
-// contentLanguage is the language of e, a response that varies on
-// Accept-Language alone, when it names exactly one; "" otherwise.
-func contentLanguage(e *local) string {
-	if len(e.Vary) != 1 || e.Vary[0] != "Accept-Language" {
-		return ""
-	}
-	vs := e.Header.Values("Content-Language")
-	if len(vs) != 1 || strings.Contains(vs[0], ",") {
-		return ""
-	}
-	return strings.ToLower(textproto.TrimString(vs[0]))
 }

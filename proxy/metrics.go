@@ -36,10 +36,7 @@ func (p *Proxy) counters() *Stats           { return &p.stats }
 func (p *Proxy) guardStats() upstream.Stats { return p.guard.Stats() }
 func (p *Proxy) bufferedBytes() int64       { return p.buffers.InUse() }
 func (p *Proxy) unstoredBytes() int64       { return p.unstored.InUse() }
-func (p *Proxy) sizer() cache.Sizer {
-	s, _ := p.store.(cache.Sizer)
-	return s
-}
+func (p *Proxy) sizer() cache.Sizer         { return p.store.Sizer() }
 
 var latencyBuckets = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
 

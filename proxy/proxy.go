@@ -21,9 +21,7 @@ import (
 	"net/textproto"
 	"net/url"
 	"strconv"
-	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"corral/coalesce"
@@ -33,6 +31,7 @@ import (
 	"corral/proxy/internal/body"
 	"corral/proxy/internal/cachestatus"
 	"corral/proxy/internal/httprule"
+	"corral/proxy/internal/stored"
 	"corral/proxy/internal/target"
 	"corral/proxy/rules"
 	"corral/proxy/upstream"
@@ -177,8 +176,7 @@ type Config struct {
 type Proxy struct {
 	upstream        *url.URL
 	origin          target.Upstream // upstream, as upstream requests' URLs are made from it
-	store           cache.Store
-	locals          localStore    // store, when it keeps a local beside each entry
+	store           *stored.Store
 	ownStore        *cache.Memory // the store New made, which Shutdown stops
 	maxObject       int64
 	maxRequestBody  int64
@@ -189,8 +187,6 @@ type Proxy struct {
 	clientBuffers   *body.Shares   // each client's share of it for the fetches it leads
 	unstored        *body.Unstored // the share of it bodies being written that the store does not hold may take
 	passTTL         time.Duration
-	policy          freshness.Policy
-	rules           []rules.Rule // prefixes normalised as request keys are
 	requestNoCache  RequestNoCache
 	revalidate      time.Duration // RevalidateInterval; 0 when none
 	transport       http.RoundTripper
@@ -209,9 +205,6 @@ type Proxy struct {
 	pass            *httputil.ReverseProxy
 	stats           Stats
 	metrics         *Metrics
-
-	evictionsWarned atomic.Int64 // evictions counted by the last warning
-	evictionWarnAt  atomic.Int64 // Unix nanoseconds of that warning
 }
 
 // flights runs at most one fetch per key at a time, and hands its result
@@ -251,12 +244,10 @@ func New(cfg Config) (*Proxy, error) {
 	p := &Proxy{
 		upstream:       u,
 		origin:         target.NewUpstream(u),
-		store:          cfg.Store,
 		maxObject:      orDefault(cfg.MaxObjectBytes, 8<<20),
 		maxRequestBody: orDefault(cfg.MaxRequestBodyBytes, 1<<20),
 		bodyTimeout:    orDefault(cfg.RequestBodyTimeout, 30*time.Second),
 		passTTL:        orDefault(cfg.PassTTL, 10*time.Second),
-		policy:         cfg.Policy,
 		requestNoCache: cfg.RequestNoCache,
 		revalidate:     revalidateInterval(cfg.RevalidateInterval),
 		transport:      cfg.Transport,
@@ -265,21 +256,18 @@ func New(cfg Config) (*Proxy, error) {
 		trustedProxies: cfg.TrustedProxies,
 		fleet:          cfg.Fleet,
 	}
-	if err := p.setRules(cfg.Rules); err != nil {
-		return nil, err
-	}
 	timeout := orDefault(cfg.UpstreamTimeout, defaultUpstreamTimeout)
 	p.upstreamTimeout = timeout
 	p.hedgeAfter = timeout / 4
 	p.flights = &coalesce.Group[*fetched]{Timeout: timeout}
 	p.metrics = newMetrics(p)
 	cacheBytes := orDefault(cfg.CacheBytes, 256<<20)
-	if p.store == nil {
+	store := cfg.Store
+	if store == nil {
 		// Purge records hold as long as a fetch can run.
 		p.ownStore = cache.NewMemory(cache.Config{MaxBytes: cacheBytes, Keep: timeout})
-		p.store = p.ownStore
+		store = p.ownStore
 	}
-	p.locals, _ = p.store.(localStore)
 	// Request bodies, the copies passed-through answers keep, and the
 	// bodies being written that the store does not hold each take at
 	// most a quarter, so that what clients hold open can never take all
@@ -302,12 +290,18 @@ func New(cfg Config) (*Proxy, error) {
 		minRate = 0 // none
 	}
 	p.unstored = body.NewUnstored(body.NewBudget(p.buffers.Limit()/4, p.buffers), minRate, p.now)
-	p.fakeClock = cfg.Now != nil
-	p.guard = newGuard(p.transport, cfg, timeout, p.now,
-		func(d time.Duration) { p.metrics.upstream.Observe(d.Seconds()) })
 	if p.log == nil {
 		p.log = slog.Default()
 	}
+	var err error
+	p.store, err = stored.New(stored.Config{Store: store, Rules: cfg.Rules, Policy: cfg.Policy, PassTTL: p.passTTL, Unstored: p.unstored, Now: p.now, Log: p.log})
+	if err != nil {
+		return nil, err
+	}
+	p.stats.RuleDecisions = p.store.RuleDecisions()
+	p.fakeClock = cfg.Now != nil
+	p.guard = newGuard(p.transport, cfg, timeout, p.now,
+		func(d time.Duration) { p.metrics.upstream.Observe(d.Seconds()) })
 	p.logRequests = p.log.Enabled(context.Background(), slog.LevelDebug)
 	if p.fleet != nil {
 		p.stopPurges = p.fleet.OnPurge(p.purgedElsewhere)
@@ -324,42 +318,6 @@ func New(cfg Config) (*Proxy, error) {
 		ErrorHandler:   p.passError,
 	}
 	return p, nil
-}
-
-// ruleFor returns the operator's rule for the path of key (a URI key, or a
-// variant key, which starts with its URI's), matched in the form rulePath
-// gives: every caller, the response's arrival and a recomputation of a
-// stored entry alike, must find the same rule.
-func (p *Proxy) ruleFor(key string) (rules.Rule, bool) {
-	if len(p.rules) == 0 {
-		return rules.Rule{}, false
-	}
-	base, _, _ := strings.Cut(key, "\x00")
-	path, _, _ := strings.Cut(base, "?")
-	return rules.Match(p.rules, target.RulePath(path))
-}
-
-// setRules checks rs as rules.Parse would, brings their prefixes to the
-// form rulePath gives request paths (rulePrefix), and makes a decision
-// counter for each.
-func (p *Proxy) setRules(rs []rules.Rule) error {
-	p.stats.RuleDecisions = make(map[string]*atomic.Int64, len(rs))
-	for _, given := range rs {
-		r, err := rules.Parse(given.String())
-		if err == nil {
-			r.Prefix, err = target.Normalize(r.Prefix)
-			r.Prefix = target.RulePrefix(r.Prefix)
-		}
-		if err == nil && p.stats.RuleDecisions[r.Prefix] != nil {
-			err = fmt.Errorf("a rule for prefix %s is given already", r.Prefix)
-		}
-		if err != nil {
-			return fmt.Errorf("rule %q: %w", given.String(), err)
-		}
-		p.rules = append(p.rules, r)
-		p.stats.RuleDecisions[r.Prefix] = new(atomic.Int64)
-	}
-	return nil
 }
 
 // defaultUpstreamTimeout is Config.UpstreamTimeout's default.
@@ -398,6 +356,14 @@ func newTransport(timeout time.Duration) *http.Transport {
 		DisableCompression: true,
 		ForceAttemptHTTP2:  true,
 	}
+}
+
+// NewMemory returns an in-memory store of maxBytes for Config.Store, that
+// keeps beside each entry what the proxy derives from it, as the store New
+// makes when Config.Store is nil does. Its purge records hold for the
+// default UpstreamTimeout; past it, a longer fetch's answer is not stored.
+func NewMemory(maxBytes int64) *cache.Memory {
+	return cache.NewMemory(cache.Config{MaxBytes: maxBytes, Keep: defaultUpstreamTimeout})
 }
 
 // Stats returns the proxy's counters.
@@ -505,7 +471,7 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request, start time.Time) 
 // r upstream on its own, or fetching. varied reports, with nothing written
 // to w, that the fetch answered another variant than r's.
 func (p *Proxy) answer(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, key string, now time.Time) (o requestOutcome, varied bool) {
-	e, vkey, vary := p.lookup(r.Context(), key, r.Header)
+	e, vkey, vary := p.store.Lookup(r.Context(), key, r.Header)
 	v := p.decide(r, req, key, e, vkey, now)
 	switch v.do {
 	case doServe:
@@ -546,7 +512,7 @@ const (
 
 // decide says what to do with r, given e, what lookup found for it under
 // vkey (nil for nothing), at now. It writes nothing and counts nothing.
-func (p *Proxy) decide(r *http.Request, req freshness.RequestDirectives, key string, e *local, vkey string, now time.Time) verdict {
+func (p *Proxy) decide(r *http.Request, req freshness.RequestDirectives, key string, e *stored.Entry, vkey string, now time.Time) verdict {
 	if e != nil && e.Kind == cache.PassMark {
 		return verdict{do: doPass, fwd: cachestatus.FwdMiss, detail: cachestatus.Uncacheable}
 	}
@@ -561,13 +527,13 @@ func (p *Proxy) decide(r *http.Request, req freshness.RequestDirectives, key str
 			return v
 		case use.State == freshness.StaleWhileRevalidate:
 			return verdict{do: doServeStale}
-		case use.Refused && e.failedRecently(now, refreshBackoff):
+		case use.Refused && e.FailedRecently(now, refreshBackoff):
 			// The client asked for a fresher answer, but the last
 			// attempt to validate this one failed moments ago.
 			return verdict{do: doServe, hit: outHit, detail: cachestatus.RevalidationFailed}
 		case use.Refused:
 			fwd = cachestatus.FwdRequest // the client asked for a fresher answer
-		case e.failedRecently(now, refreshBackoff) && e.Decision.UsableOnErrorFor(now, req):
+		case e.FailedRecently(now, refreshBackoff) && e.Decision.UsableOnErrorFor(now, req):
 			// Its validation failed moments ago, and it may stand in
 			// for a failing origin: serve it, rather than ask the
 			// origin again for every request until it recovers.
@@ -658,7 +624,7 @@ func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshn
 	if in.stale == nil && in.shared && (err != nil || (!f.again && httprule.IsServerError(f.entry.Status))) {
 		// The fetch may have found a stale copy in the shared tier,
 		// now in memory, that can stand in for the failure.
-		if e, _, _ := p.lookup(r.Context(), in.key, r.Header); e != nil && e.Kind == cache.Response && !httprule.IsServerError(e.Status) {
+		if e, _, _ := p.store.Lookup(r.Context(), in.key, r.Header); e != nil && e.Kind == cache.Response && !httprule.IsServerError(e.Status) {
 			in.stale = e
 		}
 	}
@@ -756,7 +722,7 @@ func (p *Proxy) serveFetched(w http.ResponseWriter, r *http.Request, req freshne
 	case leader && !e.Decision.Shareable:
 		st.Detail = cachestatus.Detail(e.Decision.Reason)
 		if passes(e.Decision, stale) {
-			p.markPass(r.Context(), in.vkey, e.Decision.Reason)
+			p.store.MarkPass(r.Context(), in.vkey, e.Decision.Reason)
 		}
 		return p.serve(w, r, e, f.own, st, now, outMiss)
 	case !e.Decision.Shareable:
@@ -909,9 +875,9 @@ func (p *Proxy) flightKey(r *http.Request, vkey string) string {
 // client whose field the origin refuses must not fail the refreshes that
 // its stale hits start, and push the next one back for everyone (issue
 // 23).
-func (p *Proxy) refresh(r *http.Request, key, vkey string, stale *local) {
+func (p *Proxy) refresh(r *http.Request, key, vkey string, stale *stored.Entry) {
 	now := p.now()
-	if now.UnixNano() < stale.refreshAt.Load() {
+	if now.UnixNano() < stale.RefreshAt.Load() {
 		return
 	}
 	started := p.flights.Refresh(r.Context(), p.flightKey(r, vkey), func() coalesce.Fetch[*fetched] {
@@ -936,16 +902,16 @@ func (p *Proxy) refreshFetch(in flight) coalesce.Fetch[*fetched] {
 			// Keep serving the stale entry; ask again after the pause
 			// that exchange set (a refresh carries nothing of one
 			// client's: its failure is the resource's).
-			retry := time.Duration(max(stale.refreshAt.Load()-p.now().UnixNano(), 0))
+			retry := time.Duration(max(stale.RefreshAt.Load()-p.now().UnixNano(), 0))
 			p.log.Warn("background refresh failed", "key", key, "status", statusOf(f), "err", err, "retry_in", retry)
 		case passes(f.entry.Decision, stale):
 			// The origin no longer lets this be shared: stop serving
 			// the stale copy.
-			p.markPass(ctx, in.vkey, f.entry.Decision.Reason)
+			p.store.MarkPass(ctx, in.vkey, f.entry.Decision.Reason)
 		case !f.stored && f.status != 0:
 			// Nothing worth keeping came back (max-age=0 without
 			// validators, say): do not ask again on every stale hit.
-			stale.refreshAt.Store(p.now().Add(refreshBackoff).UnixNano())
+			stale.RefreshAt.Store(p.now().Add(refreshBackoff).UnixNano())
 		}
 		return f, err
 	}
@@ -956,7 +922,7 @@ func (p *Proxy) refreshFetch(in flight) coalesce.Fetch[*fetched] {
 // guard, said how long; and for refreshBackoff alone (failedRecently),
 // requests that stale may answer are answered by it without asking the
 // origin again. It returns the refresh pause.
-func (p *Proxy) backOff(stale *local, f *fetched, err error) time.Duration {
+func (p *Proxy) backOff(stale *stored.Entry, f *fetched, err error) time.Duration {
 	pause := refreshBackoff
 	var busy *upstream.BusyError
 	if errors.As(err, &busy) {
@@ -965,8 +931,8 @@ func (p *Proxy) backOff(stale *local, f *fetched, err error) time.Duration {
 		pause = max(pause, min(upstream.ParseRetryAfter(f.entry.Header.Get("Retry-After"), p.now()), maxRetryAfter))
 	}
 	now := p.now()
-	stale.refreshAt.Store(now.Add(pause).UnixNano())
-	stale.failedAt.Store(now.UnixNano())
+	stale.RefreshAt.Store(now.Add(pause).UnixNano())
+	stale.FailedAt.Store(now.UnixNano())
 	return pause
 }
 
@@ -994,7 +960,7 @@ func statusOf(f *fetched) int {
 // or an error status (a 400 to a field the origin refused, say) may be the
 // doing of the one client whose request led the fetch, with no-cache to
 // get past the copy, and must not take the shield away from everyone.
-func passes(d freshness.Decision, stale *local) bool {
+func passes(d freshness.Decision, stale *stored.Entry) bool {
 	if !d.PassesKey() {
 		return false
 	}
@@ -1005,23 +971,12 @@ func passes(d freshness.Decision, stale *local) bool {
 	return true
 }
 
-// markPass remembers, for PassTTL, that key's responses cannot be shared.
-// Callers give the variant key when the request was for a known variant
-// (lookup returns the URL's own key otherwise), so that one variant's
-// answer (too large, or private) neither passes every other variant of the
-// URL nor drops their stored responses with the Vary marker.
-func (p *Proxy) markPass(ctx context.Context, key, reason string) {
-	e := &cache.Entry{Kind: cache.PassMark, ID: cache.NewID(), Reason: reason}
-	p.set(ctx, key, &local{Entry: e}, p.passTTL, cache.Cond{})
-	p.log.Debug("response not shareable; passing key", "key", key, "reason", reason)
-}
-
 // serve writes e to w with header h, which is copied: the stored header
 // is never handed to a client. It returns o, what serving e is, or outBusy
 // when it answered 503 instead: e's body is large, the store no longer
 // holds it, and the buffer budget has no room for it.
-func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, e *local, h http.Header, st cachestatus.Status, now time.Time, o requestOutcome) requestOutcome {
-	ref := e.ref
+func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, e *stored.Entry, h http.Header, st cachestatus.Status, now time.Time, o requestOutcome) requestOutcome {
+	ref := e.Ref()
 	if ref != nil && r.Method != http.MethodHead && httprule.BodyAllowed(e.Status) {
 		if !p.unstored.Enter(ref) {
 			return p.serveBusy(w, &upstream.BusyError{RetryAfter: time.Second, Why: "buffer budget spent"}, cachestatus.Status{Detail: cachestatus.BuffersFull})
@@ -1039,19 +994,19 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, e *local, h http.H
 		vals[0] = v
 		out[k], vals = vals[:1:1], vals[1:]
 	}
-	st.Field, st.Rule = e.decidedBy()
-	f := e.fields(st, now)
+	st.Field, st.Rule = e.DecidedBy()
+	f := e.Fields(st, now)
 	// Age goes on whatever the cache served, and on fetched responses
 	// that arrived with an age of their own (RFC 9111 section 5.1).
-	if st.Hit || st.FwdStatus == 0 || st.Detail == cachestatus.StaleIfError || f.age > 0 {
-		set("Age", f.ageText)
+	if st.Hit || st.FwdStatus == 0 || st.Detail == cachestatus.StaleIfError || f.Age > 0 {
+		set("Age", f.AgeText)
 	}
 	if vs := out["Via"]; len(vs) > 0 {
 		out["Via"] = append(vs, httprule.Via) // vs is capped: this copies
 	} else {
 		set("Via", httprule.Via)
 	}
-	set("Cache-Status", f.status)
+	set("Cache-Status", f.Status)
 	if e.Status == http.StatusOK && httprule.ConditionalOrRange(r.Header) {
 		// Preconditions (RFC 9110 section 13) and ranges (section 14)
 		// against the stored response, as net/http's file server does.
@@ -1073,7 +1028,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, e *local, h http.H
 		return o
 	}
 	if httprule.BodyAllowed(e.Status) {
-		set("Content-Length", f.contentLength)
+		set("Content-Length", f.ContentLength)
 	}
 	w.WriteHeader(e.Status)
 	switch {
@@ -1128,7 +1083,7 @@ func writeNotModified(w http.ResponseWriter) {
 
 // serveStaleOnError serves stale in place of an origin failure
 // (RFC 5861 section 4).
-func (p *Proxy) serveStaleOnError(w http.ResponseWriter, r *http.Request, stale *local, fwdStatus int, now time.Time) requestOutcome {
+func (p *Proxy) serveStaleOnError(w http.ResponseWriter, r *http.Request, stale *stored.Entry, fwdStatus int, now time.Time) requestOutcome {
 	return p.serve(w, r, stale, stale.Header, cachestatus.Status{Fwd: cachestatus.FwdStale, FwdStatus: fwdStatus, TTL: stale.Decision.TTL(now), HasTTL: true, Detail: cachestatus.StaleIfError}, now, outStaleOnError)
 }
 
@@ -1141,7 +1096,7 @@ func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, req freshness
 		return p.passThrough(w, r, key, fwd, "")
 	}
 	if errors.Is(err, body.ErrTooLarge) {
-		p.markPass(r.Context(), in.vkey, string(cachestatus.TooLarge))
+		p.store.MarkPass(r.Context(), in.vkey, string(cachestatus.TooLarge))
 		return p.passThrough(w, r, key, cachestatus.FwdMiss, cachestatus.TooLarge)
 	}
 	if errors.Is(err, body.ErrFull) {

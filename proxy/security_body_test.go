@@ -449,7 +449,7 @@ func TestBufferedBodiesStayWithinOneBudget(t *testing.T) {
 	// of the resource: no object was marked uncacheable.
 	var marked []string
 	for _, path := range paths[:objects] {
-		if e := p.get(t.Context(), path); e != nil && e.Kind == cache.PassMark {
+		if e := p.store.Get(t.Context(), path); e != nil && e.Kind == cache.PassMark {
 			marked = append(marked, path)
 		}
 	}
@@ -541,10 +541,10 @@ func TestStoredBodyKeepsNoSpareRoom(t *testing.T) {
 			})
 			p := newTestProxy(t, o, clk, Config{})
 			if path == "/passed" {
-				p.markPass(t.Context(), path, "")
+				p.store.MarkPass(t.Context(), path, "")
 			}
 			get(p, path)
-			e := p.get(t.Context(), path)
+			e := p.store.Get(t.Context(), path)
 			if e == nil || e.Kind == cache.PassMark {
 				t.Fatalf("%s not stored", path)
 			}

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -17,8 +18,6 @@ import (
 	"weak"
 
 	"github.com/google/go-cmp/cmp"
-
-	"corral/proxy/cache"
 )
 
 // Issue 23, finding 4: clients that read slowly kept alive every body they
@@ -198,7 +197,7 @@ func TestStalledClientHoldsNoBodyTheStoreLetGo(t *testing.T) {
 	if _, err := p.Purge("/obj", false); err != nil {
 		t.Fatal(err)
 	}
-	p.store.(cache.Sizer).Bytes() // the store's pending work done
+	p.store.Sizer().Bytes() // the store's pending work done
 	runtime.GC()
 	held := body.Value() != nil
 	close(release)
@@ -213,7 +212,7 @@ func TestStalledClientHoldsNoBodyTheStoreLetGo(t *testing.T) {
 
 // weakBody returns a weak pointer to the body of the entry stored under key.
 func weakBody(p *Proxy, key string) weak.Pointer[byte] {
-	e, _ := p.locals.GetLocal(key)
+	e := p.store.Get(context.Background(), key)
 	return weak.Make(&e.Body[0])
 }
 

@@ -10,6 +10,7 @@ import (
 	"corral/proxy/fleet"
 	"corral/proxy/internal/cachestatus"
 	"corral/proxy/internal/httprule"
+	"corral/proxy/internal/stored"
 )
 
 // The tier the fleet shares (package fleet) sits behind this replica's
@@ -27,7 +28,7 @@ import (
 // which the mark does not replace). With nothing stored here to validate,
 // it also returns, promoted into memory, the stale response the shared
 // tier holds, to revalidate or to stand in for a failure.
-func (p *Proxy) claim(ctx context.Context, in flight) (c fleet.Claim, f *fetched, stale *local) {
+func (p *Proxy) claim(ctx context.Context, in flight) (c fleet.Claim, f *fetched, stale *stored.Entry) {
 	judge := p.judge(in)
 	for range 2 {
 		c = p.fleet.Claim(ctx, in.vkey, judge)
@@ -91,7 +92,7 @@ func (p *Proxy) judge(in flight) fleet.Judge {
 			// The copy being validated, or an older one.
 			return fleet.Fetch
 		}
-		use := p.recompute(in.vkey, e).Decision.UseFor(p.now(), in.req, p.revalidate)
+		use := p.store.Recompute(in.vkey, e).Decision.UseFor(p.now(), in.req, p.revalidate)
 		switch {
 		case use.State == freshness.Fresh:
 			return fleet.Take
@@ -114,25 +115,36 @@ func (p *Proxy) judge(in flight) fleet.Judge {
 // to be served; and with cache.ErrConflict when the entry is a pass mark
 // and memory holds a live entry under key, which it must not replace. A
 // failure of the store is logged, and the entry served all the same.
-func (p *Proxy) promote(ctx context.Context, key string, c fleet.Claim) (*local, error) {
-	l := p.recompute(key, c.Entry)
+func (p *Proxy) promote(ctx context.Context, key string, c fleet.Claim) (*stored.Entry, error) {
+	l := p.store.Recompute(key, c.Entry)
 	ttl := c.Expires.Sub(p.now())
 	if ttl <= 0 {
 		return l, nil // expired in Redis a moment ago: served once, not kept
 	}
-	err := p.setErr(ctx, key, l, ttl, fleet.CondFor(c.Entry, c.Entry.RequestTime))
+	err := p.store.Set(ctx, key, l, ttl, fleet.CondFor(c.Entry, c.Entry.RequestTime))
 	if errors.Is(err, cache.ErrPurged) || errors.Is(err, cache.ErrConflict) {
 		return l, err
 	}
 	return l, nil
 }
 
+// sharer returns the stored.Sharer that writes to the shared tier under
+// lease, or nil when the fetch holds none.
+func (p *Proxy) sharer(ctx context.Context, lease *fleet.Lease) stored.Sharer {
+	if lease == nil {
+		return nil
+	}
+	return func(key string, e *stored.Entry, ttl time.Duration, fresh, since time.Time) bool {
+		return p.share(ctx, lease, key, e, ttl, fresh, since)
+	}
+}
+
 // share writes e, stored in memory under key for ttl and fresh until
 // fresh, to the shared tier when lease makes this fetch the fleet's, and
 // reports whether it landed. Responses with Set-Cookie, and bodies fetched
 // with credentials, never do, whatever decided they may be stored.
-func (p *Proxy) share(ctx context.Context, lease *fleet.Lease, key string, e *local, ttl time.Duration, fresh, since time.Time) bool {
-	if lease == nil || e.credentialed || e.Entry.Header["Set-Cookie"] != nil {
+func (p *Proxy) share(ctx context.Context, lease *fleet.Lease, key string, e *stored.Entry, ttl time.Duration, fresh, since time.Time) bool {
+	if lease == nil || e.Credentialed || e.Entry.Header["Set-Cookie"] != nil {
 		return false
 	}
 	return lease.Put(ctx, key, e.Entry, ttl, fresh, since) == nil

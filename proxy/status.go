@@ -5,6 +5,7 @@ import (
 	"corral/proxy/internal/body"
 	"corral/proxy/internal/cachestatus"
 	"corral/proxy/internal/httprule"
+	"corral/proxy/internal/stored"
 	"errors"
 	"fmt"
 	"net/http"
@@ -42,7 +43,7 @@ func (p *Proxy) modifyPassed(resp *http.Response) error {
 		p.invalidate(info, resp.Header)
 	}
 	st := info.st
-	var e *local
+	var e *stored.Entry
 	switch {
 	case resp.Request.Method == http.MethodGet && info.mayStore && !httprule.ConditionalOrRange(resp.Request.Header):
 		// Stored only when it went upstream as a shared fetch would have
@@ -59,7 +60,7 @@ func (p *Proxy) modifyPassed(resp *http.Response) error {
 		e = p.storeOnTheWay(resp, info, p.now().Add(time.Nanosecond))
 	}
 	if e != nil {
-		st.Field, st.Rule = e.decidedBy()
+		st.Field, st.Rule = e.DecidedBy()
 	}
 	delete(resp.Header, httprule.CorralOnly)
 	st.FwdStatus = resp.StatusCode
@@ -73,14 +74,14 @@ func (p *Proxy) modifyPassed(resp *http.Response) error {
 // at most MaxObjectBytes, and only what the buffer budget lets it: past
 // either it lets go and the body only streams. It returns the entry as
 // judged from the header.
-func (p *Proxy) storeOnTheWay(resp *http.Response, info passed, since time.Time) *local {
+func (p *Proxy) storeOnTheWay(resp *http.Response, info passed, since time.Time) *stored.Entry {
 	// The answer is judged, and its variant keyed, by the request as it
 	// went upstream. It is stored only if a shared fetch for the same
 	// client request would have sent the fields the answer varies on
 	// alike: otherwise it is an answer to a request no lookup makes.
 	sent := resp.Request.Header
 	header, respTime := resp.Header.Clone(), p.now()
-	e, _ := p.newEntryFor(resp.Request.Method, info.uri, sent, resp.StatusCode, header, nil, info.reqTime, respTime)
+	e, _ := p.store.NewEntry(resp.Request.Method, info.uri, sent, resp.StatusCode, header, nil, info.reqTime, respTime)
 	if !e.Decision.Storable || resp.ContentLength > p.maxObject {
 		return e
 	}
@@ -92,7 +93,7 @@ func (p *Proxy) storeOnTheWay(resp *http.Response, info passed, since time.Time)
 		// The client's context may end as soon as it has read the body.
 		// Memory only: a passed-through answer was fetched for one
 		// client, under no lease, and stays on this replica.
-		p.put(context.WithoutCancel(resp.Request.Context()), info.uri, e.withBody(b, p.unstored.NewRef(b)), since, nil, nil)
+		p.store.Put(context.WithoutCancel(resp.Request.Context()), info.uri, e.WithBody(b, p.unstored.NewRef(b)), since, nil, nil)
 	})
 	if t == nil {
 		return e // no room for the copy now: the body only streams
@@ -126,9 +127,7 @@ func (p *Proxy) Purge(uri string, prefix bool) (int, error) {
 // purgeHere purges this replica's store, as Purge describes, at at, and
 // counts and logs it.
 func (p *Proxy) purgeHere(uri string, prefix bool, at time.Time) (int, error) {
-	// A Vary marker takes its variants out of reach with it: a later
-	// marker starts a new generation of variant keys.
-	n, err := p.store.Purge(context.Background(), uri, prefix, at)
+	n, err := p.store.Purge(uri, prefix, at)
 	if err != nil {
 		p.log.Warn("cache purge failed", "uri", uri, "prefix", prefix, "err", err)
 	}
