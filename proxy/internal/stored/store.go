@@ -124,23 +124,31 @@ func (s *Store) Recompute(key string, e *cache.Entry) *Entry {
 	// Its own: a store that keeps no local decodes a body of its own for
 	// each read, which no budget but the buffers' counts.
 	l.ref = s.unstored.NewRef(e.Body)
-	x := freshness.Exchange{
+	l.Decision, l.rule = s.evaluate(key, freshness.Exchange{
 		Method:       http.MethodGet,
 		Status:       e.Status,
 		Header:       e.Header,
 		RequestTime:  e.RequestTime,
 		ResponseTime: e.ResponseTime,
-	}
+	})
+	l.Header = servedHeader(e.Header)
+	return l
+}
+
+// evaluate judges x, a response for key, by the operator's rule for key's
+// path, when there is one, and returns the rule's prefix when it decided:
+// the one judgment of a response, whether it just arrived (NewEntry) or
+// comes from a store that keeps no Entry beside it (Recompute).
+func (s *Store) evaluate(key string, x freshness.Exchange) (freshness.Decision, string) {
 	rule, ruled := s.ruleFor(key)
 	if ruled {
 		x.Rule = rule.Directives
 	}
-	l.Decision = s.policy.Evaluate(x)
-	if l.Decision.Source == freshness.FromRule {
-		l.rule = rule.Prefix
+	d := s.policy.Evaluate(x)
+	if d.Source != freshness.FromRule {
+		return d, ""
 	}
-	l.Header = servedHeader(e.Header)
-	return l
+	return d, rule.Prefix
 }
 
 // localStore is implemented by stores that keep a local beside each entry,
@@ -195,19 +203,14 @@ func (s *Store) Set(ctx context.Context, key string, e *Entry, ttl time.Duration
 func (s *Store) NewEntry(method, key string, reqHeader http.Header, status int, header http.Header, body []byte, reqTime, respTime time.Time) (e *Entry, own http.Header) {
 	own = header.Clone()
 	httprule.RemoveHopHeaders(own)
-	x := freshness.Exchange{
+	d, rule := s.evaluate(key, freshness.Exchange{
 		Method:        method,
 		RequestHeader: reqHeader,
 		Status:        status,
 		Header:        own,
 		RequestTime:   reqTime,
 		ResponseTime:  respTime,
-	}
-	rule, ruled := s.ruleFor(key)
-	if ruled {
-		x.Rule = rule.Directives
-	}
-	d := s.policy.Evaluate(x)
+	})
 	own.Del("Content-Length") // set from the body when served
 	if own.Get("Date") == "" {
 		own.Set("Date", respTime.UTC().Format(http.TimeFormat))
@@ -234,14 +237,14 @@ func (s *Store) NewEntry(method, key string, reqHeader http.Header, status int, 
 		},
 		Header:       servedHeader(h),
 		Decision:     d,
+		rule:         rule,
 		Credentialed: reqHeader["Authorization"] != nil,
 		ref:          s.unstored.NewRef(body),
 	}
-	if d.Source == freshness.FromRule {
+	if rule != "" {
 		// Counted when the rule decides, once per upstream response,
 		// never per hit.
-		e.rule = rule.Prefix
-		s.ruleDecisions[rule.Prefix].Add(1)
+		s.ruleDecisions[rule].Add(1)
 	}
 	if len(e.Vary) > 0 {
 		e.VaryKey = httprule.SentVaryKey(e.Vary, reqHeader)
