@@ -9,6 +9,7 @@ import (
 
 	"corral/proxy/internal/body"
 	"corral/proxy/internal/cachestatus"
+	"corral/proxy/internal/respond"
 	"corral/proxy/upstream"
 )
 
@@ -52,13 +53,13 @@ func (p *Proxy) bufferRequestBody(w http.ResponseWriter, r *http.Request) (*body
 			return nil, p.serveBusy(w, &upstream.BusyError{RetryAfter: time.Second, Why: "buffer budget spent"}, st)
 		case errors.Is(err, body.ErrTooLarge):
 			st.Detail = cachestatus.RequestTooLarge
-			p.serveStatus(w, http.StatusRequestEntityTooLarge, st)
+			respond.Status(w, http.StatusRequestEntityTooLarge, st)
 		case errors.Is(err, body.ErrTimeout):
 			st.Detail = cachestatus.RequestTimeout
-			p.serveStatus(w, http.StatusRequestTimeout, st)
+			respond.Status(w, http.StatusRequestTimeout, st)
 		default:
 			st.Detail = cachestatus.BadRequestBody
-			p.serveStatus(w, http.StatusBadRequest, st)
+			respond.Status(w, http.StatusBadRequest, st)
 		}
 		return nil, outRejected
 	}

@@ -6,21 +6,17 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
 	"net"
 	"net/http"
 	"net/http/httptrace"
 	"net/http/httputil"
 	"net/netip"
-	"net/textproto"
 	"net/url"
-	"strconv"
 	"sync"
 	"time"
 
@@ -31,6 +27,7 @@ import (
 	"corral/proxy/internal/body"
 	"corral/proxy/internal/cachestatus"
 	"corral/proxy/internal/httprule"
+	"corral/proxy/internal/respond"
 	"corral/proxy/internal/stored"
 	"corral/proxy/internal/target"
 	"corral/proxy/rules"
@@ -402,11 +399,11 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p.stats.Requests.Add(1)
 	start := time.Now()
 	if p.logRequests {
-		lw := &loggedWriter{ResponseWriter: w, status: http.StatusOK}
+		lw := &respond.Logged{ResponseWriter: w, Status: http.StatusOK}
 		w = lw
 		defer func() {
-			p.log.Debug("request", "method", r.Method, "uri", r.URL.RequestURI(), "status", lw.status,
-				"bytes", lw.bytes, "cache_status", lw.Header().Get("Cache-Status"), "duration", time.Since(start))
+			p.log.Debug("request", "method", r.Method, "uri", r.URL.RequestURI(), "status", lw.Status,
+				"bytes", lw.Bytes, "cache_status", lw.Header().Get("Cache-Status"), "duration", time.Since(start))
 		}()
 	}
 	defer func() { p.metrics.client.Observe(time.Since(start).Seconds()) }()
@@ -426,7 +423,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (p *Proxy) handle(w http.ResponseWriter, r *http.Request, start time.Time) requestOutcome {
 	key, err := target.Of(r)
 	if err != nil {
-		p.serveStatus(w, http.StatusBadRequest, cachestatus.Status{Detail: cachestatus.BadRequestTarget})
+		respond.Status(w, http.StatusBadRequest, cachestatus.Status{Detail: cachestatus.BadRequestTarget})
 		return outRejected
 	}
 	if up := r.Header["Upgrade"]; up != nil && !httprule.WebSocketUpgrade(up) {
@@ -484,7 +481,7 @@ func (p *Proxy) answer(w http.ResponseWriter, r *http.Request, req freshness.Req
 	case doPass:
 		return p.passThrough(w, r, key, v.fwd, v.detail), false
 	case doRefuse:
-		p.serveStatus(w, http.StatusGatewayTimeout, cachestatus.Status{Detail: v.detail})
+		respond.Status(w, http.StatusGatewayTimeout, cachestatus.Status{Detail: v.detail})
 		return outError, false
 	}
 	return p.fetchAndServe(w, r, req, p.newFlight(r, req, key, vkey, vary, e), v.fwd)
@@ -598,6 +595,24 @@ const (
 	RequestNoCacheIgnore
 )
 
+// serve writes e to w with header h (see respond.Entry), and returns o,
+// what serving e is, or outBusy when it answered 503 instead.
+func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, e *stored.Entry, h http.Header, st cachestatus.Status, now time.Time, o requestOutcome) requestOutcome {
+	switch respond.Entry(w, r, e, h, st, now, p.unstored) {
+	case respond.Busy:
+		return outBusy
+	case respond.Cut:
+		p.stats.Cut.Add(1)
+	}
+	return o
+}
+
+// serveBusy answers 503 with the guard's Retry-After.
+func (p *Proxy) serveBusy(w http.ResponseWriter, busy *upstream.BusyError, st cachestatus.Status) requestOutcome {
+	respond.Busy503(w, busy.RetryAfter, st)
+	return outBusy
+}
+
 // fetchAndServe starts or joins the flight in, built from r, and serves
 // what it brought. varied reports, with nothing written to w, that the
 // fetch answered another variant than r's.
@@ -653,8 +668,8 @@ var errHedged = errors.New("the flight's leader took too long")
 // most p.hedgeAfter in the first round, past which it returns errHedged,
 // unless the leader sent what this one sends.
 func (p *Proxy) join(w http.ResponseWriter, r *http.Request, in flight) (f *fetched, leader bool, err error) {
-	interim := &interimWriter{w: w}
-	defer interim.close() // the client left: the fetch may go on
+	interim := respond.NewInterim(w)
+	defer interim.Close() // the client left: the fetch may go on
 	fetch := func(ctx context.Context) (*fetched, error) {
 		// Only the caller that starts the flight runs this: the leader.
 		// It may run on after the leader's handler returned, and reads
@@ -666,7 +681,7 @@ func (p *Proxy) join(w http.ResponseWriter, r *http.Request, in flight) (f *fetc
 		share := p.clientBuffers.Acquire(in.client)
 		defer p.clientBuffers.Release(share)
 		in.budget = &share.Budget
-		ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{Got1xxResponse: interim.write})
+		ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{Got1xxResponse: interim.Write})
 		return p.fetch(ctx, in)
 	}
 	var patience time.Duration
@@ -689,7 +704,7 @@ func (p *Proxy) join(w http.ResponseWriter, r *http.Request, in flight) (f *fetc
 	// net/http's transport may still deliver interim responses it had
 	// read when the fetch ended: none may reach w once this handler
 	// writes to it.
-	interim.close()
+	interim.Close()
 	return f, leader, err
 }
 
@@ -774,61 +789,19 @@ func (p *Proxy) serveStream(w http.ResponseWriter, r *http.Request, in flight, f
 	if leader {
 		h = f.own
 	}
-	out := w.Header()
-	httprule.CopyHeader(out, h, 0)
-	out["Via"] = append(out["Via"], httprule.Via)
-	out.Set("Cache-Status", cachestatus.Status{Fwd: fwd, FwdStatus: f.status, Collapsed: !leader, Detail: s.Detail}.String())
-	if s.Length >= 0 && httprule.BodyAllowed(e.Status) {
-		out.Set("Content-Length", strconv.FormatInt(s.Length, 10))
-	}
-	w.WriteHeader(e.Status)
+	st := cachestatus.Status{Fwd: fwd, FwdStatus: f.status, Collapsed: !leader, Detail: s.Detail}
+	var from io.Reader
 	if rd != nil {
-		if _, err := io.Copy(w, rd); err != nil {
-			// The client has part of the body: it must see the answer
-			// cut short, never a complete-looking one.
-			p.log.Warn("streamed answer cut short", "path", r.URL.Path, "err", err)
-			return outCut
-		}
+		from = rd
+	}
+	if err := respond.Streamed(w, e.Status, h, st, s.Length, from); err != nil {
+		p.log.Warn("streamed answer cut short", "path", r.URL.Path, "err", err)
+		return outCut
 	}
 	if leader {
 		return outMiss
 	}
 	return outCoalesced
-}
-
-// interimWriter passes the interim responses (RFC 9110 section 15.2) of a
-// shared fetch, 103 Early Hints say, on to the client whose request led
-// it, and to no one else: the others waited on the fetch, and the stored
-// response keeps no trace of them. The fetch runs on a goroutine of its
-// own, so writes hold a lock, and stop once the leader's handler goes on
-// without the fetch (close).
-type interimWriter struct {
-	mu     sync.Mutex
-	w      http.ResponseWriter
-	closed bool
-}
-
-func (iw *interimWriter) write(code int, header textproto.MIMEHeader) error {
-	iw.mu.Lock()
-	defer iw.mu.Unlock()
-	if iw.closed || code == http.StatusSwitchingProtocols {
-		return nil
-	}
-	// net/http sends the fields of w's header with a 1xx, and keeps
-	// them for the final answer: the fields set on it before the flight
-	// (a chunked request's Connection: close) are put aside while the
-	// interim answer is written, and back afterwards.
-	h := iw.w.Header()
-	kept := h.Clone()
-	clear(h)
-	for k, vs := range header {
-		h[k] = append([]string(nil), vs...)
-	}
-	httprule.FilterInterim(h)
-	iw.w.WriteHeader(code)
-	clear(h)
-	maps.Copy(h, kept)
-	return nil
 }
 
 // passWriter is the ResponseWriter a passed-through request writes to. It
@@ -848,12 +821,6 @@ func (w *passWriter) WriteHeader(code int) {
 
 // Unwrap lets http.ResponseController reach Flush and Hijack.
 func (w *passWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
-
-func (iw *interimWriter) close() {
-	iw.mu.Lock()
-	iw.closed = true
-	iw.mu.Unlock()
-}
 
 // flightKey is the coalescing key of r: its variant key, and for requests
 // with credentials the credentials too, so that a request never waits on
@@ -971,116 +938,6 @@ func passes(d freshness.Decision, stale *stored.Entry) bool {
 	return true
 }
 
-// serve writes e to w with header h, which is copied: the stored header
-// is never handed to a client. It returns o, what serving e is, or outBusy
-// when it answered 503 instead: e's body is large, the store no longer
-// holds it, and the buffer budget has no room for it.
-func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, e *stored.Entry, h http.Header, st cachestatus.Status, now time.Time, o requestOutcome) requestOutcome {
-	ref := e.Ref()
-	if ref != nil && r.Method != http.MethodHead && httprule.BodyAllowed(e.Status) {
-		if !p.unstored.Enter(ref) {
-			return p.serveBusy(w, &upstream.BusyError{RetryAfter: time.Second, Why: "buffer budget spent"}, cachestatus.Status{Detail: cachestatus.BuffersFull})
-		}
-		defer p.unstored.Leave(ref)
-	} else {
-		ref = nil
-	}
-	out := w.Header()
-	// The fields set below share the one allocation of the copy; each
-	// gets a slice capped at its one value, so an append to one cannot
-	// reach another.
-	vals := httprule.CopyHeader(out, h, 4)
-	set := func(k, v string) {
-		vals[0] = v
-		out[k], vals = vals[:1:1], vals[1:]
-	}
-	st.Field, st.Rule = e.DecidedBy()
-	f := e.Fields(st, now)
-	// Age goes on whatever the cache served, and on fetched responses
-	// that arrived with an age of their own (RFC 9111 section 5.1).
-	if st.Hit || st.FwdStatus == 0 || st.Detail == cachestatus.StaleIfError || f.Age > 0 {
-		set("Age", f.AgeText)
-	}
-	if vs := out["Via"]; len(vs) > 0 {
-		out["Via"] = append(vs, httprule.Via) // vs is capped: this copies
-	} else {
-		set("Via", httprule.Via)
-	}
-	set("Cache-Status", f.Status)
-	if e.Status == http.StatusOK && httprule.ConditionalOrRange(r.Header) {
-		// Preconditions (RFC 9110 section 13) and ranges (section 14)
-		// against the stored response, as net/http's file server does.
-		if _, ok := out["Content-Type"]; !ok {
-			out["Content-Type"] = nil // keep ServeContent from sniffing one
-		}
-		modtime, _ := http.ParseTime(h.Get("Last-Modified"))
-		if modtime.IsZero() && notModifiedSinceDate(r, h, e.Decision.ResponseTime) {
-			writeNotModified(w)
-			return o
-		}
-		if ref == nil {
-			http.ServeContent(w, r, "", modtime, bytes.NewReader(e.Body))
-			return o
-		}
-		rd := body.NewRefReader(ref)
-		http.ServeContent(w, r, "", modtime, rd)
-		p.countCut(rd)
-		return o
-	}
-	if httprule.BodyAllowed(e.Status) {
-		set("Content-Length", f.ContentLength)
-	}
-	w.WriteHeader(e.Status)
-	switch {
-	case ref != nil:
-		// A chunk at a time, e no longer used: a client that stalls
-		// holds a chunk, not the body (see body.Ref).
-		rd := body.NewRefReader(ref)
-		io.Copy(w, rd) //nolint:errcheck // the client may have gone
-		p.countCut(rd)
-	case r.Method != http.MethodHead && httprule.BodyAllowed(e.Status):
-		w.Write(e.Body) //nolint:errcheck // the client may have gone
-	}
-	return o
-}
-
-// countCut counts an answer whose body, read through rd, was cut.
-func (p *Proxy) countCut(rd *body.RefReader) {
-	if rd.Cut() {
-		p.stats.Cut.Add(1)
-	}
-}
-
-// notModifiedSinceDate answers If-Modified-Since for a stored response
-// without Last-Modified: RFC 9111 section 4.3.2 says to compare with its
-// Date, or the time it was received. net/http's ServeContent would do it
-// only given a modification time, which it then sends as Last-Modified.
-// If-None-Match, when present, decides instead (RFC 9110 section 13.1.3).
-func notModifiedSinceDate(r *http.Request, h http.Header, received time.Time) bool {
-	if r.Method != http.MethodGet && r.Method != http.MethodHead || r.Header["If-None-Match"] != nil {
-		return false
-	}
-	ims, err := http.ParseTime(r.Header.Get("If-Modified-Since"))
-	if err != nil {
-		return false
-	}
-	date, err := http.ParseTime(h.Get("Date"))
-	if err != nil {
-		date = received
-	}
-	return !date.Truncate(time.Second).After(ims)
-}
-
-// writeNotModified answers 304 with the stored fields that describe the
-// response rather than its body (RFC 9110 section 15.4.5).
-func writeNotModified(w http.ResponseWriter) {
-	h := w.Header()
-	for _, f := range []string{"Content-Type", "Content-Length", "Content-Encoding"} {
-		delete(h, f)
-	}
-	w.WriteHeader(http.StatusNotModified)
-}
-
 // serveStaleOnError serves stale in place of an origin failure
 // (RFC 5861 section 4).
 func (p *Proxy) serveStaleOnError(w http.ResponseWriter, r *http.Request, stale *stored.Entry, fwdStatus int, now time.Time) requestOutcome {
@@ -1123,7 +980,7 @@ func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, req freshness
 		return p.serveStaleOnError(w, r, stale, 0, now)
 	}
 	p.log.Warn("upstream fetch failed", "path", r.URL.Path, "err", err)
-	p.serveStatus(w, status, cachestatus.Status{Fwd: fwd, Detail: d})
+	respond.Status(w, status, cachestatus.Status{Fwd: fwd, Detail: d})
 	return outError
 }
 
@@ -1139,22 +996,4 @@ func upstreamFailure(err error) (status int, d cachestatus.Detail, busy *upstrea
 		return http.StatusGatewayTimeout, cachestatus.UpstreamTimeout, nil
 	}
 	return http.StatusBadGateway, cachestatus.UpstreamError, nil
-}
-
-// serveBusy answers 503 with the guard's Retry-After.
-func (p *Proxy) serveBusy(w http.ResponseWriter, busy *upstream.BusyError, st cachestatus.Status) requestOutcome {
-	secs := (busy.RetryAfter + time.Second - 1) / time.Second
-	w.Header().Set("Retry-After", strconv.FormatInt(int64(secs), 10))
-	p.serveStatus(w, http.StatusServiceUnavailable, st)
-	return outBusy
-}
-
-// serveStatus answers with status and its text, for errors corral makes.
-func (p *Proxy) serveStatus(w http.ResponseWriter, status int, st cachestatus.Status) {
-	h := w.Header()
-	h.Set("Cache-Status", st.String())
-	h.Set("Content-Type", "text/plain; charset=utf-8")
-	h.Add("Via", httprule.Via)
-	w.WriteHeader(status)
-	fmt.Fprintln(w, http.StatusText(status))
 }
