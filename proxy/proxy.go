@@ -26,6 +26,7 @@ import (
 	"corral/proxy/fleet"
 	"corral/proxy/internal/body"
 	"corral/proxy/internal/cachestatus"
+	"corral/proxy/internal/fetch"
 	"corral/proxy/internal/httprule"
 	"corral/proxy/internal/respond"
 	"corral/proxy/internal/stored"
@@ -124,7 +125,7 @@ type Config struct {
 	// all keys. Zero means no cap.
 	UpstreamMaxRPS float64
 
-	// UpstreamMaxInflight caps the upstream requests in flight at once.
+	// UpstreamMaxInflight caps the upstream requests in fetch.Flight at once.
 	// Zero means no cap.
 	UpstreamMaxInflight int
 
@@ -202,6 +203,7 @@ type Proxy struct {
 	pass            *httputil.ReverseProxy
 	stats           Stats
 	metrics         *Metrics
+	fetcher         *fetch.Fetcher
 }
 
 // flights runs at most one fetch per key at a time, and hands its result
@@ -216,12 +218,12 @@ type flights interface {
 	// ctx ends first, it returns ctx.Err(), and if another's fetch runs
 	// past patience (when above zero), coalesce.ErrImpatient; the fetch
 	// goes on either way.
-	DoWithin(ctx context.Context, key string, patience time.Duration, fetch coalesce.Fetch[*fetched]) (f *fetched, led bool, err error)
+	DoWithin(ctx context.Context, key string, patience time.Duration, fetch coalesce.Fetch[*fetch.Result]) (f *fetch.Result, led bool, err error)
 
 	// Refresh starts, in the background, the fetch that start makes,
 	// unless a refresh of key runs already; it calls start only when it
 	// starts one, and reports whether it did.
-	Refresh(ctx context.Context, key string, start func() coalesce.Fetch[*fetched]) bool
+	Refresh(ctx context.Context, key string, start func() coalesce.Fetch[*fetch.Result]) bool
 
 	// Go runs fn, work a fetch hands on past its return (a stream's
 	// pump), on a goroutine of its own that Wait waits for too.
@@ -256,7 +258,7 @@ func New(cfg Config) (*Proxy, error) {
 	timeout := orDefault(cfg.UpstreamTimeout, defaultUpstreamTimeout)
 	p.upstreamTimeout = timeout
 	p.hedgeAfter = timeout / 4
-	p.flights = &coalesce.Group[*fetched]{Timeout: timeout}
+	p.flights = &coalesce.Group[*fetch.Result]{Timeout: timeout}
 	p.metrics = newMetrics(p)
 	cacheBytes := orDefault(cfg.CacheBytes, 256<<20)
 	store := cfg.Store
@@ -300,6 +302,12 @@ func New(cfg Config) (*Proxy, error) {
 	p.guard = newGuard(p.transport, cfg, timeout, p.now,
 		func(d time.Duration) { p.metrics.upstream.Observe(d.Seconds()) })
 	p.logRequests = p.log.Enabled(context.Background(), slog.LevelDebug)
+	p.fetcher = &fetch.Fetcher{
+		Store: p.store, Fleet: p.fleet, Origin: p.origin, Guard: p.guard.Guard,
+		Buffers: p.buffers, MaxObject: p.maxObject, MinRate: p.unstored.MinRate(),
+		Timeout: timeout, PassTTL: p.passTTL, Revalidate: p.revalidate,
+		Now: p.now, Log: p.log, Count: p.stats.upstream, Go: p.flights.Go,
+	}
 	if p.fleet != nil {
 		p.stopPurges = p.fleet.OnPurge(p.purgedElsewhere)
 	}
@@ -449,14 +457,14 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request, start time.Time) 
 	if p.fakeClock {
 		now = p.now()
 	}
-	o, varied := p.answer(w, r, req, key, now)
-	if varied {
+	o := p.answer(w, r, req, key, now)
+	if o == outOtherVariant {
 		// The shared answer turned out to vary, and to be for another
 		// variant than r's: look again, now that the store knows what
 		// the response varies on, and join the variant's own flight.
 		// Should that answer too be for another variant, r goes
 		// upstream on its own.
-		if o, varied = p.answer(w, r, req, key, p.now()); varied {
+		if o = p.answer(w, r, req, key, p.now()); o == outOtherVariant {
 			o = p.passThrough(w, r, key, cachestatus.FwdVaryMiss, "")
 		}
 	}
@@ -465,26 +473,26 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request, start time.Time) 
 
 // answer looks r up, decides what the store's answer is good for, and
 // dispatches: to serving it, serving it stale while refreshing it, passing
-// r upstream on its own, or fetching. varied reports, with nothing written
-// to w, that the fetch answered another variant than r's.
-func (p *Proxy) answer(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, key string, now time.Time) (o requestOutcome, varied bool) {
+// r upstream on its own, or fetching. It returns outOtherVariant, with
+// nothing written to w, when the fetch answered another variant than r's.
+func (p *Proxy) answer(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, key string, now time.Time) requestOutcome {
 	e, vkey, vary := p.store.Lookup(r.Context(), key, r.Header)
 	v := p.decide(r, req, key, e, vkey, now)
 	switch v.do {
 	case doServe:
-		return p.serve(w, r, e, e.Header, cachestatus.Status{Hit: true, TTL: e.Decision.TTL(now), HasTTL: true, Detail: v.detail}, now, v.hit), false
+		return p.serve(w, r, e, e.Header, cachestatus.Status{Hit: true, TTL: e.Decision.TTL(now), HasTTL: true, Detail: v.detail}, now, v.hit)
 	case doServeStale:
 		// The refresh starts first: nothing here may keep e, and its
 		// body, alive while a slow client is written it (see body.Ref).
 		p.refresh(r, key, vkey, e)
-		return p.serve(w, r, e, e.Header, cachestatus.Status{Hit: true, TTL: e.Decision.TTL(now), HasTTL: true, Detail: cachestatus.StaleWhileRevalidate}, now, outStale), false
+		return p.serve(w, r, e, e.Header, cachestatus.Status{Hit: true, TTL: e.Decision.TTL(now), HasTTL: true, Detail: cachestatus.StaleWhileRevalidate}, now, outStale)
 	case doPass:
-		return p.passThrough(w, r, key, v.fwd, v.detail), false
+		return p.passThrough(w, r, key, v.fwd, v.detail)
 	case doRefuse:
 		respond.Status(w, http.StatusGatewayTimeout, cachestatus.Status{Detail: v.detail})
-		return outError, false
+		return outError
 	}
-	return p.fetchAndServe(w, r, req, p.newFlight(r, req, key, vkey, vary, e), v.fwd)
+	return p.fetchAndServe(w, r, req, p.fetcher.NewFlight(r, req, key, vkey, vary, e, p.clientAddr(r)), v.fwd)
 }
 
 // verdict is what decide made of a request and what the store holds for
@@ -524,13 +532,13 @@ func (p *Proxy) decide(r *http.Request, req freshness.RequestDirectives, key str
 			return v
 		case use.State == freshness.StaleWhileRevalidate:
 			return verdict{do: doServeStale}
-		case use.Refused && e.FailedRecently(now, refreshBackoff):
+		case use.Refused && e.FailedRecently(now, fetch.RefreshBackoff):
 			// The client asked for a fresher answer, but the last
 			// attempt to validate this one failed moments ago.
 			return verdict{do: doServe, hit: outHit, detail: cachestatus.RevalidationFailed}
 		case use.Refused:
 			fwd = cachestatus.FwdRequest // the client asked for a fresher answer
-		case e.FailedRecently(now, refreshBackoff) && e.Decision.UsableOnErrorFor(now, req):
+		case e.FailedRecently(now, fetch.RefreshBackoff) && e.Decision.UsableOnErrorFor(now, req):
 			// Its validation failed moments ago, and it may stand in
 			// for a failing origin: serve it, rather than ask the
 			// origin again for every request until it recovers.
@@ -614,8 +622,8 @@ func (p *Proxy) serveBusy(w http.ResponseWriter, busy *upstream.BusyError, st ca
 }
 
 // fetchAndServe starts or joins the flight in, built from r, and serves
-// what it brought. varied reports, with nothing written to w, that the
-// fetch answered another variant than r's.
+// what it brought, or returns outOtherVariant, with nothing written to w,
+// when the fetch answered another variant than r's.
 //
 // A flight carries its leader's fields, which the origin may need, and its
 // answer is everyone's, unless it may speak of the leader's own request
@@ -629,30 +637,30 @@ func (p *Proxy) serveBusy(w http.ResponseWriter, busy *upstream.BusyError, st ca
 // or make them wait on its own trouble (issue 23). After maxRounds
 // flights, each waiter whose fields differ from the last leader's goes
 // upstream on its own.
-func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, in flight, fwd cachestatus.Fwd) (o requestOutcome, varied bool) {
+func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, in fetch.Flight, fwd cachestatus.Fwd) requestOutcome {
 	f, leader, err := p.join(w, r, in)
-	for !leader && in.round < maxRounds && (errors.Is(err, errHedged) || err == nil && f.personal && !httprule.SameFields(f.sent, in.header)) {
-		in.round++
+	for !leader && in.Round < maxRounds && (errors.Is(err, errHedged) || err == nil && f.Personal && !httprule.SameFields(f.Sent, in.Header)) {
+		in.Round++
 		f, leader, err = p.join(w, r, in)
 	}
 	now := p.now()
-	if in.stale == nil && in.shared && (err != nil || (!f.again && httprule.IsServerError(f.entry.Status))) {
+	if in.Stale == nil && in.Shared && (err != nil || (f.Source != fetch.LookAgain && httprule.IsServerError(f.Entry.Status))) {
 		// The fetch may have found a stale copy in the shared tier,
 		// now in memory, that can stand in for the failure.
-		if e, _, _ := p.store.Lookup(r.Context(), in.key, r.Header); e != nil && e.Kind == cache.Response && !httprule.IsServerError(e.Status) {
-			in.stale = e
+		if e, _, _ := p.store.Lookup(r.Context(), in.Key, r.Header); e != nil && e.Kind == cache.Response && !httprule.IsServerError(e.Status) {
+			in.Stale = e
 		}
 	}
 	if err != nil {
 		if r.Context().Err() != nil {
-			return outAbandoned, false // the client left; the flight goes on without it
+			return outAbandoned // the client left; the flight goes on without it
 		}
-		return p.serveError(w, r, req, in, fwd, err, now), false
+		return p.serveError(w, r, req, in, fwd, err, now)
 	}
 	if otherVariant(f, r) {
-		return outNone, true
+		return outOtherVariant
 	}
-	return p.serveFetched(w, r, req, in, fwd, f, leader, now), false
+	return p.serveFetched(w, r, req, in, fwd, f, leader, now)
 }
 
 // maxRounds is how many flights after the first a herd makes for a key
@@ -667,35 +675,35 @@ var errHedged = errors.New("the flight's leader took too long")
 // answer: as its leader, as long as the fetch runs; as a waiter, for at
 // most p.hedgeAfter in the first round, past which it returns errHedged,
 // unless the leader sent what this one sends.
-func (p *Proxy) join(w http.ResponseWriter, r *http.Request, in flight) (f *fetched, leader bool, err error) {
+func (p *Proxy) join(w http.ResponseWriter, r *http.Request, in fetch.Flight) (f *fetch.Result, leader bool, err error) {
 	interim := respond.NewInterim(w)
 	defer interim.Close() // the client left: the fetch may go on
-	fetch := func(ctx context.Context) (*fetched, error) {
+	fetch := func(ctx context.Context) (*fetch.Result, error) {
 		// Only the caller that starts the flight runs this: the leader.
 		// It may run on after the leader's handler returned, and reads
 		// in, never r. Its bodies count against its leader's share of
 		// the buffer budget.
 		in := in // its own: join reads in while the fetch runs on
-		p.leading.Store(in.roundID(), in.header)
-		defer p.leading.Delete(in.roundID())
-		share := p.clientBuffers.Acquire(in.client)
+		p.leading.Store(in.RoundID(), in.Header)
+		defer p.leading.Delete(in.RoundID())
+		share := p.clientBuffers.Acquire(in.Client)
 		defer p.clientBuffers.Release(share)
-		in.budget = &share.Budget
+		in.Budget = &share.Budget
 		ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{Got1xxResponse: interim.Write})
-		return p.fetch(ctx, in)
+		return p.fetcher.Fetch(ctx, in)
 	}
 	var patience time.Duration
-	if in.round == 0 {
+	if in.Round == 0 {
 		patience = p.hedgeAfter
 	}
 	for {
-		f, leader, err = p.flights.DoWithin(r.Context(), in.roundID(), patience, fetch)
+		f, leader, err = p.flights.DoWithin(r.Context(), in.RoundID(), patience, fetch)
 		if !errors.Is(err, coalesce.ErrImpatient) {
 			break
 		}
 		// Another's request leads the flight. If it sent what this one
 		// sends, this one's would take as long: wait on.
-		if sent, ok := p.leading.Load(in.roundID()); !ok || !httprule.SameFields(sent.(http.Header), in.header) {
+		if sent, ok := p.leading.Load(in.RoundID()); !ok || !httprule.SameFields(sent.(http.Header), in.Header) {
 			err = errHedged
 			break
 		}
@@ -711,58 +719,57 @@ func (p *Proxy) join(w http.ResponseWriter, r *http.Request, in flight) (f *fetc
 // otherVariant reports whether what a flight fetched answers another
 // variant than r's: the URI turned out to vary while the flight waited to
 // start, or its shareable answer varies on fields that r sent otherwise.
-func otherVariant(f *fetched, r *http.Request) bool {
-	if f.again {
+func otherVariant(f *fetch.Result, r *http.Request) bool {
+	if f.Source == fetch.LookAgain {
 		return true
 	}
-	e := f.entry
+	e := f.Entry
 	return e.Decision.Shareable && len(e.Vary) > 0 && e.VaryKey != httprule.VaryKey(e.Vary, r.Header)
 }
 
 // serveFetched serves f, what the flight in fetched for r; leader says
 // r's request started it.
-func (p *Proxy) serveFetched(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, in flight, fwd cachestatus.Fwd, f *fetched, leader bool, now time.Time) requestOutcome {
-	if f.stream != nil {
+func (p *Proxy) serveFetched(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, in fetch.Flight, fwd cachestatus.Fwd, f *fetch.Result, leader bool, now time.Time) requestOutcome {
+	if f.Stream != nil {
 		return p.serveStream(w, r, in, fwd, f, leader)
 	}
-	stale, e := in.stale, f.entry
-	st := cachestatus.Status{Fwd: fwd, FwdStatus: f.status, Stored: f.stored, Collapsed: !leader}
-	if f.stored {
+	stale, e := in.Stale, f.Entry
+	st := cachestatus.Status{Fwd: fwd, FwdStatus: f.Status, Stored: f.Stored, Collapsed: !leader}
+	if f.Stored {
 		st.TTL, st.HasTTL = e.Decision.TTL(now), true
 	}
 	switch {
-	case f.personal && !leader && !httprule.SameFields(f.sent, in.header):
+	case f.Personal && !leader && !httprule.SameFields(f.Sent, in.Header):
 		// The last round's leader's own answer: each its own.
-		return p.passThrough(w, r, in.key, cachestatus.FwdMiss, cachestatus.Detail(e.Decision.Reason))
+		return p.passThrough(w, r, in.Key, cachestatus.FwdMiss, cachestatus.Detail(e.Decision.Reason))
 	case leader && !e.Decision.Shareable:
 		st.Detail = cachestatus.Detail(e.Decision.Reason)
-		if passes(e.Decision, stale) {
-			p.store.MarkPass(r.Context(), in.vkey, e.Decision.Reason)
+		if fetch.Passes(e.Decision, stale) {
+			p.store.MarkPass(r.Context(), in.VKey, e.Decision.Reason)
 		}
-		return p.serve(w, r, e, f.own, st, now, outMiss)
+		return p.serve(w, r, e, f.Own, st, now, outMiss)
 	case !e.Decision.Shareable:
 		// Meant for the leader's request alone: fetch our own.
-		return p.passThrough(w, r, in.key, cachestatus.FwdMiss, cachestatus.Detail(e.Decision.Reason))
+		return p.passThrough(w, r, in.Key, cachestatus.FwdMiss, cachestatus.Detail(e.Decision.Reason))
 	case httprule.IsServerError(e.Status) && stale != nil && stale.Decision.UsableOnErrorFor(now, req):
-		return p.serveStaleOnError(w, r, stale, f.status, now)
+		return p.serveStaleOnError(w, r, stale, f.Status, now)
 	}
-	if !f.stored {
+	if !f.Stored {
 		st.Detail = cachestatus.Detail(e.Decision.Reason)
 	}
 	h := e.Header
 	if leader {
-		h = f.own
+		h = f.Own
 	}
 	o := outMiss
 	switch {
-	case f.status == 0: // another flight had just stored it, here or in the shared tier
+	case f.Source == fetch.Memory:
 		o, st = outHit, cachestatus.Status{Hit: true, TTL: e.Decision.TTL(now), HasTTL: true, Collapsed: true}
-		if f.fromShared {
-			st.Detail = cachestatus.SharedTier
-		}
+	case f.Source == fetch.SharedTier:
+		o, st = outHit, cachestatus.Status{Hit: true, TTL: e.Decision.TTL(now), HasTTL: true, Collapsed: true, Detail: cachestatus.SharedTier}
 	case !leader:
 		o = outCoalesced
-	case f.status == http.StatusNotModified:
+	case f.Status == http.StatusNotModified:
 		o = outRevalidated
 	}
 	return p.serve(w, r, e, h, st, now, o)
@@ -773,23 +780,23 @@ func (p *Proxy) serveFetched(w http.ResponseWriter, r *http.Request, req freshne
 // that cannot read it as it comes (a range or a precondition to answer
 // from the whole body, an answer that is the leader's alone, or a join
 // too late for the body's first byte) goes upstream on its own.
-func (p *Proxy) serveStream(w http.ResponseWriter, r *http.Request, in flight, fwd cachestatus.Fwd, f *fetched, leader bool) requestOutcome {
-	e, s := f.entry, f.stream
+func (p *Proxy) serveStream(w http.ResponseWriter, r *http.Request, in fetch.Flight, fwd cachestatus.Fwd, f *fetch.Result, leader bool) requestOutcome {
+	e, s := f.Entry, f.Stream
 	if !leader && !e.Decision.Shareable || httprule.ConditionalOrRange(r.Header) {
-		return p.passThrough(w, r, in.key, cachestatus.FwdMiss, s.Detail)
+		return p.passThrough(w, r, in.Key, cachestatus.FwdMiss, s.Detail)
 	}
 	var rd *body.StreamReader
 	if r.Method != http.MethodHead && httprule.BodyAllowed(e.Status) {
 		if rd = s.Join(); rd == nil {
-			return p.passThrough(w, r, in.key, cachestatus.FwdMiss, s.Detail)
+			return p.passThrough(w, r, in.Key, cachestatus.FwdMiss, s.Detail)
 		}
 		defer rd.Close()
 	}
 	h := e.Header
 	if leader {
-		h = f.own
+		h = f.Own
 	}
-	st := cachestatus.Status{Fwd: fwd, FwdStatus: f.status, Collapsed: !leader, Detail: s.Detail}
+	st := cachestatus.Status{Fwd: fwd, FwdStatus: f.Status, Collapsed: !leader, Detail: s.Detail}
 	var from io.Reader
 	if rd != nil {
 		from = rd
@@ -822,16 +829,6 @@ func (w *passWriter) WriteHeader(code int) {
 // Unwrap lets http.ResponseController reach Flush and Hijack.
 func (w *passWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
-// flightKey is the coalescing key of r: its variant key, and for requests
-// with credentials the credentials too, so that a request never waits on
-// an answer fetched with someone else's.
-func (p *Proxy) flightKey(r *http.Request, vkey string) string {
-	if auth := r.Header.Get("Authorization"); auth != "" {
-		return vkey + "\x00" + auth
-	}
-	return vkey
-}
-
 // refresh revalidates stale, which r's lookup found under vkey, in the
 // background, once per key at a time, and not again before a failed
 // refresh's back-off has passed. The refresh outlives r's handler: it
@@ -847,95 +844,12 @@ func (p *Proxy) refresh(r *http.Request, key, vkey string, stale *stored.Entry) 
 	if now.UnixNano() < stale.RefreshAt.Load() {
 		return
 	}
-	started := p.flights.Refresh(r.Context(), p.flightKey(r, vkey), func() coalesce.Fetch[*fetched] {
-		return p.refreshFetch(p.newFlight(r, noDirectives, key, vkey, stale.Vary, stale).neutralized())
+	started := p.flights.Refresh(r.Context(), fetch.FlightID(r, vkey), func() coalesce.Fetch[*fetch.Result] {
+		return p.fetcher.Refresh(p.fetcher.NewFlight(r, noDirectives, key, vkey, stale.Vary, stale, p.clientAddr(r)).Neutralized())
 	})
 	if started {
 		p.stats.Refreshes.Add(1)
 	}
-}
-
-// refreshFetch is the fetch of a background refresh that starts from in.
-func (p *Proxy) refreshFetch(in flight) coalesce.Fetch[*fetched] {
-	in.background = true
-	key, stale := in.key, in.stale
-	return func(ctx context.Context) (*fetched, error) {
-		f, err := p.fetch(ctx, in)
-		switch {
-		case err == nil && f.again:
-			// The URI varies now; its variants refresh on their own. (Or
-			// the shared tier held a marker or a pass mark, now here.)
-		case err != nil || httprule.IsServerError(f.entry.Status):
-			// Keep serving the stale entry; ask again after the pause
-			// that exchange set (a refresh carries nothing of one
-			// client's: its failure is the resource's).
-			retry := time.Duration(max(stale.RefreshAt.Load()-p.now().UnixNano(), 0))
-			p.log.Warn("background refresh failed", "key", key, "status", statusOf(f), "err", err, "retry_in", retry)
-		case passes(f.entry.Decision, stale):
-			// The origin no longer lets this be shared: stop serving
-			// the stale copy.
-			p.store.MarkPass(ctx, in.vkey, f.entry.Decision.Reason)
-		case !f.stored && f.status != 0:
-			// Nothing worth keeping came back (max-age=0 without
-			// validators, say): do not ask again on every stale hit.
-			stale.RefreshAt.Store(p.now().Add(refreshBackoff).UnixNano())
-		}
-		return f, err
-	}
-}
-
-// backOff records a failed validation of stale: background refreshes wait
-// for a pause, at least refreshBackoff, longer if the origin, or the
-// guard, said how long; and for refreshBackoff alone (failedRecently),
-// requests that stale may answer are answered by it without asking the
-// origin again. It returns the refresh pause.
-func (p *Proxy) backOff(stale *stored.Entry, f *fetched, err error) time.Duration {
-	pause := refreshBackoff
-	var busy *upstream.BusyError
-	if errors.As(err, &busy) {
-		pause = max(pause, busy.RetryAfter)
-	} else if err == nil {
-		pause = max(pause, min(upstream.ParseRetryAfter(f.entry.Header.Get("Retry-After"), p.now()), maxRetryAfter))
-	}
-	now := p.now()
-	stale.RefreshAt.Store(now.Add(pause).UnixNano())
-	stale.FailedAt.Store(now.UnixNano())
-	return pause
-}
-
-// refreshBackoff is the shortest pause after a failed background refresh;
-// maxRetryAfter the longest an origin's Retry-After can make it. A background
-// refresh has no client waiting on it, so it may honour the origin longer
-// than the pauses of client requests, which Config.UpstreamMaxPause caps.
-const (
-	refreshBackoff = time.Second
-	maxRetryAfter  = 5 * time.Minute
-)
-
-func statusOf(f *fetched) int {
-	if f == nil {
-		return 0
-	}
-	return f.entry.Status
-}
-
-// passes reports whether an answer judged d, to a fetch that validated
-// stale (nil when nothing was stored), passes its key for PassTTL
-// (hit-for-miss). With nothing stored, any answer that cannot be shared
-// does. With a stored copy, only one whose origin said so (private,
-// no-store, Set-Cookie, Vary: *): an answer that merely has no freshness
-// or an error status (a 400 to a field the origin refused, say) may be the
-// doing of the one client whose request led the fetch, with no-cache to
-// get past the copy, and must not take the shield away from everyone.
-func passes(d freshness.Decision, stale *stored.Entry) bool {
-	if !d.PassesKey() {
-		return false
-	}
-	switch d.Reason {
-	case freshness.ReasonNoFreshness, freshness.ReasonStatus, freshness.ReasonErrorStatus:
-		return stale == nil
-	}
-	return true
 }
 
 // serveStaleOnError serves stale in place of an origin failure
@@ -947,13 +861,13 @@ func (p *Proxy) serveStaleOnError(w http.ResponseWriter, r *http.Request, stale 
 // serveError answers a failed fetch of the flight in: with its stale
 // entry where it may stand in, upstream on r's own when the answer was
 // too large to share, and otherwise as upstreamFailure says.
-func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, in flight, fwd cachestatus.Fwd, err error, now time.Time) requestOutcome {
-	key, stale := in.key, in.stale
-	if errors.Is(err, errPersonal) || errors.Is(err, errHedged) {
+func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, in fetch.Flight, fwd cachestatus.Fwd, err error, now time.Time) requestOutcome {
+	key, stale := in.Key, in.Stale
+	if errors.Is(err, fetch.ErrPersonal) || errors.Is(err, errHedged) {
 		return p.passThrough(w, r, key, fwd, "")
 	}
 	if errors.Is(err, body.ErrTooLarge) {
-		p.store.MarkPass(r.Context(), in.vkey, string(cachestatus.TooLarge))
+		p.store.MarkPass(r.Context(), in.VKey, string(cachestatus.TooLarge))
 		return p.passThrough(w, r, key, cachestatus.FwdMiss, cachestatus.TooLarge)
 	}
 	if errors.Is(err, body.ErrFull) {

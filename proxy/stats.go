@@ -84,6 +84,11 @@ const (
 	outBusy                               // Busy
 	outRejected                           // Rejected
 	outCut                                // Errors: a streamed answer cut short, the connection aborted
+
+	// outOtherVariant is not an answer: the flight a request joined
+	// answered another variant than the request's, and nothing was
+	// written; handle looks again. Counted nowhere.
+	outOtherVariant
 )
 
 // count counts one request with outcome o.
@@ -118,7 +123,7 @@ func (s *Stats) count(o requestOutcome) {
 	case outRejected:
 		c = &s.Rejected
 	default:
-		return // outNone: handle answers every request, so never here
+		return // outNone, outOtherVariant: handle answers every request, so never here
 	}
 	c.Add(1)
 }

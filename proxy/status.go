@@ -189,3 +189,9 @@ func (p *Proxy) passError(w http.ResponseWriter, r *http.Request, err error) {
 	w.Header().Add("Via", httprule.Via)
 	http.Error(w, http.StatusText(status), status)
 }
+
+// purgedElsewhere drops this replica's copies of what another replica
+// purged at at.
+func (p *Proxy) purgedElsewhere(key string, prefix bool, at time.Time) {
+	p.purgeHere(key, prefix, at) //nolint:errcheck // logged
+}
