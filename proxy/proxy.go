@@ -14,7 +14,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptrace"
-	"net/http/httputil"
 	"net/netip"
 	"net/url"
 	"sync"
@@ -28,6 +27,7 @@ import (
 	"corral/proxy/internal/cachestatus"
 	"corral/proxy/internal/fetch"
 	"corral/proxy/internal/httprule"
+	"corral/proxy/internal/pass"
 	"corral/proxy/internal/respond"
 	"corral/proxy/internal/stored"
 	"corral/proxy/internal/target"
@@ -188,7 +188,7 @@ type Proxy struct {
 	requestNoCache  RequestNoCache
 	revalidate      time.Duration // RevalidateInterval; 0 when none
 	transport       http.RoundTripper
-	guard           *guard // wraps transport
+	guard           *upstream.Guard // wraps transport
 	now             func() time.Time
 	fakeClock       bool // now is not time.Now
 	trustedProxies  []netip.Prefix
@@ -200,7 +200,7 @@ type Proxy struct {
 	flights         flights       // a coalesce.Group
 	fleet           *fleet.Fleet  // the tier replicas share; nil when none
 	stopPurges      func()        // ends the fleet's calls to purgedElsewhere
-	pass            *httputil.ReverseProxy
+	passer          *pass.Passer
 	stats           Stats
 	metrics         *Metrics
 	fetcher         *fetch.Fetcher
@@ -303,7 +303,7 @@ func New(cfg Config) (*Proxy, error) {
 		func(d time.Duration) { p.metrics.upstream.Observe(d.Seconds()) })
 	p.logRequests = p.log.Enabled(context.Background(), slog.LevelDebug)
 	p.fetcher = &fetch.Fetcher{
-		Store: p.store, Fleet: p.fleet, Origin: p.origin, Guard: p.guard.Guard,
+		Store: p.store, Fleet: p.fleet, Origin: p.origin, Guard: p.guard,
 		Buffers: p.buffers, MaxObject: p.maxObject, MinRate: p.unstored.MinRate(),
 		Timeout: timeout, PassTTL: p.passTTL, Revalidate: p.revalidate,
 		Now: p.now, Log: p.log, Count: p.stats.upstream, Go: p.flights.Go,
@@ -311,17 +311,11 @@ func New(cfg Config) (*Proxy, error) {
 	if p.fleet != nil {
 		p.stopPurges = p.fleet.OnPurge(p.purgedElsewhere)
 	}
-	p.pass = &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			info, _ := pr.In.Context().Value(passKey{}).(passed)
-			pr.Out.URL = p.origin.URL(info.uri)
-			pr.Out.Host = ""
-			p.forward(pr.Out.Header, pr.In, httprule.MayStore(pr.In))
-		},
-		Transport:      p.guard,
-		ModifyResponse: p.modifyPassed,
-		ErrorHandler:   p.passError,
-	}
+	p.passer = pass.New(pass.Config{
+		Store: p.store, Origin: p.origin, Guard: p.guard, Copies: p.copyBuffers, Unstored: p.unstored,
+		MaxObject: p.maxObject, Trusted: p.trustedProxies, Now: p.now, Log: p.log, Count: p.stats.upstream,
+		Invalidate: p.invalidate,
+	})
 	return p, nil
 }
 
@@ -492,7 +486,7 @@ func (p *Proxy) answer(w http.ResponseWriter, r *http.Request, req freshness.Req
 		respond.Status(w, http.StatusGatewayTimeout, cachestatus.Status{Detail: v.detail})
 		return outError
 	}
-	return p.fetchAndServe(w, r, req, p.fetcher.NewFlight(r, req, key, vkey, vary, e, p.clientAddr(r)), v.fwd)
+	return p.fetchAndServe(w, r, req, p.fetcher.NewFlight(r, req, key, vkey, vary, e, p.passer.ClientAddr(r)), v.fwd)
 }
 
 // verdict is what decide made of a request and what the store holds for
@@ -811,24 +805,6 @@ func (p *Proxy) serveStream(w http.ResponseWriter, r *http.Request, in fetch.Fli
 	return outCoalesced
 }
 
-// passWriter is the ResponseWriter a passed-through request writes to. It
-// filters interim responses, whose fields ReverseProxy copies as the origin
-// sent them, and carries the request's outcome back from passError.
-type passWriter struct {
-	http.ResponseWriter
-	outcome requestOutcome
-}
-
-func (w *passWriter) WriteHeader(code int) {
-	if code >= 100 && code < 200 && code != http.StatusSwitchingProtocols {
-		httprule.FilterInterim(w.Header())
-	}
-	w.ResponseWriter.WriteHeader(code)
-}
-
-// Unwrap lets http.ResponseController reach Flush and Hijack.
-func (w *passWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
-
 // refresh revalidates stale, which r's lookup found under vkey, in the
 // background, once per key at a time, and not again before a failed
 // refresh's back-off has passed. The refresh outlives r's handler: it
@@ -845,7 +821,7 @@ func (p *Proxy) refresh(r *http.Request, key, vkey string, stale *stored.Entry) 
 		return
 	}
 	started := p.flights.Refresh(r.Context(), fetch.FlightID(r, vkey), func() coalesce.Fetch[*fetch.Result] {
-		return p.fetcher.Refresh(p.fetcher.NewFlight(r, noDirectives, key, vkey, stale.Vary, stale, p.clientAddr(r)).Neutralized())
+		return p.fetcher.Refresh(p.fetcher.NewFlight(r, noDirectives, key, vkey, stale.Vary, stale, p.passer.ClientAddr(r)).Neutralized())
 	})
 	if started {
 		p.stats.Refreshes.Add(1)
@@ -881,7 +857,7 @@ func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, req freshness
 		}
 		return p.passThrough(w, r, key, cachestatus.FwdMiss, cachestatus.BuffersFull)
 	}
-	status, d, busy := upstreamFailure(err)
+	status, d, busy := respond.Failure(err)
 	if busy != nil {
 		// corral held the request back to spare the origin: as good as
 		// disconnected from it.
@@ -898,16 +874,11 @@ func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, req freshness
 	return outError
 }
 
-// upstreamFailure maps an upstream exchange that failed with err, shared
-// fetch or passed-through request, to corral's own answer: 503 when the
-// upstream guard held it back (busy says for how long), 504 when the
-// origin took longer than UpstreamTimeout, 502 for anything else.
-func upstreamFailure(err error) (status int, d cachestatus.Detail, busy *upstream.BusyError) {
-	switch {
-	case errors.As(err, &busy):
-		return http.StatusServiceUnavailable, cachestatus.UpstreamBusy, busy
-	case errors.Is(err, context.DeadlineExceeded):
-		return http.StatusGatewayTimeout, cachestatus.UpstreamTimeout, nil
+// passThrough sends r upstream on its own (see pass.Passer.Pass), for
+// the reason fwd and detail give in Cache-Status.
+func (p *Proxy) passThrough(w http.ResponseWriter, r *http.Request, target string, fwd cachestatus.Fwd, detail cachestatus.Detail) requestOutcome {
+	if p.passer.Pass(w, r, target, cachestatus.Status{Fwd: fwd, Detail: detail}) {
+		return outBusy
 	}
-	return http.StatusBadGateway, cachestatus.UpstreamError, nil
+	return outPassed
 }

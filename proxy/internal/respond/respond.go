@@ -7,6 +7,8 @@ package respond
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -17,6 +19,7 @@ import (
 	"corral/proxy/internal/cachestatus"
 	"corral/proxy/internal/httprule"
 	"corral/proxy/internal/stored"
+	"corral/proxy/upstream"
 )
 
 // Result is what became of an answer from a stored response.
@@ -174,4 +177,18 @@ func Status(w http.ResponseWriter, status int, st cachestatus.Status) {
 	h.Add("Via", httprule.Via)
 	w.WriteHeader(status)
 	fmt.Fprintln(w, http.StatusText(status))
+}
+
+// Failure maps an upstream exchange that failed with err, shared
+// fetch or passed-through request, to corral's own answer: 503 when the
+// upstream guard held it back (busy says for how long), 504 when the
+// origin took longer than UpstreamTimeout, 502 for anything else.
+func Failure(err error) (status int, d cachestatus.Detail, busy *upstream.BusyError) {
+	switch {
+	case errors.As(err, &busy):
+		return http.StatusServiceUnavailable, cachestatus.UpstreamBusy, busy
+	case errors.Is(err, context.DeadlineExceeded):
+		return http.StatusGatewayTimeout, cachestatus.UpstreamTimeout, nil
+	}
+	return http.StatusBadGateway, cachestatus.UpstreamError, nil
 }

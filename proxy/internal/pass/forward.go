@@ -1,4 +1,4 @@
-package proxy
+package pass
 
 import (
 	"corral/proxy/internal/httprule"
@@ -24,11 +24,11 @@ import (
 //     client's Host would otherwise have it served to everyone.
 //   - A request answered for its client alone (other methods, upgrades)
 //     carries X-Forwarded-For with the client's address and
-//     X-Forwarded-Proto. When the client is one of
-//     TrustedProxies, the X-Forwarded-For chain, X-Forwarded-Host,
+//     X-Forwarded-Proto. When the client is one of the trusted
+//     proxies (Config.Trusted), the X-Forwarded-For chain, X-Forwarded-Host,
 //     X-Forwarded-Proto and Forwarded it sent are kept, and its address
 //     is appended to the chain.
-func (p *Proxy) forward(out http.Header, in *http.Request, mayStore bool) {
+func (ps *Passer) forward(out http.Header, in *http.Request, mayStore bool) {
 	httprule.NormalizeLists(out)
 	if mayStore {
 		httprule.DropStoredForwarding(out)
@@ -38,7 +38,7 @@ func (p *Proxy) forward(out http.Header, in *http.Request, mayStore bool) {
 	httprule.DropFields(out, httprule.NeverForwarded)
 	out.Add("Via", httprule.Via)
 	peer := peerAddr(in.RemoteAddr)
-	if peer.IsValid() && p.trusted(peer) {
+	if peer.IsValid() && ps.isTrusted(peer) {
 		for _, f := range []string{"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Forwarded"} {
 			if vs := in.Header.Values(f); len(vs) > 0 {
 				out[f] = append([]string(nil), vs...)
@@ -60,8 +60,8 @@ func (p *Proxy) forward(out http.Header, in *http.Request, mayStore bool) {
 	}
 }
 
-func (p *Proxy) trusted(addr netip.Addr) bool {
-	for _, pfx := range p.trustedProxies {
+func (ps *Passer) isTrusted(addr netip.Addr) bool {
+	for _, pfx := range ps.trusted {
 		if pfx.Contains(addr) {
 			return true
 		}
@@ -69,13 +69,13 @@ func (p *Proxy) trusted(addr netip.Addr) bool {
 	return false
 }
 
-// clientAddr is the address of the client that sent r: its peer's, or,
-// when the peer is one of TrustedProxies, the last address in the
+// ClientAddr is the address of the client that sent r: its peer's, or,
+// when the peer is one of Config.Trusted, the last address in the
 // X-Forwarded-For chain that is not one of them (the chain's earlier
 // entries are whatever the client wrote).
-func (p *Proxy) clientAddr(r *http.Request) netip.Addr {
+func (ps *Passer) ClientAddr(r *http.Request) netip.Addr {
 	addr := peerAddr(r.RemoteAddr)
-	if !addr.IsValid() || !p.trusted(addr) {
+	if !addr.IsValid() || !ps.isTrusted(addr) {
 		return addr
 	}
 	chain := r.Header.Values("X-Forwarded-For")
@@ -86,7 +86,7 @@ func (p *Proxy) clientAddr(r *http.Request) netip.Addr {
 			if err != nil {
 				return addr // a chain that does not parse: the proxy is the client
 			}
-			if hop = hop.Unmap(); !p.trusted(hop) {
+			if hop = hop.Unmap(); !ps.isTrusted(hop) {
 				return hop
 			}
 		}
