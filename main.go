@@ -26,6 +26,7 @@ import (
 
 	"corral/bench"
 	"corral/proxy"
+	"corral/proxy/admin"
 	"corral/proxy/cache/redisstore"
 	"corral/proxy/fleet"
 	"corral/proxy/rules"
@@ -102,16 +103,16 @@ func run(ctx context.Context, args []string, stderr io.Writer, getenv func(strin
 		return 2
 	}
 	servers := []*server{{name: "listen", addr: c.listen, handler: p, maxHeaderBytes: c.maxHeaderBytes, writeTimeout: c.clientWriteTimeout, maxConns: c.maxConnections}}
-	var admin *proxy.Admin
+	var adm *admin.Admin
 	if c.adminListen != "" {
-		admin = proxy.NewAdmin(p, c.adminToken)
+		adm = admin.New(p, c.adminToken, log, p.Metrics())
 		if fl != nil {
-			if err := admin.Register(fl); err != nil {
+			if err := adm.Register(fl); err != nil {
 				fmt.Fprintln(stderr, "corral: metrics:", err)
 				return 1
 			}
 		}
-		servers = append(servers, &server{name: "admin-listen", addr: c.adminListen, handler: admin, maxHeaderBytes: c.maxHeaderBytes})
+		servers = append(servers, &server{name: "admin-listen", addr: c.adminListen, handler: adm, maxHeaderBytes: c.maxHeaderBytes})
 	}
 	// Bind every listener before serving on any: a port in use fails the
 	// start, and once /readyz answers, the public port accepts.
@@ -148,8 +149,8 @@ func run(ctx context.Context, args []string, stderr io.Writer, getenv func(strin
 	log.Info("shutting down", "timeout", c.shutdownTimeout.String())
 	sctx, cancel := context.WithTimeout(context.Background(), c.shutdownTimeout)
 	defer cancel()
-	if admin != nil {
-		admin.Drain()
+	if adm != nil {
+		adm.Drain()
 	}
 	code = 0
 	fail := func(what string, err error) {

@@ -18,11 +18,13 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"corral/proxy/admin"
 )
 
-// admin sends method path to a's handler with the given Authorization
+// callAdmin sends method path to a's handler with the given Authorization
 // header and returns the status and body.
-func admin(a http.Handler, method, path, auth string) (int, string) {
+func callAdmin(a http.Handler, method, path, auth string) (int, string) {
 	req := httptest.NewRequest(method, path, nil)
 	if auth != "" {
 		req.Header.Set("Authorization", auth)
@@ -36,7 +38,7 @@ func admin(a http.Handler, method, path, auth string) (int, string) {
 // labels as the exposition format writes them.
 func scrape(t *testing.T, a http.Handler) map[string]float64 {
 	t.Helper()
-	code, body := admin(a, http.MethodGet, "/metrics", "")
+	code, body := callAdmin(a, http.MethodGet, "/metrics", "")
 	if code != http.StatusOK {
 		t.Fatalf("/metrics answered %d: %s", code, body)
 	}
@@ -82,7 +84,7 @@ func TestMetricsCountKnownTraffic(t *testing.T) {
 		io.WriteString(w, "body")
 	})
 	p := newTestProxy(t, o, clk, Config{})
-	a := NewAdmin(p, "")
+	a := newAdmin(p, "")
 
 	get(p, "/a")                                    // miss
 	get(p, "/a")                                    // hit
@@ -166,12 +168,12 @@ func TestPurgeDuringFetchLeavesNoWriteBack(t *testing.T) {
 			arrived, release := make(chan struct{}), make(chan struct{})
 			o := newOrigin(t, clk, holding(arrived, release, answer("max-age=60", "old")))
 			p := newTestProxy(t, o, clk, Config{})
-			a := NewAdmin(p, "")
+			a := newAdmin(p, "")
 
 			first := make(chan response)
 			go func() { r, _ := get(p, "/a"); first <- r }()
 			wait(t, arrived, "the fetch to reach the origin")
-			if code, body := admin(a, http.MethodPost, tt.purge, ""); code != http.StatusOK {
+			if code, body := callAdmin(a, http.MethodPost, tt.purge, ""); code != http.StatusOK {
 				t.Fatalf("purge answered %d: %s", code, body)
 			}
 			close(release)
@@ -194,7 +196,7 @@ func TestPurgeEndpoint(t *testing.T) {
 	clk := newClock()
 	o := newOrigin(t, clk, answer("max-age=60", "x"))
 	p := newTestProxy(t, o, clk, Config{})
-	a := NewAdmin(p, "s3cret")
+	a := newAdmin(p, "s3cret")
 	const auth = "Bearer s3cret"
 	for _, path := range []string{"/api/a", "/api/a?x=1", "/api/b", "/other"} {
 		get(p, path)
@@ -224,7 +226,7 @@ func TestPurgeEndpoint(t *testing.T) {
 		{"metrics need the token", http.MethodGet, "/metrics", "", 401, "missing or wrong bearer token\n"},
 	}
 	for _, tt := range tests {
-		code, body := admin(a, tt.method, tt.path, tt.auth)
+		code, body := callAdmin(a, tt.method, tt.path, tt.auth)
 		if diff := cmp.Diff([]any{tt.wantCode, tt.wantBody}, []any{code, body}); diff != "" {
 			t.Errorf("%s: %s %s (-want +got):\n%s", tt.name, tt.method, tt.path, diff)
 		}
@@ -240,29 +242,29 @@ func TestReadiness(t *testing.T) {
 	clk := newClock()
 	o := newOrigin(t, clk, answer("max-age=60", "x"))
 	p := newTestProxy(t, o, clk, Config{})
-	a := NewAdmin(p, "")
-	if code, body := admin(a, http.MethodGet, "/readyz", ""); code != 200 {
+	a := newAdmin(p, "")
+	if code, body := callAdmin(a, http.MethodGet, "/readyz", ""); code != 200 {
 		t.Errorf("origin up: /readyz %d %q, want 200", code, body)
 	}
 	o.Close() // refuses connections from now on
-	if code, body := admin(a, http.MethodGet, "/readyz", ""); code != 503 || !strings.Contains(body, "upstream unreachable") {
+	if code, body := callAdmin(a, http.MethodGet, "/readyz", ""); code != 503 || !strings.Contains(body, "upstream unreachable") {
 		t.Errorf("origin down, nothing cached: /readyz %d %q, want 503 saying why", code, body)
 	}
 
 	o2 := newOrigin(t, clk, answer("max-age=60", "x"))
 	p2 := newTestProxy(t, o2, clk, Config{})
-	a2 := NewAdmin(p2, "")
+	a2 := newAdmin(p2, "")
 	get(p2, "/x")
 	o2.Close()
 	clk.Advance(time.Minute) // the last answer is old news
-	if code, body := admin(a2, http.MethodGet, "/readyz", ""); code != 200 {
+	if code, body := callAdmin(a2, http.MethodGet, "/readyz", ""); code != 200 {
 		t.Errorf("origin down, a response cached: /readyz %d %q, want 200", code, body)
 	}
 	a2.Drain()
-	if code, body := admin(a2, http.MethodGet, "/readyz", ""); code != 503 || body != "not ready: shutting down\n" {
+	if code, body := callAdmin(a2, http.MethodGet, "/readyz", ""); code != 503 || body != "not ready: shutting down\n" {
 		t.Errorf("draining: /readyz %d %q, want 503", code, body)
 	}
-	if code, _ := admin(a2, http.MethodGet, "/healthz", ""); code != 200 {
+	if code, _ := callAdmin(a2, http.MethodGet, "/healthz", ""); code != 200 {
 		t.Errorf("draining: /healthz %d, want 200: the process is still up", code)
 	}
 }
@@ -801,4 +803,9 @@ func TestEachRequestCountedOnce(t *testing.T) {
 	if n := s.Requests.Load(); sum != n {
 		t.Errorf("outcomes add up to %d, want %d: each request counted once", sum, n)
 	}
+}
+
+// newAdmin returns the admin endpoints for p, as main wires them.
+func newAdmin(p *Proxy, token string) *admin.Admin {
+	return admin.New(p, token, p.log, p.Metrics())
 }

@@ -31,6 +31,7 @@ import (
 	"corral/proxy/internal/respond"
 	"corral/proxy/internal/stored"
 	"corral/proxy/internal/target"
+	"corral/proxy/metrics"
 	"corral/proxy/rules"
 	"corral/proxy/upstream"
 )
@@ -202,7 +203,7 @@ type Proxy struct {
 	stopPurges      func()        // ends the fleet's calls to purgedElsewhere
 	passer          *pass.Passer
 	stats           Stats
-	metrics         *Metrics
+	metrics         *metrics.Metrics
 	fetcher         *fetch.Fetcher
 }
 
@@ -259,7 +260,13 @@ func New(cfg Config) (*Proxy, error) {
 	p.upstreamTimeout = timeout
 	p.hedgeAfter = timeout / 4
 	p.flights = &coalesce.Group[*fetch.Result]{Timeout: timeout}
-	p.metrics = newMetrics(p)
+	p.metrics = metrics.New(metrics.Source{
+		Stats:    &p.stats,
+		Guard:    func() upstream.Stats { return p.guard.Stats() },
+		Buffered: func() int64 { return p.buffers.InUse() },
+		Unstored: func() int64 { return p.unstored.InUse() },
+		Sizer:    func() cache.Sizer { return p.store.Sizer() },
+	})
 	cacheBytes := orDefault(cfg.CacheBytes, 256<<20)
 	store := cfg.Store
 	if store == nil {
@@ -300,20 +307,20 @@ func New(cfg Config) (*Proxy, error) {
 	p.stats.RuleDecisions = p.store.RuleDecisions()
 	p.fakeClock = cfg.Now != nil
 	p.guard = newGuard(p.transport, cfg, timeout, p.now,
-		func(d time.Duration) { p.metrics.upstream.Observe(d.Seconds()) })
+		func(d time.Duration) { p.metrics.Upstream.Observe(d.Seconds()) })
 	p.logRequests = p.log.Enabled(context.Background(), slog.LevelDebug)
 	p.fetcher = &fetch.Fetcher{
 		Store: p.store, Fleet: p.fleet, Origin: p.origin, Guard: p.guard,
 		Buffers: p.buffers, MaxObject: p.maxObject, MinRate: p.unstored.MinRate(),
 		Timeout: timeout, PassTTL: p.passTTL, Revalidate: p.revalidate,
-		Now: p.now, Log: p.log, Count: p.stats.upstream, Go: p.flights.Go,
+		Now: p.now, Log: p.log, Count: p.stats.CountUpstream, Go: p.flights.Go,
 	}
 	if p.fleet != nil {
 		p.stopPurges = p.fleet.OnPurge(p.purgedElsewhere)
 	}
 	p.passer = pass.New(pass.Config{
 		Store: p.store, Origin: p.origin, Guard: p.guard, Copies: p.copyBuffers, Unstored: p.unstored,
-		MaxObject: p.maxObject, Trusted: p.trustedProxies, Now: p.now, Log: p.log, Count: p.stats.upstream,
+		MaxObject: p.maxObject, Trusted: p.trustedProxies, Now: p.now, Log: p.log, Count: p.stats.CountUpstream,
 		Invalidate: p.invalidate,
 	})
 	return p, nil
@@ -365,6 +372,10 @@ func NewMemory(maxBytes int64) *cache.Memory {
 	return cache.NewMemory(cache.Config{MaxBytes: maxBytes, Keep: defaultUpstreamTimeout})
 }
 
+// Metrics returns the proxy's Prometheus collector, to register where the
+// operator serves metrics.
+func (p *Proxy) Metrics() *metrics.Metrics { return p.metrics }
+
 // Stats returns the proxy's counters.
 func (p *Proxy) Stats() *Stats { return &p.stats }
 
@@ -408,9 +419,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				"bytes", lw.Bytes, "cache_status", lw.Header().Get("Cache-Status"), "duration", time.Since(start))
 		}()
 	}
-	defer func() { p.metrics.client.Observe(time.Since(start).Seconds()) }()
+	defer func() { p.metrics.Client.Observe(time.Since(start).Seconds()) }()
 	o := p.handle(w, r, start)
-	p.stats.count(o)
+	o.count(&p.stats)
 	if o == outCut {
 		// net/http closes the connection, or resets the stream, so
 		// that the client sees the body end early (a chunked one would

@@ -265,7 +265,7 @@ func TestRuleDecisionsMetric(t *testing.T) {
 	get(p, "/x")
 	get(p, "/own") // the origin's Corral-Cache-Control decides
 
-	got := pick(scrape(t, NewAdmin(p, "")), "corral_rule_decisions_total")
+	got := pick(scrape(t, newAdmin(p, "")), "corral_rule_decisions_total")
 	want := map[string]float64{
 		`corral_rule_decisions_total{rule="/"}`:        1,
 		`corral_rule_decisions_total{rule="/api/"}`:    2,

@@ -465,7 +465,7 @@ func TestBufferedBytesGauge(t *testing.T) {
 	var log bodyLog
 	o := bodyOrigin(t, clk, &log)
 	p := newTestProxy(t, o, clk, Config{RequestBodyTimeout: time.Minute})
-	a := NewAdmin(p, "")
+	a := newAdmin(p, "")
 	req, pw := uploadRequest("/upload", -1)
 	ch := serveAsync(p, req)
 	// The second write returns once the proxy reads again, after it has

@@ -307,7 +307,7 @@ func TestPauseGauges(t *testing.T) {
 	clk := newClock()
 	o := newOrigin(t, clk, pausingOrigin(http.StatusServiceUnavailable, "60"))
 	p := newTestProxy(t, o, clk, Config{})
-	a := NewAdmin(p, "")
+	a := newAdmin(p, "")
 	gauges := func() map[string]float64 {
 		got := scrape(t, a)
 		return pick(got, "corral_upstream_paused")

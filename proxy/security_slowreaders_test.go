@@ -44,7 +44,7 @@ func TestSlowReadersHoldNoBodyPastTheBudget(t *testing.T) {
 		w.Write(objectBody(r.URL.Path, objectSize))
 	})
 	p := newTestProxy(t, o, clk, Config{CacheBytes: cacheBytes, MaxObjectBytes: objectSize, BufferBytes: bufferBytes})
-	a := NewAdmin(p, "")
+	a := newAdmin(p, "")
 	srv := httptest.NewUnstartedServer(p)
 	srv.Listener = smallWrites{srv.Listener}
 	srv.Start()

@@ -345,7 +345,7 @@ func TestPurgeNamesWhatRequestsStore(t *testing.T) {
 	clk := newClock()
 	o := newOrigin(t, clk, answer("max-age=60", "x"))
 	p := newTestProxy(t, o, clk, Config{})
-	a := NewAdmin(p, "")
+	a := newAdmin(p, "")
 	for _, path := range []string{"/a", "/b", "/keys/%64", "/q?x=%7e"} {
 		get(p, path)
 	}
@@ -355,7 +355,7 @@ func TestPurgeNamesWhatRequestsStore(t *testing.T) {
 		{"/purge?url=" + url.QueryEscape("/q?x=~"), `{"purged":1}` + "\n"},
 		{"/purge?url=/bad%25zz", `"/bad%zz" is not a URL path (such as /api/stats) or an absolute URL` + "\n"},
 	} {
-		if _, body := admin(a, http.MethodPost, tt.path, ""); body != tt.want {
+		if _, body := callAdmin(a, http.MethodPost, tt.path, ""); body != tt.want {
 			t.Errorf("POST %s: %q, want %q", tt.path, body, tt.want)
 		}
 	}

@@ -26,6 +26,7 @@ import (
 
 	"corral/proxy/cache"
 	"corral/proxy/cache/redisstore"
+	"corral/proxy/metrics"
 )
 
 // Defaults for the Config fields left zero.
@@ -165,7 +166,7 @@ func New(cfg Config) (*Fleet, error) {
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "corral_redis_command_duration_seconds",
 			Help:    "Time of a call to Redis, as the replica measured it.",
-			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1},
+			Buckets: metrics.LatencyBuckets,
 		}),
 	}
 	f.closing, f.stop = context.WithCancel(context.Background())

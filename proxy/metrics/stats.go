@@ -1,4 +1,4 @@
-package proxy
+package metrics
 
 import (
 	"context"
@@ -6,7 +6,7 @@ import (
 	"sync/atomic"
 )
 
-// Stats counts what the proxy did. Every field only grows. Each client
+// Stats counts what a proxy did. Every field only grows. Each client
 // request is counted once in Requests and once in exactly one outcome.
 type Stats struct {
 	Requests atomic.Int64 // client requests
@@ -47,8 +47,8 @@ func (s *Stats) UpstreamRequests() int64 {
 		s.UpstreamTimeouts.Load() + s.UpstreamErrors.Load()
 }
 
-// upstream counts one upstream exchange that ended with status or err.
-func (s *Stats) upstream(status int, err error) {
+// CountUpstream counts one upstream exchange that ended with status or err.
+func (s *Stats) CountUpstream(status int, err error) {
 	switch {
 	case errors.Is(err, context.DeadlineExceeded):
 		s.UpstreamTimeouts.Add(1)
@@ -63,67 +63,4 @@ func (s *Stats) upstream(status int, err error) {
 	default:
 		s.Upstream2xx.Add(1)
 	}
-}
-
-// requestOutcome is what became of one client request: the handlers of the flow
-// return one each, and ServeHTTP counts it, once.
-type requestOutcome uint8
-
-const (
-	outNone         requestOutcome = iota // not answered yet: counted nowhere
-	outHit                                // Hits
-	outStale                              // StaleHits
-	outMiss                               // Misses
-	outRevalidated                        // Revalidated
-	outCoalesced                          // Coalesced
-	outStaleOnError                       // StaleOnError
-	outPassed                             // Passed
-	outError                              // Errors
-	outAbandoned                          // Abandoned
-	outStaleOnBusy                        // StaleOnBusy
-	outBusy                               // Busy
-	outRejected                           // Rejected
-	outCut                                // Errors: a streamed answer cut short, the connection aborted
-
-	// outOtherVariant is not an answer: the flight a request joined
-	// answered another variant than the request's, and nothing was
-	// written; handle looks again. Counted nowhere.
-	outOtherVariant
-)
-
-// count counts one request with outcome o.
-func (s *Stats) count(o requestOutcome) {
-	var c *atomic.Int64
-	switch o {
-	case outHit:
-		c = &s.Hits
-	case outStale:
-		c = &s.StaleHits
-	case outMiss:
-		c = &s.Misses
-	case outRevalidated:
-		c = &s.Revalidated
-	case outCoalesced:
-		c = &s.Coalesced
-	case outStaleOnError:
-		c = &s.StaleOnError
-	case outPassed:
-		c = &s.Passed
-	case outError:
-		c = &s.Errors
-	case outCut:
-		s.Cut.Add(1)
-		c = &s.Errors
-	case outAbandoned:
-		c = &s.Abandoned
-	case outStaleOnBusy:
-		c = &s.StaleOnBusy
-	case outBusy:
-		c = &s.Busy
-	case outRejected:
-		c = &s.Rejected
-	default:
-		return // outNone, outOtherVariant: handle answers every request, so never here
-	}
-	c.Add(1)
 }

@@ -1,4 +1,9 @@
-package proxy
+// Package metrics counts what a proxy does, in plain atomic counters
+// (Stats) read where they are kept, and exports them to Prometheus, with
+// the proxy's gauges and latency histograms, when scraped. It decides the
+// exported names and labels: outcomes, result classes and the prefixes of
+// the operator's rules, never a URL or a key.
+package metrics
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
@@ -7,54 +12,44 @@ import (
 	"corral/proxy/upstream"
 )
 
-// Metrics exports the proxy's Stats, its store's size and its latency
-// histograms to Prometheus. Labels are outcomes, result classes and the
-// prefixes of the operator's rules only, never a URL or a key.
+// Metrics exports a proxy's Stats, its store's size and its latency
+// histograms to Prometheus.
 type Metrics struct {
-	src      metered
-	client   prometheus.Histogram
-	upstream prometheus.Histogram
+	src Source
+
+	// Client and Upstream are the latency histograms the proxy
+	// observes: a client's answer, body included; an upstream exchange,
+	// body included.
+	Client   prometheus.Histogram
+	Upstream prometheus.Histogram
 }
 
-// metered is what Metrics reads, when scraped, of the proxy it exports:
-// counters as plain data, read where they are kept.
-type metered interface {
-	// counters returns the proxy's counters.
-	counters() *Stats
-	// guardStats returns what the upstream guard counts now.
-	guardStats() upstream.Stats
-	// bufferedBytes returns the buffer budget in use.
-	bufferedBytes() int64
-	// unstoredBytes returns what of it bodies being written that the
-	// store does not hold take.
-	unstoredBytes() int64
-	// sizer returns the store's gauges, or nil when it keeps none.
-	sizer() cache.Sizer
+// Source is what Metrics reads, when scraped, of the proxy it exports:
+// counters as plain data, and gauges read where they are kept.
+type Source struct {
+	Stats    *Stats
+	Guard    func() upstream.Stats // what the upstream guard counts now
+	Buffered func() int64          // the buffer budget in use
+	Unstored func() int64          // what of it bodies being written that the store does not hold take
+	Sizer    func() cache.Sizer    // the store's gauges, or nil when it keeps none
 }
 
-func (p *Proxy) counters() *Stats           { return &p.stats }
-func (p *Proxy) guardStats() upstream.Stats { return p.guard.Stats() }
-func (p *Proxy) bufferedBytes() int64       { return p.buffers.InUse() }
-func (p *Proxy) unstoredBytes() int64       { return p.unstored.InUse() }
-func (p *Proxy) sizer() cache.Sizer         { return p.store.Sizer() }
+// LatencyBuckets are the bounds, in seconds, of corral's latency
+// histograms: from a hit in memory to an upstream timeout.
+var LatencyBuckets = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
 
-var latencyBuckets = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
-
-func newMetrics(src metered) *Metrics {
+// New returns the Metrics of src.
+func New(src Source) *Metrics {
 	return &Metrics{
 		src: src,
-		client: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "corral_request_duration_seconds", Help: "Time to answer a client, body included.", Buckets: latencyBuckets,
+		Client: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "corral_request_duration_seconds", Help: "Time to answer a client, body included.", Buckets: LatencyBuckets,
 		}),
-		upstream: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "corral_upstream_duration_seconds", Help: "Time of an upstream exchange, body included.", Buckets: latencyBuckets,
+		Upstream: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "corral_upstream_duration_seconds", Help: "Time of an upstream exchange, body included.", Buckets: LatencyBuckets,
 		}),
 	}
 }
-
-// Metrics returns the proxy's Prometheus collector, to register where the
-// operator serves metrics.
-func (p *Proxy) Metrics() *Metrics { return p.metrics }
 
 var (
 	descRequests  = prometheus.NewDesc("corral_requests_total", "Client requests by cache outcome.", []string{"outcome"}, nil)
@@ -79,12 +74,12 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRequests, descUpstream, descRefreshes, descEvictions, descBytes, descEntries, descThrottled, descInflight, descQueued, descPaused, descPausedKey, descPurged, descBuffered, descUnstored, descCut, descRules} {
 		ch <- d
 	}
-	m.client.Describe(ch)
-	m.upstream.Describe(ch)
+	m.Client.Describe(ch)
+	m.Upstream.Describe(ch)
 }
 
 func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
-	s := m.src.counters()
+	s := m.src.Stats
 	counter := func(d *prometheus.Desc, v int64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
 	}
@@ -109,7 +104,7 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	for prefix, n := range s.RuleDecisions {
 		counter(descRules, n.Load(), prefix)
 	}
-	g := m.src.guardStats()
+	g := m.src.Guard()
 	counter(descThrottled, g.Throttled)
 	ch <- prometheus.MustNewConstMetric(descInflight, prometheus.GaugeValue, float64(g.Inflight))
 	ch <- prometheus.MustNewConstMetric(descQueued, prometheus.GaugeValue, float64(g.Queued))
@@ -119,13 +114,13 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descPaused, prometheus.GaugeValue, paused, "origin")
 	ch <- prometheus.MustNewConstMetric(descPausedKey, prometheus.GaugeValue, float64(g.PausedKeys))
-	ch <- prometheus.MustNewConstMetric(descBuffered, prometheus.GaugeValue, float64(m.src.bufferedBytes()))
-	ch <- prometheus.MustNewConstMetric(descUnstored, prometheus.GaugeValue, float64(m.src.unstoredBytes()))
-	if mem := m.src.sizer(); mem != nil {
+	ch <- prometheus.MustNewConstMetric(descBuffered, prometheus.GaugeValue, float64(m.src.Buffered()))
+	ch <- prometheus.MustNewConstMetric(descUnstored, prometheus.GaugeValue, float64(m.src.Unstored()))
+	if mem := m.src.Sizer(); mem != nil {
 		counter(descEvictions, mem.Evictions())
 		ch <- prometheus.MustNewConstMetric(descBytes, prometheus.GaugeValue, float64(mem.Bytes()))
 		ch <- prometheus.MustNewConstMetric(descEntries, prometheus.GaugeValue, float64(mem.Len()))
 	}
-	m.client.Collect(ch)
-	m.upstream.Collect(ch)
+	m.Client.Collect(ch)
+	m.Upstream.Collect(ch)
 }

@@ -1,4 +1,8 @@
-package proxy
+// Package admin serves an operator's endpoints for a proxy, on a listener
+// of its own: health, readiness, metrics and purges. It decides who may
+// call them (a bearer token, never asked of probes) and how a purge is
+// spelled, and reaches the proxy through a small interface.
+package admin
 
 import (
 	"context"
@@ -6,11 +10,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"strings"
 	"sync/atomic"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -33,7 +35,7 @@ import (
 // With a token, /metrics and /purge require "Authorization: Bearer <token>";
 // the health endpoints never do, so that probes need no secret.
 type Admin struct {
-	p        admined
+	p        Proxy
 	log      *slog.Logger
 	token    string
 	mux      *http.ServeMux
@@ -41,19 +43,23 @@ type Admin struct {
 	draining atomic.Bool
 }
 
-// admined is what the admin endpoints need of a Proxy.
-type admined interface {
+// Proxy is what the admin endpoints need of a proxy.
+type Proxy interface {
+	// Ready reports why the proxy cannot serve, or nil when it can.
 	Ready(ctx context.Context) error
+	// Purge drops what is stored for uri, or with prefix for every URI
+	// that starts with it, and reports how many entries it dropped.
 	Purge(uri string, prefix bool) (int, error)
 }
 
-// NewAdmin returns the admin handler for p, guarded by token if it is not
-// empty.
-func NewAdmin(p *Proxy, token string) *Admin {
-	a := &Admin{p: p, log: p.log, token: token, mux: http.NewServeMux()}
+// New returns the admin handler for p, guarded by token if it is not
+// empty, whose /metrics reports metrics (the proxy's own), the Go
+// runtime's and the process's. Purges are logged to log.
+func New(p Proxy, token string, log *slog.Logger, metrics prometheus.Collector) *Admin {
+	a := &Admin{p: p, log: log, token: token, mux: http.NewServeMux()}
 	reg := prometheus.NewRegistry()
 	a.reg = reg
-	reg.MustRegister(p.Metrics(), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(metrics, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	a.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})
@@ -162,30 +168,3 @@ func (a *Admin) purge(w http.ResponseWriter, r *http.Request) {
 		Errors []string `json:"errors,omitempty"`
 	}{n, failed})
 }
-
-// Ready reports why the proxy cannot serve, or nil when it can: the
-// upstream answered lately or accepts a connection now, or the store holds
-// responses it could serve stale.
-func (p *Proxy) Ready(ctx context.Context) error {
-	if last := p.guard.Stats().LastAnswer; !last.IsZero() && p.now().Sub(last) < readyRecent {
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(ctx, readyDialTimeout)
-	defer cancel()
-	conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", p.origin.HostPort())
-	if err == nil {
-		conn.Close()
-		return nil
-	}
-	if s := p.store.Sizer(); s != nil && s.Len() > 0 {
-		return nil
-	}
-	return fmt.Errorf("upstream unreachable (%v) and nothing cached", err)
-}
-
-// readyRecent is how recent an upstream answer must be to count as proof
-// of reachability; readyDialTimeout bounds the probe made otherwise.
-const (
-	readyRecent      = 10 * time.Second
-	readyDialTimeout = time.Second
-)
