@@ -29,6 +29,7 @@ import (
 	"corral/proxy/admin"
 	"corral/proxy/cache/redisstore"
 	"corral/proxy/fleet"
+	"corral/proxy/listen"
 	"corral/proxy/rules"
 )
 
@@ -194,7 +195,7 @@ func (s *server) listen() (err error) {
 	if err == nil {
 		// The cap outermost: the server reports its connections to it,
 		// so that it can close idle ones to make room.
-		s.ln = proxy.LimitListener(proxy.WriteTimeoutListener(s.ln, s.writeTimeout), s.maxConns)
+		s.ln = listen.Limit(listen.WriteTimeout(s.ln, s.writeTimeout), s.maxConns)
 	}
 	s.srv = &http.Server{
 		Handler:           s.handler,

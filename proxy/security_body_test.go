@@ -22,6 +22,7 @@ import (
 
 	"corral/proxy/cache"
 	"corral/proxy/internal/body"
+	"corral/proxy/listen"
 )
 
 // These tests attack corral through request bodies and memory, the way
@@ -305,7 +306,7 @@ func TestRequestFramingOverTheWire(t *testing.T) {
 
 // Issue 9, item 6: a client that asks for a large answer and stops reading
 // held its handler, its connection and the upstream exchange for ever. On
-// a WriteTimeoutListener it is disconnected once it has accepted nothing
+// a listen.WriteTimeout listener it is disconnected once it has accepted nothing
 // for the timeout.
 func TestClientThatStopsReadingIsDisconnected(t *testing.T) {
 	clk := newClock()
@@ -319,7 +320,7 @@ func TestClientThatStopsReadingIsDisconnected(t *testing.T) {
 		defer close(ended) // also when the handler aborts with a panic
 		p.ServeHTTP(w, r)
 	}))
-	s.Listener = WriteTimeoutListener(s.Listener, 100*time.Millisecond)
+	s.Listener = listen.WriteTimeout(s.Listener, 100*time.Millisecond)
 	s.Start()
 	defer s.Close()
 	conn, err := net.Dial("tcp", s.Listener.Addr().String())
@@ -481,49 +482,6 @@ func TestBufferedBytesGauge(t *testing.T) {
 	}
 	if got := scrape(t, a)["corral_buffered_bytes"]; got != 0 {
 		t.Errorf("corral_buffered_bytes %v once answered, want 0", got)
-	}
-}
-
-// A client that keeps taking bytes is not cut however long its answer
-// takes; one that stops is, after the timeout.
-func TestWriteTimeoutCutsOnlyAStalledPeer(t *testing.T) {
-	const d = 50 * time.Millisecond
-	server, client := net.Pipe()
-	defer client.Close()
-	c := &writeTimeoutConn{Conn: server, d: d}
-	defer c.Close()
-
-	// A byte every d/2 for 8d: slower than one Write's deadline allows,
-	// but never idle for d.
-	const slow = 16
-	read := make(chan error, 1)
-	go func() {
-		tick := time.NewTicker(d / 2)
-		defer tick.Stop()
-		b := make([]byte, 1)
-		for range slow {
-			<-tick.C
-			if _, err := io.ReadFull(client, b); err != nil {
-				read <- err
-				return
-			}
-		}
-		read <- nil
-	}()
-	if n, err := c.Write(make([]byte, slow)); n != slow || err != nil {
-		t.Fatalf("Write to a slow reader: %d, %v; want %d, nil", n, err, slow)
-	}
-	if err := wait(t, read, "the slow reader"); err != nil {
-		t.Fatal(err)
-	}
-
-	// Nobody reads now.
-	start := time.Now()
-	if _, err := c.Write([]byte("x")); !errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Fatalf("Write to a stalled reader: %v, want a deadline error", err)
-	}
-	if took := time.Since(start); took > 10*d {
-		t.Errorf("Write to a stalled reader took %s, want about %s", took, d)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"corral/proxy/listen"
 	"errors"
 	"io"
 	"net"
@@ -225,7 +226,7 @@ func TestConnectionsPastTheCapWaitForOneToClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })}
-	go srv.Serve(LimitListener(ln, 1))
+	go srv.Serve(listen.Limit(ln, 1))
 	defer srv.Close()
 	ask := func(c net.Conn, wait time.Duration) error {
 		c.SetReadDeadline(time.Now().Add(wait))
@@ -322,7 +323,7 @@ func TestIdleConnectionsMakeRoomAtTheCap(t *testing.T) {
 		}
 		io.WriteString(w, "ok")
 	})}
-	limited := LimitListener(ln, 2)
+	limited := listen.Limit(ln, 2)
 	srv.ConnState = limited.(interface {
 		ConnState(net.Conn, http.ConnState)
 	}).ConnState

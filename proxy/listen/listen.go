@@ -1,4 +1,8 @@
-package proxy
+// Package listen bounds what clients can hold of a server through its
+// listener: a connection whose peer stopped reading (WriteTimeout), and
+// the connections open at once (Limit), past which the longest-idle one
+// makes room for a new one.
+package listen
 
 import (
 	"errors"
@@ -10,14 +14,14 @@ import (
 	"time"
 )
 
-// WriteTimeoutListener returns ln with every connection it accepts
+// WriteTimeout returns ln with every connection it accepts
 // disconnected once its peer has accepted no bytes for d: each Write sets a
 // write deadline d ahead, and moves it on while the peer takes bytes.
 // Unlike http.Server's WriteTimeout, which bounds a whole response, this
 // caps neither a long download nor a stream, only a client that stopped
 // reading and would otherwise hold its goroutine, its connection and what
 // its answer is written from, for ever. A d of zero or less returns ln.
-func WriteTimeoutListener(ln net.Listener, d time.Duration) net.Listener {
+func WriteTimeout(ln net.Listener, d time.Duration) net.Listener {
 	if d <= 0 {
 		return ln
 	}
@@ -70,7 +74,7 @@ func (c *writeTimeoutConn) CloseWrite() error {
 	return nil
 }
 
-// LimitListener returns ln accepting at most n connections at once, as
+// Limit returns ln accepting at most n connections at once, as
 // nginx's worker_connections caps its own: each connection costs a
 // goroutine, its buffers and what it is being written, so that the cap
 // bounds what all of them cost. Past it, a client that connects makes
@@ -83,7 +87,7 @@ func (c *writeTimeoutConn) CloseWrite() error {
 // report its connections' states to ConnState (http.Server.ConnState) for
 // idle ones to be found; without, Accept only waits. An n of zero or less
 // returns ln.
-func LimitListener(ln net.Listener, n int) net.Listener {
+func Limit(ln net.Listener, n int) net.Listener {
 	if n <= 0 {
 		return ln
 	}
