@@ -284,6 +284,7 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) (string, bo
 		clientMinRate   = zeroOrSize{64 << 10}
 		bodyTimeout     = fs.Duration("request-body-timeout", 30*time.Second, "longest a client may take to send a whole request body, which is read before the request goes upstream; past it, 408")
 		upstreamTimeout = fs.Duration("upstream-timeout", 30*time.Second, "longest a shared upstream fetch may take, body included (a passed-through request: until its header arrives); waiters then get 504")
+		hedgeAfter      = fs.Duration("hedge-after", 0, "how long a client waits on a shared fetch that another client's request leads with other fields before it also asks the origin with its own, taking whichever answer comes first, so that a client whose requests the origin holds (a tarpit, a rate limiter's queue) cannot hold the others; on an origin slower than this for everyone, it costs one upstream request more per distinct set of request fields among the waiting clients (0: a quarter of -upstream-timeout; at -upstream-timeout or more: never)")
 		passTTL         = fs.Duration("pass-ttl", 10*time.Second, "how long a URL whose response could not be shared goes upstream without coalescing")
 		defaultTTL      = fs.Duration("default-ttl", 0, "freshness lifetime for cacheable responses that carry none (0: RFC 9111 heuristic only)")
 		defaultSWR      = fs.Duration("default-stale-while-revalidate", 0, "stale-while-revalidate window for responses that carry none (0: off)")
@@ -361,6 +362,7 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) (string, bo
 		{"client-write-timeout", c.clientWriteTimeout >= 0, "zero or more"},
 		{"max-connections", c.maxConnections >= 0, "zero or more"},
 		{"max-header-bytes", maxHeaderBytes <= 1<<30, "at most 1GiB"},
+		{"hedge-after", *hedgeAfter >= 0, "zero or more"},
 		{"pass-ttl", *passTTL >= 0, "zero or more"},
 		{"revalidate-interval", *revalidateIntvl >= 0, "zero or more"},
 		{"default-ttl", *defaultTTL >= 0, "zero or more"},
@@ -429,6 +431,7 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) (string, bo
 		BufferBytes:         int64(bufferBytes),
 		ClientMinRate:       clientMinRate.rate(),
 		UpstreamTimeout:     *upstreamTimeout,
+		HedgeAfter:          *hedgeAfter,
 		PassTTL:             *passTTL,
 		UpstreamMaxRPS:      *maxRPS,
 		UpstreamMaxInflight: *maxInflight,

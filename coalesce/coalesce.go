@@ -51,18 +51,7 @@ var ErrImpatient = errors.New("coalesce: another caller's fetch ran past the pat
 // returns ErrImpatient, and the fetch goes on for whoever else waits. A
 // caller whose own fetch runs waits for it as Do does.
 func (g *Group[V]) DoWithin(ctx context.Context, key string, patience time.Duration, fetch Fetch[V]) (v V, led bool, err error) {
-	// Each caller counts as running until its flight has delivered, even
-	// after it left: singleflight delivers only once the fetch returned,
-	// so Wait outlasts every fetch without knowing which caller led it.
-	g.begin()
-	// ran is written by the flight's goroutine when this caller's fetch
-	// starts, and read here: after the delivery, which the channel
-	// orders, or at the patience's end.
-	var ran atomic.Bool
-	ch := g.sf.DoChan(key, g.run(ctx, func(ctx context.Context) (V, error) {
-		ran.Store(true)
-		return fetch(ctx)
-	}))
+	c := g.Start(ctx, key, fetch)
 	var impatient <-chan time.Time
 	if patience > 0 {
 		t := time.NewTimer(patience)
@@ -71,14 +60,10 @@ func (g *Group[V]) DoWithin(ctx context.Context, key string, patience time.Durat
 	}
 	for {
 		select {
-		case r := <-ch:
-			g.end()
-			if r.Err != nil {
-				return v, ran.Load(), r.Err
-			}
-			return r.Val.(V), ran.Load(), nil
+		case r := <-c.Done():
+			return c.Take(r)
 		case <-impatient:
-			if ran.Load() {
+			if c.Led() {
 				impatient = nil // its own fetch: wait on
 				continue
 			}
@@ -86,12 +71,68 @@ func (g *Group[V]) DoWithin(ctx context.Context, key string, patience time.Durat
 		case <-ctx.Done():
 			err = ctx.Err()
 		}
-		go func() {
-			<-ch
-			g.end()
-		}()
+		c.Leave()
 		return v, false, err
 	}
+}
+
+// Call is one caller's wait for the fetch of a key, which it started or
+// joined (Start). The caller receives the fetch's result from Done, and
+// hands it to Take, or stops waiting with Leave: exactly one of the two.
+// A caller may wait on several Calls at once, and take whichever
+// delivers first.
+type Call[V any] struct {
+	g   *Group[V]
+	ch  <-chan singleflight.Result
+	ran atomic.Bool // this caller's fetch is the one that runs
+}
+
+// Start returns the caller's Call for the fetch for key, starting the
+// fetch unless one for key is already running.
+func (g *Group[V]) Start(ctx context.Context, key string, fetch Fetch[V]) *Call[V] {
+	// Each caller counts as running until its flight has delivered, even
+	// after it left: singleflight delivers only once the fetch returned,
+	// so Wait outlasts every fetch without knowing which caller led it.
+	g.begin()
+	c := &Call[V]{g: g}
+	// ran is written by the flight's goroutine when this caller's fetch
+	// starts, and read by the caller: after the delivery, which the
+	// channel orders, or before it, to know whether it leads.
+	c.ch = g.sf.DoChan(key, g.run(ctx, func(ctx context.Context) (V, error) {
+		c.ran.Store(true)
+		return fetch(ctx)
+	}))
+	return c
+}
+
+// Result is what a Call's Done delivers, for Take.
+type Result = singleflight.Result
+
+// Done returns the channel the fetch's result arrives on, once.
+func (c *Call[V]) Done() <-chan Result { return c.ch }
+
+// Led reports whether the caller's own fetch is the one that runs: it
+// leads the flight. Before the result arrives, false may yet turn true
+// (the fetch has not started); after, it is final.
+func (c *Call[V]) Led() bool { return c.ran.Load() }
+
+// Take returns the value and error of r, received from Done, and whether
+// the caller's fetch ran.
+func (c *Call[V]) Take(r Result) (v V, led bool, err error) {
+	c.g.end()
+	if r.Err != nil {
+		return v, c.ran.Load(), r.Err
+	}
+	return r.Val.(V), c.ran.Load(), nil
+}
+
+// Leave stops waiting: the fetch goes on, for whoever else waits, or for
+// nobody.
+func (c *Call[V]) Leave() {
+	go func() {
+		<-c.ch
+		c.g.end()
+	}()
 }
 
 // Refresh starts a fetch for key in the background and returns at once. It

@@ -305,3 +305,43 @@ func TestImpatientCallerLeavesAnothersFetch(t *testing.T) {
 		t.Errorf("the leader got %+v, want its own fetch's v", got)
 	}
 }
+
+// TestCallerTakesWhicheverFlightDeliversFirst: a caller waiting on two
+// keys' fetches at once takes the first result, and leaves the other,
+// which goes on to its end, and which Wait outlasts.
+func TestCallerTakesWhicheverFlightDeliversFirst(t *testing.T) {
+	var g Group[string]
+	slow, fast := newHeldFetch("slow"), newHeldFetch("fast")
+	a := g.Start(context.Background(), "a", slow.fetch)
+	b := g.Start(context.Background(), "b", fast.fetch)
+	within(t, slow.started, "the slow fetch")
+	within(t, fast.started, "the fast fetch")
+	close(fast.release)
+	var got string
+	select {
+	case r := <-a.Done():
+		t.Fatalf("the held fetch delivered %+v first", r)
+	case r := <-b.Done():
+		v, led, err := b.Take(r)
+		if err != nil || !led {
+			t.Fatalf("Take = %q, %v, %v; want the caller's own fetch's value", v, led, err)
+		}
+		got = v
+	}
+	a.Leave()
+	if got != "fast" {
+		t.Errorf("took %q, want fast", got)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+	defer cancel()
+	if err := g.Wait(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Wait while the left fetch runs = %v, want it to wait past the deadline", err)
+	}
+	close(slow.release)
+	if err := g.Wait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n := slow.calls.Load(); n != 1 {
+		t.Errorf("the left fetch ran %d times, want 1", n)
+	}
+}

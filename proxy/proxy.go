@@ -92,6 +92,13 @@ type Config struct {
 	// however many clients wait on it. Zero means 30s.
 	UpstreamTimeout time.Duration
 
+	// HedgeAfter is how long a client waits on a shared fetch that
+	// another client's request leads, with other fields, before it also
+	// asks the origin with its own fields, and takes whichever answer
+	// comes first (see join). Zero means a quarter of UpstreamTimeout;
+	// negative, or UpstreamTimeout or more, means never.
+	HedgeAfter time.Duration
+
 	// PassTTL is how long a key whose response could not be shared is
 	// sent upstream without coalescing. Zero means 10s.
 	PassTTL time.Duration
@@ -196,7 +203,7 @@ type Proxy struct {
 	log             *slog.Logger
 	logRequests     bool // a line per request, at debug level
 	upstreamTimeout time.Duration
-	hedgeAfter      time.Duration // how long a waiter waits on another client's flight: UpstreamTimeout/4
+	hedgeAfter      time.Duration // Config.HedgeAfter; 0 for never
 	leading         sync.Map      // a flight's round ID: the fields its leader's fetch sends
 	flights         flights       // a coalesce.Group
 	fleet           *fleet.Fleet  // the tier replicas share; nil when none
@@ -214,12 +221,9 @@ type Proxy struct {
 // replicas, the fetch itself takes the fleet's lease (see claim): the
 // local flight makes one replica's clients one caller of the fleet.
 type flights interface {
-	// DoWithin returns the result of the fetch for key, running fetch
-	// unless one for key runs already; led reports whether fetch ran. If
-	// ctx ends first, it returns ctx.Err(), and if another's fetch runs
-	// past patience (when above zero), coalesce.ErrImpatient; the fetch
-	// goes on either way.
-	DoWithin(ctx context.Context, key string, patience time.Duration, fetch coalesce.Fetch[*fetch.Result]) (f *fetch.Result, led bool, err error)
+	// Start returns the caller's wait for the fetch for key (see
+	// coalesce.Call), running fetch unless one for key runs already.
+	Start(ctx context.Context, key string, fetch coalesce.Fetch[*fetch.Result]) *coalesce.Call[*fetch.Result]
 
 	// Refresh starts, in the background, the fetch that start makes,
 	// unless a refresh of key runs already; it calls start only when it
@@ -258,7 +262,10 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	timeout := orDefault(cfg.UpstreamTimeout, defaultUpstreamTimeout)
 	p.upstreamTimeout = timeout
-	p.hedgeAfter = timeout / 4
+	p.hedgeAfter = orDefault(cfg.HedgeAfter, timeout/4)
+	if cfg.HedgeAfter < 0 || p.hedgeAfter >= timeout {
+		p.hedgeAfter = 0 // never
+	}
 	p.flights = &coalesce.Group[*fetch.Result]{Timeout: timeout}
 	p.metrics = metrics.New(metrics.Source{
 		Stats:    &p.stats,
@@ -629,25 +636,8 @@ func (p *Proxy) serveBusy(w http.ResponseWriter, busy *upstream.BusyError, st ca
 // fetchAndServe starts or joins the flight in, built from r, and serves
 // what it brought, or returns outOtherVariant, with nothing written to w,
 // when the fetch answered another variant than r's.
-//
-// A flight carries its leader's fields, which the origin may need, and its
-// answer is everyone's, unless it may speak of the leader's own request
-// (fetched.personal: a spent quota, a refused field): then the waiters
-// that sent other fields fly again, led by the first of them, with its
-// own. So do waiters that sent other fields than the first flight's
-// leader and waited hedgeAfter for it: a client whose requests the origin
-// holds (a tarpit, a rate limiter's queue) would otherwise hold them for
-// UpstreamTimeout; that costs a hung origin one request more per herd.
-// One user, then, cannot hand its 429 to the clients coalesced with it,
-// or make them wait on its own trouble (issue 23). After maxRounds
-// flights, each waiter whose fields differ from the last leader's goes
-// upstream on its own.
 func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, in fetch.Flight, fwd cachestatus.Fwd) requestOutcome {
 	f, leader, err := p.join(w, r, in)
-	for !leader && in.Round < maxRounds && (errors.Is(err, errHedged) || err == nil && f.Personal && !httprule.SameFields(f.Sent, in.Header)) {
-		in.Round++
-		f, leader, err = p.join(w, r, in)
-	}
 	now := p.now()
 	if in.Stale == nil && in.Shared && (err != nil || (f.Source != fetch.LookAgain && httprule.IsServerError(f.Entry.Status))) {
 		// The fetch may have found a stale copy in the shared tier,
@@ -668,57 +658,107 @@ func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshn
 	return p.serveFetched(w, r, req, in, fwd, f, leader, now)
 }
 
-// maxRounds is how many flights after the first a herd makes for a key
-// whose answers spoke of their leaders' own requests, or took too long.
-const maxRounds = 2
-
-// errHedged ends the wait of a client on a flight that another client's
-// request leads, and that ran past hedgeAfter.
-var errHedged = errors.New("the flight's leader took too long")
-
-// join starts or joins in's flight (of its round) and waits for its
-// answer: as its leader, as long as the fetch runs; as a waiter, for at
-// most p.hedgeAfter in the first round, past which it returns errHedged,
-// unless the leader sent what this one sends.
+// join starts or joins in's flight and waits for its answer.
+//
+// A flight carries its leader's fields, which the origin may need, and its
+// answer is everyone's, unless it may speak of the leader's own request
+// (fetch.Result.Personal: a spent quota, a refused field): then a waiter
+// that sent other fields flies again, in its own flight (fetch.Flight.Own):
+// with the clients that send what it sends, and no one else. So does a
+// waiter that sent other fields than the leader and waited hedgeAfter
+// for it, while it still waits for the first: it takes whichever answer
+// comes first. A client whose requests the origin holds (a tarpit, a rate
+// limiter's queue) would otherwise hold the herd for UpstreamTimeout; on
+// an origin slower than hedgeAfter for everyone, that costs one request
+// more per distinct set of fields among the clients still waiting. No one
+// else's fields ever lead a client's own flight: one user cannot hand its
+// 429 to the clients coalesced with it, or make them wait on its own
+// trouble, with however many keys or addresses (issue 23).
 func (p *Proxy) join(w http.ResponseWriter, r *http.Request, in fetch.Flight) (f *fetch.Result, leader bool, err error) {
 	interim := respond.NewInterim(w)
 	defer interim.Close() // the client left: the fetch may go on
-	fetch := func(ctx context.Context) (*fetch.Result, error) {
-		// Only the caller that starts the flight runs this: the leader.
-		// It may run on after the leader's handler returned, and reads
-		// in, never r. Its bodies count against its leader's share of
-		// the buffer budget.
-		in := in // its own: join reads in while the fetch runs on
-		p.leading.Store(in.RoundID(), in.Header)
-		defer p.leading.Delete(in.RoundID())
-		share := p.clientBuffers.Acquire(in.Client)
-		defer p.clientBuffers.Release(share)
-		in.Budget = &share.Budget
-		ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{Got1xxResponse: interim.Write})
-		return p.fetcher.Fetch(ctx, in)
-	}
-	var patience time.Duration
-	if in.Round == 0 {
-		patience = p.hedgeAfter
+	first := p.flights.Start(r.Context(), in.ID, p.lead(in, interim))
+	var own *coalesce.Call[*fetch.Result]
+	var hedge <-chan time.Time
+	if p.hedgeAfter > 0 {
+		t := time.NewTimer(p.hedgeAfter)
+		defer t.Stop()
+		hedge = t.C
 	}
 	for {
-		f, leader, err = p.flights.DoWithin(r.Context(), in.RoundID(), patience, fetch)
-		if !errors.Is(err, coalesce.ErrImpatient) {
-			break
+		var firstDone, ownDone <-chan coalesce.Result
+		if first != nil {
+			firstDone = first.Done()
 		}
-		// Another's request leads the flight. If it sent what this one
-		// sends, this one's would take as long: wait on.
-		if sent, ok := p.leading.Load(in.RoundID()); !ok || !httprule.SameFields(sent.(http.Header), in.Header) {
-			err = errHedged
-			break
+		if own != nil {
+			ownDone = own.Done()
 		}
-		patience = 0
+		select {
+		case res := <-firstDone:
+			f, leader, err = first.Take(res)
+			first = nil
+			switch {
+			case leader || err == nil && !(f.Personal && !httprule.SameFields(f.Sent, in.Header)):
+				// Its own answer, or everyone's.
+				if own != nil {
+					own.Leave()
+				}
+			case own != nil:
+				continue // another's trouble: wait for our own
+			case err == nil:
+				// The leader's own answer: fly with our fields.
+				own = p.flights.Start(r.Context(), in.Own().ID, p.lead(in.Own(), interim))
+				continue
+			}
+		case res := <-ownDone:
+			if first != nil {
+				first.Leave()
+			}
+			f, leader, err = own.Take(res)
+		case <-hedge:
+			hedge = nil
+			if first == nil || own != nil {
+				continue // flying on our own already
+			}
+			// Another's request leads the first flight. If it sent what
+			// this one sends, this one's would take as long: wait on.
+			if sent, ok := p.leading.Load(in.ID); first.Led() || ok && httprule.SameFields(sent.(http.Header), in.Header) {
+				continue
+			}
+			own = p.flights.Start(r.Context(), in.Own().ID, p.lead(in.Own(), interim))
+			continue
+		case <-r.Context().Done():
+			for _, c := range []*coalesce.Call[*fetch.Result]{first, own} {
+				if c != nil {
+					c.Leave()
+				}
+			}
+			f, leader, err = nil, false, r.Context().Err()
+		}
+		break
 	}
 	// net/http's transport may still deliver interim responses it had
 	// read when the fetch ended: none may reach w once this handler
 	// writes to it.
 	interim.Close()
 	return f, leader, err
+}
+
+// lead returns the fetch of the flight in, which only the caller that
+// starts the flight runs: its leader. It may run on after the leader's
+// handler returned, and reads in, never the client's request. Its bodies
+// count against its leader's share of the buffer budget, and the interim
+// answers it gets go to the leader.
+func (p *Proxy) lead(in fetch.Flight, interim *respond.Interim) coalesce.Fetch[*fetch.Result] {
+	return func(ctx context.Context) (*fetch.Result, error) {
+		p.leading.Store(in.ID, in.Header)
+		defer p.leading.Delete(in.ID)
+		share := p.clientBuffers.Acquire(in.Client)
+		defer p.clientBuffers.Release(share)
+		in.Budget = &share.Budget
+		ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{Got1xxResponse: interim.Write})
+		return p.fetcher.Fetch(ctx, in)
+	}
 }
 
 // otherVariant reports whether what a flight fetched answers another
@@ -850,7 +890,7 @@ func (p *Proxy) serveStaleOnError(w http.ResponseWriter, r *http.Request, stale 
 // too large to share, and otherwise as upstreamFailure says.
 func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, in fetch.Flight, fwd cachestatus.Fwd, err error, now time.Time) requestOutcome {
 	key, stale := in.Key, in.Stale
-	if errors.Is(err, fetch.ErrPersonal) || errors.Is(err, errHedged) {
+	if errors.Is(err, fetch.ErrPersonal) {
 		return p.passThrough(w, r, key, fwd, "")
 	}
 	if errors.Is(err, body.ErrTooLarge) {

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -304,5 +305,90 @@ func TestFailingOriginCostsOneRequestPerFlight(t *testing.T) {
 	}
 	if n := o.count(); n != 5 {
 		t.Errorf("five cold flights cost %d upstream requests, want 5", n)
+	}
+}
+
+// TestSecondStuckKeyLeadsNoVictims is the verification attack's first
+// finding: the origin tarpits two spent keys; the second joined the first
+// one's flight before the victims, so it gave up waiting on it first, led
+// the flight that followed, and the victims, who waited on that one with
+// no patience, got 504 at the upstream timeout. A client that gives up on
+// another's flight flies with the clients that send what it sends, never
+// behind someone else's fields again.
+func TestSecondStuckKeyLeadsNoVictims(t *testing.T) {
+	clk := newClock()
+	release := make(chan struct{})
+	defer close(release)
+	arrived := make(chan string, 4)
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		if key := r.Header.Get("X-Api-Key"); strings.HasPrefix(key, "spent") {
+			arrived <- key
+			<-release // the tarpit
+			return
+		}
+		answer("max-age=60", "ok")(w, r)
+	})
+	p := newTestProxy(t, o, clk, Config{UpstreamTimeout: 2 * time.Second})
+	go get(p, "/cold", "X-Api-Key", "spent-a")
+	if got := wait(t, arrived, "the first abuser's fetch to reach the origin"); got != "spent-a" {
+		t.Fatalf("the origin saw %s first, want spent-a", got)
+	}
+	go get(p, "/cold", "X-Api-Key", "spent-b")
+	// spent-b gives up on spent-a's flight, and flies again, before any
+	// victim comes.
+	if got := wait(t, arrived, "the second abuser's own fetch to reach the origin"); got != "spent-b" {
+		t.Fatalf("the origin saw %s second, want spent-b", got)
+	}
+	for i, r := range herd(t, p, 10, "/cold", func(int) []string { return []string{"X-Api-Key", "good"} }, nil) {
+		if r.Status != http.StatusOK || r.Body != "ok" {
+			t.Errorf("victim %d got %+v, want 200 ok", i, r)
+		}
+	}
+	if n := o.count(); n != 3 {
+		t.Errorf("origin saw %d requests, want 3: each abuser's, and one for the victims", n)
+	}
+}
+
+// TestHedgerTakesTheFirstAnswer is the verification attack's sixth
+// finding: on an origin slow for everyone, a client that gave up on the
+// flight another's request led waited for its own flight, ignoring the
+// first one's answer when it came. It takes whichever comes first.
+func TestHedgerTakesTheFirstAnswer(t *testing.T) {
+	clk := newClock()
+	first := make(chan struct{})
+	never := make(chan struct{})
+	defer close(never)
+	arrived := make(chan string, 8)
+	var mu sync.Mutex
+	n := 0
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		n++
+		hold := never
+		if n == 1 {
+			hold = first
+		}
+		mu.Unlock()
+		arrived <- r.Header.Get("User-Agent")
+		<-hold // slow for everyone; the hedges slower still
+		answer("max-age=60", "ok")(w, r)
+	})
+	p := newTestProxy(t, o, clk, Config{UpstreamTimeout: 2 * time.Second})
+	lead := make(chan response, 1)
+	go func() { r, _ := get(p, "/slow", "User-Agent", "a"); lead <- r }()
+	wait(t, arrived, "the first fetch to reach the origin")
+	out := make(chan response, 4)
+	for i := range 4 {
+		go func() { r, _ := get(p, "/slow", "User-Agent", "b"+strconv.Itoa(i)); out <- r }()
+	}
+	wait(t, arrived, "a hedge to reach the origin")
+	close(first)
+	if r := wait(t, lead, "the leader's answer"); r.Status != http.StatusOK {
+		t.Errorf("leader got %+v, want 200", r)
+	}
+	for i := range 4 {
+		if r := wait(t, out, "a hedger's answer"); r.Status != http.StatusOK || r.Body != "ok" {
+			t.Errorf("hedger %d got %+v, want the first flight's 200 ok", i, r)
+		}
 	}
 }

@@ -37,11 +37,6 @@ type Flight struct {
 	// variant sends alike.
 	Neutral bool
 
-	// Round is how many flights for the key came before this one in the
-	// same herd, each of whose answers spoke of its own leader's request
-	// (Result.Personal): 0 for the first.
-	Round int
-
 	// Shared says the fleet's tier may be read and written for it: there
 	// is one, and the request carries no Authorization (an answer fetched
 	// with credentials never reaches another replica).
@@ -92,12 +87,11 @@ func FlightID(r *http.Request, vkey string) string {
 	return vkey
 }
 
-// RoundID is the coalescing key of in's round.
-func (in Flight) RoundID() string {
-	if in.Round == 0 {
-		return in.ID
-	}
-	return in.ID + "\x00round" + strconv.Itoa(in.Round)
+// Own returns in as the flight of the clients that send what in's leader
+// sends, and no one else: its ID names the fields.
+func (in Flight) Own() Flight {
+	in.ID += "\x00fields " + strconv.FormatUint(httprule.Fingerprint(in.Header), 16)
+	return in
 }
 
 // Neutralized returns in as a request that carries nothing of its client's:
