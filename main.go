@@ -295,7 +295,7 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) (string, bo
 		maxInflight     = fs.Int("upstream-max-inflight", 0, "most upstream requests in flight at once (0: no cap)")
 		maxQueue        = fs.Int("upstream-max-queue", 1000, "most upstream requests waiting for the caps above; past it clients get stale or 503 with Retry-After")
 		trustedProxies  = fs.String("trusted-proxies", "", "comma-separated addresses or CIDR prefixes of proxies in front of corral whose X-Forwarded-For, X-Forwarded-Host, X-Forwarded-Proto and Forwarded fields are passed on for requests answered for one client (never for cacheable GETs)")
-		maxPause        = fs.Duration("upstream-max-pause", 30*time.Second, "longest the origin's Retry-After on a 503 or 429 to a GET or HEAD that carried nothing of one client's holds back upstream requests: for that URL, or for every URL once 3 endpoints (first path segments) answered so within 10s; clients get stale or 503 meanwhile (0: never pause)")
+		maxPause        = fs.Duration("upstream-max-pause", 30*time.Second, "longest the origin's Retry-After on a 503 or 429 to a GET or HEAD that carried nothing of one client's holds back upstream requests that carry nothing of one client's either: for that URL, or for every URL once 3 endpoints (first path segments) answered so within 10s; clients get stale or 503 meanwhile (0: never pause)")
 		logLevel        = fs.String("log-level", "info", "debug (a line per request), info, warn or error")
 		logFormat       = fs.String("log-format", "text", "text or json")
 		redisMaxObject  = byteSize(fleet.DefaultMaxObjectBytes)

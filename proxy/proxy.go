@@ -154,7 +154,8 @@ type Config struct {
 	// every URL once several endpoints (first path segments) answered so
 	// within seconds. Only a 503 or 429 to a GET or HEAD that carried
 	// nothing of one client's pauses (see upstream.WithNeutral): any
-	// other is that client's own. Zero means
+	// other is that client's own; and the pause holds back only requests
+	// that carry nothing of one client's either. Zero means
 	// 30s; negative means never pause, as with net.Dialer's KeepAlive.
 	// Either way a failed background refresh waits as long as the origin
 	// asked, up to five minutes.

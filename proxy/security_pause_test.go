@@ -476,3 +476,40 @@ func TestOneClientsQuotaPausesNoOneElse(t *testing.T) {
 		})
 	}
 }
+
+// TestBareRequestsPauseNoClientsFields is the verification attack's second
+// finding: on an origin with an anonymous tier (requests that carry no key
+// share one quota, corral's), an abuser spent it with requests that carry
+// nothing at all, from three URLs; the 429s paused the whole origin, and
+// the clients that send a key, which the origin would have answered, got
+// 503 for every cold URL. A pause learned from a request that carried
+// nothing of one client's holds back only requests that carry nothing
+// either.
+func TestBareRequestsPauseNoClientsFields(t *testing.T) {
+	clk := newClock()
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("X-Api-Key") == "" {
+			w.Header().Set("Retry-After", "30")
+			w.WriteHeader(http.StatusTooManyRequests)
+			return
+		}
+		answer("max-age=60", "ok "+r.URL.Path)(w, r)
+	})
+	p := newTestProxy(t, o, clk, Config{})
+	for _, path := range []string{"/a/1", "/b/1", "/c/1"} {
+		if r, _ := get(p, path); r.Status != http.StatusTooManyRequests {
+			t.Fatalf("bare GET %s got %+v, want the origin's 429", path, r)
+		}
+	}
+	if s := p.guard.Stats(); !s.OriginPaused {
+		t.Fatalf("guard %+v: want the origin paused for bare requests, as it asked", s)
+	}
+	for _, path := range []string{"/a/1", "/d/1"} {
+		if r, _ := get(p, path, "X-Api-Key", "good"); r.Status != http.StatusOK || r.Body != "ok "+path {
+			t.Errorf("keyed GET %s got %+v, want the origin's 200", path, r)
+		}
+	}
+	if r, _ := get(p, "/e/1"); r.Status != http.StatusServiceUnavailable {
+		t.Errorf("bare GET /e/1 got %+v, want 503: the pause holds bare requests", r)
+	}
+}

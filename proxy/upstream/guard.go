@@ -19,8 +19,8 @@ import (
 // rate and the requests in flight across all keys, lets at most MaxQueue
 // requests wait for their turn, and after a 503 or 429 with Retry-After to
 // a GET or HEAD that carried nothing of one client's (WithNeutral) sends
-// nothing more for that key until the origin said it may, nor for any key
-// when several endpoints said so at once.
+// no such request more for that key until the origin said it may, nor for
+// any key when several endpoints said so at once.
 // Whatever it turns away fails at once with a *BusyError.
 //
 // A key is the upstream request's escaped path and query, read from its
@@ -116,13 +116,19 @@ func (g *Guard) RoundTrip(req *http.Request) (*http.Response, error) {
 // body is the upgraded connection itself.
 func (g *Guard) Send(req *http.Request) (resp *http.Response, sent time.Time, err error) {
 	key := req.URL.RequestURI()
-	if err := g.paused(key); err != nil {
+	// Only a request that carries nothing of one client's is held back
+	// by a pause: the answers that pause come from such requests alone
+	// (noteRetryAfter), and what the origin refuses a request without a
+	// client's fields (an anonymous tier's spent quota, which one user
+	// can spend) it may well give a request with them.
+	held := neutral(req.Context())
+	if err := g.pausedFor(held, key); err != nil {
 		return nil, time.Time{}, err
 	}
 	if err := g.admit(req.Context()); err != nil {
 		return nil, time.Time{}, err
 	}
-	if err := g.paused(key); err != nil { // the origin may have asked while we waited
+	if err := g.pausedFor(held, key); err != nil { // the origin may have asked while we waited
 		g.release()
 		return nil, time.Time{}, err
 	}
@@ -173,9 +179,13 @@ func (g *Guard) Stats() Stats {
 	return s
 }
 
-// paused turns a request for key away while a pause the origin asked for
-// runs: the whole origin's or key's own, whichever ends later.
-func (g *Guard) paused(key string) error {
+// pausedFor turns a request for key away, when held says a pause holds it,
+// while a pause the origin asked for runs: the whole origin's or key's
+// own, whichever ends later.
+func (g *Guard) pausedFor(held bool, key string) error {
+	if !held {
+		return nil
+	}
 	now := g.now()
 	wait, why := time.Duration(g.holdUntil.Load()-now.UnixNano()), "the origin asked for a pause"
 	if end := g.pauses.until(key); end.Sub(now) > wait {
