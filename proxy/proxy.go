@@ -493,6 +493,9 @@ func (p *Proxy) answer(w http.ResponseWriter, r *http.Request, req freshness.Req
 	v := p.decide(r, req, key, e, vkey, now)
 	switch v.do {
 	case doServe:
+		if v.refresh {
+			p.refresh(r, key, vkey, e) // first, as below
+		}
 		return p.serve(w, r, e, e.Header, cachestatus.Status{Hit: true, TTL: e.Decision.TTL(now), HasTTL: true, Detail: v.detail}, now, v.hit)
 	case doServeStale:
 		// The refresh starts first: nothing here may keep e, and its
@@ -515,6 +518,9 @@ type verdict struct {
 	fwd    cachestatus.Fwd    // why the request goes upstream (doPass, doFetch)
 	detail cachestatus.Detail // for Cache-Status
 	hit    requestOutcome     // which kind of hit serving the stored response is (doServe)
+	// refresh says to refresh the stored response in the background
+	// too (doServe), as doServeStale does.
+	refresh bool
 }
 
 // action is what the flow does with a request.
@@ -547,15 +553,18 @@ func (p *Proxy) decide(r *http.Request, req freshness.RequestDirectives, key str
 			return verdict{do: doServeStale}
 		case use.Refused && e.FailedRecently(now, fetch.RefreshBackoff):
 			// The client asked for a fresher answer, but the last
-			// attempt to validate this one failed moments ago.
-			return verdict{do: doServe, hit: outHit, detail: cachestatus.RevalidationFailed}
+			// attempt to validate this one failed moments ago: perhaps
+			// for one client's fields, so a refresh, which carries
+			// none, asks again (unless it failed too).
+			return verdict{do: doServe, hit: outHit, detail: cachestatus.RevalidationFailed, refresh: true}
 		case use.Refused:
 			fwd = cachestatus.FwdRequest // the client asked for a fresher answer
 		case e.FailedRecently(now, fetch.RefreshBackoff) && e.Decision.UsableOnErrorFor(now, req):
 			// Its validation failed moments ago, and it may stand in
 			// for a failing origin: serve it, rather than ask the
-			// origin again for every request until it recovers.
-			return verdict{do: doServe, hit: outStaleOnError, detail: cachestatus.StaleIfError}
+			// origin again for every request until it recovers, and
+			// refresh it, as above.
+			return verdict{do: doServe, hit: outStaleOnError, detail: cachestatus.StaleIfError, refresh: true}
 		default:
 			fwd = cachestatus.FwdStale
 		}

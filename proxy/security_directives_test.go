@@ -4,6 +4,7 @@ import (
 	stdcmp "cmp"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -345,5 +346,73 @@ func TestOneClientsRefusedRequestDoesNotPassTheKey(t *testing.T) {
 	}
 	if n := o.count() - before; n != 0 {
 		t.Errorf("20 requests after one client's 400 made %d upstream requests, want 0: the copy still answers", n)
+	}
+}
+
+// botOrigin answers a User-Agent that names a bot 503 with Retry-After:
+// 300, as an origin refusing one client does, and everyone else
+// cacheControl and the current version.
+func botOrigin(t *testing.T, clk *clock, cacheControl string, version *atomic.Int64) *origin {
+	return newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.Header.Get("User-Agent"), "bot") {
+			w.Header().Set("Retry-After", "300")
+			http.Error(w, "no bots", http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Cache-Control", cacheControl)
+		fmt.Fprint(w, "v", version.Load())
+	})
+}
+
+// TestTwoFieldsOfOneUserPinNoStaleAnswer is the verification attack's
+// third finding: one user's reloads, from two User-Agents the origin
+// refuses with Retry-After: 300, confirmed each other's failure, and the
+// back-off stopped every background refresh for the stale-while-
+// revalidate window: the herd saw one version for 40 s. A failure that
+// carried a client's fields backs no refresh off; only a refresh's own
+// failure does.
+func TestTwoFieldsOfOneUserPinNoStaleAnswer(t *testing.T) {
+	clk := newClock()
+	var version atomic.Int64
+	version.Store(1)
+	o := botOrigin(t, clk, "max-age=5, stale-while-revalidate=30", &version)
+	p := newTestProxy(t, o, clk, Config{})
+	get(p, "/swr")
+	clk.Advance(6 * time.Second)
+	version.Store(2)
+	for _, ua := range []string{"bot-1", "bot-2"} {
+		get(p, "/swr", "User-Agent", ua, "Cache-Control", "no-cache")
+	}
+	if res, _ := get(p, "/swr", "User-Agent", "victim"); res.Body != "v1" {
+		t.Fatalf("a stale hit got %q (%s), want the stale v1 while it refreshes", res.Body, res.CacheStatus)
+	}
+	p.Wait()
+	if res, _ := get(p, "/swr", "User-Agent", "victim"); res.Body != "v2" {
+		t.Errorf("after the stale hit's refresh, a client got %q (%s), want v2", res.Body, res.CacheStatus)
+	}
+}
+
+// TestFailedValidationStillRefreshes is the same attack past the
+// stale-while-revalidate window: the abuser's confirmed failures kept the
+// stale copy standing in for a failing origin (stale-if-error), which the
+// origin was not, for everyone, for as long as the abuser went on. A
+// stored response that stands in for a recent failure starts a
+// background refresh, which carries nothing of anyone's.
+func TestFailedValidationStillRefreshes(t *testing.T) {
+	clk := newClock()
+	var version atomic.Int64
+	version.Store(1)
+	o := botOrigin(t, clk, "max-age=5", &version)
+	p := newTestProxy(t, o, clk, Config{Policy: freshness.Policy{DefaultSIE: 5 * time.Minute}})
+	get(p, "/sie")
+	clk.Advance(6 * time.Second)
+	version.Store(2)
+	for _, ua := range []string{"bot-1", "bot-2"} {
+		get(p, "/sie", "User-Agent", ua, "Cache-Control", "no-cache")
+	}
+	get(p, "/sie", "User-Agent", "victim")
+	p.Wait()
+	if res, _ := get(p, "/sie", "User-Agent", "victim"); res.Body != "v2" {
+		t.Errorf("after the abuser's failures, a client got %q (%s), want v2", res.Body, res.CacheStatus)
 	}
 }

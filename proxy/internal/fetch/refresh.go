@@ -45,22 +45,30 @@ func (fc *Fetcher) Refresh(in Flight) coalesce.Fetch[*Result] {
 	}
 }
 
-// backOff records a failed validation of stale: background refreshes wait
-// for a pause, at least RefreshBackoff, longer if the origin, or the
-// guard, said how long; and for RefreshBackoff alone (failedRecently),
-// requests that stale may answer are answered by it without asking the
-// origin again. It returns the refresh pause.
-func (fc *Fetcher) backOff(stale *stored.Entry, f *Result, err error) time.Duration {
+// backOff records a failed validation of stale: for RefreshBackoff
+// (stored.Entry.FailedRecently), requests that stale may answer are
+// answered by it without asking the origin again, and start a background
+// refresh instead. When the failed request carried nothing of one
+// client's (neutral: a refresh), background refreshes also wait for a
+// pause, at least RefreshBackoff, longer if the origin, or the guard, said
+// how long. A failure that carried a client's fields, even confirmed by
+// another's, pauses no refresh: one user with two User-Agents the origin
+// refuses would otherwise stop them for everyone, for as long as the
+// origin's Retry-After (issue 23). It returns the refresh pause.
+func (fc *Fetcher) backOff(stale *stored.Entry, f *Result, err error, neutral bool) time.Duration {
+	now := fc.Now()
+	stale.FailedAt.Store(now.UnixNano())
+	if !neutral {
+		return 0
+	}
 	pause := RefreshBackoff
 	var busy *upstream.BusyError
 	if errors.As(err, &busy) {
 		pause = max(pause, busy.RetryAfter)
 	} else if err == nil {
-		pause = max(pause, min(upstream.ParseRetryAfter(f.Entry.Header.Get("Retry-After"), fc.Now()), maxRetryAfter))
+		pause = max(pause, min(upstream.ParseRetryAfter(f.Entry.Header.Get("Retry-After"), now), maxRetryAfter))
 	}
-	now := fc.Now()
 	stale.RefreshAt.Store(now.Add(pause).UnixNano())
-	stale.FailedAt.Store(now.UnixNano())
 	return pause
 }
 
