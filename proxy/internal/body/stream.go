@@ -33,9 +33,10 @@ type Stream struct {
 	base    int64
 	err     error // why the pump stopped: io.EOF once the body is whole
 	readers map[*StreamReader]struct{}
-	users   int           // readers and the pump: the window goes when none is left
-	stall   time.Duration // streamStall, but in tests
-	minRate int64         // bytes a second: a reader slower holds no one back; 0 for none
+	users   int              // readers and the pump: the window goes when none is left
+	stall   time.Duration    // streamStall, but in tests
+	now     func() time.Time // time.Now, but in tests
+	minRate int64            // bytes a second: a reader slower holds no one back; 0 for none
 
 	// stuckAt is where the slowest readers were when the pump last
 	// found the window full and could not move it, since stuckSince.
@@ -99,6 +100,7 @@ func NewStream(win []byte, length int64, d cachestatus.Detail, minRate int64, re
 		readers: make(map[*StreamReader]struct{}),
 		users:   1, // the pump
 		stall:   streamStall,
+		now:     time.Now,
 		minRate: minRate,
 		stuckAt: -1,
 		joinBy:  time.Now().Add(streamJoin),
@@ -114,7 +116,7 @@ func (s *Stream) Join() *StreamReader {
 	if s.freed || s.base > 0 || s.err != nil && s.err != io.EOF {
 		return nil
 	}
-	r := &StreamReader{s: s, joined: time.Now()}
+	r := &StreamReader{s: s, joined: s.now()}
 	s.readers[r] = struct{}{}
 	s.users++
 	return r
@@ -132,7 +134,7 @@ func (s *Stream) done() {
 	if s.users--; s.users > 0 {
 		return
 	}
-	if wait := time.Until(s.joinBy); wait > 0 && s.base == 0 {
+	if wait := s.joinBy.Sub(s.now()); wait > 0 && s.base == 0 {
 		// The pump may finish before the flight's clients have joined.
 		time.AfterFunc(wait, func() {
 			s.mu.Lock()
@@ -191,7 +193,7 @@ func (s *Stream) Pump(body io.Reader) {
 // take more, for streamJoin to pass, or for streamStall, after which the
 // readers that did not move are cut off. It fails when no reader is left.
 func (s *Stream) makeRoom() error {
-	now := time.Now()
+	now := s.now()
 	joining := s.base == 0 && now.Before(s.joinBy)
 	if !joining && len(s.readers) == 0 {
 		return errStreamNoReaders
@@ -208,33 +210,10 @@ func (s *Stream) makeRoom() error {
 	}
 	wait := s.joinBy.Sub(now)
 	if !joining {
-		// The slowest readers hold the window full. Those that read
-		// slower than minRate while another waits for bytes, or that
-		// have not moved for s.stall, are cut off: one slow client does
-		// not set the herd's pace for long.
-		if taken != s.stuckAt {
-			s.stuckAt, s.stuckSince = taken, now
-		}
-		end := s.base + int64(len(s.win))
-		waiting := false
-		for r := range s.readers {
-			waiting = waiting || r.pos == end
-		}
-		stalled := !now.Before(s.stuckSince.Add(s.stall))
-		cut := false
-		for r := range s.readers {
-			if r.pos == taken && (stalled || waiting && s.slow(r, now)) {
-				r.cut, cut = true, true
-				delete(s.readers, r)
-			}
-		}
-		if cut {
+		var cut bool
+		if cut, wait = s.cutStuck(taken, now); cut {
 			s.notify()
 			return nil
-		}
-		wait = s.stuckSince.Add(s.stall).Sub(now)
-		if waiting && s.minRate > 0 {
-			wait = min(wait, paceCheck) // look at the pace again soon
 		}
 	}
 	wake := s.wake
@@ -247,6 +226,38 @@ func (s *Stream) makeRoom() error {
 	t.Stop()
 	s.mu.Lock()
 	return nil
+}
+
+// cutStuck, with s.mu held and the window full, cuts off the slowest
+// readers, at taken, when they have held it so for long enough, and
+// reports whether it cut any; otherwise it says how long until it should
+// look again. Those that read slower than minRate while another waits
+// for bytes, or that have not moved for s.stall, are cut off: one slow
+// client does not set the herd's pace for long.
+func (s *Stream) cutStuck(taken int64, now time.Time) (cut bool, wait time.Duration) {
+	if taken != s.stuckAt {
+		s.stuckAt, s.stuckSince = taken, now
+	}
+	end := s.base + int64(len(s.win))
+	waiting := false
+	for r := range s.readers {
+		waiting = waiting || r.pos == end
+	}
+	stalled := !now.Before(s.stuckSince.Add(s.stall))
+	for r := range s.readers {
+		if r.pos == taken && (stalled || waiting && s.slow(r, now)) {
+			r.cut, cut = true, true
+			delete(s.readers, r)
+		}
+	}
+	if cut {
+		return true, 0
+	}
+	wait = s.stuckSince.Add(s.stall).Sub(now)
+	if waiting && s.minRate > 0 {
+		wait = min(wait, paceCheck) // look at the pace again soon
+	}
+	return false, wait
 }
 
 // Read reads the next bytes of the body, waiting for the pump.
