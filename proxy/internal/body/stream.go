@@ -4,6 +4,7 @@ import (
 	"corral/proxy/internal/cachestatus"
 	"errors"
 	"io"
+	"math"
 	"sync"
 	"time"
 )
@@ -19,8 +20,19 @@ import (
 // had buffered when it ran out of room, still reserved from the budget, or
 // when that is less, StreamWindow bytes; it never grows. The pump reads on only
 // while the window has room, so the herd moves at the pace of its slowest
-// reader, and a reader that holds the window full for streamStall is cut
-// off: one slow client cannot hold the others back for longer than that.
+// reader. A reader that holds the window full is cut off when the cut
+// helps: when it reads slower than minRate, for it would set the herd's
+// pace to a trickle, or, alone, hold the upstream connection open at one;
+// and when another reader waits for bytes and it has not moved for
+// streamStall, so that one client cannot hold the others back for longer
+// than that. A reader's pace is its bytes over the time it had bytes to
+// take: waiting for the origin or for slower readers is not slowness of
+// its own. Standing still alone is no reason: a reader's place moves only
+// when a write to its connection completes, which the kernel allows in
+// bursts a send buffer apart, so a reader well above minRate can stand
+// still for longer than streamStall. With no minRate, a lone reader is
+// never cut here; the client's write timeout still disconnects one that
+// takes nothing.
 // Readers join while the window still holds the body's first byte, which
 // it keeps for streamJoin, and for a body that fits, to its end.
 type Stream struct {
@@ -36,7 +48,7 @@ type Stream struct {
 	users   int              // readers and the pump: the window goes when none is left
 	stall   time.Duration    // streamStall, but in tests
 	now     func() time.Time // time.Now, but in tests
-	minRate int64            // bytes a second: a reader slower holds no one back; 0 for none
+	minRate int64            // bytes a second: a reader slower is cut when it holds the window full; 0 for none
 
 	// stuckAt is where the slowest readers were when the pump last
 	// found the window full and could not move it, since stuckSince.
@@ -54,18 +66,26 @@ type StreamReader struct {
 	pos    int64
 	joined time.Time
 	cut    bool
+
+	// waited is how long it has waited at the window's end for the pump
+	// (for the origin, or for slower readers), since waitingSince while
+	// it waits: time that says nothing of its own pace.
+	waited       time.Duration
+	waitingSince time.Time
 }
 
-// slow reports whether r, a second or more after it joined, has taken
-// the body slower than s.minRate.
-func (s *Stream) slow(r *StreamReader, now time.Time) bool {
-	d := now.Sub(r.joined)
-	return s.minRate > 0 && d >= time.Second && r.pos*int64(time.Second) < s.minRate*int64(d)
+// busy is how long r has had bytes to take since it joined.
+func (r *StreamReader) busy(now time.Time) time.Duration {
+	d := now.Sub(r.joined) - r.waited
+	if !r.waitingSince.IsZero() {
+		d -= now.Sub(r.waitingSince)
+	}
+	return d
 }
 
-// paceCheck is how often a Stream whose slowest reader holds others
-// waiting looks at that reader's pace.
-const paceCheck = 100 * time.Millisecond
+// never is a wait with no end: the pump waits for a reader to move or
+// leave.
+const never = time.Duration(math.MaxInt64)
 
 const (
 	// StreamWindow is a Stream's window when its fetch had buffered
@@ -73,7 +93,8 @@ const (
 	StreamWindow = 32 << 10
 
 	// streamStall is how long the slowest readers may hold a full
-	// window before they are cut off.
+	// window, while another reader waits for bytes, before they are cut
+	// off.
 	streamStall = 2 * time.Second
 
 	// streamJoin is how long the window keeps the body's first byte for
@@ -84,7 +105,7 @@ const (
 )
 
 var (
-	ErrStreamCut       = errors.New("stream: reader held the others back and was cut off")
+	ErrStreamCut       = errors.New("stream: reader held the others back or read too slowly, and was cut off")
 	errStreamNoReaders = errors.New("stream: no client reads it")
 )
 
@@ -190,8 +211,8 @@ func (s *Stream) Pump(body io.Reader) {
 
 // makeRoom, with s.mu held and the window full, drops from the window
 // what every reader has taken, or waits until it can: for a reader to
-// take more, for streamJoin to pass, or for streamStall, after which the
-// readers that did not move are cut off. It fails when no reader is left.
+// take more, for streamJoin to pass, or until cutStuck cuts the readers
+// that hold the window full. It fails when no reader is left.
 func (s *Stream) makeRoom() error {
 	now := s.now()
 	joining := s.base == 0 && now.Before(s.joinBy)
@@ -218,22 +239,24 @@ func (s *Stream) makeRoom() error {
 	}
 	wake := s.wake
 	s.mu.Unlock()
-	t := time.NewTimer(wait)
+	var timeout <-chan time.Time
+	if wait < never {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		timeout = t.C
+	}
 	select {
 	case <-wake:
-	case <-t.C:
+	case <-timeout:
 	}
-	t.Stop()
 	s.mu.Lock()
 	return nil
 }
 
 // cutStuck, with s.mu held and the window full, cuts off the slowest
-// readers, at taken, when they have held it so for long enough, and
-// reports whether it cut any; otherwise it says how long until it should
-// look again. Those that read slower than minRate while another waits
-// for bytes, or that have not moved for s.stall, are cut off: one slow
-// client does not set the herd's pace for long.
+// readers, at taken, that are due to be (see untilCut), and reports
+// whether it cut any; otherwise it says how long until the first of them
+// is due, never when none can be without moving.
 func (s *Stream) cutStuck(taken int64, now time.Time) (cut bool, wait time.Duration) {
 	if taken != s.stuckAt {
 		s.stuckAt, s.stuckSince = taken, now
@@ -243,21 +266,46 @@ func (s *Stream) cutStuck(taken int64, now time.Time) (cut bool, wait time.Durat
 	for r := range s.readers {
 		waiting = waiting || r.pos == end
 	}
-	stalled := !now.Before(s.stuckSince.Add(s.stall))
+	wait = never
 	for r := range s.readers {
-		if r.pos == taken && (stalled || waiting && s.slow(r, now)) {
+		if r.pos != taken {
+			continue
+		}
+		if due := s.untilCut(r, waiting, now); due <= 0 {
 			r.cut, cut = true, true
 			delete(s.readers, r)
+		} else {
+			wait = min(wait, due)
 		}
 	}
 	if cut {
 		return true, 0
 	}
-	wait = s.stuckSince.Add(s.stall).Sub(now)
-	if waiting && s.minRate > 0 {
-		wait = min(wait, paceCheck) // look at the pace again soon
-	}
 	return false, wait
+}
+
+// untilCut is how long from now until r, holding the window full and
+// taking nothing more, is cut off (see Stream); 0 or less when it is
+// due. While another reader waits for bytes, r is due once it has not
+// moved for s.stall. Waiting or not, it is due once it has read slower
+// than s.minRate over the time it had bytes to take, a second of it at
+// least: a trickle that moves more often than the stall would otherwise
+// set the herd's pace, or hold the upstream connection open on its own.
+// Still but above s.minRate, a lone reader is never due: cutting it
+// helps no one.
+func (s *Stream) untilCut(r *StreamReader, waiting bool, now time.Time) time.Duration {
+	due := never
+	if waiting {
+		due = s.stuckSince.Add(s.stall).Sub(now)
+	}
+	if s.minRate > 0 {
+		// r's pace falls to minRate once it has had bytes to take for
+		// pos/minRate seconds (at most a billion of them, so as not to
+		// overflow a Duration).
+		pace := time.Duration(min(float64(r.pos)/float64(s.minRate), 1e9) * float64(time.Second))
+		due = min(due, max(pace, time.Second)-r.busy(now))
+	}
+	return due
 }
 
 // Read reads the next bytes of the body, waiting for the pump.
@@ -279,9 +327,12 @@ func (r *StreamReader) Read(p []byte) (int, error) {
 			return 0, s.err
 		}
 		wake := s.wake
+		r.waitingSince = s.now()
 		s.mu.Unlock()
 		<-wake
 		s.mu.Lock()
+		r.waited += s.now().Sub(r.waitingSince)
+		r.waitingSince = time.Time{}
 	}
 }
 
