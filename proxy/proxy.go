@@ -84,8 +84,11 @@ type Config struct {
 	// room in the buffer budget when another body needs the room: a
 	// client that reads at a trickle cannot keep a body from those who
 	// read it. The pace is that of their last 256 KiB, so that what
-	// socket buffers take at first does not count. Zero means 64 KiB a
-	// second; negative means no client gives up room for its pace.
+	// socket buffers take at first does not count. It is also the
+	// slowest a client may read a body streamed to a herd when it holds
+	// that body back, alone or with others, over the time it had bytes
+	// of it to take. Zero means 64 KiB a second; negative means no client
+	// gives up room, or is cut from a stream, for its pace.
 	ClientMinRate int64
 
 	// UpstreamTimeout bounds one exchange with the origin, body included,

@@ -27,7 +27,7 @@ type Stats struct {
 
 	Refreshes atomic.Int64 // background refreshes started
 	Purged    atomic.Int64 // entries dropped by purges and unsafe requests
-	Cut       atomic.Int64 // answers cut short: the store let go of their body and the buffer budget had no room for it, or a streamed body's reader held the others back
+	Cut       atomic.Int64 // answers cut short: the store let go of their body and the buffer budget had no room for it, or a streamed body's reader held the others back or read too slowly
 
 	// RuleDecisions counts, by the prefix of each of Config.Rules, the
 	// upstream responses whose freshness the rule decided. New makes the
