@@ -10,7 +10,6 @@ import (
 	"corral/proxy/internal/body"
 	"corral/proxy/internal/cachestatus"
 	"corral/proxy/internal/respond"
-	"corral/proxy/upstream"
 )
 
 // hasBody reports whether r comes with a request body: a declared length,
@@ -19,7 +18,15 @@ func hasBody(r *http.Request) bool {
 	return r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody
 }
 
-// bufferRequestBody reads r's body into memory before r goes anywhere, as
+// requestBodies is how request bodies are read: at most max bytes each,
+// within timeout, held against budget.
+type requestBodies struct {
+	budget  *body.Budget
+	max     int64
+	timeout time.Duration
+}
+
+// buffer reads r's body into memory before r goes anywhere, as
 // nginx's request buffering does: a client that trickles its body then
 // holds a goroutine and its share of the buffer budget, never an upstream
 // slot or an origin connection. The body goes upstream with its length
@@ -27,13 +34,13 @@ func hasBody(r *http.Request) bool {
 //
 // It answers the client itself and returns nil, with the outcome, when
 // the body is refused:
-// 413 past MaxRequestBodyBytes (RFC 9110 section 15.5.14), 408 past
-// RequestBodyTimeout (section 15.5.9), 400 for a body cut short or badly
+// 413 past MaxRequestBodyBytes (max) (RFC 9110 section 15.5.14), 408 past
+// RequestBodyTimeout (timeout) (section 15.5.9), 400 for a body cut short or badly
 // framed (section 15.5.1; RFC 9112 section 6.3), 503 when the buffer
 // budget cannot hold it now. Each of these closes the connection: the
 // unread rest of the body must not be taken for the next request. The
 // caller releases the returned buffer once r has been answered.
-func (p *Proxy) bufferRequestBody(w http.ResponseWriter, r *http.Request) (*body.Buffer, requestOutcome) {
+func (rb requestBodies) buffer(w http.ResponseWriter, r *http.Request) (*body.Buffer, requestOutcome) {
 	if len(r.TransferEncoding) > 0 {
 		// RFC 9112 section 6.1: a request with both Content-Length and
 		// Transfer-Encoding may be an attempt at request smuggling, and
@@ -43,14 +50,15 @@ func (p *Proxy) bufferRequestBody(w http.ResponseWriter, r *http.Request) (*body
 		// request body. They are rare, and closing is always allowed.
 		w.Header().Set("Connection", "close")
 	}
-	bb, err := body.ReadRequest(r, http.NewResponseController(w), p.requestBuffers, p.maxRequestBody, p.bodyTimeout)
+	bb, err := body.ReadRequest(r, http.NewResponseController(w), rb.budget, rb.max, rb.timeout)
 	if err != nil {
 		w.Header().Set("Connection", "close")
 		st := cachestatus.Status{Fwd: cachestatus.FwdRequest}
 		switch {
 		case errors.Is(err, body.ErrFull):
 			st.Detail = cachestatus.BuffersFull
-			return nil, p.serveBusy(w, &upstream.BusyError{RetryAfter: time.Second, Why: "buffer budget spent"}, st)
+			respond.Busy503(w, time.Second, st)
+			return nil, outBusy
 		case errors.Is(err, body.ErrTooLarge):
 			st.Detail = cachestatus.RequestTooLarge
 			respond.Status(w, http.StatusRequestEntityTooLarge, st)

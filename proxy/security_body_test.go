@@ -204,7 +204,7 @@ func TestRequestBodyRefusals(t *testing.T) {
 				t.Errorf("the origin received %+v", got)
 			}
 			pw.CloseWithError(errors.New("test over"))
-			if n := p.buffers.InUse(); n != 0 {
+			if n := p.fetcher.Buffers.InUse(); n != 0 {
 				t.Errorf("%d bytes of the buffer budget still held", n)
 			}
 		})
@@ -299,7 +299,7 @@ func TestRequestFramingOverTheWire(t *testing.T) {
 			}
 		})
 	}
-	if n := p.buffers.InUse(); n != 0 {
+	if n := p.fetcher.Buffers.InUse(); n != 0 {
 		t.Errorf("%d bytes of the buffer budget still held", n)
 	}
 }
@@ -440,10 +440,10 @@ func TestBufferedBodiesStayWithinOneBudget(t *testing.T) {
 	if n := unbuffered.Load(); n < objects/2 {
 		t.Errorf("%d fetches found the budget spent, want most of the %d: the budget was not under load", n, objects)
 	}
-	if peak := p.buffers.Peak(); peak > budget || peak < objectSize {
+	if peak := p.fetcher.Buffers.Peak(); peak > budget || peak < objectSize {
 		t.Errorf("buffers peaked at %d bytes; want at most the budget, %d, and at least one object, %d", peak, budget, objectSize)
 	}
-	if n := p.buffers.InUse(); n != 0 {
+	if n := p.fetcher.Buffers.InUse(); n != 0 {
 		t.Errorf("%d bytes still held after every body was stored or dropped", n)
 	}
 	// Buffers that were full are pressure of the moment, not a property
@@ -509,7 +509,7 @@ func TestStoredBodyKeepsNoSpareRoom(t *testing.T) {
 			if len(e.Body) != size || cap(e.Body) > size+size/8 {
 				t.Errorf("stored body of %d bytes in a buffer of %d", len(e.Body), cap(e.Body))
 			}
-			if n := p.buffers.InUse(); n != 0 {
+			if n := p.fetcher.Buffers.InUse(); n != 0 {
 				t.Errorf("%d bytes still held", n)
 			}
 		})
@@ -600,7 +600,7 @@ func TestBuffersFullServesStale(t *testing.T) {
 
 	held := serveAsync(p, newRequest(http.MethodGet, "/held")) // reserves 40 of the 64 KiB
 	wait(t, holding, "the held fetch")
-	pollUntil(t, "the held fetch's reservation", func() bool { return p.buffers.InUse() >= 40<<10 })
+	pollUntil(t, "the held fetch's reservation", func() bool { return p.fetcher.Buffers.InUse() >= 40<<10 })
 	res, _ := get(p, "/stale")
 	close(hold)
 	wait(t, held, "the held answer")

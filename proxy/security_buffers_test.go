@@ -97,7 +97,7 @@ func TestSlowExportsReserveOnlyWhatArrived(t *testing.T) {
 	}
 	exports := startExports(p, 10, addrs...)
 	pollUntil(t, "the exports' first bytes to be buffered", func() bool {
-		return eo.exports.Load() >= 10 && p.buffers.InUse() >= 10*(1<<10)
+		return eo.exports.Load() >= 10 && p.fetcher.Buffers.InUse() >= 10*(1<<10)
 	})
 	if n := coldHerdCost(t, p, eo, 40, stats); n != 1 {
 		t.Errorf("a cold herd of 40 during ten slow exports cost %d upstream requests, want 1", n)
@@ -126,7 +126,7 @@ func TestOneClientsExportsLeaveRoomForAHerd(t *testing.T) {
 
 	exports := startExports(p, 10, "203.0.113.9:40000")
 	pollUntil(t, "the exports' bytes to be buffered or passed", func() bool {
-		return eo.exports.Load() >= 10 && p.buffers.InUse() >= 120<<10
+		return eo.exports.Load() >= 10 && p.fetcher.Buffers.InUse() >= 120<<10
 	})
 	if n := coldHerdCost(t, p, eo, 40, stats); n != 1 {
 		t.Errorf("a cold herd of 40 during one client's ten exports cost %d upstream requests, want 1", n)
@@ -160,12 +160,12 @@ func TestHerdSharesOneExchangeWithTheBudgetSpent(t *testing.T) {
 	}
 	exports := startExports(p, 10, addrs...)
 	pollUntil(t, "the exports to spend the budget", func() bool {
-		return eo.exports.Load() >= 10 && p.buffers.InUse() > 1<<20-128<<10
+		return eo.exports.Load() >= 10 && p.fetcher.Buffers.InUse() > 1<<20-128<<10
 	})
 	if n := coldHerdCost(t, p, eo, 40, stats); n != 1 {
 		t.Errorf("a cold herd of 40 with the budget spent cost %d upstream requests, want 1", n)
 	}
-	if n := p.buffers.Peak(); n > 1<<20 {
+	if n := p.fetcher.Buffers.Peak(); n > 1<<20 {
 		t.Errorf("the buffers peaked at %d bytes, over the budget", n)
 	}
 	once.Do(func() { close(release) })
@@ -176,7 +176,7 @@ func TestHerdSharesOneExchangeWithTheBudgetSpent(t *testing.T) {
 		}
 	}
 	p.Wait()
-	pollUntil(t, "every byte of the budget to be given back", func() bool { return p.buffers.InUse() == 0 })
+	pollUntil(t, "every byte of the budget to be given back", func() bool { return p.fetcher.Buffers.InUse() == 0 })
 }
 
 // TestStreamedBodyOutlivesTheUpstreamTimeout is the second attack pass's
