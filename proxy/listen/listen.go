@@ -1,7 +1,7 @@
 // Package listen bounds what clients can hold of a server through its
 // listener: a connection whose peer stopped reading (WriteTimeout), and
-// the connections open at once (Limit), past which the longest-idle one
-// makes room for a new one.
+// the connections open at once (Limit), past which one that holds its slot
+// without a request makes room for a new one.
 package listen
 
 import (
@@ -11,6 +11,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -74,24 +75,48 @@ func (c *writeTimeoutConn) CloseWrite() error {
 	return nil
 }
 
-// Limit returns ln accepting at most n connections at once, as
-// nginx's worker_connections caps its own: each connection costs a
-// goroutine, its buffers and what it is being written, so that the cap
-// bounds what all of them cost. Past it, a client that connects makes
-// room by the closing of the connection that has been idle between
-// requests the longest, as nginx reclaims keep-alive connections: a client
-// that opens connections and leaves them idle cannot lock the others out
-// (issue 23). Only when every connection is busy does it wait for one to
-// close or go idle, accepted; the next ones wait in the kernel's listen
-// queue. The server must
-// report its connections' states to ConnState (http.Server.ConnState) for
-// idle ones to be found; without, Accept only waits. An n of zero or less
-// returns ln.
+// headerGrace is how long a connection may wait for its request's header
+// to arrive whole before it may be closed to make room at the cap: a
+// client that connects to send a request sends it within a round trip,
+// and a header, of at most -max-header-bytes, within a few.
+const headerGrace = time.Second
+
+// Limit returns ln accepting at most n connections at once, as nginx's
+// worker_connections caps its own: each connection costs a goroutine, its
+// buffers and what it is being written, so that the cap bounds what all of
+// them cost. Past it, a client that connects makes room by the closing of
+// a connection that holds a slot without a request, in this order:
+//
+//  1. one accepted more than headerGrace ago whose first request's header
+//     has not arrived whole, the oldest first: silent or trickling, it has
+//     never served a request, and connecting and sending nothing is the
+//     cheapest way to hold a slot, until the server's header timeout
+//     (10 s in corral);
+//  2. one kept alive between requests, of which nothing of the next has
+//     arrived, the one idle the longest first, as nginx reclaims keep-alive
+//     connections: a client that opens connections and leaves them idle
+//     cannot lock the others out (issue 23);
+//  3. one kept alive whose next request's header began to arrive more than
+//     headerGrace ago and has not arrived whole (a slowloris), the one
+//     begun the earliest first.
+//
+// A connection busy with a request is never closed, nor one whose header
+// began to arrive within headerGrace: a request under way is not cut. A
+// new connection has headerGrace even if silent, so that newcomers at the
+// cap do not close each other before their requests arrive. With none to
+// close, Accept waits for a connection to close, to go idle (it is closed
+// then) or to outlast its grace; the next clients wait in the kernel's
+// listen queue. So at the cap a newcomer waits at most about headerGrace,
+// unless every connection has its request whole and is serving it.
+//
+// The server must report its connections' states to ConnState
+// (http.Server.ConnState) for any to be closed; without, Accept only
+// waits. An n of zero or less returns ln.
 func Limit(ln net.Listener, n int) net.Listener {
 	if n <= 0 {
 		return ln
 	}
-	return &limitListener{Listener: ln, slots: make(chan struct{}, n), closed: make(chan struct{}), idle: make(map[*limitConn]struct{})}
+	return &limitListener{Listener: ln, slots: make(chan struct{}, n), closed: make(chan struct{}), now: time.Now}
 }
 
 type limitListener struct {
@@ -99,11 +124,15 @@ type limitListener struct {
 	slots     chan struct{} // one per open connection
 	closeOnce sync.Once
 	closed    chan struct{}
+	now       func() time.Time
 
-	mu      sync.Mutex
-	idle    map[*limitConn]struct{} // between requests, kept alive
-	oldest  []*limitConn            // idle, the longest first; may hold ones no longer idle
-	waiting bool                    // an Accept waits for a slot
+	// The connections that may be closed to make room, each in the order
+	// it entered: reclaim looks at their heads only.
+	mu       sync.Mutex
+	fresh    queue // accepted, first request's header not yet whole
+	idle     queue // kept alive, nothing of the next request read
+	arriving queue // kept alive, the next request's header arriving
+	waiting  bool  // an Accept waits for a slot
 }
 
 func (l *limitListener) Accept() (net.Conn, error) {
@@ -113,78 +142,128 @@ func (l *limitListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	select {
-	case l.slots <- struct{}{}:
-	default:
+	if err := l.acquire(); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return &limitConn{Conn: c, l: l}, nil
+}
+
+// acquire takes a slot: a free one, or the one freed by closing the
+// connection that reclaimLocked picks. With none to pick, it waits for a
+// slot to free, a connection to go idle (which ConnState closes), or the
+// first one to outlast its grace.
+func (l *limitListener) acquire() error {
+	for {
+		select {
+		case l.slots <- struct{}{}:
+			return nil
+		default:
+		}
+		now := l.now()
 		l.mu.Lock()
-		victim := l.reclaimLocked()
-		l.waiting = victim == nil // then the next to go idle makes room
+		victim, due := l.reclaimLocked(now)
+		l.waiting = victim == nil
 		l.mu.Unlock()
 		if victim != nil {
 			victim.Close() // frees its slot
+			continue
 		}
-		select {
-		case l.slots <- struct{}{}:
-		case <-l.closed:
-			c.Close()
-			return nil, net.ErrClosed
+		if got, err := l.wait(due, now); got || err != nil {
+			return err
 		}
+	}
+}
+
+// wait waits for a slot, or until due unless it is zero, and says whether
+// it took one.
+func (l *limitListener) wait(due, now time.Time) (bool, error) {
+	var grace <-chan time.Time
+	if !due.IsZero() {
+		t := time.NewTimer(due.Sub(now))
+		defer t.Stop()
+		grace = t.C
+	}
+	select {
+	case l.slots <- struct{}{}:
 		l.mu.Lock()
 		l.waiting = false
 		l.mu.Unlock()
+		return true, nil
+	case <-grace:
+		return false, nil
+	case <-l.closed:
+		return false, net.ErrClosed
 	}
-	lc := &limitConn{Conn: c}
-	lc.free = func() { l.forget(lc); <-l.slots }
-	return lc, nil
 }
 
-// reclaimLocked takes the connection idle the longest out of the idle
-// ones, for the caller to close, with mu held; nil when none is idle.
-func (l *limitListener) reclaimLocked() *limitConn {
-	for len(l.oldest) > 0 {
-		c := l.oldest[0]
-		l.oldest = l.oldest[1:]
-		if _, ok := l.idle[c]; ok {
-			delete(l.idle, c)
-			return c
+// reclaimLocked picks, with mu held, the connection to close to make room,
+// in Limit's order, and takes it out of the queues. When none may be
+// closed yet, it returns nil and when the first will be (zero if none will
+// before its state changes).
+func (l *limitListener) reclaimLocked(now time.Time) (victim *limitConn, due time.Time) {
+	if m, ok := l.fresh.head(); ok {
+		if due = m.at.Add(headerGrace); !now.Before(due) {
+			return l.fresh.take(), time.Time{}
 		}
 	}
-	return nil
+	if _, ok := l.idle.head(); ok {
+		return l.idle.take(), time.Time{}
+	}
+	if m, ok := l.arriving.head(); ok {
+		d := m.at.Add(headerGrace)
+		if !now.Before(d) {
+			return l.arriving.take(), time.Time{}
+		}
+		if due.IsZero() || d.Before(due) {
+			due = d
+		}
+	}
+	return nil, due
 }
 
 // ConnState is for http.Server.ConnState: it tells the listener which of
-// its connections are idle between requests, and closes one that goes
-// idle while an Accept waits for a slot.
+// its connections wait for a request, since when, and closes one that
+// goes idle while an Accept waits for a slot.
 func (l *limitListener) ConnState(c net.Conn, state http.ConnState) {
 	lc, ok := c.(*limitConn)
 	if !ok {
 		return
 	}
+	lc.quiet.Store(state == http.StateIdle)
 	l.mu.Lock()
+	lc.moved++
 	switch state {
+	case http.StateNew:
+		l.fresh.push(lc, l.now(), len(l.slots))
 	case http.StateIdle:
 		if l.waiting {
+			l.waiting = false // one is enough
 			l.mu.Unlock()
 			lc.Close()
 			return
 		}
-		l.idle[lc] = struct{}{}
-		l.oldest = append(l.oldest, lc)
-	default:
-		delete(l.idle, lc)
-	}
-	if len(l.oldest) > 2*len(l.idle)+64 {
-		// Drop what is no longer idle, so that the queue stays within
-		// twice the idle connections.
-		l.oldest = slices.DeleteFunc(l.oldest, func(c *limitConn) bool { _, ok := l.idle[c]; return !ok })
+		l.idle.push(lc, l.now(), len(l.slots))
 	}
 	l.mu.Unlock()
 }
 
-// forget drops c from the idle connections, once it is closed.
+// heard moves c, kept alive, from the idle connections to those whose
+// request is arriving, on the first byte of it read.
+func (l *limitListener) heard(c *limitConn) {
+	l.mu.Lock()
+	if c.quiet.Load() {
+		c.quiet.Store(false)
+		c.moved++
+		l.arriving.push(c, l.now(), len(l.slots))
+	}
+	l.mu.Unlock()
+}
+
+// forget drops c from the queues, once it is closed.
 func (l *limitListener) forget(c *limitConn) {
 	l.mu.Lock()
-	delete(l.idle, c)
+	c.moved++
 	l.mu.Unlock()
 }
 
@@ -194,17 +273,81 @@ func (l *limitListener) Close() error {
 	return l.Listener.Close()
 }
 
+// queue holds connections in the order they entered a state. An entry is
+// out of date once its connection has moved on, to another state or
+// queue, or closed; out-of-date entries are dropped when they reach the
+// head, or all at once when they outnumber the open connections, so that
+// a queue holds at most about twice as many entries as there are
+// connections however fast they come and go. Its methods need mu held.
+type queue []entry
+
+type entry struct {
+	c     *limitConn
+	moved uint64    // c.moved when it entered
+	at    time.Time // when
+}
+
+func (q *queue) push(c *limitConn, at time.Time, open int) {
+	if len(*q) > 2*open+64 {
+		*q = slices.DeleteFunc(*q, func(e entry) bool { return e.moved != e.c.moved })
+	}
+	*q = append(*q, entry{c, c.moved, at})
+}
+
+// head returns the first entry that is up to date, dropping those before it.
+func (q *queue) head() (entry, bool) {
+	for len(*q) > 0 {
+		if e := (*q)[0]; e.moved == e.c.moved {
+			return e, true
+		}
+		q.drop()
+	}
+	return entry{}, false
+}
+
+// take removes the head, which head found up to date, and returns its
+// connection, out of date everywhere now.
+func (q *queue) take() *limitConn {
+	c := (*q)[0].c
+	c.moved++
+	q.drop()
+	return c
+}
+
+func (q *queue) drop() {
+	(*q)[0] = entry{} // for the connection to be collected once closed
+	*q = (*q)[1:]
+}
+
 // limitConn is one connection of a limitListener: closing it frees its slot,
 // once.
 type limitConn struct {
 	net.Conn
-	once sync.Once
-	free func()
+	l     *limitListener
+	once  sync.Once
+	quiet atomic.Bool // idle, and no byte of the next request read yet
+	moved uint64      // how often it changed state or queue; under l.mu
+}
+
+// Read tells the listener when the next request of a connection kept
+// alive begins to arrive; otherwise it costs an atomic load. What the
+// server read before the connection went idle is not seen: a client that
+// pipelines, and stops mid-header of a request sent with the one before,
+// looks idle.
+func (c *limitConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if n > 0 && c.quiet.Load() {
+		c.l.heard(c)
+	}
+	return n, err
 }
 
 func (c *limitConn) Close() error {
 	err := c.Conn.Close()
-	c.once.Do(c.free)
+	c.once.Do(func() {
+		c.l.forget(c)
+		<-c.l.slots
+	})
 	return err
 }
 
