@@ -194,7 +194,7 @@ func (s *server) listen() (err error) {
 	s.ln, err = net.Listen("tcp", s.addr)
 	if err == nil {
 		// The cap outermost: the server reports its connections to it,
-		// so that it can close idle ones to make room.
+		// so that it can close those without a request to make room.
 		s.ln = listen.Limit(listen.WriteTimeout(s.ln, s.writeTimeout), s.maxConns)
 	}
 	s.srv = &http.Server{
@@ -312,7 +312,7 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) (string, bo
 	fs.Var(&maxHeaderBytes, "max-header-bytes", "largest request line and header fields, a `size`; larger ones get 431 (Go reads 4KiB more before it refuses)")
 	fs.DurationVar(&c.clientWriteTimeout, "client-write-timeout", 30*time.Second, "how long a client may accept no bytes of its answer before it is disconnected; long downloads that keep moving are not cut (0: for ever)")
 	fs.Var(&clientMinRate, "client-min-rate", "slowest a client may read an answer of 64KiB or more whose body the cache no longer holds, a `size` a second over its last 256KiB, and keep that body's room in the buffer budget when another needs it; and slowest, over the time it had bytes of it to take, a client may read a body streamed to a herd when it holds that body back, alone or with others; a slower one is cut then (0: no client is cut for its pace)")
-	fs.IntVar(&c.maxConnections, "max-connections", 4096, "most client connections open at once, idle keep-alive ones included; past it the one idle the longest is closed to make room, and with none idle new ones wait to be accepted (0: no cap)")
+	fs.IntVar(&c.maxConnections, "max-connections", 4096, "most client connections open at once, idle keep-alive ones included; past it one without a request is closed to make room (silent or with its header arriving for more than 1s, or idle between requests), and with every one serving a request new ones wait to be accepted (0: no cap)")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long to let in-flight requests and upstream fetches finish after SIGINT or SIGTERM")
 	fs.StringVar(&c.fleet.Addr, "redis", "", "the `URL` of the Redis that this replica shares with the others (redis://host:6379/0, rediss:// for TLS, or unix:///path/redis.sock; for a Redis Cluster, redis+cluster://host1:6379?addr=host2:6379&addr=host3:6379, or rediss+cluster://): a second cache tier, and one upstream request per key per freshness window across the fleet; Redis 7 or later. Redis down never fails a client or the start; the replica then serves alone (empty: no shared tier)")
 	fs.DurationVar(&c.fleet.Timeout, "redis-timeout", fleet.DefaultTimeout, "longest each Redis call may take; no call is retried, and repeated failures keep the replica local-only until a probe succeeds")
