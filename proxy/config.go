@@ -227,6 +227,7 @@ func New(cfg Config) (*Proxy, error) {
 		flights:    &coalesce.Group[*fetch.Result]{Timeout: timeout},
 		hedgeAfter: orDefault(cfg.HedgeAfter, timeout/4),
 		shares:     body.NewShares(buffers, min(max(buffers.Limit()/4, 2*maxObject), buffers.Limit())),
+		owned:      make(map[string]int),
 	}
 	if cfg.HedgeAfter < 0 || p.herds.hedgeAfter >= timeout {
 		p.herds.hedgeAfter = 0 // never

@@ -28,6 +28,9 @@ type herds struct {
 	leading    sync.Map      // a flight's ID: the fields its leader's fetch sends
 	hedgeAfter time.Duration // Config.HedgeAfter; 0 for never
 	shares     *body.Shares  // each client's share of the buffer budget, for the fetches it leads
+
+	mu    sync.Mutex
+	owned map[string]int // a first flight's ID: how many own flights run beside it
 }
 
 // flights runs at most one fetch per key at a time, and hands its result
@@ -99,8 +102,20 @@ func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshn
 func (p *Proxy) join(w http.ResponseWriter, r *http.Request, in fetch.Flight) (f *fetch.Result, leader bool, err error) {
 	interim := respond.NewInterim(w)
 	defer interim.Close() // the client left: the fetch may go on
-	first := p.herds.flights.Start(r.Context(), in.ID, p.lead(in, interim))
-	var own *coalesce.Call[*fetch.Result]
+	var first, own *coalesce.Call[*fetch.Result]
+	flyOwn := func() {
+		mine := in.Own()
+		own = p.herds.flights.Start(r.Context(), mine.ID, p.lead(mine, in.ID, interim))
+	}
+	if p.herds.flyingOwn(in.ID) {
+		// Clients of the key fly on their own (the first flight's answer
+		// was another's, or its leader took too long): join those that
+		// send what this one sends, if they do, rather than start
+		// another first flight beside theirs.
+		flyOwn()
+	} else {
+		first = p.herds.flights.Start(r.Context(), in.ID, p.lead(in, "", interim))
+	}
 	var hedge <-chan time.Time
 	if p.herds.hedgeAfter > 0 {
 		t := time.NewTimer(p.herds.hedgeAfter)
@@ -129,7 +144,7 @@ func (p *Proxy) join(w http.ResponseWriter, r *http.Request, in fetch.Flight) (f
 				continue // another's trouble: wait for our own
 			case err == nil:
 				// The leader's own answer: fly with our fields.
-				own = p.herds.flights.Start(r.Context(), in.Own().ID, p.lead(in.Own(), interim))
+				flyOwn()
 				continue
 			}
 		case res := <-ownDone:
@@ -147,7 +162,7 @@ func (p *Proxy) join(w http.ResponseWriter, r *http.Request, in fetch.Flight) (f
 			if sent, ok := p.herds.leading.Load(in.ID); first.Led() || ok && httprule.SameFields(sent.(http.Header), in.Header) {
 				continue
 			}
-			own = p.herds.flights.Start(r.Context(), in.Own().ID, p.lead(in.Own(), interim))
+			flyOwn()
 			continue
 		case <-r.Context().Done():
 			for _, c := range []*coalesce.Call[*fetch.Result]{first, own} {
@@ -170,17 +185,39 @@ func (p *Proxy) join(w http.ResponseWriter, r *http.Request, in fetch.Flight) (f
 // starts the flight runs: its leader. It may run on after the leader's
 // handler returned, and reads in, never the client's request. Its bodies
 // count against its leader's share of the buffer budget, and the interim
-// answers it gets go to the leader.
-func (p *Proxy) lead(in fetch.Flight, interim *respond.Interim) coalesce.Fetch[*fetch.Result] {
+// answers it gets go to the leader. For a client's own flight (Own), base
+// is the ID of the first flight it flies beside.
+func (p *Proxy) lead(in fetch.Flight, base string, interim *respond.Interim) coalesce.Fetch[*fetch.Result] {
 	return func(ctx context.Context) (*fetch.Result, error) {
 		p.herds.leading.Store(in.ID, in.Header)
 		defer p.herds.leading.Delete(in.ID)
+		if base != "" {
+			p.herds.own(base, 1)
+			defer p.herds.own(base, -1)
+		}
 		share := p.herds.shares.Acquire(in.Client)
 		defer p.herds.shares.Release(share)
 		in.Budget = &share.Budget
 		ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{Got1xxResponse: interim.Write})
 		return p.fetcher.Fetch(ctx, in)
 	}
+}
+
+// own counts n more own flights (fetch.Flight.Own) running beside the
+// first flight base.
+func (h *herds) own(base string, n int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.owned[base] += n; h.owned[base] <= 0 {
+		delete(h.owned, base)
+	}
+}
+
+// flyingOwn reports whether own flights run beside the first flight base.
+func (h *herds) flyingOwn(base string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.owned[base] > 0
 }
 
 // otherVariant reports whether what a flight fetched answers another
