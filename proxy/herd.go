@@ -64,7 +64,7 @@ type flights interface {
 func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, in fetch.Flight, fwd cachestatus.Fwd) requestOutcome {
 	f, leader, err := p.join(w, r, in)
 	now := p.now()
-	if in.Stale == nil && in.Shared && (err != nil || (f.Source != fetch.LookAgain && httprule.IsServerError(f.Entry.Status))) {
+	if in.Stale == nil && in.Shared && fetch.Failed(f, err) {
 		// The fetch may have found a stale copy in the shared tier,
 		// now in memory, that can stand in for the failure.
 		if e, _, _ := p.store.Lookup(r.Context(), in.Key, r.Header); e != nil && e.Kind == cache.Response && !httprule.IsServerError(e.Status) {
@@ -268,9 +268,11 @@ func (p *Proxy) serveFetched(w http.ResponseWriter, r *http.Request, req freshne
 	o := outMiss
 	switch {
 	case f.Source == fetch.Memory:
-		o, st = outHit, cachestatus.Status{Hit: true, TTL: e.Decision.TTL(now), HasTTL: true, Collapsed: true}
+		o, st = outHit, hitStatus(e, "", now)
+		st.Collapsed = true
 	case f.Source == fetch.SharedTier:
-		o, st = outHit, cachestatus.Status{Hit: true, TTL: e.Decision.TTL(now), HasTTL: true, Collapsed: true, Detail: cachestatus.SharedTier}
+		o, st = outHit, hitStatus(e, cachestatus.SharedTier, now)
+		st.Collapsed = true
 	case !leader:
 		o = outCoalesced
 	case f.Status == http.StatusNotModified:
@@ -356,23 +358,22 @@ func (p *Proxy) serveError(w http.ResponseWriter, r *http.Request, req freshness
 		p.store.MarkPass(r.Context(), in.VKey, string(cachestatus.TooLarge))
 		return p.passThrough(w, r, key, cachestatus.FwdMiss, cachestatus.TooLarge)
 	}
-	if errors.Is(err, body.ErrFull) {
-		// Too large for the buffer budget left now, for this fetch
-		// only. A stale response that may be served stands in, as when
-		// the guard holds a request back; otherwise the waiters go
-		// upstream on their own, streamed. The key is not marked; the
-		// next fetch may fit.
-		if stale != nil && stale.Decision.UsableDisconnected() {
-			return p.serve(w, r, stale, stale.Header, cachestatus.Status{Hit: true, TTL: stale.Decision.TTL(now), HasTTL: true, Detail: cachestatus.BuffersFull}, now, outStaleOnBusy)
-		}
-		return p.passThrough(w, r, key, cachestatus.FwdMiss, cachestatus.BuffersFull)
-	}
 	status, d, busy := respond.Failure(err)
-	if busy != nil {
-		// corral held the request back to spare the origin: as good as
-		// disconnected from it.
+	if full := errors.Is(err, body.ErrFull); full || busy != nil {
+		// Too large for the buffer budget left now, for this fetch only
+		// (the key is not marked; the next fetch may fit), or held back
+		// by corral to spare the origin: as good as disconnected from
+		// it. A stale response that may be served then stands in;
+		// otherwise a body too large goes upstream on r's own,
+		// streamed, and a request held back gets 503.
+		if full {
+			d = cachestatus.BuffersFull
+		}
 		if stale != nil && stale.Decision.UsableDisconnected() {
-			return p.serve(w, r, stale, stale.Header, cachestatus.Status{Hit: true, TTL: stale.Decision.TTL(now), HasTTL: true, Detail: cachestatus.UpstreamBusy}, now, outStaleOnBusy)
+			return p.serveStored(w, r, stale, d, now, outStaleOnBusy)
+		}
+		if full {
+			return p.passThrough(w, r, key, cachestatus.FwdMiss, d)
 		}
 		return p.serveBusy(w, busy, cachestatus.Status{Fwd: fwd, Detail: d})
 	}

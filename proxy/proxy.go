@@ -127,12 +127,12 @@ func (p *Proxy) answer(w http.ResponseWriter, r *http.Request, req freshness.Req
 		if v.refresh {
 			p.refresh(r, key, vkey, e) // first, as below
 		}
-		return p.serve(w, r, e, e.Header, cachestatus.Status{Hit: true, TTL: e.Decision.TTL(now), HasTTL: true, Detail: v.detail}, now, v.hit)
+		return p.serveStored(w, r, e, v.detail, now, v.hit)
 	case doServeStale:
 		// The refresh starts first: nothing here may keep e, and its
 		// body, alive while a slow client is written it (see body.Ref).
 		p.refresh(r, key, vkey, e)
-		return p.serve(w, r, e, e.Header, cachestatus.Status{Hit: true, TTL: e.Decision.TTL(now), HasTTL: true, Detail: cachestatus.StaleWhileRevalidate}, now, outStale)
+		return p.serveStored(w, r, e, cachestatus.StaleWhileRevalidate, now, outStale)
 	case doPass:
 		return p.passThrough(w, r, key, v.fwd, v.detail)
 	case doRefuse:
@@ -250,6 +250,17 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, e *stored.Entry, h
 		p.stats.Cut.Add(1)
 	}
 	return o
+}
+
+// serveStored serves e, stored, as a hit of kind o (a fresh hit, or a
+// stale copy standing in), with detail d in its Cache-Status.
+func (p *Proxy) serveStored(w http.ResponseWriter, r *http.Request, e *stored.Entry, d cachestatus.Detail, now time.Time, o requestOutcome) requestOutcome {
+	return p.serve(w, r, e, e.Header, hitStatus(e, d, now), now, o)
+}
+
+// hitStatus is the Cache-Status of an answer from e, with detail d.
+func hitStatus(e *stored.Entry, d cachestatus.Detail, now time.Time) cachestatus.Status {
+	return cachestatus.Status{Hit: true, TTL: e.Decision.TTL(now), HasTTL: true, Detail: d}
 }
 
 // serveBusy answers 503 with the guard's Retry-After.

@@ -108,7 +108,7 @@ func (fc *Fetcher) Fetch(ctx context.Context, in Flight) (f *Result, err error) 
 // failure is not one client's own (see confirmedFailure).
 func (fc *Fetcher) exchange(ctx context.Context, in Flight, lease *fleet.Lease) (*Result, error) {
 	f, err := fc.fetchUpstream(ctx, in, lease)
-	if stale := in.Stale; stale != nil && (err != nil || httprule.IsServerError(f.Entry.Status)) && fc.confirmedFailure(in, stale) {
+	if stale := in.Stale; stale != nil && Failed(f, err) && fc.confirmedFailure(in, stale) {
 		fc.backOff(stale, f, err, in.Neutral)
 	}
 	return f, err

@@ -61,7 +61,7 @@ type Flight struct {
 // flight builds one: a hit never does.
 func (fc *Fetcher) NewFlight(r *http.Request, req freshness.RequestDirectives, key, vkey string, vary []string, stale *stored.Entry, client netip.Addr) Flight {
 	h := httprule.SharedFetchHeader(r.Header)
-	credentialed := r.Header["Authorization"] != nil
+	credentialed := httprule.Credentialed(r.Header)
 	return Flight{
 		ID:           FlightID(r, vkey),
 		Key:          key,
@@ -81,8 +81,8 @@ func (fc *Fetcher) NewFlight(r *http.Request, req freshness.RequestDirectives, k
 // variant key, and for requests with credentials the credentials too, so
 // that a request never waits on an answer fetched with someone else's.
 func FlightID(r *http.Request, vkey string) string {
-	if auth := r.Header.Get("Authorization"); auth != "" {
-		return vkey + "\x00" + auth
+	if httprule.Credentialed(r.Header) {
+		return vkey + "\x00" + r.Header.Get("Authorization")
 	}
 	return vkey
 }
@@ -138,6 +138,12 @@ type Result struct {
 	// inShared says the fetch left its answer, a response or a pass
 	// mark, in the tier the fleet shares, for the replicas that wait.
 	inShared bool
+}
+
+// Failed reports whether the flight that brought f or err failed: an
+// error, or a server error from the origin.
+func Failed(f *Result, err error) bool {
+	return err != nil || f.Entry != nil && httprule.IsServerError(f.Entry.Status)
 }
 
 // Source says where a flight's answer came from.

@@ -7,7 +7,6 @@ import (
 
 	"corral/coalesce"
 	"corral/freshness"
-	"corral/proxy/internal/httprule"
 	"corral/proxy/internal/stored"
 	"corral/proxy/upstream"
 )
@@ -26,7 +25,7 @@ func (fc *Fetcher) Refresh(in Flight) coalesce.Fetch[*Result] {
 		case err == nil && f.Source == LookAgain:
 			// The URI varies now; its variants refresh on their own. (Or
 			// the shared tier held a marker or a pass mark, now here.)
-		case err != nil || httprule.IsServerError(f.Entry.Status):
+		case Failed(f, err):
 			// Keep serving the stale entry; ask again after the pause
 			// that exchange set (a refresh carries nothing of one
 			// client's: its failure is the resource's).

@@ -310,3 +310,9 @@ func PostStorable(h http.Header) bool {
 	}
 	return true
 }
+
+// Credentialed reports whether a request with header h carries
+// credentials (Authorization, RFC 9110 section 11.6.2), as the freshness
+// engine judges it (RFC 9111 section 3.5): its answer is shared only with
+// requests that carry the same, and never with another replica.
+func Credentialed(h http.Header) bool { return h.Get("Authorization") != "" }

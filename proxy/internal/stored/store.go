@@ -238,7 +238,7 @@ func (s *Store) NewEntry(method, key string, reqHeader http.Header, status int, 
 		Header:       servedHeader(h),
 		Decision:     d,
 		rule:         rule,
-		Credentialed: reqHeader["Authorization"] != nil,
+		Credentialed: httprule.Credentialed(reqHeader),
 		ref:          s.unstored.NewRef(body),
 	}
 	if rule != "" {
