@@ -41,3 +41,5 @@ fuzz:
 	$(GO) test ./proxy -run '^$$' -fuzz FuzzUpstreamRequest -fuzztime 5m
 	$(GO) test ./freshness -run '^$$' -fuzz FuzzTargeted -fuzztime 60s
 	$(GO) test ./proxy/cache -run '^$$' -fuzz FuzzUnmarshal -fuzztime 60s
+	$(GO) test ./proxy/internal/httprule -run '^$$' -fuzz FuzzAcceptListNormalForm -fuzztime 60s
+	$(GO) test ./proxy/fleet -run '^$$' -fuzz FuzzParsePurge -fuzztime 60s
