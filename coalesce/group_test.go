@@ -7,19 +7,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-)
 
-// within fails the test if ch does not deliver before a generous deadline.
-func within[T any](t *testing.T, ch <-chan T, what string) T {
-	t.Helper()
-	select {
-	case v := <-ch:
-		return v
-	case <-time.After(10 * time.Second):
-		t.Fatalf("timed out waiting for %s", what)
-		panic("unreachable")
-	}
-}
+	"corral/internal/testwait"
+)
 
 // heldFetch is a fetch that counts its calls, closes started on the
 // first, and returns v once release is closed.
@@ -56,7 +46,7 @@ func TestOneFetchPerKeyWhileItRuns(t *testing.T) {
 		}
 		first <- v
 	}()
-	within(t, started, "the first fetch")
+	testwait.Receive(t, started, "the first fetch")
 
 	const n = 500
 	var wg sync.WaitGroup
@@ -71,12 +61,12 @@ func TestOneFetchPerKeyWhileItRuns(t *testing.T) {
 		}()
 	}
 	for range n {
-		within(t, joined, "callers to join the flight")
+		testwait.Receive(t, joined, "callers to join the flight")
 	}
 	close(release)
 	wg.Wait()
 
-	if got := within(t, first, "the first caller"); got != "v" {
+	if got := testwait.Receive(t, first, "the first caller"); got != "v" {
 		t.Errorf("first caller got %q", got)
 	}
 	if f := fetches.Load(); f != 1 {
@@ -111,23 +101,23 @@ func TestCallerLeavingDoesNotCancelTheFetch(t *testing.T) {
 		})
 		left <- err
 	}()
-	within(t, started, "the fetch")
+	testwait.Receive(t, started, "the fetch")
 	stayed := make(chan string, 1)
 	joined := make(chan struct{}, 1)
 	go func() {
 		v, _, _ := g.Do(joinCtx{context.Background(), joined}, "k", fetch)
 		stayed <- v
 	}()
-	within(t, joined, "the second caller to join")
+	testwait.Receive(t, joined, "the second caller to join")
 	cancel()
-	if err := within(t, left, "the leaving caller"); !errors.Is(err, context.Canceled) {
+	if err := testwait.Receive(t, left, "the leaving caller"); !errors.Is(err, context.Canceled) {
 		t.Errorf("leaving caller got %v, want context.Canceled", err)
 	}
 	close(release)
-	if err := within(t, fetchErr, "the fetch to finish"); err != nil {
+	if err := testwait.Receive(t, fetchErr, "the fetch to finish"); err != nil {
 		t.Errorf("fetch's context ended with %v when its first caller left", err)
 	}
-	if v := within(t, stayed, "the remaining caller"); v != "v" {
+	if v := testwait.Receive(t, stayed, "the remaining caller"); v != "v" {
 		t.Errorf("remaining caller got %q, want v", v)
 	}
 }
@@ -157,7 +147,7 @@ func TestTimeoutBoundsAHungFetch(t *testing.T) {
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("got %v, want DeadlineExceeded", err)
 	}
-	within(t, exited, "the hung fetch to return")
+	testwait.Receive(t, exited, "the hung fetch to return")
 }
 
 func TestPanicBecomesAnError(t *testing.T) {
@@ -180,7 +170,7 @@ func TestRefreshIsOncePerKeyAndSharedWithDo(t *testing.T) {
 	if !g.Refresh(context.Background(), "k", func() Fetch[string] { return fetch }) {
 		t.Fatal("first Refresh did not start")
 	}
-	within(t, started, "the refresh")
+	testwait.Receive(t, started, "the refresh")
 	if g.Refresh(context.Background(), "k", func() Fetch[string] { return fetch }) {
 		t.Error("second Refresh started while the first ran")
 	}
@@ -190,9 +180,9 @@ func TestRefreshIsOncePerKeyAndSharedWithDo(t *testing.T) {
 		v, _, _ := g.Do(joinCtx{context.Background(), joined}, "k", fetch)
 		got <- v
 	}()
-	within(t, joined, "Do to join the refresh")
+	testwait.Receive(t, joined, "Do to join the refresh")
 	close(release)
-	if v := within(t, got, "Do during the refresh"); v != "fresh" {
+	if v := testwait.Receive(t, got, "Do during the refresh"); v != "fresh" {
 		t.Errorf("Do got %q, want the refresh's value", v)
 	}
 	g.Wait(context.Background()) //nolint:errcheck // no deadline
@@ -216,9 +206,9 @@ func TestWaitOutlastsAFetchItsCallerLeft(t *testing.T) {
 		_, _, err := g.Do(ctx, "k", h.fetch)
 		left <- err
 	}()
-	within(t, h.started, "the fetch")
+	testwait.Receive(t, h.started, "the fetch")
 	cancel()
-	if err := within(t, left, "the caller to leave"); !errors.Is(err, context.Canceled) {
+	if err := testwait.Receive(t, left, "the caller to leave"); !errors.Is(err, context.Canceled) {
 		t.Fatalf("leaving caller got %v, want context.Canceled", err)
 	}
 
@@ -246,7 +236,7 @@ func TestRefreshMakesItsFetchOnlyWhenItStarts(t *testing.T) {
 	for range 3 {
 		g.Refresh(context.Background(), "k", start)
 	}
-	within(t, h.started, "the refresh")
+	testwait.Receive(t, h.started, "the refresh")
 	close(h.release)
 	g.Wait(context.Background()) //nolint:errcheck // no deadline
 	if made != 1 {
@@ -272,7 +262,7 @@ func TestWaitOutlastsWorkHandedOn(t *testing.T) {
 	if err := g.Wait(context.Background()); err != nil {
 		t.Errorf("Wait after the work ended: %v", err)
 	}
-	within(t, done, "the work")
+	testwait.Receive(t, done, "the work")
 }
 
 // TestImpatientCallerLeavesAnothersFetch: a caller that waits on another
@@ -292,16 +282,16 @@ func TestImpatientCallerLeavesAnothersFetch(t *testing.T) {
 		v, led, err := g.DoWithin(context.Background(), "k", time.Millisecond, h.fetch)
 		leader <- result{v, led, err}
 	}()
-	within(t, h.started, "the leader's fetch")
+	testwait.Receive(t, h.started, "the leader's fetch")
 	go func() {
 		v, led, err := g.DoWithin(context.Background(), "k", 10*time.Millisecond, h.fetch)
 		waiter <- result{v, led, err}
 	}()
-	if got := within(t, waiter, "the impatient waiter"); !errors.Is(got.err, ErrImpatient) || got.led {
+	if got := testwait.Receive(t, waiter, "the impatient waiter"); !errors.Is(got.err, ErrImpatient) || got.led {
 		t.Errorf("the waiter got %+v, want ErrImpatient", got)
 	}
 	close(h.release)
-	if got := within(t, leader, "the leader"); got.err != nil || !got.led || got.v != "v" {
+	if got := testwait.Receive(t, leader, "the leader"); got.err != nil || !got.led || got.v != "v" {
 		t.Errorf("the leader got %+v, want its own fetch's v", got)
 	}
 }
@@ -314,8 +304,8 @@ func TestCallerTakesWhicheverFlightDeliversFirst(t *testing.T) {
 	slow, fast := newHeldFetch("slow"), newHeldFetch("fast")
 	a := g.Start(context.Background(), "a", slow.fetch)
 	b := g.Start(context.Background(), "b", fast.fetch)
-	within(t, slow.started, "the slow fetch")
-	within(t, fast.started, "the fast fetch")
+	testwait.Receive(t, slow.started, "the slow fetch")
+	testwait.Receive(t, fast.started, "the fast fetch")
 	close(fast.release)
 	var got string
 	select {

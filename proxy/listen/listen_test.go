@@ -7,10 +7,10 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"runtime"
 	"testing"
 	"time"
 
+	"corral/internal/testwait"
 	"corral/proxy/internal/fakeclock"
 
 	"github.com/google/go-cmp/cmp"
@@ -45,7 +45,7 @@ func TestWriteTimeoutCutsOnlyAStalledPeer(t *testing.T) {
 	if n, err := c.Write(make([]byte, slow)); n != slow || err != nil {
 		t.Fatalf("Write to a slow reader: %d, %v; want %d, nil", n, err, slow)
 	}
-	if err := receive(t, read, "the slow reader"); err != nil {
+	if err := testwait.Receive(t, read, "the slow reader"); err != nil {
 		t.Fatal(err)
 	}
 
@@ -57,18 +57,6 @@ func TestWriteTimeoutCutsOnlyAStalledPeer(t *testing.T) {
 	if took := time.Since(start); took > 10*d {
 		t.Errorf("Write to a stalled reader took %s, want about %s", took, d)
 	}
-}
-
-// receive returns what ch delivers, or fails t after 10 seconds.
-func receive[T any](t *testing.T, ch <-chan T, what string) T {
-	t.Helper()
-	select {
-	case v := <-ch:
-		return v
-	case <-time.After(10 * time.Second):
-		t.Fatalf("timed out waiting for %s", what)
-	}
-	panic("unreachable")
 }
 
 // Connections cost memory each whatever they are written: the client
@@ -166,7 +154,7 @@ func TestIdleConnectionsMakeRoomAtTheCap(t *testing.T) {
 	}
 	busy, _ := dial("/busy") // holds the other slot, busy
 	defer busy.Close()
-	receive(t, entered, "the busy request")
+	testwait.Receive(t, entered, "the busy request")
 	newcomer, nbr := dial("/")
 	defer newcomer.Close()
 	if err := ask(nbr, newcomer, 10*time.Second); err != nil {
@@ -178,7 +166,7 @@ func TestIdleConnectionsMakeRoomAtTheCap(t *testing.T) {
 	}
 	// Both slots busy, and nothing idle: the next one waits.
 	io.WriteString(newcomer, "GET /busy HTTP/1.1\r\nHost: corral\r\n\r\n")
-	receive(t, entered, "the newcomer's busy request")
+	testwait.Receive(t, entered, "the newcomer's busy request")
 	late, lbr := dial("/")
 	defer late.Close()
 	if err := ask(lbr, late, 200*time.Millisecond); !errors.Is(err, os.ErrDeadlineExceeded) {
@@ -454,7 +442,7 @@ func serveLimited(t *testing.T, n int, now func() time.Time) (*limitListener, st
 func until(t *testing.T, reports <-chan report, state http.ConnState) net.Conn {
 	t.Helper()
 	for {
-		if r := receive(t, reports, state.String()+" reported"); r.state == state {
+		if r := testwait.Receive(t, reports, state.String()+" reported"); r.state == state {
 			return r.c
 		}
 	}
@@ -464,11 +452,7 @@ func until(t *testing.T, reports <-chan report, state http.ConnState) net.Conn {
 // arrive.
 func heard(t *testing.T, c *limitConn) {
 	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); c.quiet.Load(); runtime.Gosched() {
-		if time.Now().After(deadline) {
-			t.Fatal("timed out waiting for the server to read a request's first bytes")
-		}
-	}
+	testwait.Until(t, "the server to read a request's first bytes", func() bool { return !c.quiet.Load() })
 }
 
 // dial opens a connection to addr, closed when the test ends.

@@ -2,12 +2,14 @@ package body
 
 import (
 	"bytes"
-	"corral/proxy/internal/cachestatus"
-	"corral/proxy/internal/fakeclock"
 	"errors"
 	"io"
 	"testing"
 	"time"
+
+	"corral/internal/testwait"
+	"corral/proxy/internal/cachestatus"
+	"corral/proxy/internal/fakeclock"
 )
 
 // streamOf returns a Stream of the body written to the returned pipe, with
@@ -65,11 +67,11 @@ func TestStreamHandsEveryReaderTheWholeBody(t *testing.T) {
 		}()
 	}
 	for range readers {
-		if b := wait(t, got, "a reader"); !bytes.Equal(b, body) {
+		if b := testwait.Receive(t, got, "a reader"); !bytes.Equal(b, body) {
 			t.Errorf("a reader got %d bytes, want the %d of the body", len(b), len(body))
 		}
 	}
-	wait(t, freed, "the window to be given back")
+	testwait.Receive(t, freed, "the window to be given back")
 	if r := s.Join(); r != nil {
 		t.Error("a reader joined a Stream whose window had moved on and been given back")
 	}
@@ -108,7 +110,7 @@ func TestStreamEndsWithNoReader(t *testing.T) {
 	if !errors.Is(err, io.ErrClosedPipe) || n > 1<<10 {
 		t.Errorf("the body's writer got %d bytes read and %v; want the pump to stop after one window", n, err)
 	}
-	wait(t, freed, "the window to be given back")
+	testwait.Receive(t, freed, "the window to be given back")
 }
 
 // TestStreamCutsATrickleThatHoldsOthersBack is the second attack pass's
@@ -142,7 +144,7 @@ func TestStreamCutsATrickleThatHoldsOthersBack(t *testing.T) {
 	if err != nil || !bytes.Equal(b, body) {
 		t.Errorf("the fast reader got %d bytes and %v, want the whole body", len(b), err)
 	}
-	if err := wait(t, trickled, "the trickle to end"); !errors.Is(err, ErrStreamCut) {
+	if err := testwait.Receive(t, trickled, "the trickle to end"); !errors.Is(err, ErrStreamCut) {
 		t.Errorf("the trickle got %v, want errStreamCut", err)
 	}
 }
@@ -298,17 +300,5 @@ func TestStreamKeepsALoneReaderThatStalls(t *testing.T) {
 	// At 1 KiB/s, 64 KiB would take a minute: the test is done far sooner.
 	if err != io.EOF || !bytes.Equal(got.Bytes(), body) {
 		t.Errorf("the lone reader got %d bytes and %v, want the %d of the body", got.Len(), err, len(body))
-	}
-}
-
-// wait receives from ch or fails the test after a generous deadline.
-func wait[T any](t *testing.T, ch <-chan T, what string) T {
-	t.Helper()
-	select {
-	case v := <-ch:
-		return v
-	case <-time.After(10 * time.Second):
-		t.Fatalf("timed out waiting for %s", what)
-		panic("unreachable")
 	}
 }
