@@ -3,6 +3,7 @@ package fleet_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"strconv"
@@ -17,6 +18,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
+	"corral/internal/testwait"
 	"corral/proxy/cache"
 	"corral/proxy/cache/redisstore"
 	"corral/proxy/cache/redisstore/redistest"
@@ -52,17 +54,13 @@ func subscribed(t *testing.T, srv *redistest.Server, n int64) {
 	t.Helper()
 	c := srv.Client()
 	defer c.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testwait.UntilNil(t, fmt.Sprintf("%d replicas to subscribe", n), func() error {
 		m, err := c.PubSubNumSub(context.Background(), "corral:wake", "corral:purge").Result()
-		if err == nil && m["corral:wake"] >= n && m["corral:purge"] >= n {
-			return
+		if err == nil && (m["corral:wake"] < n || m["corral:purge"] < n) {
+			err = fmt.Errorf("subscribers %v", m)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d replicas not subscribed after 10s: %v, %v", n, m, err)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return err
+	})
 }
 
 // seed writes e under key as a stale entry (live, not fresh) and returns
@@ -104,33 +102,11 @@ func waiting(stale uint64) (fleet.Judge, <-chan struct{}) {
 	}, judged
 }
 
-// judgedWithin waits for the judge that waiting returned to be asked, or
-// fails the test after a generous deadline.
-func judgedWithin(t *testing.T, judged <-chan struct{}) {
-	t.Helper()
-	select {
-	case <-judged:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the waiting Claim never judged the stale entry")
-	}
-}
-
 // claimAsync runs Claim on a goroutine of its own.
 func claimAsync(ctx context.Context, f *fleet.Fleet, key string, judge fleet.Judge) <-chan fleet.Claim {
 	ch := make(chan fleet.Claim, 1)
 	go func() { ch <- f.Claim(ctx, key, judge) }()
 	return ch
-}
-
-func receive(t *testing.T, ch <-chan fleet.Claim, within time.Duration) fleet.Claim {
-	t.Helper()
-	select {
-	case c := <-ch:
-		return c
-	case <-time.After(within):
-		t.Fatalf("no Claim within %v", within)
-		return fleet.Claim{}
-	}
 }
 
 func mustLease(t *testing.T, c fleet.Claim) *fleet.Lease {
@@ -160,14 +136,14 @@ func TestHandOver(t *testing.T) {
 	}
 	judge, judged := waiting(stale.ID)
 	cb := claimAsync(ctx, b, "/k", judge)
-	judgedWithin(t, judged)
+	testwait.Receive(t, judged, "the waiting Claim to judge the stale entry")
 
 	fresh := response("fresh")
 	if err := l.Put(ctx, "/k", fresh, time.Hour, time.Now().Add(time.Minute), start); err != nil {
 		t.Fatal(err)
 	}
 	l.Release(ctx, 0)
-	got := receive(t, cb, 10*time.Second)
+	got := testwait.Receive(t, cb, "the Claim")
 	if got.Lease != nil || got.Entry == nil || got.Entry.ID != fresh.ID {
 		t.Fatalf("B's Claim = %+v, want A's entry %d and no lease", got, fresh.ID)
 	}
@@ -193,7 +169,7 @@ func TestLostWakeup(t *testing.T) {
 	defer l.Release(ctx, 0)
 	judge, judged := waiting(stale.ID)
 	cb := claimAsync(ctx, b, "/k", judge)
-	judgedWithin(t, judged)
+	testwait.Receive(t, judged, "the waiting Claim to judge the stale entry")
 
 	fresh := response("fresh")
 	if err := s.SetFresh(ctx, "/k", fresh, time.Hour, time.Now().Add(time.Minute), cache.Cond{}); err != nil {
@@ -204,7 +180,7 @@ func TestLostWakeup(t *testing.T) {
 	if err := raw.Del(ctx, redisstore.LeaseKey("corral:", "/k")).Err(); err != nil {
 		t.Fatal(err)
 	}
-	got := receive(t, cb, 5*time.Second)
+	got := testwait.Receive(t, cb, "the Claim")
 	if got.Entry == nil || got.Entry.ID != fresh.ID {
 		t.Fatalf("B's Claim = %+v, want the entry written", got)
 	}
@@ -257,7 +233,7 @@ func TestRenewal(t *testing.T) {
 		t.Fatal(err)
 	}
 	l.Release(ctx, 0)
-	got := receive(t, cb, 5*time.Second)
+	got := testwait.Receive(t, cb, "the Claim")
 	if got.Lease != nil || got.Entry == nil || got.Entry.ID != fresh.ID {
 		t.Fatalf("B's Claim = %+v, want A's entry", got)
 	}
@@ -284,13 +260,13 @@ func TestLocalOnly(t *testing.T) {
 	l := mustLease(t, a.Claim(ctx, "/k", fetchAll))
 	judge, judged := waiting(stale.ID)
 	cb := claimAsync(ctx, b, "/k", judge)
-	judgedWithin(t, judged)
+	testwait.Receive(t, judged, "the waiting Claim to judge the stale entry")
 	// A's fetch ended with its context; its release must still happen.
 	dead, cancel := context.WithCancel(ctx)
 	cancel()
 	l.Release(dead, time.Minute)
 	l.Release(dead, time.Minute) // once is enough; twice is harmless
-	if got := receive(t, cb, 5*time.Second); !got.Local || got.Lease != nil || got.Entry == nil || got.Entry.ID != stale.ID {
+	if got := testwait.Receive(t, cb, "the Claim"); !got.Local || got.Lease != nil || got.Entry == nil || got.Entry.ID != stale.ID {
 		t.Fatalf("B's waiting Claim = %+v, want Local with the stale entry", got)
 	}
 	if got := b.Claim(ctx, "/k", judge); !got.Local || got.Lease != nil || got.Entry == nil || got.Entry.ID != stale.ID {
@@ -313,17 +289,6 @@ func onPurge(f *fleet.Fleet) <-chan purge {
 	return ch
 }
 
-func receivePurge(t *testing.T, ch <-chan purge) purge {
-	t.Helper()
-	select {
-	case p := <-ch:
-		return p
-	case <-time.After(5 * time.Second):
-		t.Fatal("no purge announced within 5s")
-		return purge{}
-	}
-}
-
 func TestPurge(t *testing.T) {
 	srv := redistest.Start(t, false)
 	s := seed(t, srv.URL, "/k", response("old"))
@@ -338,7 +303,7 @@ func TestPurge(t *testing.T) {
 	if err != nil || n != 1 {
 		t.Fatalf("Purge = %d, %v; want 1 dropped", n, err)
 	}
-	if got := receivePurge(t, pb); got != (purge{"/k", false, at}) {
+	if got := testwait.Receive(t, pb, "a purge announced"); got != (purge{"/k", false, at}) {
 		t.Errorf("B heard %+v, want /k at %v", got, at)
 	}
 	if _, err := s.Get(ctx, "/k"); !errors.Is(err, cache.ErrNotFound) {
@@ -350,7 +315,7 @@ func TestPurge(t *testing.T) {
 	if _, err := b.Purge(ctx, "/b ", true, at2); err != nil {
 		t.Fatal(err)
 	}
-	if got := receivePurge(t, pa); got != (purge{"/b ", true, at2}) {
+	if got := testwait.Receive(t, pa, "a purge announced"); got != (purge{"/b ", true, at2}) {
 		t.Errorf("A heard %+v, want only B's purge of the prefix /b at %v", got, at2)
 	}
 	if s := a.Stats(); s.PurgesReceived != 1 {
@@ -387,7 +352,7 @@ func TestMalformedPurge(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Messages arrive in order: the good one last.
-	if got := receivePurge(t, pb); got.key != "/ok" {
+	if got := testwait.Receive(t, pb, "a purge announced"); got.key != "/ok" {
 		t.Errorf("B heard %+v, want /ok", got)
 	}
 	if s := b.Stats(); s.PurgeMessagesDropped != int64(len(bad)) || s.PurgesReceived != 1 {
@@ -435,18 +400,14 @@ func TestBreaker(t *testing.T) {
 	}
 
 	srv.Restart()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testwait.UntilNil(t, "a lease after Redis came back", func() error {
 		got := f.Claim(ctx, "/k", fetchAll)
-		if got.Lease != nil {
-			got.Lease.Release(ctx, 0)
-			break
+		if got.Lease == nil {
+			return fmt.Errorf("no lease: %+v", f.Stats())
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no lease 10s after Redis came back: %+v", f.Stats())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		got.Lease.Release(ctx, 0)
+		return nil
+	})
 	if s := f.Stats(); s.BreakerOpen {
 		t.Errorf("stats %+v, want the breaker closed", s)
 	}
@@ -599,12 +560,12 @@ func TestClose(t *testing.T) {
 	defer lw.Release(ctx, 0)
 	judge, judged := waiting(stale.ID)
 	waiter := claimAsync(ctx, f, "/w", judge)
-	judgedWithin(t, judged)
+	testwait.Receive(t, judged, "the waiting Claim to judge the stale entry")
 	if err := f.Close(); err != nil {
 		t.Error(err)
 	}
 	f.Close()
-	if got := receive(t, waiter, 5*time.Second); got.Lease != nil || got.Entry != nil {
+	if got := testwait.Receive(t, waiter, "the Claim"); got.Lease != nil || got.Entry != nil {
 		t.Errorf("Claim waiting at Close = %+v, want a zero Claim", got)
 	}
 	l.Release(ctx, 0)
@@ -646,22 +607,18 @@ func TestCluster(t *testing.T) {
 	defer raw.Close()
 	ctx := context.Background()
 	// Subscriptions sit on any node; PUBLISH reaches them all.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testwait.UntilNil(t, "2 replicas to subscribe", func() error {
 		var subs atomic.Int64
 		err := raw.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
 			m, err := n.PubSubNumSub(ctx, "corral:wake", "corral:purge").Result()
 			subs.Add(min(m["corral:wake"], m["corral:purge"]))
 			return err
 		})
-		if err == nil && subs.Load() >= 2 {
-			break
+		if err == nil && subs.Load() < 2 {
+			err = fmt.Errorf("%d subscribed", subs.Load())
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("2 replicas not subscribed after 10s: %d, %v", subs.Load(), err)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return err
+	})
 	pb := onPurge(b)
 
 	keys := []string{"/a", "/b", "/c", "/d"}
@@ -679,13 +636,13 @@ func TestCluster(t *testing.T) {
 		l := mustLease(t, a.Claim(ctx, key, fetchAll))
 		judge, judged := waiting(stale.ID)
 		cb := claimAsync(ctx, b, key, judge)
-		judgedWithin(t, judged)
+		testwait.Receive(t, judged, "the waiting Claim to judge the stale entry")
 		fresh := response("fresh")
 		if err := l.Put(ctx, key, fresh, time.Hour, time.Now().Add(time.Minute), start); err != nil {
 			t.Fatal(err)
 		}
 		l.Release(ctx, 0)
-		got := receive(t, cb, 10*time.Second)
+		got := testwait.Receive(t, cb, "the Claim")
 		if got.Lease != nil || got.Entry == nil || got.Entry.ID != fresh.ID {
 			t.Fatalf("%s: B's Claim = %+v, want A's entry %d and no lease", key, got, fresh.ID)
 		}
@@ -697,7 +654,7 @@ func TestCluster(t *testing.T) {
 		if n, err := a.Purge(ctx, key, false, at); err != nil || n != 1 {
 			t.Fatalf("%s: Purge = %d, %v; want 1 dropped", key, n, err)
 		}
-		if got := receivePurge(t, pb); got != (purge{key, false, at}) {
+		if got := testwait.Receive(t, pb, "a purge announced"); got != (purge{key, false, at}) {
 			t.Errorf("B heard %+v, want %s at %v", got, key, at)
 		}
 		if _, err := s.Get(ctx, key); !errors.Is(err, cache.ErrNotFound) {
@@ -736,7 +693,7 @@ func TestEverySubscriberHearsAPurge(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, ch := range map[string]<-chan purge{"the first": first, "the second": second} {
-		if got := receivePurge(t, ch); got != (purge{"/k", false, at}) {
+		if got := testwait.Receive(t, ch, "a purge announced"); got != (purge{"/k", false, at}) {
 			t.Errorf("%s subscriber heard %+v, want /k at %v", name, got, at)
 		}
 	}
@@ -744,7 +701,7 @@ func TestEverySubscriberHearsAPurge(t *testing.T) {
 	if _, err := a.Purge(ctx, "/j", false, at); err != nil {
 		t.Fatal(err)
 	}
-	receivePurge(t, second)
+	testwait.Receive(t, second, "a purge announced")
 	select {
 	case got := <-first:
 		t.Errorf("a subscriber that stopped heard %+v", got)
@@ -781,13 +738,12 @@ func TestAnnounceIsBounded(t *testing.T) {
 	}
 	armed.Store(false)
 	close(release)
-	deadline := time.Now().Add(10 * time.Second)
-	for s := a.Stats(); s.AnnouncedPurges+s.AnnounceDropped+s.AnnounceFailed < n || heard.Load() < s.AnnouncedPurges; s = a.Stats() {
-		if time.Now().After(deadline) {
-			t.Fatalf("announcements not all accounted for: %+v", s)
+	testwait.UntilNil(t, "every announcement to be accounted for", func() error { // purges over a real Redis
+		if s := a.Stats(); s.AnnouncedPurges+s.AnnounceDropped+s.AnnounceFailed < n || heard.Load() < s.AnnouncedPurges {
+			return fmt.Errorf("%+v, %d heard", s, heard.Load())
 		}
-		time.Sleep(5 * time.Millisecond) // purges over a real Redis
-	}
+		return nil
+	})
 	// The one the announcer had taken when Redis stalled may fail, past
 	// its deadline; the queue holds 1024 more.
 	if s := a.Stats(); s.AnnounceDropped != n-1024-1 || s.AnnounceFailed > 1 {
