@@ -17,6 +17,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 
+	"corral/internal/testwait"
 	"corral/proxy/fleet"
 	"corral/proxy/rules"
 )
@@ -473,15 +474,10 @@ func TestHeaderFloodIsRefused(t *testing.T) {
 		}
 	}()
 	var conn net.Conn
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		var err error
-		if conn, err = net.Dial("tcp", listen); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("corral did not listen on %s: %v", listen, err)
-		}
-	}
+	testwait.UntilNil(t, "corral to listen on "+listen, func() (err error) {
+		conn, err = net.Dial("tcp", listen)
+		return err
+	})
 	defer conn.Close()
 	conn.SetDeadline(time.Now().Add(10 * time.Second))
 	go func() {
@@ -541,20 +537,15 @@ func TestClientThatStopsReadingIsDisconnected(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Poll the admin listener: the handler ends on its own, or never.
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+	testwait.Until(t, "the handler of a client that stopped reading to end", func() bool {
 		resp, err := client.Get("http://" + adminAddr + "/metrics")
 		if err != nil {
 			t.Fatal(err)
 		}
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		if strings.Contains(string(b), "\ncorral_request_duration_seconds_count 1\n") {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the handler of a client that stopped reading still runs after 10s")
-		}
-	}
+		return strings.Contains(string(b), "\ncorral_request_duration_seconds_count 1\n")
+	})
 }
 
 // Issue 11, item 1: stale on origin failure is on by default.

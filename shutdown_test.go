@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"corral/internal/testwait"
 )
 
 // TestSIGTERMMidLoadFinishesAcceptedRequests sends SIGTERM while requests
@@ -104,24 +106,21 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-// waitFor polls url until it answers want, for at most ten seconds: the
-// server under test runs on its own.
+// waitFor polls url until it answers want: the server under test runs on
+// its own.
 func waitFor(t *testing.T, c *http.Client, url string, want int) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testwait.UntilNil(t, fmt.Sprintf("%s to answer %d", url, want), func() error {
 		resp, err := c.Get(url)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == want {
-				return
-			}
+		if err != nil {
+			return err
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s did not answer %d within 10s (last: %v, %v)", url, want, resp, err)
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			return fmt.Errorf("status %d", resp.StatusCode)
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func TestPortInUseExitsOneNamingTheFlag(t *testing.T) {
