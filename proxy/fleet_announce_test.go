@@ -9,6 +9,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"corral/internal/testwait"
 	"corral/proxy/cache/redisstore/redistest"
 	"corral/proxy/fleet"
 )
@@ -44,8 +45,8 @@ func TestUnsafeAnswerDoesNotWaitOnRedis(t *testing.T) {
 		r, _ := do(p, http.MethodPost, "/form")
 		answered <- r
 	}()
-	wait(t, held, "the fleet's purge to reach Redis")
-	r := wait(t, answered, "the POST's answer while Redis holds the purge")
+	testwait.Receive(t, held, "the fleet's purge to reach Redis")
+	r := testwait.Receive(t, answered, "the POST's answer while Redis holds the purge")
 	armed.Store(false)
 	close(release)
 	if r.Status != http.StatusOK {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"corral/internal/testwait"
 	"corral/proxy/cache"
 	"corral/proxy/cache/redisstore"
 	"corral/proxy/cache/redisstore/redistest"
@@ -37,12 +38,12 @@ func TestFleetWaiterGetsItsOwnUpstreamTimeout(t *testing.T) {
 	rs := newReplicas(t, srv, o, clk, 2, Config{UpstreamTimeout: time.Second}, fleet.Config{})
 	first := make(chan response, 1)
 	go func() { r, _ := get(rs.ps[0], "/dyn"); first <- r }()
-	pollUntil(t, "the first fetch", func() bool { return o.count() == 1 })
+	testwait.Until(t, "the first fetch", func() bool { return o.count() == 1 })
 	r, _ := get(rs.ps[1], "/dyn")
 	if r.Status != http.StatusOK || r.Body != "dynamic" {
 		t.Errorf("the replica that waited: %+v", r)
 	}
-	if r := wait(t, first, "the first"); r.Status != http.StatusOK {
+	if r := testwait.Receive(t, first, "the first"); r.Status != http.StatusOK {
 		t.Errorf("the lease holder: %+v", r)
 	}
 	// Not storable: from now on the replicas fetch on their own, each
@@ -119,7 +120,7 @@ func TestFleetPurgeThatMissesRedisHoldsHereAndSaysSo(t *testing.T) {
 	failing.Store(false)
 	clk.Advance(time.Second)
 	taken, i := rs.fleets[0].Stats().LeasesTaken, 0
-	pollUntil(t, "the breaker to let calls through", func() bool {
+	testwait.Until(t, "the breaker to let calls through", func() bool {
 		i++
 		get(a, fmt.Sprintf("/y/%d", i))
 		return rs.fleets[0].Stats().LeasesTaken > taken
@@ -242,12 +243,12 @@ func TestFleetFailedWriteStillReleasesTheLease(t *testing.T) {
 	b := rs.add()
 	on.Store(true)
 	go get(a, "/k")
-	pollUntil(t, "the holder's fetch", func() bool { return o.count() == 1 })
+	testwait.Until(t, "the holder's fetch", func() bool { return o.count() == 1 })
 	done := make(chan response, 1)
 	start := time.Now()
 	go func() { r, _ := get(b, "/k"); done <- r }()
 	close(open)
-	if r := wait(t, done, "the waiter"); r.Status != http.StatusOK {
+	if r := testwait.Receive(t, done, "the waiter"); r.Status != http.StatusOK {
 		t.Errorf("the waiter: %+v", r)
 	}
 	if took := time.Since(start); took > lease/2 {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"corral/internal/testwait"
 	"corral/proxy/cache"
 	"corral/proxy/cache/redisstore"
 	"corral/proxy/cache/redisstore/redistest"
@@ -113,7 +114,7 @@ func (rs *replicas) awaitLocalMark(key string) {
 	rs.t.Helper()
 	c := rs.srv.Client()
 	defer c.Close()
-	pollUntil(rs.t, "the local-only mark", func() bool {
+	testwait.Until(rs.t, "the local-only mark", func() bool {
 		return c.HExists(context.Background(), rs.key(key), "o").Val()
 	})
 }
@@ -155,19 +156,6 @@ func gatedOrigin(open <-chan struct{}, cacheControl, body string) http.HandlerFu
 		<-open
 		w.Header().Set("Cache-Control", cacheControl)
 		fmt.Fprint(w, body, r.URL.Path)
-	}
-}
-
-// pollUntil calls cond until it holds, failing the test after a
-// deadline: for what crosses a real Redis (pub/sub, expiry).
-func pollUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 
@@ -343,7 +331,7 @@ func TestFleetMemoryHitsMakeNoRedisCall(t *testing.T) {
 		t.Fatal("the hook counted no command for a miss: it counts nothing")
 	}
 	// The lease goes back in the background.
-	pollUntil(t, "the lease's release", func() bool {
+	testwait.Until(t, "the lease's release", func() bool {
 		c := srv.Client()
 		defer c.Close()
 		return c.Exists(context.Background(), redisstore.LeaseKey(rs.prefix, "/api/stats")).Val() == 0
@@ -373,7 +361,7 @@ func TestFleetPurgeReachesEveryReplica(t *testing.T) {
 	rs.ps[0].Purge("/api/stats", false)
 	clk.Advance(time.Second) // fetches that begin at the purge's moment may not store
 	for i, p := range rs.ps {
-		pollUntil(t, fmt.Sprintf("replica %d to drop the purged response", i), func() bool {
+		testwait.Until(t, fmt.Sprintf("replica %d to drop the purged response", i), func() bool {
 			r, _ := get(p, "/api/stats")
 			return r.Body == "v2"
 		})
@@ -391,14 +379,14 @@ func TestFleetLeaseOutlivedByFetchIsRenewed(t *testing.T) {
 	rs := newReplicas(t, srv, o, clk, 2, Config{}, fleet.Config{LeaseTTL: 300 * time.Millisecond})
 	first := make(chan response)
 	go func() { r, _ := get(rs.ps[0], "/slow"); first <- r }()
-	pollUntil(t, "the fetch to start", func() bool { return o.count() == 1 })
+	testwait.Until(t, "the fetch to start", func() bool { return o.count() == 1 })
 	second := make(chan response)
 	go func() { r, _ := get(rs.ps[1], "/slow"); second <- r }()
 	// The origin takes four lease lifetimes: the holder must renew, or the
 	// second replica takes the lease over and asks too.
 	time.Sleep(1200 * time.Millisecond)
 	close(open)
-	for _, r := range []response{wait(t, first, "the holder"), wait(t, second, "the waiter")} {
+	for _, r := range []response{testwait.Receive(t, first, "the holder"), testwait.Receive(t, second, "the waiter")} {
 		if r.Status != http.StatusOK || r.Body != "slow /slow" {
 			t.Errorf("%+v", r)
 		}
@@ -431,7 +419,7 @@ func TestFleetHolderDiesOthersTakeOver(t *testing.T) {
 	others := []*Proxy{rs.add(), rs.add()}
 
 	go get(holder, "/api/stats")
-	wait(t, hang.started, "the holder's fetch")
+	testwait.Receive(t, hang.started, "the holder's fetch")
 	// The holder dies: its link to Redis goes, renewals and release with
 	// it. Its fetch hangs on.
 	rs.fleets[0].Close()
@@ -441,7 +429,7 @@ func TestFleetHolderDiesOthersTakeOver(t *testing.T) {
 		go func() { r, _ := get(others[i%2], "/api/stats"); done <- r }()
 	}
 	for range 20 {
-		if r := wait(t, done, "a waiter"); r.Status != http.StatusOK || r.Body != "stats" {
+		if r := testwait.Receive(t, done, "a waiter"); r.Status != http.StatusOK || r.Body != "stats" {
 			t.Errorf("%+v", r)
 		}
 	}
@@ -466,10 +454,10 @@ func (rs *replicas) herdOnTrouble(path string, n int, trouble func()) int64 {
 	before, in := rs.o.count(), rs.requests()
 	done := make(chan []response)
 	go func() { done <- rs.herd(n, path) }()
-	pollUntil(rs.t, "the herd to arrive", func() bool { return rs.requests()-in == int64(n) })
+	testwait.Until(rs.t, "the herd to arrive", func() bool { return rs.requests()-in == int64(n) })
 	trouble()
 	close(open)
-	for i, r := range wait(rs.t, done, "the herd") {
+	for i, r := range testwait.Receive(rs.t, done, "the herd") {
 		if r.Status != http.StatusOK || r.Body != "stats "+path {
 			rs.t.Fatalf("client %d: %d %q", i, r.Status, r.Body)
 		}
@@ -502,7 +490,7 @@ func TestFleetRedisTroubleCostsClientsNothing(t *testing.T) {
 				sleeping <- c.Do(context.Background(), "debug", "sleep", "1.5").Err()
 			}()
 			// Blocked once a PING from another client goes unanswered.
-			pollUntil(t, "DEBUG SLEEP to block Redis", func() bool {
+			testwait.Until(t, "DEBUG SLEEP to block Redis", func() bool {
 				select {
 				case err := <-sleeping:
 					t.Fatalf("DEBUG SLEEP: %v", err)
@@ -539,7 +527,7 @@ func TestFleetRedisTroubleCostsClientsNothing(t *testing.T) {
 			}
 			tc.heal(t, srv)
 			i := 0
-			pollUntil(t, "the fleet to share one fetch again", func() bool {
+			testwait.Until(t, "the fleet to share one fetch again", func() bool {
 				i++
 				return rs.herdOnTrouble(fmt.Sprintf("/after/%d", i), 30, func() {}) == 1
 			})

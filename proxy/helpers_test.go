@@ -122,15 +122,3 @@ func doFrom(p http.Handler, client, method, path string, hdr ...string) (respons
 		Age:         res.Header.Get("Age"),
 	}, res.Header
 }
-
-// wait receives from ch or fails the test after a generous deadline.
-func wait[T any](t *testing.T, ch <-chan T, what string) T {
-	t.Helper()
-	select {
-	case v := <-ch:
-		return v
-	case <-time.After(10 * time.Second):
-		t.Fatalf("timed out waiting for %s", what)
-		panic("unreachable")
-	}
-}

@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"corral/internal/testwait"
 	"corral/proxy/admin"
 )
 
@@ -172,12 +172,12 @@ func TestPurgeDuringFetchLeavesNoWriteBack(t *testing.T) {
 
 			first := make(chan response)
 			go func() { r, _ := get(p, "/a"); first <- r }()
-			wait(t, arrived, "the fetch to reach the origin")
+			testwait.Receive(t, arrived, "the fetch to reach the origin")
 			if code, body := callAdmin(a, http.MethodPost, tt.purge, ""); code != http.StatusOK {
 				t.Fatalf("purge answered %d: %s", code, body)
 			}
 			close(release)
-			if got := wait(t, first, "the first answer"); got.Body != "old" || strings.Contains(got.CacheStatus, "stored") {
+			if got := testwait.Receive(t, first, "the first answer"); got.Body != "old" || strings.Contains(got.CacheStatus, "stored") {
 				t.Errorf("in-flight fetch answered %+v; want its body, not stored", got)
 			}
 
@@ -320,7 +320,7 @@ func TestUpstreamRateCapAcrossKeys(t *testing.T) {
 	close(start)
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
-	wait(t, done, "the 1,000 requests")
+	testwait.Receive(t, done, "the 1,000 requests")
 	// On a loaded machine the herd reaches the guard over a while, and
 	// the queue lets more through as tokens come: rps a second of it.
 	through := 1 + queue + int(time.Since(began).Seconds()*rps)
@@ -364,7 +364,7 @@ func TestInflightCapTurnsAwayAtOnce(t *testing.T) {
 	p := newTestProxy(t, o, clk, Config{UpstreamMaxInflight: 1})
 	slow := make(chan response)
 	go func() { r, _ := get(p, "/slow"); slow <- r }()
-	wait(t, arrived, "the slow fetch")
+	testwait.Receive(t, arrived, "the slow fetch")
 
 	got, h := get(p, "/other")
 	want := response{Status: 503, Body: "Service Unavailable\n", CacheStatus: "corral; fwd=uri-miss; detail=upstream-busy"}
@@ -372,7 +372,7 @@ func TestInflightCapTurnsAwayAtOnce(t *testing.T) {
 		t.Errorf("second request while the only slot is taken (-want +got):\n%s\nRetry-After %q", diff, h.Get("Retry-After"))
 	}
 	close(release)
-	if r := wait(t, slow, "the slow answer"); r.Status != 200 {
+	if r := testwait.Receive(t, slow, "the slow answer"); r.Status != 200 {
 		t.Errorf("slow request got %d", r.Status)
 	}
 	if got, _ := get(p, "/other"); got.Status != 200 {
@@ -506,9 +506,9 @@ func TestShutdownWaitsForAbandonedFetch(t *testing.T) {
 		p.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, "/a", nil).WithContext(ctx))
 		close(left)
 	}()
-	wait(t, arrived, "the fetch")
+	testwait.Receive(t, arrived, "the fetch")
 	cancel()
-	wait(t, left, "the client to leave")
+	testwait.Receive(t, left, "the client to leave")
 
 	short, cancelShort := context.WithTimeout(context.Background(), 10*time.Millisecond)
 	defer cancelShort()
@@ -565,13 +565,13 @@ func TestPassedThroughStreamDoesNotHoldASlot(t *testing.T) {
 		p.ServeHTTP(sw, httptest.NewRequest(http.MethodPost, "/stream", nil))
 		close(streamed)
 	}()
-	wait(t, sw.wrote, "the stream's header")
+	testwait.Receive(t, sw.wrote, "the stream's header")
 
 	if got, _ := get(p, "/other"); got.Status != 200 {
 		t.Errorf("a fetch while one client's stream runs got %d (%s), want 200: the stream kept the only slot", got.Status, got.CacheStatus)
 	}
 	close(release)
-	wait(t, streamed, "the stream's end")
+	testwait.Receive(t, streamed, "the stream's end")
 }
 
 // TestQueuedRequestsHonourALaterPause queues a request behind one that
@@ -611,7 +611,7 @@ func TestQueuedRequestsHonourALaterPause(t *testing.T) {
 			p := newTestProxy(t, o, clk, Config{UpstreamMaxInflight: 1, UpstreamMaxQueue: 10})
 			second := queueBehindFirst(t, p, arrived, tt.path, tt.hdr...)
 			close(release) // the 503 with Retry-After frees the slot for the queued one
-			got := wait(t, second, "the queued request")
+			got := testwait.Receive(t, second, "the queued request")
 			if diff := cmp.Diff(tt.want, got); diff != "" || o.count() != tt.upstream {
 				t.Errorf("queued request (-want +got):\n%s\norigin saw %d requests, want %d", diff, o.count(), tt.upstream)
 			}
@@ -695,10 +695,10 @@ func TestRevalidationDoesNotBringBackAPurgedBody(t *testing.T) {
 	clk.Advance(5 * time.Second) // stale: the next request revalidates
 	first := make(chan response)
 	go func() { r, _ := get(p, "/x"); first <- r }()
-	wait(t, arrived, "the revalidation")
+	testwait.Receive(t, arrived, "the revalidation")
 	p.Purge("/x", false)
 	close(release)
-	if got := wait(t, first, "the revalidated answer"); got.Body != "old body" || strings.Contains(got.CacheStatus, "stored") {
+	if got := testwait.Receive(t, first, "the revalidated answer"); got.Body != "old body" || strings.Contains(got.CacheStatus, "stored") {
 		t.Errorf("the revalidating client got %q (%s); want the body, not stored", got.Body, got.CacheStatus)
 	}
 	o.set(answer("max-age=60", "new body"))
@@ -726,7 +726,7 @@ func TestQueueWaitDoesNotAgeTheAnswer(t *testing.T) {
 	clk.Advance(10 * time.Second) // time spent in the queue
 	close(release)
 	want := response{Status: 200, Body: "second", CacheStatus: "corral; fwd=uri-miss; fwd-status=200; stored; ttl=60"}
-	if diff := cmp.Diff(want, wait(t, second, "the queued request")); diff != "" {
+	if diff := cmp.Diff(want, testwait.Receive(t, second, "the queued request")); diff != "" {
 		t.Errorf("answer fetched after a wait in the queue (-want +got):\n%s", diff)
 	}
 }
@@ -738,16 +738,12 @@ func TestQueueWaitDoesNotAgeTheAnswer(t *testing.T) {
 func queueBehindFirst(t *testing.T, p *Proxy, arrived <-chan struct{}, path string, hdr ...string) <-chan response {
 	t.Helper()
 	go get(p, "/first")
-	wait(t, arrived, "the first fetch")
+	testwait.Receive(t, arrived, "the first fetch")
 	second := make(chan response, 1)
 	go func() { r, _ := get(p, path, hdr...); second <- r }()
 	// A queued request has no channel to say so: watch the guard's own
-	// count, yielding, not sleeping, for at most 10s.
-	for deadline := time.Now().Add(10 * time.Second); p.guard.Stats().Queued != 1; runtime.Gosched() {
-		if time.Now().After(deadline) {
-			t.Fatal("the second request never queued")
-		}
-	}
+	// count.
+	testwait.Until(t, "the second request to queue", func() bool { return p.guard.Stats().Queued == 1 })
 	return second
 }
 
@@ -771,7 +767,7 @@ func TestEachRequestCountedOnce(t *testing.T) {
 	p := newTestProxy(t, o, clk, Config{UpstreamMaxInflight: 1})
 	slow := make(chan response)
 	go func() { r, _ := get(p, "/slow"); slow <- r }()
-	wait(t, arrived, "the slow fetch")
+	testwait.Receive(t, arrived, "the slow fetch")
 
 	if r, _ := get(p, "/other"); r.Status != http.StatusServiceUnavailable {
 		t.Errorf("GET while the only slot is taken: %d, want 503", r.Status)
@@ -780,7 +776,7 @@ func TestEachRequestCountedOnce(t *testing.T) {
 		t.Errorf("POST while the only slot is taken: %d, want 503", r.Status)
 	}
 	close(release)
-	wait(t, slow, "the slow answer")
+	testwait.Receive(t, slow, "the slow answer")
 	get(p, "/slow")                                       // hit
 	get(p, "/private")                                    // miss
 	get(p, "/private")                                    // passed

@@ -15,6 +15,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"go.uber.org/goleak"
+
+	"corral/internal/testwait"
 )
 
 // herd sends n concurrent GETs for path through h, released together, and
@@ -47,7 +49,7 @@ func herd(t *testing.T, p http.Handler, n int, path string, hdr func(i int) []st
 	close(start)
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
-	wait(t, done, "the herd to finish")
+	testwait.Receive(t, done, "the herd to finish")
 	return out
 }
 
@@ -131,7 +133,7 @@ func TestStaleWhileRevalidateServesAtOnceAndRefreshesOnce(t *testing.T) {
 			t.Fatalf("client %d during the stale window (-want +got):\n%s", i, diff)
 		}
 	}
-	wait(t, arrived, "the background refresh to reach the origin")
+	testwait.Receive(t, arrived, "the background refresh to reach the origin")
 	close(release)
 	p.Wait()
 
@@ -209,7 +211,7 @@ func TestClientLeavingMidFetchDoesNotFailOthers(t *testing.T) {
 		p.ServeHTTP(rec, req)
 		leaderDone <- response{Status: rec.Code}
 	}()
-	wait(t, arrived, "the leader's fetch to reach the origin")
+	testwait.Receive(t, arrived, "the leader's fetch to reach the origin")
 
 	followerDone := make(chan response, 1)
 	entered := make(chan struct{})
@@ -222,13 +224,13 @@ func TestClientLeavingMidFetchDoesNotFailOthers(t *testing.T) {
 	}()
 	<-entered
 	cancel() // the leader hangs up while the origin is still working
-	wait(t, leaderDone, "the leader to return after hanging up")
+	testwait.Receive(t, leaderDone, "the leader to return after hanging up")
 	close(release)
 
-	if err := wait(t, originCtxErr, "the origin to answer"); err != nil {
+	if err := testwait.Receive(t, originCtxErr, "the origin to answer"); err != nil {
 		t.Errorf("the origin's request was cancelled (%v) when one client left", err)
 	}
-	if r := wait(t, followerDone, "the follower"); r.Status != 200 || r.Body != "shared" {
+	if r := testwait.Receive(t, followerDone, "the follower"); r.Status != 200 || r.Body != "shared" {
 		t.Errorf("follower got %d %q, want 200 shared", r.Status, r.Body)
 	}
 	if r, _ := get(p, "/api/stats"); !strings.Contains(r.CacheStatus, "hit") {
@@ -256,7 +258,7 @@ func TestHungOriginIsBoundedByTimeout(t *testing.T) {
 			t.Fatalf("client %d (-want +got):\n%s", i, diff)
 		}
 	}
-	wait(t, gone, "the origin's request to be cancelled")
+	testwait.Receive(t, gone, "the origin's request to be cancelled")
 	if c := o.count(); c != 1 {
 		t.Errorf("origin saw %d requests, want 1", c)
 	}
@@ -619,7 +621,7 @@ func TestRefreshReadsNoRequestAfterItsHandler(t *testing.T) {
 	})
 	p := newTestProxy(t, o, clk, Config{})
 	get(p, "/a", "Accept-Language", "en")
-	wait(t, langs, "the first fetch")
+	testwait.Receive(t, langs, "the first fetch")
 	clk.Advance(2 * time.Second)
 
 	req := httptest.NewRequest(http.MethodGet, "/a", nil)
@@ -633,7 +635,7 @@ func TestRefreshReadsNoRequestAfterItsHandler(t *testing.T) {
 	if got, want := rec.Header().Get("Cache-Status"), "corral; hit; ttl=-1; detail=stale-while-revalidate"; got != want {
 		t.Errorf("stale hit: Cache-Status %q, want %q", got, want)
 	}
-	if got := wait(t, langs, "the refresh"); got != "en" {
+	if got := testwait.Receive(t, langs, "the refresh"); got != "en" {
 		t.Errorf("the refresh sent Accept-Language %q, want en: the request as its handler saw it", got)
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 
+	"corral/internal/testwait"
 	"corral/proxy/cache"
 	"corral/proxy/internal/body"
 	"corral/proxy/listen"
@@ -121,7 +122,7 @@ func TestSlowUploadsDoNotHoldUpstreamSlots(t *testing.T) {
 	}
 
 	cold := serveAsync(p, newRequest(http.MethodGet, "/cold"))
-	resp := wait(t, cold, "the cold GET")
+	resp := testwait.Receive(t, cold, "the cold GET")
 	if body, _ := io.ReadAll(resp.Body); resp.StatusCode != 200 || string(body) != "cold" {
 		t.Fatalf("cold GET behind 4 slow uploads: %d %q, want 200 \"cold\"", resp.StatusCode, body)
 	}
@@ -131,7 +132,7 @@ func TestSlowUploadsDoNotHoldUpstreamSlots(t *testing.T) {
 		pw.Close()
 	}
 	for i, ch := range answers {
-		resp := wait(t, ch, "an upload's answer")
+		resp := testwait.Receive(t, ch, "an upload's answer")
 		if resp.StatusCode != 200 {
 			t.Errorf("upload %d: status %d, want 200", i, resp.StatusCode)
 		}
@@ -190,7 +191,7 @@ func TestRequestBodyRefusals(t *testing.T) {
 				}
 				pw.Close()
 			}()
-			resp := wait(t, ch, "the answer")
+			resp := testwait.Receive(t, ch, "the answer")
 			if resp.StatusCode != tt.status {
 				t.Errorf("status %d, want %d", resp.StatusCode, tt.status)
 			}
@@ -331,7 +332,7 @@ func TestClientThatStopsReadingIsDisconnected(t *testing.T) {
 	if _, err := io.WriteString(conn, "GET /big HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
 		t.Fatal(err)
 	}
-	wait(t, ended, "the handler of a client that stopped reading")
+	testwait.Receive(t, ended, "the handler of a client that stopped reading")
 }
 
 // Issue 9, item 6: bodies buffered by shared fetches and by the copies
@@ -426,7 +427,7 @@ func TestBufferedBodiesStayWithinOneBudget(t *testing.T) {
 	close(start)
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
-	wait(t, done, "the herd")
+	testwait.Receive(t, done, "the herd")
 	close(errs)
 	for err := range errs {
 		t.Error(err)
@@ -477,7 +478,7 @@ func TestBufferedBytesGauge(t *testing.T) {
 		t.Errorf("corral_buffered_bytes %v while a body is read, want %d", got, body.MinChunk)
 	}
 	pw.Close()
-	if resp := wait(t, ch, "the upload's answer"); resp.StatusCode != 200 {
+	if resp := testwait.Receive(t, ch, "the upload's answer"); resp.StatusCode != 200 {
 		t.Errorf("status %d, want 200", resp.StatusCode)
 	}
 	if got := scrape(t, a)["corral_buffered_bytes"]; got != 0 {
@@ -599,11 +600,11 @@ func TestBuffersFullServesStale(t *testing.T) {
 	clk.Advance(2 * time.Minute)
 
 	held := serveAsync(p, newRequest(http.MethodGet, "/held")) // reserves 40 of the 64 KiB
-	wait(t, holding, "the held fetch")
-	pollUntil(t, "the held fetch's reservation", func() bool { return p.fetcher.Buffers.InUse() >= 40<<10 })
+	testwait.Receive(t, holding, "the held fetch")
+	testwait.Until(t, "the held fetch's reservation", func() bool { return p.fetcher.Buffers.InUse() >= 40<<10 })
 	res, _ := get(p, "/stale")
 	close(hold)
-	wait(t, held, "the held answer")
+	testwait.Receive(t, held, "the held answer")
 	if res.Status != 200 || len(res.Body) != 40<<10 || !strings.Contains(res.CacheStatus, "detail=buffers-full") {
 		t.Errorf("stale fetch without room: %d with %d bytes (%s), want the stale 40 KiB", res.Status, len(res.Body), res.CacheStatus)
 	}
@@ -659,13 +660,13 @@ func TestStalledPassThroughsCannotStarveSharedFetches(t *testing.T) {
 		}()
 	}
 	for range 4 {
-		wait(t, writing, "a stalled client")
+		testwait.Receive(t, writing, "a stalled client")
 	}
 	before := gets.Load()
 	res := herd(t, p, 20, "/cold", nil, nil)
 	close(release)
 	for range 4 {
-		wait(t, done, "a stalled client to finish")
+		testwait.Receive(t, done, "a stalled client to finish")
 	}
 	for i, r := range res {
 		if r.Status != 200 || len(r.Body) != 16<<10 {

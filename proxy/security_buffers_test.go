@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"corral/internal/testwait"
 )
 
 // exportOrigin serves /export/... as a slow export: it declares size bytes,
@@ -96,7 +98,7 @@ func TestSlowExportsReserveOnlyWhatArrived(t *testing.T) {
 		addrs = append(addrs, fmt.Sprintf("203.0.113.%d:40000", 10+i))
 	}
 	exports := startExports(p, 10, addrs...)
-	pollUntil(t, "the exports' first bytes to be buffered", func() bool {
+	testwait.Until(t, "the exports' first bytes to be buffered", func() bool {
 		return eo.exports.Load() >= 10 && p.fetcher.Buffers.InUse() >= 10*(1<<10)
 	})
 	if n := coldHerdCost(t, p, eo, 40, stats); n != 1 {
@@ -104,7 +106,7 @@ func TestSlowExportsReserveOnlyWhatArrived(t *testing.T) {
 	}
 	once.Do(func() { close(release) })
 	for range 10 {
-		if r := wait(t, exports, "an export"); r.StatusCode != 200 {
+		if r := testwait.Receive(t, exports, "an export"); r.StatusCode != 200 {
 			t.Errorf("an export got %d, want 200", r.StatusCode)
 		}
 	}
@@ -125,7 +127,7 @@ func TestOneClientsExportsLeaveRoomForAHerd(t *testing.T) {
 	p := newTestProxy(t, eo.origin, clk, Config{BufferBytes: 1 << 20, MaxObjectBytes: 128 << 10})
 
 	exports := startExports(p, 10, "203.0.113.9:40000")
-	pollUntil(t, "the exports' bytes to be buffered or passed", func() bool {
+	testwait.Until(t, "the exports' bytes to be buffered or passed", func() bool {
 		return eo.exports.Load() >= 10 && p.fetcher.Buffers.InUse() >= 120<<10
 	})
 	if n := coldHerdCost(t, p, eo, 40, stats); n != 1 {
@@ -133,7 +135,7 @@ func TestOneClientsExportsLeaveRoomForAHerd(t *testing.T) {
 	}
 	once.Do(func() { close(release) })
 	for range 10 {
-		if r := wait(t, exports, "an export"); r.StatusCode != 200 {
+		if r := testwait.Receive(t, exports, "an export"); r.StatusCode != 200 {
 			t.Errorf("an export got %d, want 200", r.StatusCode)
 		}
 	}
@@ -159,7 +161,7 @@ func TestHerdSharesOneExchangeWithTheBudgetSpent(t *testing.T) {
 		addrs = append(addrs, fmt.Sprintf("203.0.113.%d:40000", 10+i))
 	}
 	exports := startExports(p, 10, addrs...)
-	pollUntil(t, "the exports to spend the budget", func() bool {
+	testwait.Until(t, "the exports to spend the budget", func() bool {
 		return eo.exports.Load() >= 10 && p.fetcher.Buffers.InUse() > 1<<20-128<<10
 	})
 	if n := coldHerdCost(t, p, eo, 40, stats); n != 1 {
@@ -170,13 +172,13 @@ func TestHerdSharesOneExchangeWithTheBudgetSpent(t *testing.T) {
 	}
 	once.Do(func() { close(release) })
 	for range 10 {
-		r := wait(t, exports, "an export")
+		r := testwait.Receive(t, exports, "an export")
 		if body, _ := io.ReadAll(r.Body); r.StatusCode != 200 || len(body) != 128<<10 {
 			t.Errorf("an export got %d with %d bytes, want 200 and 128 KiB", r.StatusCode, len(body))
 		}
 	}
 	p.Wait()
-	pollUntil(t, "every byte of the budget to be given back", func() bool { return p.fetcher.Buffers.InUse() == 0 })
+	testwait.Until(t, "every byte of the budget to be given back", func() bool { return p.fetcher.Buffers.InUse() == 0 })
 }
 
 // TestStreamedBodyOutlivesTheUpstreamTimeout is the second attack pass's
@@ -218,7 +220,7 @@ func TestStreamedBodyOutlivesTheUpstreamTimeout(t *testing.T) {
 		}()
 	}
 	for i := range 3 {
-		if r := wait(t, results, "a client"); r.status != http.StatusOK || r.n != chunks*chunk || r.err != nil {
+		if r := testwait.Receive(t, results, "a client"); r.status != http.StatusOK || r.n != chunks*chunk || r.err != nil {
 			t.Errorf("client %d got %d with %d of %d bytes (%v)", i, r.status, r.n, chunks*chunk, r.err)
 		}
 	}

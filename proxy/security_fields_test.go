@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"corral/internal/testwait"
 )
 
 // Issue 23, finding 8: forwarding fields outside a fixed list of names
@@ -187,7 +189,7 @@ func TestOneClientCannotChooseTheLanguageEveryoneGets(t *testing.T) {
 				p := newTestProxy(t, o, clk, Config{})
 				if path == "/marked/page" {
 					get(p, path) // the URL passes from now on
-					wait(t, sent, "the request that marks the URL")
+					testwait.Receive(t, sent, "the request that marks the URL")
 				}
 				var first, next []string
 				for _, v := range tt.attack {
@@ -197,7 +199,7 @@ func TestOneClientCannotChooseTheLanguageEveryoneGets(t *testing.T) {
 					next = append(next, tt.field, v)
 				}
 				get(p, path, first...)
-				if diff := cmp.Diff([]string{tt.sent}, wait(t, sent, "the first client's request upstream")); diff != "" {
+				if diff := cmp.Diff([]string{tt.sent}, testwait.Receive(t, sent, "the first client's request upstream")); diff != "" {
 					t.Errorf("%s the origin got for %q (-want +got):\n%s", tt.field, tt.attack, diff)
 				}
 				res, _ := get(p, path, next...)

@@ -13,6 +13,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"corral/freshness"
+	"corral/internal/testwait"
 )
 
 // These tests play one user who wants to hurt the others (issue 23): with
@@ -135,11 +136,11 @@ func TestSpentKeyLeaderGivesNoOneElseItsAnswer(t *testing.T) {
 				r, _ := doFrom(p, "127.0.0.2:40000", http.MethodGet, "/q", "X-Api-Key", "spent", "Cache-Control", "no-cache")
 				abuser <- r
 			}()
-			wait(t, arrived, "the abuser's fetch to reach the origin")
+			testwait.Receive(t, arrived, "the abuser's fetch to reach the origin")
 			const n = 50
 			entered := releaseWhenEntered(n, release)
 			victims := herd(t, p, n, "/q", func(int) []string { return []string{"User-Agent", "victim"} }, entered)
-			if got := wait(t, abuser, "the abuser's answer"); got.Status != status {
+			if got := testwait.Receive(t, abuser, "the abuser's answer"); got.Status != status {
 				t.Errorf("the abuser got %d (%s), want its own %d", got.Status, got.CacheStatus, status)
 			}
 			for i, v := range victims {
@@ -277,7 +278,7 @@ func TestTarpittedFieldHoldsNoHerd(t *testing.T) {
 	})
 	p := newTestProxy(t, o, clk, Config{UpstreamTimeout: 2 * time.Second})
 	go get(p, "/cold", "X-Api-Key", "spent")
-	wait(t, arrived, "the abuser's fetch to reach the origin")
+	testwait.Receive(t, arrived, "the abuser's fetch to reach the origin")
 	for i, r := range herd(t, p, 10, "/cold", func(int) []string { return []string{"X-Api-Key", "good"} }, nil) {
 		if r.Status != http.StatusOK || r.Body != "ok" {
 			t.Errorf("victim %d got %+v, want 200 ok", i, r)
@@ -330,13 +331,13 @@ func TestSecondStuckKeyLeadsNoVictims(t *testing.T) {
 	})
 	p := newTestProxy(t, o, clk, Config{UpstreamTimeout: 2 * time.Second})
 	go get(p, "/cold", "X-Api-Key", "spent-a")
-	if got := wait(t, arrived, "the first abuser's fetch to reach the origin"); got != "spent-a" {
+	if got := testwait.Receive(t, arrived, "the first abuser's fetch to reach the origin"); got != "spent-a" {
 		t.Fatalf("the origin saw %s first, want spent-a", got)
 	}
 	go get(p, "/cold", "X-Api-Key", "spent-b")
 	// spent-b gives up on spent-a's flight, and flies again, before any
 	// victim comes.
-	if got := wait(t, arrived, "the second abuser's own fetch to reach the origin"); got != "spent-b" {
+	if got := testwait.Receive(t, arrived, "the second abuser's own fetch to reach the origin"); got != "spent-b" {
 		t.Fatalf("the origin saw %s second, want spent-b", got)
 	}
 	for i, r := range herd(t, p, 10, "/cold", func(int) []string { return []string{"X-Api-Key", "good"} }, nil) {
@@ -376,18 +377,18 @@ func TestHedgerTakesTheFirstAnswer(t *testing.T) {
 	p := newTestProxy(t, o, clk, Config{UpstreamTimeout: 2 * time.Second})
 	lead := make(chan response, 1)
 	go func() { r, _ := get(p, "/slow", "User-Agent", "a"); lead <- r }()
-	wait(t, arrived, "the first fetch to reach the origin")
+	testwait.Receive(t, arrived, "the first fetch to reach the origin")
 	out := make(chan response, 4)
 	for i := range 4 {
 		go func() { r, _ := get(p, "/slow", "User-Agent", "b"+strconv.Itoa(i)); out <- r }()
 	}
-	wait(t, arrived, "a hedge to reach the origin")
+	testwait.Receive(t, arrived, "a hedge to reach the origin")
 	close(first)
-	if r := wait(t, lead, "the leader's answer"); r.Status != http.StatusOK {
+	if r := testwait.Receive(t, lead, "the leader's answer"); r.Status != http.StatusOK {
 		t.Errorf("leader got %+v, want 200", r)
 	}
 	for i := range 4 {
-		if r := wait(t, out, "a hedger's answer"); r.Status != http.StatusOK || r.Body != "ok" {
+		if r := testwait.Receive(t, out, "a hedger's answer"); r.Status != http.StatusOK || r.Body != "ok" {
 			t.Errorf("hedger %d got %+v, want the first flight's 200 ok", i, r)
 		}
 	}

@@ -17,6 +17,8 @@ import (
 	"weak"
 
 	"github.com/google/go-cmp/cmp"
+
+	"corral/internal/testwait"
 )
 
 // Issue 23, finding 4: clients that read slowly kept alive every body they
@@ -192,7 +194,7 @@ func TestStalledClientHoldsNoBodyTheStoreLetGo(t *testing.T) {
 		defer close(done)
 		p.ServeHTTP(w, newRequest(http.MethodGet, "/obj"))
 	}()
-	wait(t, writing, "the first chunk of the answer")
+	testwait.Receive(t, writing, "the first chunk of the answer")
 	if _, err := p.Purge("/obj", false); err != nil {
 		t.Fatal(err)
 	}
@@ -200,7 +202,7 @@ func TestStalledClientHoldsNoBodyTheStoreLetGo(t *testing.T) {
 	runtime.GC()
 	held := body.Value() != nil
 	close(release)
-	wait(t, done, "the answer's end")
+	testwait.Receive(t, done, "the answer's end")
 	if held {
 		t.Error("the body is still in memory while a stalled client is written it, after the store let go of it")
 	}
@@ -242,7 +244,7 @@ func TestRevalidationDoesNotCutAClientBeingWrittenTheBody(t *testing.T) {
 		defer close(done)
 		p.ServeHTTP(w, newRequest(http.MethodGet, "/big"))
 	}()
-	wait(t, writing, "the first chunk of the answer")
+	testwait.Receive(t, writing, "the first chunk of the answer")
 
 	clk.Advance(2 * time.Second)
 	if res, _ := get(p, "/big"); res.Status != 200 || !strings.Contains(res.CacheStatus, "fwd-status=304") {
@@ -250,7 +252,7 @@ func TestRevalidationDoesNotCutAClientBeingWrittenTheBody(t *testing.T) {
 	}
 	unstored := p.unstored.InUse()
 	close(release)
-	wait(t, done, "the answer's end")
+	testwait.Receive(t, done, "the answer's end")
 	if diff := cmp.Diff([]int64{0, 0}, []int64{unstored, p.Stats().Cut.Load()}); diff != "" {
 		t.Errorf("[unstored bytes while revalidated, answers cut] (-want +got):\n%s", diff)
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"corral/internal/testwait"
 	"corral/proxy/internal/httprule"
 	"corral/proxy/rules"
 )
@@ -291,7 +292,7 @@ func TestForwardingFieldsForUnsafeRequests(t *testing.T) {
 			}
 			req.RemoteAddr = "192.0.2.1:4711"
 			p.ServeHTTP(httptest.NewRecorder(), req)
-			h := wait(t, sent, "the upstream request")
+			h := testwait.Receive(t, sent, "the upstream request")
 			got := map[string]string{}
 			for k := range tt.want {
 				got[k] = strings.Join(h.Values(k), ", ")
@@ -328,7 +329,7 @@ func TestSwitchingProtocolsToAPlainRequestIsAnError(t *testing.T) {
 		b, _ := do(p, http.MethodPost, "/ws")
 		done <- []response{a, b}
 	}()
-	got := wait(t, done, "answers to requests the origin switched protocols on")
+	got := testwait.Receive(t, done, "answers to requests the origin switched protocols on")
 	for _, res := range got {
 		if res.Status != http.StatusBadGateway {
 			t.Errorf("status %d (%s), want 502", res.Status, res.CacheStatus)
@@ -336,7 +337,7 @@ func TestSwitchingProtocolsToAPlainRequestIsAnError(t *testing.T) {
 	}
 	idle := make(chan struct{})
 	go func() { p.Wait(); close(idle) }()
-	wait(t, idle, "the fetch to end")
+	testwait.Receive(t, idle, "the fetch to end")
 }
 
 // Issue 9, item 9: a purge names the keys requests are stored under, every
