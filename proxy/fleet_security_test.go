@@ -64,15 +64,7 @@ func TestFleetWaiterGetsItsOwnUpstreamTimeout(t *testing.T) {
 func TestFleetCredentialedBodyNeverSharedThrough304(t *testing.T) {
 	srv := redistest.Start(t, false)
 	clk := newClock()
-	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Cache-Control", "public, max-age=1")
-		w.Header().Set("ETag", `"v1"`)
-		if r.Header.Get("If-None-Match") == `"v1"` {
-			w.WriteHeader(http.StatusNotModified)
-			return
-		}
-		fmt.Fprint(w, "for ", r.Header.Get("Authorization"))
-	})
+	o := newOrigin(t, clk, etagAnswer("public, max-age=1", func(r *http.Request) string { return "for " + r.Header.Get("Authorization") }))
 	rs := newReplicas(t, srv, o, clk, 2, Config{}, fleet.Config{})
 	get(rs.ps[0], "/me", "Authorization", "Bearer alice")
 	clk.Advance(3 * time.Second)
@@ -426,15 +418,7 @@ func TestFleetOneClientCannotMakeAKeyLocalOnly(t *testing.T) {
 func TestFleetOwnCopyIsWhatARevalidationKeeps(t *testing.T) {
 	srv := redistest.Start(t, false)
 	clk := newClock()
-	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Cache-Control", "max-age=1")
-		w.Header().Set("ETag", `"v1"`)
-		if r.Header.Get("If-None-Match") == `"v1"` {
-			w.WriteHeader(http.StatusNotModified)
-			return
-		}
-		fmt.Fprint(w, "v1")
-	})
+	o := newOrigin(t, clk, etagAnswer("max-age=1", func(*http.Request) string { return "v1" }))
 	rs := newReplicas(t, srv, o, clk, 1, Config{}, fleet.Config{})
 	get(rs.ps[0], "/e")
 	rs.ps[0].Wait()

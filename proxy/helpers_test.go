@@ -48,6 +48,21 @@ func answer(cacheControl, body string) http.HandlerFunc {
 	}
 }
 
+// etagAnswer is an origin handler that sends cacheControl and the ETag
+// "v1": a 304 to a request whose If-None-Match names it, else the body
+// that body makes for r.
+func etagAnswer(cacheControl string, body func(r *http.Request) string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", cacheControl)
+		w.Header().Set("ETag", `"v1"`)
+		if r.Header.Get("If-None-Match") == `"v1"` {
+			w.WriteHeader(http.StatusNotModified)
+			return
+		}
+		io.WriteString(w, body(r))
+	}
+}
+
 func (o *origin) set(h http.HandlerFunc) { o.handler.Store(&h) }
 
 func (o *origin) count() int64 { return o.requests.Load() }

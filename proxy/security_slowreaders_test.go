@@ -223,15 +223,7 @@ func weakBody(p *Proxy, key string) weak.Pointer[byte] {
 func TestRevalidationDoesNotCutAClientBeingWrittenTheBody(t *testing.T) {
 	const objectSize = 256 << 10
 	clk := newClock()
-	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Cache-Control", "max-age=1")
-		w.Header().Set("ETag", `"v1"`)
-		if r.Header.Get("If-None-Match") == `"v1"` {
-			w.WriteHeader(http.StatusNotModified)
-			return
-		}
-		w.Write(objectBody(r.URL.Path, objectSize))
-	})
+	o := newOrigin(t, clk, etagAnswer("max-age=1", func(r *http.Request) string { return string(objectBody(r.URL.Path, objectSize)) }))
 	// No room in the budget for the body: held only by the store.
 	p := newTestProxy(t, o, clk, Config{MaxObjectBytes: objectSize, BufferBytes: 2 * objectSize})
 	if res, _ := get(p, "/big"); res.Status != 200 || len(res.Body) != objectSize {
