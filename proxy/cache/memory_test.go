@@ -5,7 +5,6 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -13,6 +12,7 @@ import (
 
 	"corral/proxy/cache"
 	"corral/proxy/cache/acceptance"
+	"corral/proxy/internal/fakeclock"
 )
 
 var bg = context.Background()
@@ -146,9 +146,8 @@ func TestPurgeRecordsOlderThanKeepAreGone(t *testing.T) {
 // TestExpiredEntriesLeaveTheBudget: entries past their ttl on the store's
 // clock stop counting once otter cleans up, which Bytes asks for.
 func TestExpiredEntriesLeaveTheBudget(t *testing.T) {
-	var now atomic.Int64 // otter's cleanup goroutine reads the clock too
-	now.Store(time.Date(2026, 11, 26, 8, 0, 0, 0, time.UTC).UnixNano())
-	m := newMemory(t, cache.Config{MaxBytes: 1 << 20, Now: func() time.Time { return time.Unix(0, now.Load()) }})
+	clk := fakeclock.New(time.Date(2026, 11, 26, 8, 0, 0, 0, time.UTC)) // otter's cleanup goroutine reads it too
+	m := newMemory(t, cache.Config{MaxBytes: 1 << 20, Now: clk.Now})
 	for i := range 10 {
 		if err := m.Set(bg, "/e/"+strconv.Itoa(i), &cache.Entry{ID: 1, Status: 200}, time.Second, cache.Cond{}); err != nil {
 			t.Fatal(err)
@@ -157,7 +156,7 @@ func TestExpiredEntriesLeaveTheBudget(t *testing.T) {
 	if m.Bytes() == 0 {
 		t.Fatal("ten entries weigh nothing")
 	}
-	now.Add(int64(2 * time.Second))
+	clk.Advance(2 * time.Second)
 	if b, n := m.Bytes(), m.Len(); b != 0 || n != 0 {
 		t.Errorf("after expiry the store holds %d bytes in %d entries, want none", b, n)
 	}
