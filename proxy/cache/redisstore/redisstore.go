@@ -304,6 +304,21 @@ func (s *Store) call(ctx context.Context) (context.Context, context.CancelFunc, 
 	return ctx, cancel, nil
 }
 
+// do runs fn, one call to Redis, with ctx bounded by the per-call
+// timeout, and wraps its error with fail against ctx, the caller's. A ctx
+// already done fails at once, with no call.
+func (s *Store) do(ctx context.Context, op, key string, fn func(ctx context.Context) error) error {
+	cctx, cancel, err := s.call(ctx)
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	if err := fn(cctx); err != nil {
+		return fail(ctx, op, key, err)
+	}
+	return nil
+}
+
 // fail wraps a Redis error, and the error of ctx, the caller's, when it
 // is done: the client reports a deadline as an i/o timeout, which may
 // come a moment before ctx says it is done.
@@ -328,16 +343,14 @@ func micros(t time.Time, up bool) int64 {
 }
 
 func (s *Store) Get(ctx context.Context, key string) (*cache.Entry, error) {
-	outer := ctx
-	ctx, cancel, err := s.call(ctx)
+	now := micros(s.now(), false)
+	var vals []any
+	err := s.do(ctx, "get", key, func(ctx context.Context) (err error) {
+		vals, err = s.rdb.HMGet(ctx, s.entryKey(key), "v", "x", "q").Result()
+		return err
+	})
 	if err != nil {
 		return nil, err
-	}
-	defer cancel()
-	now := micros(s.now(), false)
-	vals, err := s.rdb.HMGet(ctx, s.entryKey(key), "v", "x", "q").Result()
-	if err != nil {
-		return nil, fail(outer, "get", key, err)
 	}
 	v, _ := vals[0].(string)
 	x, _ := vals[1].(string)
@@ -349,7 +362,7 @@ func (s *Store) Get(ctx context.Context, key string) (*cache.Entry, error) {
 	}
 	e := new(cache.Entry)
 	if err := e.UnmarshalOwned(readOnly(v)); err != nil {
-		return nil, fail(outer, "get", key, err)
+		return nil, fail(ctx, "get", key, err)
 	}
 	return e, nil
 }
@@ -428,7 +441,6 @@ func (s *Store) Set(ctx context.Context, key string, e *cache.Entry, ttl time.Du
 
 // set is Set, and SetFresh when fresh is not zero.
 func (s *Store) set(ctx context.Context, key string, e *cache.Entry, ttl time.Duration, fresh time.Time, cond cache.Cond) error {
-	outer := ctx
 	if ttl <= 0 {
 		return nil
 	}
@@ -438,7 +450,7 @@ func (s *Store) set(ctx context.Context, key string, e *cache.Entry, ttl time.Du
 	}
 	v, err := e.MarshalBinary()
 	if err != nil {
-		return fail(outer, "set", key, err)
+		return fail(ctx, "set", key, err)
 	}
 	mode, id := "", make([]byte, cache.IDSize)
 	switch {
@@ -473,19 +485,18 @@ func (s *Store) set(ctx context.Context, key string, e *cache.Entry, ttl time.Du
 	if !fresh.IsZero() {
 		freshUS = strconv.FormatInt(micros(fresh, false), 10)
 	}
-	cctx, cancel, err := s.call(ctx)
-	if err != nil {
-		return err
-	}
 	reqUS := ""
 	if !e.RequestTime.IsZero() {
 		reqUS = strconv.FormatInt(micros(e.RequestTime, false), 10)
 	}
 	args := []any{v, max(ttl.Milliseconds(), 1), micros(now.Add(ttl), true), since, mode, id, micros(now, false), pending, freshUS, key, reqUS}
-	res, err := setScript.Run(cctx, s.rdb, keys, args...).Text()
-	cancel()
+	var res string
+	err = s.do(ctx, "set", key, func(ctx context.Context) (err error) {
+		res, err = setScript.Run(ctx, s.rdb, keys, args...).Text()
+		return err
+	})
 	if err != nil {
-		return fail(outer, "set", key, err)
+		return err
 	}
 	switch res {
 	case "ok":
@@ -494,7 +505,7 @@ func (s *Store) set(ctx context.Context, key string, e *cache.Entry, ttl time.Du
 	case "conflict":
 		return cache.ErrConflict
 	default:
-		return fail(outer, "set", key, fmt.Errorf("unexpected reply %q", res))
+		return fail(ctx, "set", key, fmt.Errorf("unexpected reply %q", res))
 	}
 	if pending == "0" {
 		return nil
@@ -513,17 +524,16 @@ func (s *Store) set(ctx context.Context, key string, e *cache.Entry, ttl time.Du
 	// between; a Set that fails from here leaves it pending, unseen, until
 	// Redis expires it or a write replaces it.
 	if len(v) < cache.IDOffset+cache.IDSize {
-		return fail(outer, "set", key, errors.New("encoding too short"))
+		return fail(ctx, "set", key, errors.New("encoding too short"))
 	}
 	id = []byte(v[cache.IDOffset : cache.IDOffset+cache.IDSize])
-	cctx, cancel, err = s.call(ctx)
+	var prefixes []string
+	err = s.do(ctx, "set", key, func(ctx context.Context) (err error) {
+		prefixes, err = s.rdb.ZRangeByScore(ctx, s.prefixesKey(), &redis.ZRangeBy{Min: strconv.FormatInt(since, 10), Max: "+inf"}).Result()
+		return err
+	})
 	if err != nil {
 		return err
-	}
-	prefixes, err := s.rdb.ZRangeByScore(cctx, s.prefixesKey(), &redis.ZRangeBy{Min: strconv.FormatInt(since, 10), Max: "+inf"}).Result()
-	cancel()
-	if err != nil {
-		return fail(outer, "set", key, err)
 	}
 	settle, result := "keep", error(nil)
 	for _, p := range prefixes {
@@ -532,31 +542,23 @@ func (s *Store) set(ctx context.Context, key string, e *cache.Entry, ttl time.Du
 			break
 		}
 	}
-	cctx, cancel, err = s.call(ctx)
+	err = s.do(ctx, "set", key, func(ctx context.Context) error {
+		err := settleScript.Run(ctx, s.rdb, []string{s.entryKey(key)}, id, settle).Err()
+		if result != nil {
+			return nil // settled or still pending, it is never served
+		}
+		return err
+	})
 	if err != nil {
 		return err
-	}
-	defer cancel()
-	if err := settleScript.Run(cctx, s.rdb, []string{s.entryKey(key)}, id, settle).Err(); err != nil {
-		if result != nil {
-			return result // pending, it is never served
-		}
-		return fail(outer, "set", key, err)
 	}
 	return result
 }
 
 func (s *Store) Delete(ctx context.Context, key string) error {
-	outer := ctx
-	ctx, cancel, err := s.call(ctx)
-	if err != nil {
-		return err
-	}
-	defer cancel()
-	if err := s.rdb.Del(ctx, s.entryKey(key)).Err(); err != nil {
-		return fail(outer, "delete", key, err)
-	}
-	return nil
+	return s.do(ctx, "delete", key, func(ctx context.Context) error {
+		return s.rdb.Del(ctx, s.entryKey(key)).Err()
+	})
 }
 
 // purgeKeyScript records the purge of one key and drops its entry, as
@@ -625,7 +627,6 @@ var dropScript = redis.NewScript(dropSource)
 // Keep, by Redis's clock, and costs Redis about a hundred bytes, so a
 // flood of purges is bounded by Keep and Redis's maxmemory.
 func (s *Store) Purge(ctx context.Context, key string, prefix bool, at time.Time) (int, error) {
-	outer := ctx
 	if err := ctx.Err(); err != nil {
 		return 0, fmt.Errorf("redisstore: %w", err)
 	}
@@ -633,26 +634,22 @@ func (s *Store) Purge(ctx context.Context, key string, prefix bool, at time.Time
 	atUS, nowUS := micros(at, true), micros(now, false)
 	keepMS := max(s.keep.Milliseconds(), 1)
 	if !prefix {
-		cctx, cancel, err := s.call(ctx)
+		var n int
+		err := s.do(ctx, "purge", key, func(ctx context.Context) (err error) {
+			n, err = purgeKeyScript.Run(ctx, s.rdb, []string{s.entryKey(key), s.recordKey(key)}, atUS, keepMS, nowUS).Int()
+			return err
+		})
 		if err != nil {
 			return 0, err
-		}
-		defer cancel()
-		n, err := purgeKeyScript.Run(cctx, s.rdb, []string{s.entryKey(key), s.recordKey(key)}, atUS, keepMS, nowUS).Int()
-		if err != nil {
-			return 0, fail(outer, "purge", key, err)
 		}
 		return n, nil
 	}
 
-	cctx, cancel, err := s.call(ctx)
+	err := s.do(ctx, "purge", key, func(ctx context.Context) error {
+		return recordPrefixScript.Run(ctx, s.rdb, []string{s.prefixesKey()}, atUS, key, micros(now.Add(-s.keep), false), keepMS).Err()
+	})
 	if err != nil {
 		return 0, err
-	}
-	err = recordPrefixScript.Run(cctx, s.rdb, []string{s.prefixesKey()}, atUS, key, micros(now.Add(-s.keep), false), keepMS).Err()
-	cancel()
-	if err != nil {
-		return 0, fail(outer, "purge", key, err)
 	}
 	// Every entry under the prefix: the hash tag is 16 characters
 	// between braces, and the key follows it as it is.
@@ -671,7 +668,7 @@ func (s *Store) Purge(ctx context.Context, key string, prefix bool, at time.Time
 		})
 	}
 	if err != nil {
-		return total, fail(outer, "purge", key, err)
+		return total, fail(ctx, "purge", key, err)
 	}
 	return total, nil
 }
