@@ -177,42 +177,11 @@ func New(cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("redisstore: prefix %q holds a brace, which would move the hash tag", s.prefix)
 	}
 	if s.rdb == nil {
-		if u, ok := ClusterURL(cfg.Addr); ok {
-			opt, err := redis.ParseClusterURL(u)
-			if err != nil {
-				return nil, fmt.Errorf("redisstore: %w", err)
-			}
-			opt.ContextTimeoutEnabled = true
-			opt.MaxRetries = -1
-			// A MOVED or ASK reply is no failure, only a slot that
-			// changed hands: follow a few. (go-redis also tries a
-			// failed call again within this bound; the call's
-			// deadline still holds.)
-			opt.MaxRedirects = 3
-			opt.DialerRetries = 1 // one attempt: a dead Redis costs one refused dial
-			opt.DialTimeout = s.timeout
-			opt.ReadTimeout = s.timeout
-			opt.WriteTimeout = s.timeout
-			opt.PoolTimeout = s.timeout
-			opt.DisableIdentity = true
-			opt.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
-			s.rdb, s.own = redis.NewClusterClient(opt), true
-		} else {
-			opt, err := options(cfg.Addr)
-			if err != nil {
-				return nil, err
-			}
-			opt.ContextTimeoutEnabled = true
-			opt.MaxRetries = -1
-			opt.DialerRetries = 1 // one attempt: a dead Redis costs one refused dial
-			opt.DialTimeout = s.timeout
-			opt.ReadTimeout = s.timeout
-			opt.WriteTimeout = s.timeout
-			opt.PoolTimeout = s.timeout
-			opt.DisableIdentity = true
-			opt.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
-			s.rdb, s.own = redis.NewClient(opt), true
+		rdb, err := newClient(cfg.Addr, s.timeout)
+		if err != nil {
+			return nil, err
 		}
+		s.rdb, s.own = rdb, true
 	}
 	s.cluster, _ = s.rdb.(*redis.ClusterClient)
 	return s, nil
@@ -228,6 +197,39 @@ func ClusterURL(addr string) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// newClient makes the client for addr, as Config.Addr describes it, when
+// Config.Client is nil. Each call it makes goes out once (no retries, one
+// dial attempt: a dead Redis costs one refused dial), bounded by the
+// deadline of its context and each wait by timeout; it tells Redis
+// nothing of itself (no CLIENT SETINFO, no maintenance notifications).
+// go-redis has one options type for a Redis and another for a Cluster,
+// with no type in common: the same three lines set both.
+func newClient(addr string, timeout time.Duration) (redis.UniversalClient, error) {
+	off := &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
+	if u, ok := ClusterURL(addr); ok {
+		o, err := redis.ParseClusterURL(u)
+		if err != nil {
+			return nil, fmt.Errorf("redisstore: %w", err)
+		}
+		o.ContextTimeoutEnabled, o.MaxRetries, o.DialerRetries = true, -1, 1
+		o.DialTimeout, o.ReadTimeout, o.WriteTimeout, o.PoolTimeout = timeout, timeout, timeout, timeout
+		o.DisableIdentity, o.MaintNotificationsConfig = true, off
+		// A MOVED or ASK reply is no failure, only a slot that changed
+		// hands: follow a few. (go-redis also tries a failed call again
+		// within this bound; the call's deadline still holds.)
+		o.MaxRedirects = 3
+		return redis.NewClusterClient(o), nil
+	}
+	o, err := options(addr)
+	if err != nil {
+		return nil, err
+	}
+	o.ContextTimeoutEnabled, o.MaxRetries, o.DialerRetries = true, -1, 1
+	o.DialTimeout, o.ReadTimeout, o.WriteTimeout, o.PoolTimeout = timeout, timeout, timeout, timeout
+	o.DisableIdentity, o.MaintNotificationsConfig = true, off
+	return redis.NewClient(o), nil
 }
 
 // options parses an address as Config.Addr describes it.
