@@ -317,6 +317,7 @@ func (r *records) purged(key string, since time.Time) bool {
 	return false
 }
 
+// later is the later of a and b (a when they are the same moment).
 func later(a, b time.Time) time.Time {
 	if b.After(a) {
 		return b

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/sony/gobreaker/v2"
@@ -84,54 +82,4 @@ func (f *Fleet) breakerChanged(_ string, from, to gobreaker.State) {
 	default:
 		f.log.Debug("fleet: probing Redis")
 	}
-}
-
-// purgeMessage is what a replica publishes on the purge channel:
-//
-//	1 <from> <k|p> <at, Unix µs rounded up> <key>
-//
-// space-separated, with the key last, as it may hold spaces. The version
-// comes first, so that a replica can drop what a later one sends instead
-// of misreading it.
-type purgeMessage struct {
-	from   string // the sender's replica ID
-	key    string
-	prefix bool
-	at     time.Time
-}
-
-func (m purgeMessage) String() string {
-	flag := "k"
-	if m.prefix {
-		flag = "p"
-	}
-	// Rounded up, as the store rounds purge times: a replica may drop
-	// an entry it could have kept, never keep one the purge covers.
-	us := m.at.UnixMicro()
-	if m.at.Nanosecond()%1000 != 0 {
-		us++
-	}
-	return "1 " + m.from + " " + flag + " " + strconv.FormatInt(us, 10) + " " + m.key
-}
-
-// parsePurge parses a purge message, and reports whether it is one.
-func parsePurge(s string) (purgeMessage, bool) {
-	parts := strings.SplitN(s, " ", 5)
-	if len(parts) != 5 || parts[0] != "1" || parts[1] == "" {
-		return purgeMessage{}, false
-	}
-	m := purgeMessage{from: parts[1], key: parts[4]}
-	switch parts[2] {
-	case "k":
-	case "p":
-		m.prefix = true
-	default:
-		return purgeMessage{}, false
-	}
-	us, err := strconv.ParseInt(parts[3], 10, 64)
-	if err != nil {
-		return purgeMessage{}, false
-	}
-	m.at = time.UnixMicro(us)
-	return m, true
 }

@@ -55,7 +55,9 @@ func (p *pauses) hold(key string, end, now time.Time) {
 	if p.keys == nil {
 		p.keys = make(map[string]time.Time)
 	}
-	end = later(cur, end)
+	if cur.After(end) {
+		end = cur
+	}
 	if len(p.keys) == 0 || end.Before(p.sweepAt) {
 		p.sweepAt = end
 	}
@@ -167,11 +169,4 @@ func encodedSeparator(s string) bool {
 	}
 	s = s[:3]
 	return strings.EqualFold(s, "%2F") || strings.EqualFold(s, "%3B") || strings.EqualFold(s, "%5C")
-}
-
-func later(a, b time.Time) time.Time {
-	if a.After(b) {
-		return a
-	}
-	return b
 }

@@ -166,12 +166,6 @@ func (s *Store) Acquire(ctx context.Context, key, token string, leaseTTL time.Du
 }
 
 func (s *Store) lookup(ctx context.Context, op, key, token string, leaseTTL time.Duration, force bool) (Found, error) {
-	outer := ctx
-	ctx, cancel, err := s.call(ctx)
-	if err != nil {
-		return Found{}, err
-	}
-	defer cancel()
 	ttl := int64(0)
 	if leaseTTL > 0 {
 		ttl = max(leaseTTL.Milliseconds(), 1)
@@ -188,12 +182,16 @@ func (s *Store) lookup(ctx context.Context, op, key, token string, leaseTTL time
 	if s.cluster == nil {
 		keys = append(keys, s.prefixesKey())
 	}
-	res, err := lookupScript.Run(ctx, s.rdb, keys, micros(s.now(), false), token, ttl, f, key).Slice()
+	var res []any
+	err := s.do(ctx, op, key, func(ctx context.Context) (err error) {
+		res, err = lookupScript.Run(ctx, s.rdb, keys, micros(s.now(), false), token, ttl, f, key).Slice()
+		return err
+	})
 	if err != nil {
-		return Found{}, fail(outer, op, key, err)
+		return Found{}, err
 	}
 	if len(res) != 4 {
-		return Found{}, fail(outer, op, key, fmt.Errorf("unexpected reply %v", res))
+		return Found{}, fail(ctx, op, key, fmt.Errorf("unexpected reply %v", res))
 	}
 	fresh, _ := res[3].(int64)
 	found := Found{Fresh: fresh == 1}
@@ -206,7 +204,7 @@ func (s *Store) lookup(ctx context.Context, op, key, token string, leaseTTL time
 	case "local":
 		found.LocalOnly = true
 	default:
-		return Found{}, fail(outer, op, key, fmt.Errorf("unexpected reply %q", state))
+		return Found{}, fail(ctx, op, key, fmt.Errorf("unexpected reply %q", state))
 	}
 	v, _ := res[1].(string)
 	x, _ := res[2].(string)
@@ -215,11 +213,11 @@ func (s *Store) lookup(ctx context.Context, op, key, token string, leaseTTL time
 	}
 	us, err := strconv.ParseInt(x, 10, 64)
 	if err != nil {
-		return found, fail(outer, op, key, fmt.Errorf("%w: expiry %q", ErrUndecodable, x))
+		return found, fail(ctx, op, key, fmt.Errorf("%w: expiry %q", ErrUndecodable, x))
 	}
 	e := new(cache.Entry)
 	if err := e.UnmarshalOwned(readOnly(v)); err != nil {
-		return found, fail(outer, op, key, fmt.Errorf("%w: %w", ErrUndecodable, err))
+		return found, fail(ctx, op, key, fmt.Errorf("%w: %w", ErrUndecodable, err))
 	}
 	found.Entry, found.Expires = e, time.UnixMicro(us)
 	return found, nil
@@ -242,17 +240,10 @@ return 0
 // on their own without a lease: what the lease holder fetched is not in
 // Redis for them.
 func (s *Store) MarkLocal(ctx context.Context, key string, ttl time.Duration) error {
-	outer := ctx
-	ctx, cancel, err := s.call(ctx)
-	if err != nil {
-		return err
-	}
-	defer cancel()
 	until := micros(s.now().Add(ttl), true)
-	if err := markLocalScript.Run(ctx, s.rdb, []string{s.entryKey(key)}, until, max(ttl.Milliseconds(), 1)).Err(); err != nil {
-		return fail(outer, "mark", key, err)
-	}
-	return nil
+	return s.do(ctx, "mark", key, func(ctx context.Context) error {
+		return markLocalScript.Run(ctx, s.rdb, []string{s.entryKey(key)}, until, max(ttl.Milliseconds(), 1)).Err()
+	})
 }
 
 // renewScript extends a lease if token still holds it.
@@ -269,15 +260,13 @@ return 0
 // Renew makes the lease of key live ttl from now if token holds it, and
 // reports whether it did.
 func (s *Store) Renew(ctx context.Context, key, token string, ttl time.Duration) (bool, error) {
-	outer := ctx
-	ctx, cancel, err := s.call(ctx)
+	var n int
+	err := s.do(ctx, "renew", key, func(ctx context.Context) (err error) {
+		n, err = renewScript.Run(ctx, s.rdb, []string{s.leaseKey(key)}, token, max(ttl.Milliseconds(), 1)).Int()
+		return err
+	})
 	if err != nil {
 		return false, err
-	}
-	defer cancel()
-	n, err := renewScript.Run(ctx, s.rdb, []string{s.leaseKey(key)}, token, max(ttl.Milliseconds(), 1)).Int()
-	if err != nil {
-		return false, fail(outer, "renew", key, err)
 	}
 	return n == 1, nil
 }
@@ -300,31 +289,16 @@ return 0
 // Release ends the lease of key if token holds it, and publishes key on
 // WakeChannel in any case.
 func (s *Store) Release(ctx context.Context, key, token string) error {
-	outer := ctx
-	ctx, cancel, err := s.call(ctx)
-	if err != nil {
-		return err
-	}
-	defer cancel()
-	err = releaseScript.Run(ctx, s.rdb, []string{s.leaseKey(key)}, token, s.WakeChannel(), key).Err()
-	if err != nil {
-		return fail(outer, "release", key, err)
-	}
-	return nil
+	return s.do(ctx, "release", key, func(ctx context.Context) error {
+		return releaseScript.Run(ctx, s.rdb, []string{s.leaseKey(key)}, token, s.WakeChannel(), key).Err()
+	})
 }
 
 // Publish publishes msg on channel.
 func (s *Store) Publish(ctx context.Context, channel, msg string) error {
-	outer := ctx
-	ctx, cancel, err := s.call(ctx)
-	if err != nil {
-		return err
-	}
-	defer cancel()
-	if err := s.rdb.Publish(ctx, channel, msg).Err(); err != nil {
-		return fail(outer, "publish", channel, err)
-	}
-	return nil
+	return s.do(ctx, "publish", channel, func(ctx context.Context) error {
+		return s.rdb.Publish(ctx, channel, msg).Err()
+	})
 }
 
 // Subscribe returns a subscription to channels on the store's client. It
