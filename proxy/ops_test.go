@@ -238,6 +238,35 @@ func TestPurgeEndpoint(t *testing.T) {
 	}
 }
 
+// Profiles are an operator's, like /metrics: behind the token on the
+// admin listener, and never on the client port, where the path is just
+// another URL of the origin's.
+func TestProfilingEndpoint(t *testing.T) {
+	clk := newClock()
+	o := newOrigin(t, clk, answer("max-age=60", "x"))
+	p := newTestProxy(t, o, clk, Config{})
+	a := newAdmin(p, "s3cret")
+	const auth = "Bearer s3cret"
+	for _, path := range []string{"/debug/pprof/", "/debug/pprof/goroutine?debug=1", "/debug/pprof/profile?seconds=1"} {
+		if code, body := callAdmin(a, http.MethodGet, path, ""); code != 401 {
+			t.Errorf("GET %s without the token: %d %q, want 401", path, code, body)
+		}
+	}
+	if code, body := callAdmin(a, http.MethodGet, "/debug/pprof/", auth); code != 200 || !strings.Contains(body, "goroutine") {
+		t.Errorf("GET /debug/pprof/ with the token: %d, want 200 listing the profiles; got %.200q", code, body)
+	}
+	if code, body := callAdmin(a, http.MethodGet, "/debug/pprof/goroutine?debug=1", auth); code != 200 || !strings.Contains(body, "goroutine profile") {
+		t.Errorf("GET /debug/pprof/goroutine?debug=1 with the token: %d, want 200 and the goroutines; got %.200q", code, body)
+	}
+	if code, body := callAdmin(a, http.MethodGet, "/debug/pprof/cmdline", auth); code != 404 {
+		t.Errorf("GET /debug/pprof/cmdline: %d %.100q, want 404: the command line may hold the Redis password", code, body)
+	}
+	before := o.count()
+	if res, _ := get(p, "/debug/pprof/"); o.count() != before+1 || res.Body != "x" {
+		t.Errorf("GET /debug/pprof/ on the client port: origin asked %d times, body %.100q; want the origin's answer", o.count()-before, res.Body)
+	}
+}
+
 func TestReadiness(t *testing.T) {
 	clk := newClock()
 	o := newOrigin(t, clk, answer("max-age=60", "x"))

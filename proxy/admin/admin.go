@@ -1,5 +1,5 @@
 // Package admin serves an operator's endpoints for a proxy, on a listener
-// of its own: health, readiness, metrics and purges. It decides who may
+// of its own: health, readiness, metrics, purges and profiles. It decides who may
 // call them (a bearer token, never asked of probes) and how a purge is
 // spelled, and reaches the proxy through a small interface.
 package admin
@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 	"sync/atomic"
 
@@ -31,8 +32,9 @@ import (
 //	POST /purge?url=/api/stats   drop one URL (all its variants)
 //	POST /purge?prefix=/api/     drop every URL that starts with the prefix
 //	POST /purge?all=1            drop everything
+//	GET  /debug/pprof/           Go's profiles: CPU (profile?seconds=N), heap, goroutines, mutexes, blocking, trace
 //
-// With a token, /metrics and /purge require "Authorization: Bearer <token>";
+// With a token, /metrics, /purge and /debug/pprof/ require "Authorization: Bearer <token>";
 // the health endpoints never do, so that probes need no secret.
 type Admin struct {
 	p        Proxy
@@ -66,6 +68,13 @@ func New(p Proxy, token string, log *slog.Logger, metrics prometheus.Collector) 
 	a.mux.HandleFunc("GET /readyz", a.ready)
 	a.mux.Handle("GET /metrics", a.guarded(promhttp.HandlerFor(reg, promhttp.HandlerOpts{})))
 	a.mux.Handle("POST /purge", a.guarded(http.HandlerFunc(a.purge)))
+	// Not net/http/pprof's Cmdline: the command line may hold secrets
+	// (the Redis URL's password, the token itself).
+	a.mux.Handle("GET /debug/pprof/", a.guarded(http.HandlerFunc(pprof.Index)))
+	a.mux.Handle("GET /debug/pprof/profile", a.guarded(http.HandlerFunc(pprof.Profile)))
+	a.mux.Handle("GET /debug/pprof/symbol", a.guarded(http.HandlerFunc(pprof.Symbol)))
+	a.mux.Handle("POST /debug/pprof/symbol", a.guarded(http.HandlerFunc(pprof.Symbol)))
+	a.mux.Handle("GET /debug/pprof/trace", a.guarded(http.HandlerFunc(pprof.Trace)))
 	return a
 }
 
