@@ -59,6 +59,36 @@ func TestWriteTimeoutCutsOnlyAStalledPeer(t *testing.T) {
 	}
 }
 
+// A connection kept alive carries many small answers: their Writes do not
+// each move the deadline (a timer update in the runtime), only the first
+// does, for d/2 or more.
+func TestWriteTimeoutSetsTheDeadlineRarely(t *testing.T) {
+	server, client := net.Pipe()
+	defer client.Close()
+	go io.Copy(io.Discard, client)
+	counted := &deadlineCounter{Conn: server}
+	c := &writeTimeoutConn{Conn: counted, d: time.Minute}
+	defer c.Close()
+	for range 100 {
+		if _, err := c.Write([]byte("HTTP/1.1 200 OK\r\n\r\n")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if counted.n != 1 {
+		t.Errorf("100 quick Writes set the write deadline %d times, want 1", counted.n)
+	}
+}
+
+type deadlineCounter struct {
+	net.Conn
+	n int
+}
+
+func (c *deadlineCounter) SetWriteDeadline(t time.Time) error {
+	c.n++
+	return c.Conn.SetWriteDeadline(t)
+}
+
 // Connections cost memory each whatever they are written: the client
 // listener takes a bounded number at once, and one past it waits until
 // another closes.
