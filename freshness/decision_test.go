@@ -132,6 +132,20 @@ func TestEvaluate(t *testing.T) {
 		}(), verdict{Storable: true, Shareable: true, Lifetime: time.Minute, Age: 12 * time.Second}},
 		{"RFC 9111 4.2.3: apparent age from an old Date", Policy{}, exchange(200, "Cache-Control", "max-age=60", "Date", t0.Add(-30*time.Second).Format(http.TimeFormat)),
 			verdict{Storable: true, Shareable: true, Lifetime: time.Minute, Age: 30 * time.Second}},
+		// A Date has whole seconds (RFC 9110 section 5.6.7): one that reads
+		// 12:00:00 was written at some moment of that second. Compared with
+		// the arrival time to the nanosecond, it would age every answer by
+		// half a second on average: a tenth of a max-age=5.
+		{"RFC 9110 5.6.7: an answer that arrives within the second of its Date has no apparent age", Policy{}, func() Exchange {
+			x := exchange(200, "Cache-Control", "max-age=5")
+			x.RequestTime, x.ResponseTime = t0.Add(680*time.Millisecond), t0.Add(700*time.Millisecond)
+			return x
+		}(), verdict{Storable: true, Shareable: true, Lifetime: 5 * time.Second, Age: 20 * time.Millisecond}},
+		{"RFC 9110 5.6.7: one that arrives in the next second is a second old", Policy{}, func() Exchange {
+			x := exchange(200, "Cache-Control", "max-age=5")
+			x.RequestTime, x.ResponseTime = t0.Add(1280*time.Millisecond), t0.Add(1300*time.Millisecond)
+			return x
+		}(), verdict{Storable: true, Shareable: true, Lifetime: 5 * time.Second, Age: time.Second}},
 		{"RFC 9111 5.1: an invalid Age is ignored", Policy{}, exchange(200, "Cache-Control", "max-age=60", "Age", "-5"),
 			verdict{Storable: true, Shareable: true, Lifetime: time.Minute}},
 		// cache-tests age-parse-suffix, age-parse-prefix, age-parse-suffix-twoline.

@@ -309,9 +309,15 @@ func (p Policy) heuristic(x Exchange) time.Duration {
 // year 0 from overflowing the sums below into a negative, "fresh" age.
 const maxAge = math.MaxInt32 * time.Second
 
-// initialAge is corrected_initial_age (RFC 9111 section 4.2.3).
+// initialAge is corrected_initial_age (RFC 9111 section 4.2.3). Its
+// apparent_age compares the arrival time with Date at Date's resolution,
+// whole seconds (RFC 9110 section 5.6.7): a Date of 12:00:00 was written
+// at some moment of that second, so an answer that arrives at 12:00:00.7
+// is not 0.7 s old by it. To the nanosecond, every answer would look half
+// a second older than it is on average, and a max-age=5 would last 4.5 s
+// here, a tenth more upstream requests.
 func initialAge(x Exchange) time.Duration {
-	apparent := min(max(x.ResponseTime.Sub(date(x)), 0), maxAge)
+	apparent := min(max(x.ResponseTime.Truncate(time.Second).Sub(date(x)), 0), maxAge)
 	delay := min(max(x.ResponseTime.Sub(x.RequestTime), 0), maxAge)
 	return max(apparent, ageValue(x.Header)+delay)
 }
