@@ -290,6 +290,7 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) (string, bo
 		defaultSWR      = fs.Duration("default-stale-while-revalidate", 0, "stale-while-revalidate window for responses that carry none (0: off)")
 		defaultSIE      = fs.Duration("default-stale-if-error", 5*time.Minute, "how long past its freshness a stored response stands in when the origin cannot be reached, times out, or answers 500, 502, 503 or 504, for responses that carry no stale-if-error of their own and do not forbid stale use (must-revalidate, proxy-revalidate, s-maxage, no-cache); 0: off")
 		requestNoCache  = fs.String("request-no-cache", "revalidate", "what a client's Cache-Control: no-cache, max-age, min-fresh or Pragma: no-cache does when the stored response is not fresh enough for it: revalidate (one coalesced upstream request, at most once per -revalidate-interval) or ignore (answer from the cache)")
+		refreshAhead    = fs.Bool("refresh-ahead", true, "refresh a response in the background when a client asks for it in the last moments of its freshness (twice the time its fetch took, at most a tenth of its lifetime), once per response, so that the clients of a popular URL without stale-while-revalidate never wait for its refetch; costs at most a tenth more upstream requests for such URLs (false: refetch once expired)")
 		revalidateIntvl = fs.Duration("revalidate-interval", time.Second, "under -request-no-cache=revalidate, how long a response validated with the origin satisfies a client's no-cache, max-age or min-fresh, so that a herd of reloads costs about one upstream request per URL per interval (0: every such request revalidates)")
 		maxRPS          = fs.Float64("upstream-max-rps", 0, "most requests a second sent upstream, across all URLs (0: no cap)")
 		maxInflight     = fs.Int("upstream-max-inflight", 0, "most upstream requests in flight at once (0: no cap)")
@@ -424,6 +425,7 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) (string, bo
 	c.proxy = proxy.Config{
 		RequestNoCache:      noCache,
 		RevalidateInterval:  *revalidateIntvl,
+		NoRefreshAhead:      !*refreshAhead,
 		CacheBytes:          int64(cacheBytes),
 		MaxObjectBytes:      int64(maxObjectBytes),
 		MaxRequestBodyBytes: int64(maxBodyBytes),

@@ -207,6 +207,41 @@ func TestExpiresParsing(t *testing.T) {
 	}
 }
 
+func TestRefreshAhead(t *testing.T) {
+	eval := func(cc string, initialAge time.Duration) Decision {
+		d := Policy{}.Evaluate(exchange(200, "Cache-Control", cc))
+		d.InitialAge = initialAge
+		return d
+	}
+	tests := []struct {
+		name  string
+		d     Decision
+		at    time.Duration // after ResponseTime
+		fetch time.Duration
+		want  bool
+	}{
+		{"fresh for longer than twice its fetch", eval("max-age=5", 0), 4900 * time.Millisecond, 20 * time.Millisecond, false},
+		{"fresh for less than twice its fetch", eval("max-age=5", 0), 4970 * time.Millisecond, 20 * time.Millisecond, true},
+		{"stale already: a refetch, not ahead", eval("max-age=5", 0), 5 * time.Second, 20 * time.Millisecond, false},
+		{"a fetch of no time still leaves minAhead", eval("max-age=5", 0), 4995 * time.Millisecond, 0, true},
+		{"but not more", eval("max-age=5", 0), 4980 * time.Millisecond, 0, false},
+		{"a slow fetch: at most a tenth of the lifetime", eval("max-age=5", 0), 4400 * time.Millisecond, 2 * time.Second, false},
+		{"a slow fetch, in the last tenth", eval("max-age=5", 0), 4600 * time.Millisecond, 2 * time.Second, true},
+		{"an answer almost expired on arrival: a tenth of what it had", eval("max-age=60", 59900*time.Millisecond), 80 * time.Millisecond, 20 * time.Millisecond, false},
+		{"and in its last tenth", eval("max-age=60", 59900*time.Millisecond), 95 * time.Millisecond, 20 * time.Millisecond, true},
+		{"stale-while-revalidate refreshes once stale instead", eval("max-age=5, stale-while-revalidate=10", 0), 4990 * time.Millisecond, 20 * time.Millisecond, false},
+		{"no-cache is never fresh", eval("max-age=5, no-cache", 0), 4990 * time.Millisecond, 20 * time.Millisecond, false},
+		{"must-revalidate is refreshed ahead too", eval("max-age=5, must-revalidate", 0), 4990 * time.Millisecond, 20 * time.Millisecond, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := tt.d.RefreshAhead(tt.d.ResponseTime.Add(tt.at), tt.fetch); got != tt.want {
+				t.Errorf("RefreshAhead at %v with a fetch of %v: %v, want %v (ttl %v)", tt.at, tt.fetch, got, tt.want, tt.d.TTL(tt.d.ResponseTime.Add(tt.at)))
+			}
+		})
+	}
+}
+
 func TestState(t *testing.T) {
 	d := Policy{}.Evaluate(exchange(200, "Cache-Control", "max-age=10, stale-while-revalidate=5, stale-if-error=20"))
 	tests := []struct {

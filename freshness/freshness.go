@@ -422,6 +422,29 @@ func (d Decision) TTL(now time.Time) time.Duration {
 	return d.Lifetime - d.Age(now)
 }
 
+// RefreshAhead reports whether the response, fresh at now, should be
+// refreshed in the background already, so that it is replaced before it
+// expires and a request for it never waits for its refetch: in the last
+// moments of its freshness, twice the time its fetch took (fetch), at
+// least minAhead, and at most a tenth of the freshness it had on arrival,
+// so that refreshing ahead makes at most a tenth more upstream requests,
+// however little of its lifetime an answer brings. Not with
+// stale-while-revalidate, which serves the stale response while it is
+// refreshed: no request waits then anyway.
+func (d Decision) RefreshAhead(now time.Time, fetch time.Duration) bool {
+	if d.NoCache || d.StaleWhileRevalidate > 0 {
+		return false
+	}
+	ahead := min(max(2*fetch, minAhead), (d.Lifetime-d.InitialAge)/10)
+	ttl := d.TTL(now)
+	return ttl > 0 && ttl <= ahead
+}
+
+// minAhead is the least time before it expires that a response may be
+// refreshed ahead: an origin that answers in a millisecond has other
+// delays, a scheduler's, a connection's, before the answer is in.
+const minAhead = 10 * time.Millisecond
+
 // State says what a stored response is good for at now.
 func (d Decision) State(now time.Time) State { return d.stateAt(d.TTL(now)) }
 

@@ -119,6 +119,13 @@ type Config struct {
 	// means none: every such request revalidates.
 	RevalidateInterval time.Duration
 
+	// NoRefreshAhead turns off refreshing ahead: by default, a fresh
+	// hit in the last moments of a response's freshness (twice the time
+	// its fetch took, at most a tenth of its lifetime) refreshes it in
+	// the background, once, so that the requests for a popular key
+	// without stale-while-revalidate never wait for its refetch.
+	NoRefreshAhead bool
+
 	// UpstreamMaxRPS caps the requests sent upstream per second, across
 	// all keys. Zero means no cap.
 	UpstreamMaxRPS float64
@@ -266,7 +273,7 @@ func New(cfg Config) (*Proxy, error) {
 	p.fetcher = &fetch.Fetcher{
 		Store: p.store, Fleet: cfg.Fleet, Origin: origin, Guard: p.guard,
 		Buffers: buffers, MaxObject: maxObject, MinRate: p.unstored.MinRate(),
-		Timeout: timeout, PassTTL: passTTL, Revalidate: revalidateInterval(cfg.RevalidateInterval),
+		Timeout: timeout, PassTTL: passTTL, Revalidate: revalidateInterval(cfg.RevalidateInterval), Ahead: !cfg.NoRefreshAhead,
 		Now: p.now, Log: p.log, Count: p.stats.CountUpstream, Go: p.herds.flights.Go,
 	}
 	p.passer = pass.New(pass.Config{

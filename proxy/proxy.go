@@ -124,7 +124,10 @@ func (p *Proxy) answer(w http.ResponseWriter, r *http.Request, req freshness.Req
 	v := p.decide(r, req, key, e, vkey, now)
 	switch v.do {
 	case doServe:
-		if v.refresh {
+		if v.refresh || v.hit == outHit && p.fetcher.Ahead && e.RefreshAhead(now) {
+			// A fresh hit in the entry's last moments refreshes it
+			// ahead, so that the requests after it do not wait for
+			// its refetch.
 			p.refresh(r, key, vkey, e) // first, as below
 		}
 		return p.serveStored(w, r, e, v.detail, now, v.hit)

@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -92,6 +93,62 @@ func TestColdHerdMakesOneUpstreamRequest(t *testing.T) {
 	}
 	if c, h := p.Stats().Coalesced.Load(), p.Stats().Hits.Load(); c+h != n-1 {
 		t.Errorf("coalesced %d + hits %d, want %d: every client but the leader shares its fetch", c, h, n-1)
+	}
+}
+
+// A popular key without stale-while-revalidate: a hit in the last moments
+// of its freshness refreshes it in the background, so that the request
+// just after it expires finds the new answer rather than wait for it.
+// Only there: earlier hits, an answer with stale-while-revalidate, or an
+// operator who turned it off, leave the refetch to expiry.
+func TestRefreshAheadOfExpiry(t *testing.T) {
+	tests := []struct {
+		name         string
+		cc           string
+		cfg          Config
+		hitAt        time.Duration // after the first fetch; its fetch took no time
+		wantUpstream int64         // after the hit
+	}{
+		{"in the last 10 ms", "max-age=10", Config{}, 9995 * time.Millisecond, 2},
+		{"earlier", "max-age=10", Config{}, 9900 * time.Millisecond, 1},
+		{"with stale-while-revalidate", "max-age=10, stale-while-revalidate=5", Config{}, 9995 * time.Millisecond, 1},
+		{"turned off", "max-age=10", Config{NoRefreshAhead: true}, 9995 * time.Millisecond, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clk := newClock()
+			var version atomic.Int64
+			o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Cache-Control", tt.cc)
+				fmt.Fprintf(w, "v%d", version.Add(1))
+			})
+			p := newTestProxy(t, o, clk, tt.cfg)
+			get(p, "/api/stats")
+			clk.Advance(tt.hitAt)
+			if r, _ := get(p, "/api/stats"); r.Body != "v1" || !strings.HasPrefix(r.CacheStatus, "corral; hit;") {
+				t.Errorf("hit at %v: %+v, want v1 from the cache", tt.hitAt, r)
+			}
+			p.Wait()
+			if got := o.count(); got != tt.wantUpstream {
+				t.Errorf("upstream requests after the hit: %d, want %d", got, tt.wantUpstream)
+			}
+			if tt.wantUpstream == 1 {
+				return
+			}
+			// Just past the first answer's expiry: the second, fresh.
+			clk.Advance(10*time.Second - tt.hitAt + time.Millisecond)
+			want := response{Status: 200, Body: "v2", Age: "0", CacheStatus: "corral; hit; ttl=9"}
+			if r, _ := get(p, "/api/stats"); !cmp.Equal(want, r) {
+				t.Errorf("just past the first answer's expiry: %s", cmp.Diff(want, r))
+			}
+			// One refresh ahead per answer: another hit of the new one,
+			// not in its last moments, starts none.
+			get(p, "/api/stats")
+			p.Wait()
+			if got := o.count(); got != 2 {
+				t.Errorf("upstream requests in all: %d, want 2", got)
+			}
+		})
 	}
 }
 

@@ -46,6 +46,7 @@ type Fetcher struct {
 	Timeout    time.Duration // bounds one exchange with the origin, body included
 	PassTTL    time.Duration // how long a pass mark in the shared tier holds
 	Revalidate time.Duration // how long a validated response satisfies a client's no-cache (freshness.Decision.UseFor)
+	Ahead      bool          // refresh a response that a hit finds in its last moments of freshness (stored.Entry.RefreshAhead)
 
 	Now   func() time.Time
 	Log   *slog.Logger

@@ -71,6 +71,10 @@ type Entry struct {
 	// must confirm before everyone backs off (confirmedFailure).
 	LastFailure atomic.Pointer[Failure]
 
+	// aheadTaken says the entry's one refresh ahead of its expiry
+	// started already (RefreshAhead).
+	aheadTaken atomic.Bool
+
 	// served remembers the field values of the last answer from the
 	// entry. They change at most once a second, and a hot entry is
 	// served thousands of times in one: the hit path formats them only
@@ -81,6 +85,15 @@ type Entry struct {
 	// a smaller one. Entries that share a body (a 304 refreshes an
 	// entry with the body it had) share it.
 	ref *body.Ref
+}
+
+// RefreshAhead reports whether a request for e at now, a fresh hit, should
+// start a background refresh of e ahead of its expiry
+// (freshness.Decision.RefreshAhead: in its last moments, twice the time
+// its fetch took), and does so once per entry: an answer that comes back
+// no fresher than e (a fleet's copy of it, say) starts no other.
+func (e *Entry) RefreshAhead(now time.Time) bool {
+	return e.Kind == cache.Response && e.Decision.RefreshAhead(now, e.ResponseTime.Sub(e.RequestTime)) && e.aheadTaken.CompareAndSwap(false, true)
 }
 
 // Ref is what a body of body.LargeBody or more is written from; nil for a
