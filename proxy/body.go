@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/netip"
 	"time"
 
 	"corral/proxy/internal/body"
@@ -19,9 +20,11 @@ func hasBody(r *http.Request) bool {
 }
 
 // requestBodies is how request bodies are read: at most max bytes each,
-// within timeout, held against budget.
+// within timeout, held against their client's share of the budget for
+// request bodies (shares), so that one client holding uploads at a slow
+// origin cannot turn away everyone else's (issue 23).
 type requestBodies struct {
-	budget  *body.Budget
+	shares  *body.Shares
 	max     int64
 	timeout time.Duration
 }
@@ -36,11 +39,12 @@ type requestBodies struct {
 // the body is refused:
 // 413 past MaxRequestBodyBytes (max) (RFC 9110 section 15.5.14), 408 past
 // RequestBodyTimeout (timeout) (section 15.5.9), 400 for a body cut short or badly
-// framed (section 15.5.1; RFC 9112 section 6.3), 503 when the buffer
-// budget cannot hold it now. Each of these closes the connection: the
-// unread rest of the body must not be taken for the next request. The
-// caller releases the returned buffer once r has been answered.
-func (rb requestBodies) buffer(w http.ResponseWriter, r *http.Request) (*body.Buffer, requestOutcome) {
+// framed (section 15.5.1; RFC 9112 section 6.3), 503 when the share of
+// the buffer budget of client, r's, cannot hold it now. Each of these
+// closes the connection: the unread rest of the body must not be taken
+// for the next request. The caller calls the returned release once r has
+// been answered.
+func (rb requestBodies) buffer(w http.ResponseWriter, r *http.Request, client netip.Addr) (release func(), _ requestOutcome) {
 	if len(r.TransferEncoding) > 0 {
 		// RFC 9112 section 6.1: a request with both Content-Length and
 		// Transfer-Encoding may be an attempt at request smuggling, and
@@ -50,8 +54,10 @@ func (rb requestBodies) buffer(w http.ResponseWriter, r *http.Request) (*body.Bu
 		// request body. They are rare, and closing is always allowed.
 		w.Header().Set("Connection", "close")
 	}
-	bb, err := body.ReadRequest(r, http.NewResponseController(w), rb.budget, rb.max, rb.timeout)
+	share := rb.shares.Acquire(client)
+	bb, err := body.ReadRequest(r, http.NewResponseController(w), &share.Budget, rb.max, rb.timeout)
 	if err != nil {
+		rb.shares.Release(share)
 		w.Header().Set("Connection", "close")
 		st := cachestatus.Status{Fwd: cachestatus.FwdRequest}
 		switch {
@@ -80,5 +86,8 @@ func (rb requestBodies) buffer(w http.ResponseWriter, r *http.Request) (*body.Bu
 		r.Body = io.NopCloser(bytes.NewReader(b))
 		r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }
 	}
-	return bb, outNone
+	return func() {
+		bb.Release()
+		rb.shares.Release(share)
+	}, outNone
 }

@@ -224,7 +224,11 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	buffers := body.NewBudget(orDefault(cfg.BufferBytes, max(cacheBytes/4, 4*maxObject, 8*p.requests.max)), nil)
 	quarter := func() *body.Budget { return body.NewBudget(buffers.Limit()/4, buffers) }
-	p.requests.budget = quarter()
+	// Each client may hold a quarter of the request bodies' quarter at
+	// once, or two bodies of the largest size if that is more (a buffer
+	// holding a body of the largest size reserves a little more).
+	bodies := quarter()
+	p.requests.shares = body.NewShares(bodies, min(max(bodies.Limit()/4, 2*p.requests.max), bodies.Limit()))
 	minRate := orDefault(cfg.ClientMinRate, 64<<10)
 	if cfg.ClientMinRate < 0 {
 		minRate = 0 // none

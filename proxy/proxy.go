@@ -87,11 +87,11 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request, start time.Time) 
 		delete(r.Header, "Upgrade")
 	}
 	if hasBody(r) {
-		bb, o := p.requests.buffer(w, r)
-		if bb == nil {
+		release, o := p.requests.buffer(w, r, p.passer.ClientAddr(r))
+		if release == nil {
 			return o // refused, and answered
 		}
-		defer bb.Release()
+		defer release()
 	}
 	if fwd, d := httprule.Bypass(r); fwd != "" {
 		return p.passThrough(w, r, key, fwd, d)

@@ -574,6 +574,53 @@ func TestRequestBodiesCannotStarveSharedFetches(t *testing.T) {
 	}
 }
 
+// Issue 23, verification attack: one address held uploads at the origin
+// (148 connections) until the request bodies' share of the buffer budget
+// was spent, and every other client's upload got 503 buffers-full. Each
+// client has a share of it, as each has of the fetches' bodies.
+func TestOneClientsUploadsCannotLockOutOthers(t *testing.T) {
+	clk := newClock()
+	release := make(chan struct{})
+	posted := make(chan string, 16)
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		posted <- r.URL.Path
+		if r.URL.Path == "/abuse" {
+			<-release
+		}
+	})
+	// 16 KiB for request bodies, 4 KiB each at most.
+	p := newTestProxy(t, o, clk, Config{BufferBytes: 64 << 10, MaxRequestBodyBytes: 4 << 10})
+	defer close(release)
+
+	answered := make(chan *http.Response, 8)
+	for range 8 {
+		req := httptest.NewRequest(http.MethodPost, "/abuse", strings.NewReader(strings.Repeat("a", 4<<10)))
+		req.RemoteAddr = "192.0.2.66:1234"
+		ch := serveAsync(p, req)
+		go func() { answered <- <-ch }()
+	}
+	held, busy := 0, 0
+	for held+busy < 8 {
+		select {
+		case <-posted:
+			held++
+		case <-answered:
+			busy++
+		case <-time.After(10 * time.Second):
+			t.Fatalf("uploads neither reached the origin nor were turned away (%d held, %d busy)", held, busy)
+		}
+	}
+	for i := range 3 {
+		req := httptest.NewRequest(http.MethodPost, "/victim", strings.NewReader(strings.Repeat("v", 4<<10)))
+		req.RemoteAddr = fmt.Sprintf("198.51.100.%d:1234", 10+i)
+		res := testwait.Receive(t, serveAsync(p, req), "a victim's upload")
+		if res.StatusCode != 200 {
+			t.Errorf("victim %d's upload, while one client holds %d: %d %q, want 200", i, held, res.StatusCode, res.Header.Get("Cache-Status"))
+		}
+	}
+}
+
 // A fetch the budget cannot hold now is answered by a stale response where
 // one may stand in, not by a pass-through per waiting client.
 func TestBuffersFullServesStale(t *testing.T) {
