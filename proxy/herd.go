@@ -63,6 +63,9 @@ type flights interface {
 // when the fetch answered another variant than r's.
 func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, in fetch.Flight, fwd cachestatus.Fwd) requestOutcome {
 	f, leader, err := p.join(w, r, in)
+	if leader && err == nil && f.Confirm {
+		p.confirm(r, in)
+	}
 	now := p.now()
 	if in.Stale == nil && in.Shared && fetch.Failed(f, err) {
 		// The fetch may have found a stale copy in the shared tier,
@@ -248,7 +251,10 @@ func (p *Proxy) serveFetched(w http.ResponseWriter, r *http.Request, req freshne
 		return p.passThrough(w, r, in.Key, cachestatus.FwdMiss, cachestatus.Detail(e.Decision.Reason))
 	case leader && !e.Decision.Shareable:
 		st.Detail = cachestatus.Detail(e.Decision.Reason)
-		if fetch.Passes(e.Decision, stale) {
+		if !f.Personal && fetch.Passes(e.Decision, stale) {
+			// Everyone's: the key goes upstream per client for a while.
+			// (A personal answer's pass mark is the confirmation's to
+			// make.)
 			p.store.MarkPass(r.Context(), in.VKey, e.Decision.Reason)
 		}
 		return p.serve(w, r, e, f.Own, st, now, outMiss)
@@ -334,6 +340,31 @@ func (p *Proxy) refresh(r *http.Request, key, vkey string, stale *stored.Entry) 
 	}
 	started := p.herds.flights.Refresh(r.Context(), fetch.FlightID(r, vkey), func() coalesce.Fetch[*fetch.Result] {
 		return p.fetcher.Refresh(p.fetcher.NewFlight(r, noDirectives, key, vkey, stale.Vary, stale, p.passer.ClientAddr(r)).Neutralized())
+	})
+	if started {
+		p.stats.Refreshes.Add(1)
+	}
+}
+
+// confirm asks the origin again, in the background, for what the flight
+// in got an answer to that was perhaps its leader's own (fetch.Result.Confirm:
+// an error in place of a good answer, or one it may not share): with
+// nothing of one client's, so that the answer is everyone's, and is
+// stored, or makes a pass mark, for everyone. Like a refresh, once per key
+// at a time, and not again before a failed refresh's back-off has passed;
+// and not once the store holds something else than what in found (the
+// answer of a confirmation that ran already).
+func (p *Proxy) confirm(r *http.Request, in fetch.Flight) {
+	cur, _, _ := p.store.Lookup(r.Context(), in.Key, r.Header)
+	if cur != in.Stale && (cur == nil || in.Stale == nil || cur.ID != in.Stale.ID) {
+		return // stored since: a confirmation's answer, or another's
+	}
+	if in.Stale != nil {
+		p.refresh(r, in.Key, in.VKey, in.Stale)
+		return
+	}
+	started := p.herds.flights.Refresh(r.Context(), fetch.FlightID(r, in.VKey), func() coalesce.Fetch[*fetch.Result] {
+		return p.fetcher.Refresh(in.Neutralized())
 	})
 	if started {
 		p.stats.Refreshes.Add(1)

@@ -134,6 +134,43 @@ func (fc *Fetcher) confirmedFailure(in Flight, stale *stored.Entry) bool {
 // another's to confirm it.
 const failureWindow = 10 * time.Second
 
+// personal reports whether e, the answer to the flight in, may be its
+// leader's own rather than the resource's (Result.Personal): it goes to no
+// request that sent other fields, and is neither stored nor a pass mark.
+// Only an answer to a request that carried one client's fields may be
+// (not a neutral one; not one with credentials, whose flight is theirs
+// alone), and then:
+//
+//   - a status that may speak of the request (httprule.AboutTheRequest:
+//     a spent quota, a refused credential or field) that the origin did
+//     not let caches keep;
+//   - an answer that may not be shared (Set-Cookie, private, Vary: *,
+//     ...), which may be so because of what the leader sent (its
+//     cookie): a pass mark would send every client upstream on its own,
+//     and drop the copy that stands in for a failing origin;
+//   - an error or a redirect in place of a good stored answer, however
+//     fresh the origin made it: one client's field may have provoked it
+//     (cache poisoning by denial of service), unless it is a server error
+//     the stored answer stands in for anyway (standIn).
+//
+// In the last two cases a request with nothing of one client's asks again
+// (Result.Confirm): if the answer is everyone's, it is stored for everyone
+// then.
+func personal(in Flight, e *stored.Entry, standIn bool) bool {
+	if in.Neutral || in.Credentialed {
+		return false
+	}
+	switch stale := in.Stale; {
+	case httprule.AboutTheRequest(e.Status) && !e.Decision.Storable:
+		return true
+	case Passes(e.Decision, stale):
+		return true
+	case stale != nil && stale.Kind == cache.Response && stale.Status >= 200 && stale.Status < 300 && e.Status >= 300:
+		return !(httprule.IsServerError(e.Status) && standIn)
+	}
+	return false
+}
+
 // ErrPersonal ends an exchange whose answer may speak of its leader's
 // request (see Result.Personal) and whose body could not be held: every
 // client of the flight goes upstream on its own.
@@ -227,7 +264,7 @@ func (fc *Fetcher) fetchUpstream(ctx context.Context, in Flight, lease *fleet.Le
 		fc.Count(resp.StatusCode, nil)
 		e, own := fc.Store.NewEntry(http.MethodGet, key, reqHeader, resp.StatusCode, resp.Header, nil, sent, respTime)
 		switch {
-		case !in.Neutral && !in.Credentialed && httprule.AboutTheRequest(resp.StatusCode) && !e.Decision.Storable:
+		case personal(in, e, stale != nil && stale.Decision.UsableOnError(respTime)):
 			return nil, ErrPersonal
 		case errors.Is(err, body.ErrFull) && stale != nil && stale.Decision.UsableDisconnected():
 			return nil, err // the stale response stands in
@@ -248,14 +285,15 @@ func (fc *Fetcher) fetchUpstream(ctx context.Context, in Flight, lease *fleet.Le
 		return nil, fmt.Errorf("reading upstream body: %w", err)
 	}
 	e, own := fc.Store.NewEntry(http.MethodGet, key, reqHeader, resp.StatusCode, resp.Header, bb.Trimmed(), sent, respTime)
-	if !in.Neutral && !in.Credentialed && httprule.AboutTheRequest(resp.StatusCode) && !e.Decision.Storable {
-		// Perhaps one client's answer, which the origin did not let
-		// caches keep: never shared, nor a pass mark. (One it gave
-		// explicit freshness, the origin told every shared cache to
-		// serve to everyone, RFC 9111 section 3.)
-		return &Result{Entry: e, Own: own, Status: resp.StatusCode, Personal: true, Sent: reqHeader}, nil
+	standIn := stale != nil && stale.Decision.UsableOnError(respTime)
+	if personal(in, e, standIn) {
+		// Perhaps one client's answer: never shared, stored, nor a pass
+		// mark. Unless it may only have been, a request with nothing of
+		// one client's asks again in the background, and what it gets is
+		// everyone's.
+		return &Result{Entry: e, Own: own, Status: resp.StatusCode, Personal: true, Confirm: !httprule.AboutTheRequest(resp.StatusCode) || e.Decision.Storable, Sent: reqHeader}, nil
 	}
-	if httprule.IsServerError(resp.StatusCode) && stale != nil && stale.Decision.UsableOnError(respTime) {
+	if httprule.IsServerError(resp.StatusCode) && standIn {
 		// The stored response stands in for the error (RFC 5861
 		// section 4), which must not replace it, however cacheable.
 		return &Result{Entry: e, Own: own, Status: resp.StatusCode}, nil

@@ -126,14 +126,20 @@ type Result struct {
 	// is neither stored nor shared beyond the flight.
 	Stream *body.Stream
 
-	// Personal says the answer may speak of its leader's own request
-	// rather than of the resource (httprule.AboutTheRequest: a spent
-	// quota, a refused field), which carried fields beyond those the
-	// response varies on, and the origin did not let caches keep it: it
-	// is the leader's, and of requests that sent the same fields (Sent),
-	// never stored or shared with the others.
+	// Personal says the answer may speak of its leader's own request,
+	// which carried fields beyond those the response varies on, rather
+	// than of the resource (see personal: a spent quota, a refused
+	// field, an error in place of a good answer): it is the leader's, and
+	// of requests that sent the same fields (Sent), never stored or
+	// shared with the others.
 	Personal bool
 	Sent     http.Header
+
+	// Confirm says a Personal answer is one that may be everyone's
+	// after all (see personal): a background request with nothing of one
+	// client's should ask again (Refresh), whose answer is stored or
+	// shared, or makes a pass mark, as everyone's.
+	Confirm bool
 
 	// inShared says the fetch left its answer, a response or a pass
 	// mark, in the tier the fleet shares, for the replicas that wait.

@@ -1,0 +1,157 @@
+package proxy
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// Cache poisoning by denial of service (CPDoS): one client's field makes
+// the origin answer an error or a redirect, or an answer it must not
+// share, and the cache keeps that in place of the good answer everyone
+// else gets. The verification attack on issue 23 did it with a field the
+// origin answers 404 or 301 to, and with one it answers with Set-Cookie.
+
+// cpdosOrigin answers "good" (max-age=1, stale-if-error=60) to every
+// request, unless the request carries X-Bad: then what bad writes; or,
+// once down is set, 500 to everyone.
+func cpdosOrigin(t *testing.T, clk *clock, down *atomic.Bool, bad func(w http.ResponseWriter)) *origin {
+	return newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case down.Load():
+			w.WriteHeader(http.StatusInternalServerError)
+		case r.Header.Get("X-Bad") != "":
+			bad(w)
+		default:
+			w.Header().Set("Cache-Control", "max-age=1, stale-if-error=60")
+			fmt.Fprint(w, "good")
+		}
+	})
+}
+
+func TestOneClientsErrorDoesNotReplaceEveryonesAnswer(t *testing.T) {
+	for _, confirmFails := range []bool{false, true} {
+		t.Run(fmt.Sprintf("confirmation fails %v", confirmFails), func(t *testing.T) {
+			testOneClientsError(t, confirmFails)
+		})
+	}
+}
+
+func testOneClientsError(t *testing.T, confirmFails bool) {
+	for _, bad := range []struct {
+		name  string
+		write func(w http.ResponseWriter)
+	}{
+		{"404 with max-age", func(w http.ResponseWriter) {
+			w.Header().Set("Cache-Control", "max-age=60")
+			http.Error(w, "no such thing", http.StatusNotFound)
+		}},
+		{"301 with max-age", func(w http.ResponseWriter) {
+			w.Header().Set("Cache-Control", "max-age=60")
+			w.Header().Set("Location", "https://elsewhere.example/")
+			w.WriteHeader(http.StatusMovedPermanently)
+		}},
+		{"410, heuristically fresh", func(w http.ResponseWriter) {
+			w.Header().Set("Last-Modified", "Mon, 02 Jan 2006 15:04:05 GMT")
+			http.Error(w, "gone", http.StatusGone)
+		}},
+		{"200 with Set-Cookie", func(w http.ResponseWriter) {
+			w.Header().Set("Cache-Control", "max-age=60")
+			w.Header().Set("Set-Cookie", "session=abuser")
+			fmt.Fprint(w, "yours")
+		}},
+		{"200, private", func(w http.ResponseWriter) {
+			w.Header().Set("Cache-Control", "private, max-age=60")
+			fmt.Fprint(w, "yours")
+		}},
+		{"200 with Vary: *", func(w http.ResponseWriter) {
+			w.Header().Set("Cache-Control", "max-age=60")
+			w.Header().Set("Vary", "*")
+			fmt.Fprint(w, "yours")
+		}},
+	} {
+		t.Run(bad.name, func(t *testing.T) {
+			clk := newClock()
+			var down atomic.Bool
+			o := cpdosOrigin(t, clk, &down, bad.write)
+			if confirmFails {
+				// The request that carries nothing of one client's (Go's
+				// own User-Agent) fails.
+				good := o.handler.Load()
+				o.set(func(w http.ResponseWriter, r *http.Request) {
+					if strings.HasPrefix(r.Header.Get("User-Agent"), "Go-http-client") {
+						w.WriteHeader(http.StatusServiceUnavailable)
+						return
+					}
+					(*good)(w, r)
+				})
+			}
+			p := newTestProxy(t, o, clk, Config{})
+			victim := func(i int) response {
+				r, _ := get(p, "/q", "User-Agent", fmt.Sprintf("victim/%d", i))
+				return r
+			}
+			if r := victim(0); r.Body != "good" {
+				t.Fatalf("warming: %+v", r)
+			}
+			clk.Advance(2 * time.Second) // stale
+
+			// The abuser asks for a fresh answer with its field.
+			a, _ := get(p, "/q", "User-Agent", "abuser", "X-Bad", "1", "Cache-Control", "no-cache")
+			if a.Body == "good" {
+				t.Errorf("the abuser got %+v, want the origin's answer to its own request", a)
+			}
+			p.Wait() // the confirmation, which carries nothing of the abuser's
+
+			// The origin fails now: the good answer, stored, stands in.
+			clk.Advance(2 * time.Second)
+			down.Store(true)
+			for i := 1; i <= 3; i++ {
+				if r := victim(i); r.Status != 200 || r.Body != "good" || !strings.Contains(r.CacheStatus, "stale-if-error") {
+					t.Errorf("victim %d during an outage after the abuser: %+v, want the good answer, stale", i, r)
+				}
+			}
+			down.Store(false)
+			clk.Advance(2 * time.Second)
+			if r := victim(4); r.Status != 200 || r.Body != "good" {
+				t.Errorf("victim after the outage: %+v, want the good answer", r)
+			}
+		})
+	}
+}
+
+// When the answer really is everyone's (the resource is gone for every
+// client, not for one client's field), the background request that
+// carries nothing of one client's confirms it, and it is stored for
+// everyone as before.
+func TestAnErrorForEveryoneIsConfirmedAndStored(t *testing.T) {
+	clk := newClock()
+	var gone atomic.Bool
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "max-age=60")
+		if gone.Load() {
+			http.Error(w, "gone", http.StatusGone)
+			return
+		}
+		w.Header().Set("Cache-Control", "max-age=1")
+		fmt.Fprint(w, "here")
+	})
+	p := newTestProxy(t, o, clk, Config{})
+	get(p, "/q", "User-Agent", "a")
+	clk.Advance(2 * time.Second)
+	gone.Store(true)
+	if r, _ := get(p, "/q", "User-Agent", "b"); r.Status != http.StatusGone {
+		t.Fatalf("after the resource went: %+v, want 410", r)
+	}
+	p.Wait()
+	before := o.count()
+	if r, _ := get(p, "/q", "User-Agent", "c"); r.Status != http.StatusGone || !strings.HasPrefix(r.CacheStatus, "corral; hit") {
+		t.Errorf("another client: %+v, want the 410, from the cache", r)
+	}
+	if o.count() != before {
+		t.Errorf("the confirmed 410 cost another upstream request")
+	}
+}
