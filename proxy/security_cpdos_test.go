@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"corral/internal/testwait"
 	"fmt"
 	"net/http"
 	"strings"
@@ -153,5 +154,39 @@ func TestAnErrorForEveryoneIsConfirmedAndStored(t *testing.T) {
 	}
 	if o.count() != before {
 		t.Errorf("the confirmed 410 cost another upstream request")
+	}
+}
+
+// Issue 23, verification attack (inflight-hog): under
+// -upstream-max-inflight, fetches a client started and left at a tarpit
+// hold the slots, and everyone else's request for a URL with a stale copy
+// waited in the queue for up to -upstream-timeout. A stale copy that may
+// stand in for an unreachable origin stands in for full caps at once.
+func TestFullCapsServeStaleAtOnce(t *testing.T) {
+	clk := newClock()
+	arrived, release := make(chan struct{}, 1), make(chan struct{})
+	defer close(release)
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/hog" {
+			arrived <- struct{}{}
+			<-release
+		}
+		w.Header().Set("Cache-Control", "max-age=1")
+		fmt.Fprint(w, "good")
+	})
+	p := newTestProxy(t, o, clk, Config{UpstreamMaxInflight: 1, UpstreamMaxQueue: 1000})
+	get(p, "/q")
+	clk.Advance(2 * time.Second)
+
+	go get(p, "/hog", "User-Agent", "abuser")
+	testwait.Receive(t, arrived, "the abuser's fetch to hold the one slot")
+	victim := make(chan response, 1)
+	go func() {
+		r, _ := get(p, "/q", "User-Agent", "victim")
+		victim <- r
+	}()
+	r := testwait.Receive(t, victim, "the victim's answer, while the caps are full")
+	if r.Status != 200 || r.Body != "good" || !strings.Contains(r.CacheStatus, "detail=upstream-busy") {
+		t.Errorf("victim while the caps are full: %+v, want the stale copy at once", r)
 	}
 }

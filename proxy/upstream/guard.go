@@ -254,6 +254,9 @@ func (g *Guard) admit(ctx context.Context) error {
 	if (g.limiter == nil && g.slots == nil) || g.tryAdmit() {
 		return nil
 	}
+	if noWait(ctx) {
+		return g.turnAway(g.queueDelay(), "upstream caps full, and a stale response stands in")
+	}
 	if _, ok := ctx.Deadline(); !ok && g.maxWait > 0 {
 		// A passed-through request runs on its client's context,
 		// which may have no end: bound its wait like a fetch's.

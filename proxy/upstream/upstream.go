@@ -111,6 +111,23 @@ func neutral(ctx context.Context) bool {
 	return ctx.Value(neutralKey{}) != nil
 }
 
+// noWaitKey marks, in an upstream request's context, a request that has
+// something to stand in for it.
+type noWaitKey struct{}
+
+// WithoutWait returns ctx marking an upstream request that the guard
+// turns away at once, rather than queue, when the caps are full: one
+// for which a stale response may stand in, so that no client waits in the
+// queue for what it can have now (fetches that one client started and
+// left at a tarpit may hold the slots until the upstream timeout).
+func WithoutWait(ctx context.Context) context.Context {
+	return context.WithValue(ctx, noWaitKey{}, true)
+}
+
+func noWait(ctx context.Context) bool {
+	return ctx.Value(noWaitKey{}) != nil
+}
+
 // streamingKey marks, in an upstream request's context, a request whose
 // answer streams to its one client.
 type streamingKey struct{}

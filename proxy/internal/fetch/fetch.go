@@ -216,7 +216,12 @@ func (fc *Fetcher) fetchUpstream(ctx context.Context, in Flight, lease *fleet.Le
 		// No client field at all, not even one the response varies on
 		// (a key the origin limits by): what the origin answers it may
 		// pause the URL (see upstream.WithNeutral).
-		out = out.WithContext(upstream.WithNeutral(ctx))
+		out = out.WithContext(upstream.WithNeutral(out.Context()))
+	}
+	if stale != nil && !in.Background && stale.Decision.UsableDisconnected() {
+		// The stale response stands in, at once, for full upstream caps
+		// (serveError), rather than its clients wait in the queue.
+		out = out.WithContext(upstream.WithoutWait(out.Context()))
 	}
 	resp, sent, err := fc.Guard.Send(out)
 	err = x.timedOut(err)
