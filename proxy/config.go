@@ -235,13 +235,12 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	p.unstored = body.NewUnstored(quarter(), minRate, p.now)
 	p.herds = herds{
-		flights:    &coalesce.Group[*fetch.Result]{Timeout: timeout},
-		hedgeAfter: orDefault(cfg.HedgeAfter, timeout/4),
-		shares:     body.NewShares(buffers, min(max(buffers.Limit()/4, 2*maxObject), buffers.Limit())),
-		owned:      make(map[string]int),
+		flights: &coalesce.Group[*fetch.Result]{Timeout: timeout},
+		shares:  body.NewShares(buffers, min(max(buffers.Limit()/4, 2*maxObject), buffers.Limit())),
+		owned:   make(map[string]int),
 	}
-	if cfg.HedgeAfter < 0 || p.herds.hedgeAfter >= timeout {
-		p.herds.hedgeAfter = 0 // never
+	if hedge := orDefault(cfg.HedgeAfter, timeout/4); cfg.HedgeAfter >= 0 && hedge < timeout {
+		p.herds.hedgeAfter.Store(int64(hedge)) // else never
 	}
 
 	store := cfg.Store

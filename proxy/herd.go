@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -25,12 +26,18 @@ import (
 // leader's share of the buffer budget (shares). See join.
 type herds struct {
 	flights    flights
-	leading    sync.Map      // a flight's ID: the fields its leader's fetch sends
-	hedgeAfter time.Duration // Config.HedgeAfter; 0 for never
-	shares     *body.Shares  // each client's share of the buffer budget, for the fetches it leads
+	leading    sync.Map     // a flight's ID: its *leading, while it runs
+	hedgeAfter atomic.Int64 // Config.HedgeAfter, a time.Duration; 0 for never
+	shares     *body.Shares // each client's share of the buffer budget, for the fetches it leads
 
 	mu    sync.Mutex
 	owned map[string]int // a first flight's ID: how many own flights run beside it
+}
+
+// leading is what herds know of a running flight's leader.
+type leading struct {
+	sent http.Header // the fields its fetch sends
+	held atomic.Bool // its request took hedgeAfter (see hold)
 }
 
 // flights runs at most one fetch per key at a time, and hands its result
@@ -110,18 +117,18 @@ func (p *Proxy) join(w http.ResponseWriter, r *http.Request, in fetch.Flight) (f
 		mine := in.Own()
 		own = p.herds.flights.Start(r.Context(), mine.ID, p.lead(mine, in.ID, interim))
 	}
-	if p.herds.flyingOwn(in.ID) {
+	if p.herds.flyingOwn(in.ID) && !p.herds.ledBySame(in.ID, in.Header) {
 		// Clients of the key fly on their own (the first flight's answer
-		// was another's, or its leader took too long): join those that
-		// send what this one sends, if they do, rather than start
-		// another first flight beside theirs.
+		// was another's, or its leader's request is held): join those
+		// that send what this one sends, if they do, rather than start
+		// another first flight beside theirs, or wait on the held one.
 		flyOwn()
 	} else {
 		first = p.herds.flights.Start(r.Context(), in.ID, p.lead(in, "", interim))
 	}
 	var hedge <-chan time.Time
-	if p.herds.hedgeAfter > 0 {
-		t := time.NewTimer(p.herds.hedgeAfter)
+	if d := time.Duration(p.herds.hedgeAfter.Load()); d > 0 {
+		t := time.NewTimer(d)
 		defer t.Stop()
 		hedge = t.C
 	}
@@ -162,9 +169,13 @@ func (p *Proxy) join(w http.ResponseWriter, r *http.Request, in fetch.Flight) (f
 			}
 			// Another's request leads the first flight. If it sent what
 			// this one sends, this one's would take as long: wait on.
-			if sent, ok := p.herds.leading.Load(in.ID); first.Led() || ok && httprule.SameFields(sent.(http.Header), in.Header) {
+			if first.Led() || p.herds.ledBySame(in.ID, in.Header) {
 				continue
 			}
+			// The origin holds it: the clients that come while it does
+			// fly on their own at once (flyingOwn), rather than each
+			// wait hedgeAfter for it again.
+			p.herds.hold(in.ID)
 			flyOwn()
 			continue
 		case <-r.Context().Done():
@@ -192,7 +203,7 @@ func (p *Proxy) join(w http.ResponseWriter, r *http.Request, in fetch.Flight) (f
 // is the ID of the first flight it flies beside.
 func (p *Proxy) lead(in fetch.Flight, base string, interim *respond.Interim) coalesce.Fetch[*fetch.Result] {
 	return func(ctx context.Context) (*fetch.Result, error) {
-		p.herds.leading.Store(in.ID, in.Header)
+		p.herds.leading.Store(in.ID, &leading{sent: in.Header})
 		defer p.herds.leading.Delete(in.ID)
 		if base != "" {
 			p.herds.own(base, 1)
@@ -216,8 +227,28 @@ func (h *herds) own(base string, n int) {
 	}
 }
 
-// flyingOwn reports whether own flights run beside the first flight base.
+// hold records that the first flight base, if it still runs, is held:
+// its leader's request took hedgeAfter, and its waiters fly on their own.
+// Until it ends, the clients that come fly on their own too (flyingOwn).
+func (h *herds) hold(base string) {
+	if l, ok := h.leading.Load(base); ok {
+		l.(*leading).held.Store(true)
+	}
+}
+
+// ledBySame reports whether the leader of the flight id sent what a
+// request with header h sends: h's own request would fare as the leader's.
+func (h *herds) ledBySame(id string, header http.Header) bool {
+	l, ok := h.leading.Load(id)
+	return ok && httprule.SameFields(l.(*leading).sent, header)
+}
+
+// flyingOwn reports whether own flights run beside the first flight base,
+// or it is held.
 func (h *herds) flyingOwn(base string) bool {
+	if l, ok := h.leading.Load(base); ok && l.(*leading).held.Load() {
+		return true
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.owned[base] > 0

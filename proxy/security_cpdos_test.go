@@ -190,3 +190,44 @@ func TestFullCapsServeStaleAtOnce(t *testing.T) {
 		t.Errorf("victim while the caps are full: %+v, want the stale copy at once", r)
 	}
 }
+
+// Issue 23, verification attack (tarpit-hangup): the clients of a URL
+// whose first flight the origin holds (an abuser's field it tarpits) hedge
+// after -hedge-after; once their own flights ended, the next client joined
+// the held flight again and waited -hedge-after too, each time the abuser
+// renewed it. While a first flight is known to be slow, a client with
+// other fields than its leader's flies on its own at once.
+func TestAHeldFlightHoldsOnlyItsFirstWaiters(t *testing.T) {
+	clk := newClock()
+	arrived, release := make(chan struct{}, 1), make(chan struct{})
+	defer close(release)
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("X-Bad") != "" {
+			arrived <- struct{}{}
+			<-release
+		}
+		w.Header().Set("Cache-Control", "max-age=1")
+		fmt.Fprint(w, "good")
+	})
+	p := newTestProxy(t, o, clk, Config{HedgeAfter: 20 * time.Millisecond})
+	get(p, "/q")
+	clk.Advance(2 * time.Second)
+
+	go get(p, "/q", "User-Agent", "abuser", "X-Bad", "1")
+	testwait.Receive(t, arrived, "the abuser's fetch to be held")
+	if r, _ := get(p, "/q", "User-Agent", "victim/1"); r.Body != "good" {
+		t.Fatalf("the first victim: %+v, want its own answer after -hedge-after", r)
+	}
+	// From now on a client that still joined the held flight would wait
+	// for ever.
+	p.herds.hedgeAfter.Store(int64(time.Hour))
+	clk.Advance(2 * time.Second)
+	victim := make(chan response, 1)
+	go func() {
+		r, _ := get(p, "/q", "User-Agent", "victim/2")
+		victim <- r
+	}()
+	if r := testwait.Receive(t, victim, "the second victim's answer"); r.Body != "good" {
+		t.Errorf("the second victim: %+v, want its own answer", r)
+	}
+}
