@@ -377,28 +377,16 @@ func (p *Proxy) refresh(r *http.Request, key, vkey string, stale *stored.Entry) 
 	}
 }
 
-// confirm asks the origin again, in the background, for what the flight
-// in got an answer to that was perhaps its leader's own (fetch.Result.Confirm:
-// an error in place of a good answer, or one it may not share): with
-// nothing of one client's, so that the answer is everyone's, and is
-// stored, or makes a pass mark, for everyone. Like a refresh, once per key
-// at a time, and not again before a failed refresh's back-off has passed;
-// and not once the store holds something else than what in found (the
-// answer of a confirmation that ran already).
+// confirm refreshes in's stale entry, a good answer, in the background,
+// once the flight in got an answer in its place that was perhaps its
+// leader's own (fetch.Result.Confirm: an error, or one it may not share):
+// the refresh carries nothing of one client's, so that what it gets is
+// everyone's, and replaces the entry, or makes a pass mark, for everyone.
+// Not once the store holds something else than in's stale entry (the
+// answer of a refresh that ran already, or of another client's flight).
 func (p *Proxy) confirm(r *http.Request, in fetch.Flight) {
-	cur, _, _ := p.store.Lookup(r.Context(), in.Key, r.Header)
-	if cur != in.Stale && (cur == nil || in.Stale == nil || cur.ID != in.Stale.ID) {
-		return // stored since: a confirmation's answer, or another's
-	}
-	if in.Stale != nil {
+	if cur, _, _ := p.store.Lookup(r.Context(), in.Key, r.Header); cur != nil && cur.ID == in.Stale.ID {
 		p.refresh(r, in.Key, in.VKey, in.Stale)
-		return
-	}
-	started := p.herds.flights.Refresh(r.Context(), fetch.FlightID(r, in.VKey), func() coalesce.Fetch[*fetch.Result] {
-		return p.fetcher.Refresh(in.Neutralized())
-	})
-	if started {
-		p.stats.Refreshes.Add(1)
 	}
 }
 

@@ -144,31 +144,37 @@ const failureWindow = 10 * time.Second
 //   - a status that may speak of the request (httprule.AboutTheRequest:
 //     a spent quota, a refused credential or field) that the origin did
 //     not let caches keep;
-//   - an answer that may not be shared (Set-Cookie, private, Vary: *,
-//     ...), which may be so because of what the leader sent (its
-//     cookie): a pass mark would send every client upstream on its own,
-//     and drop the copy that stands in for a failing origin;
-//   - an error or a redirect in place of a good stored answer, however
+//   - in place of a good stored answer (a 2xx), one that may not be shared
+//     (Set-Cookie, private, Vary: *, ...), which may be so because of what
+//     the leader sent (its cookie): a pass mark would send every client
+//     upstream on its own, and drop the copy that stands in for a failing
+//     origin;
+//   - in place of a good stored answer, an error or a redirect, however
 //     fresh the origin made it: one client's field may have provoked it
 //     (cache poisoning by denial of service), unless it is a server error
 //     the stored answer stands in for anyway (standIn).
 //
-// In the last two cases a request with nothing of one client's asks again
-// (Result.Confirm): if the answer is everyone's, it is stored for everyone
-// then.
+// In the last two cases a refresh of the stored answer, which carries
+// nothing of one client's, asks again (Result.Confirm): if the answer is
+// everyone's, it replaces the stored one for everyone then. With nothing
+// good stored, an answer is the only one there is: stored, shared, or a
+// pass mark, as RFC 9111 says.
 func personal(in Flight, e *stored.Entry, standIn bool) bool {
 	if in.Neutral || in.Credentialed {
 		return false
 	}
-	switch stale := in.Stale; {
+	stale := in.Stale
+	switch {
 	case httprule.AboutTheRequest(e.Status) && !e.Decision.Storable:
 		return true
+	case stale == nil || stale.Kind != cache.Response || stale.Status < 200 || stale.Status >= 300:
+		// Nothing good stored: the answer is the only one there is, and
+		// stored, shared, or makes a pass mark as RFC 9111 says.
+		return false
 	case Passes(e.Decision, stale):
 		return true
-	case stale != nil && stale.Kind == cache.Response && stale.Status >= 200 && stale.Status < 300 && e.Status >= 300:
-		return !(httprule.IsServerError(e.Status) && standIn)
 	}
-	return false
+	return e.Status >= 300 && !(httprule.IsServerError(e.Status) && standIn)
 }
 
 // ErrPersonal ends an exchange whose answer may speak of its leader's

@@ -13,9 +13,7 @@ import (
 
 // Refresh returns the fetch of a background refresh that starts from in,
 // which carries nothing of one client's (Flight.Neutralized): a refresh
-// serves everyone. With no stale entry in it, it fetches in the background
-// what a client's request got an answer to that was perhaps its own
-// (Result.Confirm). A failure keeps the stale entry served, and the next
+// serves everyone. A failure keeps the stale entry served, and the next
 // refresh waits as long as the origin asked (backOff); an answer that may
 // no longer be shared passes the key.
 func (fc *Fetcher) Refresh(in Flight) coalesce.Fetch[*Result] {
@@ -27,8 +25,6 @@ func (fc *Fetcher) Refresh(in Flight) coalesce.Fetch[*Result] {
 		case err == nil && f.Source == LookAgain:
 			// The URI varies now; its variants refresh on their own. (Or
 			// the shared tier held a marker or a pass mark, now here.)
-		case Failed(f, err) && stale == nil:
-			fc.Log.Warn("background fetch failed", "key", key, "status", statusOf(f), "err", err)
 		case Failed(f, err):
 			// Keep serving the stale entry; ask again after the pause
 			// that exchange set (a refresh carries nothing of one
@@ -39,7 +35,7 @@ func (fc *Fetcher) Refresh(in Flight) coalesce.Fetch[*Result] {
 			// The origin no longer lets this be shared: stop serving
 			// the stale copy.
 			fc.Store.MarkPass(ctx, in.VKey, f.Entry.Decision.Reason)
-		case !f.Stored && f.Source == Origin && stale != nil:
+		case !f.Stored && f.Source == Origin:
 			// Nothing worth keeping came back (max-age=0 without
 			// validators, say): do not ask again on every stale hit.
 			stale.RefreshAt.Store(fc.Now().Add(RefreshBackoff).UnixNano())
