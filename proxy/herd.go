@@ -127,7 +127,10 @@ func (p *Proxy) join(w http.ResponseWriter, r *http.Request, in fetch.Flight) (f
 		first = p.herds.flights.Start(r.Context(), in.ID, p.lead(in, "", interim))
 	}
 	var hedge <-chan time.Time
-	if d := time.Duration(p.herds.hedgeAfter.Load()); d > 0 {
+	// No timer for the leader, for a client that flies on its own already,
+	// nor for one that sends what the leader sends (most of a herd): it
+	// would wait on (see below).
+	if d := time.Duration(p.herds.hedgeAfter.Load()); d > 0 && first != nil && !first.Led() && !p.herds.ledBySame(in.ID, in.Header) {
 		t := time.NewTimer(d)
 		defer t.Stop()
 		hedge = t.C
