@@ -183,7 +183,9 @@ func (p *Proxy) decide(r *http.Request, req freshness.RequestDirectives, key str
 				v.detail = cachestatus.RevalidatedRecently // the client asked for a fresher one
 			}
 			return v
-		case use.State == freshness.StaleWhileRevalidate:
+		case use.State == freshness.StaleWhileRevalidate && !(e.Refused.Load() && carriesFields(r, e)):
+			// (Unless its refresh was refused, and r may fare better
+			// with fields of its own: then it fetches, below.)
 			return verdict{do: doServeStale}
 		case use.Refused && e.FailedRecently(now, fetch.RefreshBackoff):
 			// The client asked for a fresher answer, but the last
@@ -222,6 +224,12 @@ func (p *Proxy) decide(r *http.Request, req freshness.RequestDirectives, key str
 		return verdict{do: doPass, fwd: fwd, detail: cachestatus.RequestNoStore}
 	}
 	return verdict{do: doFetch, fwd: fwd}
+}
+
+// carriesFields reports whether r sends upstream fields of its client's
+// beyond those e varies on.
+func carriesFields(r *http.Request, e *stored.Entry) bool {
+	return !httprule.OnlyFields(httprule.SharedFetchHeader(r.Header), e.Vary)
 }
 
 // requestDirectives reads r's Cache-Control and Pragma. Under

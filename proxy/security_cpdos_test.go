@@ -231,3 +231,37 @@ func TestAHeldFlightHoldsOnlyItsFirstWaiters(t *testing.T) {
 		t.Errorf("the second victim: %+v, want its own answer", r)
 	}
 }
+
+// Issue 23, verification attack (anon-swr): an abuser spent the origin's
+// anonymous tier, so the background refreshes, which carry nothing of one
+// client's, got 429, and the clients that send their own key were served
+// the stale answer for the whole stale-while-revalidate window (25 s old
+// data where the origin answered them fresh). Once a refresh is refused,
+// a client that sends fields of its own fetches in the foreground.
+func TestARefusedRefreshLetsKeyedClientsFetch(t *testing.T) {
+	clk := newClock()
+	var spent atomic.Bool
+	var version atomic.Int64
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("X-Api-Key") == "" && spent.Load() {
+			http.Error(w, "anonymous quota spent", http.StatusTooManyRequests)
+			return
+		}
+		w.Header().Set("Cache-Control", "max-age=1, stale-while-revalidate=30")
+		fmt.Fprintf(w, "v%d", version.Add(1))
+	})
+	p := newTestProxy(t, o, clk, Config{})
+	get(p, "/q", "X-Api-Key", "k1")
+	spent.Store(true)
+	clk.Advance(2 * time.Second)
+	if r, _ := get(p, "/q", "X-Api-Key", "k2"); r.Body != "v1" {
+		t.Fatalf("stale hit: %+v, want v1 while it refreshes", r)
+	}
+	p.Wait() // the refresh, refused
+	if r, _ := get(p, "/q", "X-Api-Key", "k3"); r.Body != "v2" {
+		t.Errorf("a keyed client after the refresh was refused: %+v, want v2, fetched with its key", r)
+	}
+	if r, _ := get(p, "/q"); r.Status != 200 || r.Body != "v2" {
+		t.Errorf("an anonymous client then: %+v, want v2 from the cache", r)
+	}
+}

@@ -7,6 +7,7 @@ import (
 
 	"corral/coalesce"
 	"corral/freshness"
+	"corral/proxy/internal/httprule"
 	"corral/proxy/internal/stored"
 	"corral/proxy/upstream"
 )
@@ -31,6 +32,13 @@ func (fc *Fetcher) Refresh(in Flight) coalesce.Fetch[*Result] {
 			// client's: its failure is the resource's).
 			retry := time.Duration(max(stale.RefreshAt.Load()-fc.Now().UnixNano(), 0))
 			fc.Log.Warn("background refresh failed", "key", key, "status", statusOf(f), "err", err, "retry_in", retry)
+		case f.Source == Origin && httprule.AboutTheRequest(f.Entry.Status):
+			// The origin refuses a request with nothing of one client's
+			// (one user may have spent its anonymous tier): clients that
+			// send their own fields fetch in the foreground from now on,
+			// rather than be served this stale copy (issue 23).
+			stale.Refused.Store(true)
+			stale.RefreshAt.Store(fc.Now().Add(RefreshBackoff).UnixNano())
 		case Passes(f.Entry.Decision, stale):
 			// The origin no longer lets this be shared: stop serving
 			// the stale copy.

@@ -66,6 +66,13 @@ type Entry struct {
 	// must not pin a stale answer on everyone for longer than that.
 	FailedAt atomic.Int64
 
+	// Refused says a background refresh of the entry, which carries
+	// nothing of one client's, was answered with a status about the
+	// request (httprule.AboutTheRequest: an anonymous tier spent, a
+	// credential required): the origin refuses corral's own requests
+	// now, and may well answer a client that sends its own key.
+	Refused atomic.Bool
+
 	// LastFailure is the last failed validation of the entry by a
 	// request that carried one client's fields, which another client's
 	// must confirm before everyone backs off (confirmedFailure).
