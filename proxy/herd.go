@@ -71,7 +71,7 @@ type flights interface {
 func (p *Proxy) fetchAndServe(w http.ResponseWriter, r *http.Request, req freshness.RequestDirectives, in fetch.Flight, fwd cachestatus.Fwd) requestOutcome {
 	f, leader, err := p.join(w, r, in)
 	if leader && err == nil && f.Confirm {
-		p.confirm(r, in)
+		p.confirm(r, in, f)
 	}
 	now := p.now()
 	if in.Stale == nil && in.Shared && fetch.Failed(f, err) {
@@ -380,16 +380,22 @@ func (p *Proxy) refresh(r *http.Request, key, vkey string, stale *stored.Entry) 
 	}
 }
 
-// confirm refreshes in's stale entry, a good answer, in the background,
-// once the flight in got an answer in its place that was perhaps its
-// leader's own (fetch.Result.Confirm: an error, or one it may not share):
-// the refresh carries nothing of one client's, so that what it gets is
-// everyone's, and replaces the entry, or makes a pass mark, for everyone.
-// Not once the store holds something else than in's stale entry (the
-// answer of a refresh that ran already, or of another client's flight).
-func (p *Proxy) confirm(r *http.Request, in fetch.Flight) {
-	if cur, _, _ := p.store.Lookup(r.Context(), in.Key, r.Header); cur != nil && cur.ID == in.Stale.ID {
-		p.refresh(r, in.Key, in.VKey, in.Stale)
+// confirm refreshes, in the background, what the flight in leaves
+// stored when its answer f was perhaps its leader's own
+// (fetch.Result.Confirm): in's stale entry, a good answer that f, an error
+// or one it may not share, did not replace; or f itself, an error stored
+// in place of another that one client's fields got. The refresh carries
+// nothing of one client's, so that what it gets is everyone's, and
+// replaces the entry, or makes a pass mark, for everyone. Not once the
+// store holds something else (the answer of a refresh that ran already,
+// or of another client's flight).
+func (p *Proxy) confirm(r *http.Request, in fetch.Flight, f *fetch.Result) {
+	want := in.Stale
+	if f.Stored {
+		want = f.Entry
+	}
+	if cur, _, _ := p.store.Lookup(r.Context(), in.Key, r.Header); cur != nil && want != nil && cur.ID == want.ID {
+		p.refresh(r, in.Key, in.VKey, cur)
 	}
 }
 

@@ -265,3 +265,36 @@ func TestARefusedRefreshLetsKeyedClientsFetch(t *testing.T) {
 		t.Errorf("an anonymous client then: %+v, want v2 from the cache", r)
 	}
 }
+
+// Issue 23, verification attack (cold URL): with nothing stored, the
+// abuser's 404 was the first answer, stored for everyone for its lifetime
+// (as RFC 9111 lets a shared cache do); polling every 25 ms, the abuser
+// was first again at each expiry, and the others never got the answer the
+// origin gives them. When a request with one client's fields gets an error
+// again in place of an error that one got, a refresh with nothing of any
+// client's asks: the poison lasts one lifetime, not for as long as the
+// abuser polls.
+func TestOneClientsErrorOnAColdURLLastsOneLifetime(t *testing.T) {
+	clk := newClock()
+	var down atomic.Bool
+	o := cpdosOrigin(t, clk, &down, func(w http.ResponseWriter) {
+		w.Header().Set("Cache-Control", "max-age=60")
+		http.Error(w, "no such thing", http.StatusNotFound)
+	})
+	p := newTestProxy(t, o, clk, Config{})
+	abuser := []string{"User-Agent", "abuser", "X-Bad", "1"}
+	for round := range 2 {
+		if round > 0 {
+			clk.Advance(61 * time.Second) // the first 404 expired
+		}
+		if r, _ := get(p, "/cold", abuser...); r.Status != http.StatusNotFound {
+			t.Fatalf("the abuser, round %d: %+v, want its 404", round, r)
+		}
+		p.Wait()
+	}
+	for i := range 3 {
+		if r, _ := get(p, "/cold", "User-Agent", fmt.Sprintf("victim/%d", i)); r.Status != 200 || r.Body != "good" {
+			t.Errorf("victim %d after the abuser's second 404: %+v, want the good answer", i, r)
+		}
+	}
+}

@@ -310,7 +310,14 @@ func (fc *Fetcher) fetchUpstream(ctx context.Context, in Flight, lease *fleet.Le
 		return &Result{Entry: e, Own: own, Status: resp.StatusCode}, nil
 	}
 	f := &Result{Entry: e, Own: own, Status: resp.StatusCode}
+	e.FromFields = !in.Neutral && !in.Credentialed
 	f.Stored, f.inShared = fc.Store.Put(ctx, key, e, sent, nil, fc.sharer(ctx, lease))
+	// An error or a redirect that a request with one client's fields got,
+	// in place of one that such a request got: perhaps one client keeps
+	// it stored, first to ask again at each expiry with the field that
+	// provokes it (cache poisoning by denial of service). A refresh,
+	// with nothing of any client's, asks whether it is everyone's.
+	f.Confirm = f.Stored && e.FromFields && e.Status >= 300 && stale != nil && stale.FromFields && stale.Status >= 300
 	if lease != nil && Passes(e.Decision, stale) {
 		// Hit-for-miss across the fleet: the other replicas' clients
 		// go upstream each on their own too, rather than queue.

@@ -135,10 +135,10 @@ type Result struct {
 	Personal bool
 	Sent     http.Header
 
-	// Confirm says a Personal answer is one that may be everyone's
-	// after all (see personal): a background request with nothing of one
-	// client's should ask again (Refresh), whose answer is stored or
-	// shared, or makes a pass mark, as everyone's.
+	// Confirm says the answer may be its leader's own though it is
+	// everyone's now, or may be everyone's though it is its leader's
+	// (see personal, and Fetch's stored errors): a refresh, with nothing
+	// of one client's, should ask again, and its answer is everyone's.
 	Confirm bool
 
 	// inShared says the fetch left its answer, a response or a pass

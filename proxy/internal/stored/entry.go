@@ -44,6 +44,13 @@ type Entry struct {
 	// made it public, but never goes to the tier the fleet shares.
 	Credentialed bool
 
+	// FromFields says the response answered a request that carried one
+	// client's fields (beyond those it varies on), which may have
+	// provoked it: an error one client's field provoked is stored like
+	// any other, but the next must not keep it so (see fetch.Result.Confirm).
+	// Per process: an entry read from the shared tier says false.
+	FromFields bool
+
 	// languages maps, for a Vary marker of a response that varies on
 	// Accept-Language alone, each stored variant's Content-Language to
 	// its variant key, so that a request whose first choice is that
