@@ -85,6 +85,30 @@ func uploadRequest(path string, contentLength int64) (*http.Request, *io.PipeWri
 
 // serveAsync runs p.ServeHTTP for req on its own goroutine and delivers
 // the recorded answer.
+// holdUploads sends n uploads made by newReq to p, and returns how many
+// reached the origin, which signals each on posted and holds it, once each
+// of the others was answered: any upload may be one held, in any order.
+func holdUploads[T any](t *testing.T, p http.Handler, posted <-chan T, n int, newReq func() *http.Request) (held int) {
+	t.Helper()
+	answered := make(chan *http.Response, n)
+	for range n {
+		ch := serveAsync(p, newReq())
+		go func() { answered <- <-ch }()
+	}
+	busy := 0
+	for held+busy < n {
+		select {
+		case <-posted:
+			held++
+		case <-answered:
+			busy++
+		case <-time.After(testwait.Timeout):
+			t.Fatalf("uploads neither reached the origin nor were turned away (%d held, %d busy)", held, busy)
+		}
+	}
+	return held
+}
+
 func serveAsync(p http.Handler, req *http.Request) <-chan *http.Response {
 	ch := make(chan *http.Response, 1)
 	go func() {
@@ -540,25 +564,9 @@ func TestRequestBodiesCannotStarveSharedFetches(t *testing.T) {
 	p := newTestProxy(t, o, clk, Config{BufferBytes: 64 << 10, MaxRequestBodyBytes: 8 << 10, MaxObjectBytes: 40 << 10})
 	defer close(release)
 
-	// Any upload may be the one held: each is either held at the origin
-	// or answered, in whatever order.
-	answered := make(chan *http.Response, 8)
-	for range 8 {
-		req := httptest.NewRequest(http.MethodPost, "/post", strings.NewReader(strings.Repeat("b", 8<<10)))
-		ch := serveAsync(p, req)
-		go func() { answered <- <-ch }()
-	}
-	held, busy := 0, 0
-	for held+busy < 8 {
-		select {
-		case <-posted:
-			held++
-		case <-answered:
-			busy++
-		case <-time.After(10 * time.Second):
-			t.Fatalf("uploads neither reached the origin nor were turned away (%d held, %d busy)", held, busy)
-		}
-	}
+	held := holdUploads(t, p, posted, 8, func() *http.Request {
+		return httptest.NewRequest(http.MethodPost, "/post", strings.NewReader(strings.Repeat("b", 8<<10)))
+	})
 	if held == 0 || held > 2 {
 		t.Errorf("%d of 8 uploads of 8 KiB held at the origin with a 16 KiB share of the budget; want 1 or 2", held)
 	}
@@ -593,24 +601,11 @@ func TestOneClientsUploadsCannotLockOutOthers(t *testing.T) {
 	p := newTestProxy(t, o, clk, Config{BufferBytes: 64 << 10, MaxRequestBodyBytes: 4 << 10})
 	defer close(release)
 
-	answered := make(chan *http.Response, 8)
-	for range 8 {
+	held := holdUploads(t, p, posted, 8, func() *http.Request {
 		req := httptest.NewRequest(http.MethodPost, "/abuse", strings.NewReader(strings.Repeat("a", 4<<10)))
 		req.RemoteAddr = "192.0.2.66:1234"
-		ch := serveAsync(p, req)
-		go func() { answered <- <-ch }()
-	}
-	held, busy := 0, 0
-	for held+busy < 8 {
-		select {
-		case <-posted:
-			held++
-		case <-answered:
-			busy++
-		case <-time.After(10 * time.Second):
-			t.Fatalf("uploads neither reached the origin nor were turned away (%d held, %d busy)", held, busy)
-		}
-	}
+		return req
+	})
 	for i := range 3 {
 		req := httptest.NewRequest(http.MethodPost, "/victim", strings.NewReader(strings.Repeat("v", 4<<10)))
 		req.RemoteAddr = fmt.Sprintf("198.51.100.%d:1234", 10+i)
