@@ -1,7 +1,9 @@
 package proxy
 
 import (
+	"corral/freshness"
 	"corral/internal/testwait"
+	"corral/proxy/cache"
 	"fmt"
 	"net/http"
 	"strings"
@@ -295,6 +297,38 @@ func TestOneClientsErrorOnAColdURLLastsOneLifetime(t *testing.T) {
 	for i := range 3 {
 		if r, _ := get(p, "/cold", "User-Agent", fmt.Sprintf("victim/%d", i)); r.Status != 200 || r.Body != "good" {
 			t.Errorf("victim %d after the abuser's second 404: %+v, want the good answer", i, r)
+		}
+	}
+}
+
+// Issue 23, second verification attack (expiry-race): a good answer with
+// no stale window and no validators (s-maxage=2) left the store when it
+// expired, so that the URL was cold again, and the abuser, first to ask
+// at its expiry with the field the origin answers 404 to, had its 404
+// (fresh for -default-ttl 30s) stored for everyone. A good answer is kept
+// past its expiry, never served once stale, so that no client's error
+// takes its place.
+func TestAnExpiredGoodAnswerStillKeepsOneClientsErrorOut(t *testing.T) {
+	clk := newClock()
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("X-Bad") != "" {
+			http.Error(w, "no such thing", http.StatusNotFound) // -default-ttl makes it fresh
+			return
+		}
+		w.Header().Set("Cache-Control", "s-maxage=2")
+		fmt.Fprint(w, "good")
+	})
+	// A store that expires entries by the test's clock.
+	store := cache.NewMemory(cache.Config{MaxBytes: 1 << 20, Now: clk.Now})
+	p := newTestProxy(t, o, clk, Config{Store: store, Policy: freshness.Policy{DefaultTTL: 30 * time.Second}})
+	get(p, "/q", "User-Agent", "victim/0")
+	clk.Advance(10 * time.Second) // long expired, no stale window
+	if r, _ := get(p, "/q", "User-Agent", "abuser", "X-Bad", "1"); r.Status != http.StatusNotFound {
+		t.Fatalf("the abuser: %+v, want its 404", r)
+	}
+	for i := 1; i <= 3; i++ {
+		if r, _ := get(p, "/q", "User-Agent", fmt.Sprintf("victim/%d", i)); r.Status != 200 || r.Body != "good" {
+			t.Errorf("victim %d after the abuser: %+v, want the good answer", i, r)
 		}
 	}
 }

@@ -291,9 +291,12 @@ func (s *Store) Put(ctx context.Context, key string, e *Entry, reqTime time.Time
 	}
 	now := s.now()
 	ttl := e.Decision.Until().Sub(now)
-	if e.Entry.Header.Get("ETag") != "" || e.Entry.Header.Get("Last-Modified") != "" {
+	if e.Status >= 200 && e.Status < 300 && ttl > 0 || e.Entry.Header.Get("ETag") != "" || e.Entry.Header.Get("Last-Modified") != "" {
 		// Past its stale windows the entry still saves a body transfer
-		// when the origin answers a conditional request with 304.
+		// when the origin answers a conditional request with 304; and a
+		// good answer that had a lifetime, never served then, keeps an
+		// error that one client's field provokes from taking its place
+		// as if the URL had nothing stored (fetch's personal, issue 23).
 		ttl += validatorGrace
 	}
 	if ttl <= 0 {
@@ -359,8 +362,9 @@ func (s *Store) warnEvictions(now time.Time) {
 	s.log.Warn("cache full: evicting entries to stay within -cache-bytes", "evicted", n-seen, "stored_bytes", size.Bytes())
 }
 
-// validatorGrace is how long an entry with validators is kept past the
-// last moment it could be served, for revalidation.
+// validatorGrace is how long an entry with validators, or a good answer
+// (2xx), is kept past the last moment it could be served, for
+// revalidation.
 const validatorGrace = time.Minute
 
 // lookup returns what the store holds for a request to key with header h,
