@@ -39,7 +39,7 @@ printf '%s\n' "${lines[@]}" | awk '
 	if (!(sys in seen)) { seen[sys] = 1; order[++n] = sys }
 	for (i = 2; i <= NF; i++) {
 		split($i, kv, "="); k = kv[1]; v = kv[2]
-		if (v !~ /^[0-9.]+(ms|s|us)?$/) continue
+		if (v !~ /^[0-9.]+(ms|s|us|µs)?$/) continue
 		if (!((sys, k) in cnt)) { keys[sys, ++nk[sys]] = k }
 		unit = v; sub(/^[0-9.]+/, "", unit); units[sys, k] = unit
 		val[sys, k, ++cnt[sys, k]] = v + 0
