@@ -332,3 +332,40 @@ func TestAnExpiredGoodAnswerStillKeepsOneClientsErrorOut(t *testing.T) {
 		}
 	}
 }
+
+// Issue 23, second verification attack (inflight-hog-split): with the
+// caps full, a failed fetch of a stale URL (turned away) made the next
+// clients' hits start a background refresh, which waited in the queue,
+// and each client that came next joined its flight and waited too. A
+// refresh with a stale copy that may stand in is turned away at once, as
+// a client's fetch is, and no client waits.
+func TestFullCapsHoldNoClientOnARefresh(t *testing.T) {
+	clk := newClock()
+	arrived, release := make(chan struct{}, 1), make(chan struct{})
+	defer close(release)
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/hog" {
+			arrived <- struct{}{}
+			<-release
+		}
+		w.Header().Set("Cache-Control", "max-age=1, stale-if-error=60")
+		fmt.Fprint(w, "good")
+	})
+	// No hedging: a client that joined a queued flight would wait for
+	// the queue, up to the upstream timeout.
+	p := newTestProxy(t, o, clk, Config{UpstreamMaxInflight: 1, UpstreamMaxQueue: 1000, HedgeAfter: -1})
+	get(p, "/q")
+	go get(p, "/hog", "User-Agent", "abuser")
+	testwait.Receive(t, arrived, "the abuser's fetch to hold the one slot")
+	for i := range 12 {
+		clk.Advance(300 * time.Millisecond)
+		victim := make(chan response, 1)
+		go func() {
+			r, _ := get(p, "/q", "X-Api-Key", fmt.Sprintf("good-%d", i))
+			victim <- r
+		}()
+		if r := testwait.Receive(t, victim, fmt.Sprintf("victim %d's answer, while the caps are full", i)); r.Body != "good" {
+			t.Errorf("victim %d: %+v, want the stale copy", i, r)
+		}
+	}
+}

@@ -224,9 +224,12 @@ func (fc *Fetcher) fetchUpstream(ctx context.Context, in Flight, lease *fleet.Le
 		// pause the URL (see upstream.WithNeutral).
 		out = out.WithContext(upstream.WithNeutral(out.Context()))
 	}
-	if stale != nil && !in.Background && stale.Decision.UsableDisconnected() {
+	if stale != nil && stale.Decision.UsableDisconnected() {
 		// The stale response stands in, at once, for full upstream caps
-		// (serveError), rather than its clients wait in the queue.
+		// (serveError), rather than its clients wait in the queue; a
+		// refresh, turned away, backs off and a later hit starts it
+		// again, rather than hold, queued, a flight that the clients
+		// that come join and wait on.
 		out = out.WithContext(upstream.WithoutWait(out.Context()))
 	}
 	resp, sent, err := fc.Guard.Send(out)
