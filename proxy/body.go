@@ -6,6 +6,8 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"corral/proxy/internal/body"
@@ -25,8 +27,102 @@ func hasBody(r *http.Request) bool {
 // origin cannot turn away everyone else's (issue 23).
 type requestBodies struct {
 	shares  *body.Shares
+	uploads *uploads
 	max     int64
 	timeout time.Duration
+}
+
+// uploads are the request bodies being read, so that one that stalled can
+// give its room up to a new one that needs it (makeRoom): one client from
+// five addresses, each within its share, held uploads one byte short of
+// their end until the request bodies' budget was spent, and every other
+// upload got 503 until -request-body-timeout (issue 23). A stalled reader
+// of an answer gives its room up the same way (body.Unstored).
+type uploads struct {
+	budget *body.Budget // the request bodies' budget
+	now    func() time.Time
+
+	mu sync.Mutex
+	m  map[*upload]struct{}
+}
+
+// upload is one request body being read.
+type upload struct {
+	last atomic.Int64 // when its last byte arrived, in Unix nanoseconds
+	cut  func()       // ends its read, which then fails and gives its room back
+}
+
+// stallGrace is how long an upload may receive nothing and keep its room
+// when another needs it.
+const stallGrace = time.Second
+
+func newUploads(budget *body.Budget, now func() time.Time) *uploads {
+	u := &uploads{budget: budget, now: now, m: make(map[*upload]struct{})}
+	budget.SetMakeRoom(u.makeRoom)
+	return u
+}
+
+// makeRoom cuts the uploads that received nothing for stallGrace, and
+// waits (a second at most) for them to give back room for n bytes; it
+// reports whether they did.
+func (u *uploads) makeRoom(n int64) bool {
+	now := u.now()
+	var stalled []*upload
+	u.mu.Lock()
+	for up := range u.m {
+		if now.Sub(time.Unix(0, up.last.Load())) >= stallGrace {
+			stalled = append(stalled, up)
+			delete(u.m, up)
+		}
+	}
+	u.mu.Unlock()
+	if len(stalled) == 0 {
+		return false
+	}
+	for _, up := range stalled {
+		up.cut()
+	}
+	fits := func() bool { return u.budget.InUse()+n <= u.budget.Limit() }
+	for deadline := time.Now().Add(time.Second); !fits() && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond) // their readers return on their own goroutines
+	}
+	return fits()
+}
+
+// start registers r's body as an upload being read, its progress seen
+// through the body it returns; done unregisters it.
+func (u *uploads) start(r *http.Request, rc *http.ResponseController) (rd io.ReadCloser, done func()) {
+	up := &upload{}
+	up.last.Store(u.now().UnixNano())
+	orig := r.Body
+	up.cut = func() {
+		if rc.SetReadDeadline(time.Now()) != nil {
+			orig.Close() // no connection to set a deadline on: in process
+		}
+	}
+	u.mu.Lock()
+	u.m[up] = struct{}{}
+	u.mu.Unlock()
+	return &progressBody{ReadCloser: orig, up: up, now: u.now}, func() {
+		u.mu.Lock()
+		delete(u.m, up)
+		u.mu.Unlock()
+	}
+}
+
+// progressBody notes when each byte of an upload arrives.
+type progressBody struct {
+	io.ReadCloser
+	up  *upload
+	now func() time.Time
+}
+
+func (b *progressBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if n > 0 {
+		b.up.last.Store(b.now().UnixNano())
+	}
+	return n, err
 }
 
 // buffer reads r's body into memory before r goes anywhere, as
@@ -55,7 +151,11 @@ func (rb requestBodies) buffer(w http.ResponseWriter, r *http.Request, client ne
 		w.Header().Set("Connection", "close")
 	}
 	share := rb.shares.Acquire(client)
-	bb, err := body.ReadRequest(r, http.NewResponseController(w), &share.Budget, rb.max, rb.timeout)
+	rc := http.NewResponseController(w)
+	var done func()
+	r.Body, done = rb.uploads.start(r, rc)
+	bb, err := body.ReadRequest(r, rc, &share.Budget, rb.max, rb.timeout)
+	done()
 	if err != nil {
 		rb.shares.Release(share)
 		w.Header().Set("Connection", "close")

@@ -229,6 +229,7 @@ func New(cfg Config) (*Proxy, error) {
 	// holding a body of the largest size reserves a little more).
 	bodies := quarter()
 	p.requests.shares = body.NewShares(bodies, min(max(bodies.Limit()/4, 2*p.requests.max), bodies.Limit()))
+	p.requests.uploads = newUploads(bodies, p.now)
 	minRate := orDefault(cfg.ClientMinRate, 64<<10)
 	if cfg.ClientMinRate < 0 {
 		minRate = 0 // none

@@ -719,3 +719,45 @@ func TestStalledPassThroughsCannotStarveSharedFetches(t *testing.T) {
 		t.Errorf("a cold herd of 20 behind 4 stalled pass-throughs cost %d upstream requests, want 1", n)
 	}
 }
+
+// Issue 23, second verification attack (upload-lockout-5ip): five
+// addresses, each within its share, held uploads one byte short until the
+// request bodies' budget was spent, and every other upload got 503 for up
+// to -request-body-timeout. An upload that has stalled gives its room up
+// to a new one that needs it, as a stalled reader of an answer does.
+func TestStalledUploadsMakeRoom(t *testing.T) {
+	clk := newClock()
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+	})
+	// 16 KiB for request bodies, 2 KiB each at most, 4 KiB a client.
+	p := newTestProxy(t, o, clk, Config{BufferBytes: 64 << 10, MaxRequestBodyBytes: 2 << 10})
+	var abusers []*io.PipeWriter
+	answered := make(chan *http.Response, 8)
+	for i := range 8 {
+		pr, pw := io.Pipe()
+		abusers = append(abusers, pw)
+		req := httptest.NewRequest(http.MethodPost, "/upload", pr)
+		req.ContentLength = 2 << 10
+		req.RemoteAddr = fmt.Sprintf("203.0.113.%d:1234", 1+i/2)
+		ch := serveAsync(p, req)
+		go func() { answered <- <-ch }()
+		go pw.Write(bytes.Repeat([]byte("a"), 2<<10-1)) // never the last byte
+	}
+	defer func() {
+		for _, pw := range abusers {
+			pw.Close()
+		}
+	}()
+	testwait.Until(t, "the held uploads to fill the request bodies' budget", func() bool {
+		return p.requests.shares.Parent().InUse() >= 16<<10
+	})
+	clk.Advance(2 * time.Second) // they have stalled
+	for i := range 3 {
+		req := httptest.NewRequest(http.MethodPost, "/upload", strings.NewReader(strings.Repeat("v", 2<<10)))
+		req.RemoteAddr = fmt.Sprintf("198.51.100.%d:1234", 10+i)
+		if res := testwait.Receive(t, serveAsync(p, req), "a victim's upload"); res.StatusCode != 200 {
+			t.Errorf("victim %d's upload, with stalled uploads holding the budget: %d %q, want 200", i, res.StatusCode, res.Header.Get("Cache-Status"))
+		}
+	}
+}

@@ -39,7 +39,17 @@ type Budget struct {
 	parent *Budget // a reservation here is one there too; nil for the whole
 	inUse  atomic.Int64
 	peak   atomic.Int64
+
+	// makeRoom, when set, is asked for room for n bytes that do not
+	// fit (by cutting what holds room without using it), and reports
+	// whether the reservation should be tried again (SetMakeRoom).
+	makeRoom func(n int64) bool
 }
+
+// SetMakeRoom makes b ask makeRoom for room when a reservation does not
+// fit, and try once more when it reports there may be some. Set it before
+// b is used.
+func (b *Budget) SetMakeRoom(makeRoom func(n int64) bool) { b.makeRoom = makeRoom }
 
 // InUse returns the bytes reserved now.
 func (b *Budget) InUse() int64 { return b.inUse.Load() }
@@ -58,7 +68,7 @@ func (b *Budget) Peak() int64 { return b.peak.Load() }
 
 // reserve takes n bytes of the budget, and of its parent's, if they fit.
 func (b *Budget) Reserve(n int64) bool {
-	if !b.take(n) {
+	if !b.take(n) && (b.makeRoom == nil || !b.makeRoom(n) || !b.take(n)) {
 		return false
 	}
 	if b.parent != nil && !b.parent.Reserve(n) {
@@ -299,6 +309,9 @@ func (s *Shares) Acquire(client netip.Addr) *Share {
 	sh.users++
 	return sh
 }
+
+// Parent returns the budget the shares are of.
+func (s *Shares) Parent() *Budget { return s.parent }
 
 // Release gives back sh, which Acquire returned.
 func (s *Shares) Release(sh *Share) {
