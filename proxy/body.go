@@ -39,8 +39,9 @@ type requestBodies struct {
 // upload got 503 until -request-body-timeout (issue 23). A stalled reader
 // of an answer gives its room up the same way (body.Unstored).
 type uploads struct {
-	budget *body.Budget // the request bodies' budget
-	now    func() time.Time
+	budget  *body.Budget // the request bodies' budget
+	minRate int64        // bytes a second an upload must average to keep its room; 0: any
+	now     func() time.Time
 
 	mu sync.Mutex
 	m  map[*upload]struct{}
@@ -48,21 +49,35 @@ type uploads struct {
 
 // upload is one request body being read.
 type upload struct {
-	last atomic.Int64 // when its last byte arrived, in Unix nanoseconds
-	cut  func()       // ends its read, which then fails and gives its room back
+	start time.Time
+	bytes atomic.Int64 // received so far
+	last  atomic.Int64 // when its last byte arrived, in Unix nanoseconds
+	cut   func()       // ends its read, which then fails and gives its room back
+}
+
+// stalled reports whether up, at now, received nothing for stallGrace, or
+// less than minRate a second on average since it began, stallGrace ago or
+// more: a client that trickles a byte now and then holds its room as
+// surely as one that stopped.
+func (up *upload) stalled(now time.Time, minRate int64) bool {
+	if now.Sub(time.Unix(0, up.last.Load())) >= stallGrace {
+		return true
+	}
+	took := now.Sub(up.start)
+	return took >= stallGrace && float64(up.bytes.Load()) < float64(minRate)*took.Seconds()
 }
 
 // stallGrace is how long an upload may receive nothing and keep its room
 // when another needs it.
 const stallGrace = time.Second
 
-func newUploads(budget *body.Budget, now func() time.Time) *uploads {
-	u := &uploads{budget: budget, now: now, m: make(map[*upload]struct{})}
+func newUploads(budget *body.Budget, minRate int64, now func() time.Time) *uploads {
+	u := &uploads{budget: budget, minRate: minRate, now: now, m: make(map[*upload]struct{})}
 	budget.SetMakeRoom(u.makeRoom)
 	return u
 }
 
-// makeRoom cuts the uploads that received nothing for stallGrace, and
+// makeRoom cuts the uploads that stalled (upload.stalled), and
 // waits (a second at most) for them to give back room for n bytes; it
 // reports whether they did.
 func (u *uploads) makeRoom(n int64) bool {
@@ -70,7 +85,7 @@ func (u *uploads) makeRoom(n int64) bool {
 	var stalled []*upload
 	u.mu.Lock()
 	for up := range u.m {
-		if now.Sub(time.Unix(0, up.last.Load())) >= stallGrace {
+		if up.stalled(now, u.minRate) {
 			stalled = append(stalled, up)
 			delete(u.m, up)
 		}
@@ -92,8 +107,8 @@ func (u *uploads) makeRoom(n int64) bool {
 // start registers r's body as an upload being read, its progress seen
 // through the body it returns; done unregisters it.
 func (u *uploads) start(r *http.Request, rc *http.ResponseController) (rd io.ReadCloser, done func()) {
-	up := &upload{}
-	up.last.Store(u.now().UnixNano())
+	up := &upload{start: u.now()}
+	up.last.Store(up.start.UnixNano())
 	orig := r.Body
 	up.cut = func() {
 		if rc.SetReadDeadline(time.Now()) != nil {
@@ -120,6 +135,7 @@ type progressBody struct {
 func (b *progressBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	if n > 0 {
+		b.up.bytes.Add(int64(n))
 		b.up.last.Store(b.now().UnixNano())
 	}
 	return n, err

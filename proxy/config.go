@@ -229,11 +229,11 @@ func New(cfg Config) (*Proxy, error) {
 	// holding a body of the largest size reserves a little more).
 	bodies := quarter()
 	p.requests.shares = body.NewShares(bodies, min(max(bodies.Limit()/4, 2*p.requests.max), bodies.Limit()))
-	p.requests.uploads = newUploads(bodies, p.now)
 	minRate := orDefault(cfg.ClientMinRate, 64<<10)
 	if cfg.ClientMinRate < 0 {
 		minRate = 0 // none
 	}
+	p.requests.uploads = newUploads(bodies, minRate, p.now)
 	p.unstored = body.NewUnstored(quarter(), minRate, p.now)
 	p.herds = herds{
 		flights: &coalesce.Group[*fetch.Result]{Timeout: timeout},

@@ -726,6 +726,15 @@ func TestStalledPassThroughsCannotStarveSharedFetches(t *testing.T) {
 // to -request-body-timeout. An upload that has stalled gives its room up
 // to a new one that needs it, as a stalled reader of an answer does.
 func TestStalledUploadsMakeRoom(t *testing.T) {
+	for _, trickle := range []bool{false, true} {
+		t.Run(fmt.Sprintf("trickling %v", trickle), func(t *testing.T) { testStalledUploads(t, trickle) })
+	}
+}
+
+// testStalledUploads holds uploads one byte short, or, with trickle, sends
+// them a byte every 0.9 s: never idle for a second, far below
+// -client-min-rate.
+func testStalledUploads(t *testing.T, trickle bool) {
 	clk := newClock()
 	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)
@@ -742,7 +751,7 @@ func TestStalledUploadsMakeRoom(t *testing.T) {
 		req.RemoteAddr = fmt.Sprintf("203.0.113.%d:1234", 1+i/2)
 		ch := serveAsync(p, req)
 		go func() { answered <- <-ch }()
-		go pw.Write(bytes.Repeat([]byte("a"), 2<<10-1)) // never the last byte
+		go pw.Write(bytes.Repeat([]byte("a"), 1<<10)) // far from the last byte
 	}
 	defer func() {
 		for _, pw := range abusers {
@@ -752,8 +761,21 @@ func TestStalledUploadsMakeRoom(t *testing.T) {
 	testwait.Until(t, "the held uploads to fill the request bodies' budget", func() bool {
 		return p.requests.shares.Parent().InUse() >= 16<<10
 	})
-	clk.Advance(2 * time.Second) // they have stalled
+	drip := func() {
+		clk.Advance(900 * time.Millisecond)
+		for _, pw := range abusers {
+			pw.Write([]byte("a")) // read at once: the budget holds the body's length
+		}
+	}
+	if trickle {
+		drip()
+	} else {
+		clk.Advance(2 * time.Second) // they have stalled
+	}
 	for i := range 3 {
+		if trickle {
+			drip()
+		}
 		req := httptest.NewRequest(http.MethodPost, "/upload", strings.NewReader(strings.Repeat("v", 2<<10)))
 		req.RemoteAddr = fmt.Sprintf("198.51.100.%d:1234", 10+i)
 		if res := testwait.Receive(t, serveAsync(p, req), "a victim's upload"); res.StatusCode != 200 {
