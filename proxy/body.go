@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"errors"
 	"io"
 	"net/http"
@@ -198,12 +197,17 @@ func (rb requestBodies) buffer(w http.ResponseWriter, r *http.Request, client ne
 	r.TransferEncoding = nil
 	r.Body = http.NoBody
 	r.GetBody = func() (io.ReadCloser, error) { return http.NoBody, nil }
+	held := body.NewHeld(b)
 	if len(b) > 0 {
-		r.Body = io.NopCloser(bytes.NewReader(b))
-		r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }
+		r.Body = held.Reader()
+		r.GetBody = func() (io.ReadCloser, error) { return held.Reader(), nil }
 	}
+	var once sync.Once
 	return func() {
-		bb.Release()
-		rb.shares.Release(share)
+		once.Do(func() {
+			held.Drop() // no reference left to the bytes: the room is theirs
+			bb.Release()
+			rb.shares.Release(share)
+		})
 	}, outNone
 }

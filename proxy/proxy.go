@@ -92,6 +92,8 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request, start time.Time) 
 			return o // refused, and answered
 		}
 		defer release()
+		// Or as soon as the origin's answer begins (pass).
+		r = r.WithContext(body.WithRelease(r.Context(), release))
 	}
 	if fwd, d := httprule.Bypass(r); fwd != "" {
 		return p.passThrough(w, r, key, fwd, d)

@@ -783,3 +783,40 @@ func testStalledUploads(t *testing.T, trickle bool) {
 		}
 	}
 }
+
+// Issue 23, third attack on uploads (up-held-origin, up-slowread): a body
+// that had arrived kept its room in the budget until its answer was
+// written, so uploads whose answers one client read slowly, or that a
+// slow origin held, from several addresses, kept every large upload out.
+// Once the origin's answer has begun, the body sent is no one's to hold.
+func TestAnsweredUploadsGiveTheirRoomBack(t *testing.T) {
+	clk := newClock()
+	release, held := make(chan struct{}), make(chan struct{}, 8)
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		if r.URL.Path == "/held" {
+			w.WriteHeader(200)
+			w.(http.Flusher).Flush() // the answer has begun, and stops
+			held <- struct{}{}
+			<-release
+		}
+	})
+	defer close(release)
+	p := newTestProxy(t, o, clk, Config{BufferBytes: 64 << 10, MaxRequestBodyBytes: 2 << 10})
+	for i := range 8 {
+		req := httptest.NewRequest(http.MethodPost, "/held", strings.NewReader(strings.Repeat("a", 2<<10)))
+		req.RemoteAddr = fmt.Sprintf("203.0.113.%d:1234", 1+i/2)
+		serveAsync(p, req)
+	}
+	for range 8 {
+		testwait.Receive(t, held, "the answers to begin and be held")
+	}
+	testwait.Until(t, "the held answers' uploads to give their room back", func() bool {
+		return p.requests.shares.Parent().InUse() == 0
+	})
+	req := httptest.NewRequest(http.MethodPost, "/upload", strings.NewReader(strings.Repeat("v", 2<<10)))
+	req.RemoteAddr = "198.51.100.10:1234"
+	if res := testwait.Receive(t, serveAsync(p, req), "a victim's upload"); res.StatusCode != 200 {
+		t.Errorf("a victim's upload while eight answers are held: %d %q, want 200", res.StatusCode, res.Header.Get("Cache-Status"))
+	}
+}

@@ -1,9 +1,12 @@
 package body
 
 import (
+	"context"
 	"errors"
+	"io"
 	"net/http"
 	"os"
+	"sync"
 	"time"
 )
 
@@ -70,3 +73,62 @@ func readRequest(r *http.Request, bb *Buffer, onConn bool, timeout time.Duration
 	}
 	return err
 }
+
+// releaseKey marks, in a request's context, what gives its body's room in
+// the budget back (WithRelease).
+type releaseKey struct{}
+
+// WithRelease returns ctx carrying release, which gives a request body's
+// room in the budget back once its upstream leg no longer needs it
+// (Released).
+func WithRelease(ctx context.Context, release func()) context.Context {
+	return context.WithValue(ctx, releaseKey{}, release)
+}
+
+// Released calls the release that ctx carries, if any: the origin's
+// answer to the request has begun, and its body, sent, need not be held
+// while the answer is written, which a client reading slowly, or an
+// origin holding its answer, can make last long.
+func Released(ctx context.Context) {
+	if release, ok := ctx.Value(releaseKey{}).(func()); ok {
+		release()
+	}
+}
+
+// Held is a request body read into memory, which Drop lets go of: reads
+// end there. Readers of it share the bytes, each at its own offset.
+type Held struct {
+	mu sync.Mutex
+	b  []byte
+}
+
+// NewHeld returns b as a held body.
+func NewHeld(b []byte) *Held { return &Held{b: b} }
+
+// Reader returns a reader of the body from its start.
+func (h *Held) Reader() io.ReadCloser { return &heldReader{h: h} }
+
+// Drop lets go of the bytes: a reader reads no more of them.
+func (h *Held) Drop() {
+	h.mu.Lock()
+	h.b = nil
+	h.mu.Unlock()
+}
+
+type heldReader struct {
+	h   *Held
+	off int
+}
+
+func (r *heldReader) Read(p []byte) (int, error) {
+	r.h.mu.Lock()
+	defer r.h.mu.Unlock()
+	if r.off >= len(r.h.b) {
+		return 0, io.EOF
+	}
+	n := copy(p, r.h.b[r.off:])
+	r.off += n
+	return n, nil
+}
+
+func (r *heldReader) Close() error { return nil }
