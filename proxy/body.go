@@ -48,22 +48,47 @@ type uploads struct {
 
 // upload is one request body being read.
 type upload struct {
-	start time.Time
 	bytes atomic.Int64 // received so far
 	last  atomic.Int64 // when its last byte arrived, in Unix nanoseconds
 	cut   func()       // ends its read, which then fails and gives its room back
+
+	// The window its rate is taken over: from prev, a stallGrace or
+	// more ago once it has run that long, to now. mark becomes prev
+	// when it is a stallGrace old.
+	mu                   sync.Mutex
+	prev, mark           time.Time
+	prevBytes, markBytes int64
+}
+
+// received notes n more bytes at now.
+func (up *upload) received(n int, now time.Time) {
+	total := up.bytes.Add(int64(n))
+	up.last.Store(now.UnixNano())
+	up.mu.Lock()
+	if now.Sub(up.mark) >= stallGrace {
+		up.prev, up.prevBytes = up.mark, up.markBytes
+		up.mark, up.markBytes = now, total
+	}
+	up.mu.Unlock()
 }
 
 // stalled reports whether up, at now, received nothing for stallGrace, or
-// less than minRate a second on average since it began, stallGrace ago or
-// more: a client that trickles a byte now and then holds its room as
-// surely as one that stopped.
+// less than minRate a second over its last second or two, once it has
+// run that long: a client that trickles a byte now and then holds its
+// room as surely as one that stopped, and one that sent most of its body
+// at once and then drips must not live off that start.
 func (up *upload) stalled(now time.Time, minRate int64) bool {
 	if now.Sub(time.Unix(0, up.last.Load())) >= stallGrace {
 		return true
 	}
-	took := now.Sub(up.start)
-	return took >= stallGrace && float64(up.bytes.Load()) < float64(minRate)*took.Seconds()
+	up.mu.Lock()
+	from, fromBytes := up.prev, up.prevBytes
+	if now.Sub(up.mark) >= stallGrace {
+		from, fromBytes = up.mark, up.markBytes
+	}
+	up.mu.Unlock()
+	took := now.Sub(from)
+	return took >= stallGrace && float64(up.bytes.Load()-fromBytes) < float64(minRate)*took.Seconds()
 }
 
 // stallGrace is how long an upload may receive nothing and keep its room
@@ -106,8 +131,9 @@ func (u *uploads) makeRoom(n int64) bool {
 // start registers r's body as an upload being read, its progress seen
 // through the body it returns; done unregisters it.
 func (u *uploads) start(r *http.Request, rc *http.ResponseController) (rd io.ReadCloser, done func()) {
-	up := &upload{start: u.now()}
-	up.last.Store(up.start.UnixNano())
+	start := u.now()
+	up := &upload{prev: start, mark: start}
+	up.last.Store(start.UnixNano())
 	orig := r.Body
 	up.cut = func() {
 		if rc.SetReadDeadline(time.Now()) != nil {
@@ -134,8 +160,7 @@ type progressBody struct {
 func (b *progressBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	if n > 0 {
-		b.up.bytes.Add(int64(n))
-		b.up.last.Store(b.now().UnixNano())
+		b.up.received(n, b.now())
 	}
 	return n, err
 }

@@ -727,20 +727,26 @@ func TestStalledPassThroughsCannotStarveSharedFetches(t *testing.T) {
 // to a new one that needs it, as a stalled reader of an answer does.
 func TestStalledUploadsMakeRoom(t *testing.T) {
 	for _, trickle := range []bool{false, true} {
-		t.Run(fmt.Sprintf("trickling %v", trickle), func(t *testing.T) { testStalledUploads(t, trickle) })
+		t.Run(fmt.Sprintf("trickling %v", trickle), func(t *testing.T) { testStalledUploads(t, trickle, 0, 1<<10, 1) })
 	}
+	// The third attack on uploads: most of the body at once, then a
+	// drip that keeps the average since the start above -client-min-rate
+	// for a long while. The rate that counts is the recent one.
+	// (At 3.6 s, 1,504 bytes average 418 a second, above the 256 asked.)
+	t.Run("a fast start, then a drip", func(t *testing.T) { testStalledUploads(t, true, 256, 1500, 4) })
 }
 
-// testStalledUploads holds uploads one byte short, or, with trickle, sends
-// them a byte every 0.9 s: never idle for a second, far below
-// -client-min-rate.
-func testStalledUploads(t *testing.T, trickle bool) {
+// testStalledUploads holds uploads of which burst bytes came at once, or,
+// with trickle, sends them a byte every 0.9 s, drips times before the
+// first victim comes: never idle for a second, below -client-min-rate
+// (minRate; 0 for the default).
+func testStalledUploads(t *testing.T, trickle bool, minRate int64, burst, drips int) {
 	clk := newClock()
 	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)
 	})
 	// 16 KiB for request bodies, 2 KiB each at most, 4 KiB a client.
-	p := newTestProxy(t, o, clk, Config{BufferBytes: 64 << 10, MaxRequestBodyBytes: 2 << 10})
+	p := newTestProxy(t, o, clk, Config{BufferBytes: 64 << 10, MaxRequestBodyBytes: 2 << 10, ClientMinRate: minRate})
 	var abusers []*io.PipeWriter
 	answered := make(chan *http.Response, 8)
 	for i := range 8 {
@@ -751,7 +757,7 @@ func testStalledUploads(t *testing.T, trickle bool) {
 		req.RemoteAddr = fmt.Sprintf("203.0.113.%d:1234", 1+i/2)
 		ch := serveAsync(p, req)
 		go func() { answered <- <-ch }()
-		go pw.Write(bytes.Repeat([]byte("a"), 1<<10)) // far from the last byte
+		go pw.Write(bytes.Repeat([]byte("a"), burst)) // far from the last byte
 	}
 	defer func() {
 		for _, pw := range abusers {
@@ -768,7 +774,9 @@ func testStalledUploads(t *testing.T, trickle bool) {
 		}
 	}
 	if trickle {
-		drip()
+		for range drips {
+			drip()
+		}
 	} else {
 		clk.Advance(2 * time.Second) // they have stalled
 	}
