@@ -223,16 +223,20 @@ func (rb requestBodies) buffer(w http.ResponseWriter, r *http.Request, client ne
 	r.Body = http.NoBody
 	r.GetBody = func() (io.ReadCloser, error) { return http.NoBody, nil }
 	held := body.NewHeld(b)
-	if len(b) > 0 {
-		r.Body = held.Reader()
-		r.GetBody = func() (io.ReadCloser, error) { return held.Reader(), nil }
-	}
 	var once sync.Once
-	return func() {
+	release = func() {
 		once.Do(func() {
 			held.Drop() // no reference left to the bytes: the room is theirs
 			bb.Release()
 			rb.shares.Release(share)
 		})
-	}, outNone
+	}
+	if len(b) > 0 {
+		// Once it has gone upstream whole, the body gives its room back,
+		// however long the origin takes to answer; a retry of the
+		// request after that fails rather than send it cut short.
+		r.Body = held.Reader(release)
+		r.GetBody = func() (io.ReadCloser, error) { return held.Reader(release), nil }
+	}
+	return release, outNone
 }

@@ -828,3 +828,31 @@ func TestAnsweredUploadsGiveTheirRoomBack(t *testing.T) {
 		t.Errorf("a victim's upload while eight answers are held: %d %q, want 200", res.StatusCode, res.Header.Get("Cache-Status"))
 	}
 }
+
+// The fourth attack on uploads (up-held-origin): an origin that holds its
+// answer kept every body it had received in the budget until it
+// answered. A body that went upstream whole gives its room back then.
+func TestSentUploadsGiveTheirRoomBack(t *testing.T) {
+	clk := newClock()
+	release, held := make(chan struct{}), make(chan struct{}, 8)
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		if r.URL.Path == "/held" {
+			held <- struct{}{}
+			<-release // no answer yet
+		}
+	})
+	defer close(release)
+	p := newTestProxy(t, o, clk, Config{BufferBytes: 64 << 10, MaxRequestBodyBytes: 2 << 10})
+	for i := range 8 {
+		req := httptest.NewRequest(http.MethodPost, "/held", strings.NewReader(strings.Repeat("a", 2<<10)))
+		req.RemoteAddr = fmt.Sprintf("203.0.113.%d:1234", 1+i/2)
+		serveAsync(p, req)
+	}
+	for range 8 {
+		testwait.Receive(t, held, "the bodies to reach the origin, which holds its answers")
+	}
+	testwait.Until(t, "the sent uploads to give their room back", func() bool {
+		return p.requests.shares.Parent().InUse() == 0
+	})
+}

@@ -95,20 +95,27 @@ func Released(ctx context.Context) {
 	}
 }
 
-// Held is a request body read into memory, which Drop lets go of: reads
-// end there. Readers of it share the bytes, each at its own offset.
+// Held is a request body read into memory, which Drop lets go of.
+// Readers of it share the bytes, each at its own offset; one that reads
+// past what was let go fails (ErrDropped), rather than send a body cut
+// short for whole.
 type Held struct {
 	mu sync.Mutex
 	b  []byte
+	n  int // len(b) before Drop
 }
 
+// ErrDropped fails a read of a held body that was let go of.
+var ErrDropped = errors.New("request body already sent, and let go of")
+
 // NewHeld returns b as a held body.
-func NewHeld(b []byte) *Held { return &Held{b: b} }
+func NewHeld(b []byte) *Held { return &Held{b: b, n: len(b)} }
 
-// Reader returns a reader of the body from its start.
-func (h *Held) Reader() io.ReadCloser { return &heldReader{h: h} }
+// Reader returns a reader of the body from its start; sent, if not nil,
+// is called once it has read the body to its end.
+func (h *Held) Reader(sent func()) io.ReadCloser { return &heldReader{h: h, sent: sent} }
 
-// Drop lets go of the bytes: a reader reads no more of them.
+// Drop lets go of the bytes.
 func (h *Held) Drop() {
 	h.mu.Lock()
 	h.b = nil
@@ -116,18 +123,29 @@ func (h *Held) Drop() {
 }
 
 type heldReader struct {
-	h   *Held
-	off int
+	h    *Held
+	off  int
+	sent func()
 }
 
 func (r *heldReader) Read(p []byte) (int, error) {
 	r.h.mu.Lock()
-	defer r.h.mu.Unlock()
-	if r.off >= len(r.h.b) {
+	switch {
+	case r.off >= r.h.n:
+		r.h.mu.Unlock()
+		if r.sent != nil {
+			sent := r.sent
+			r.sent = nil
+			sent()
+		}
 		return 0, io.EOF
+	case r.h.b == nil:
+		r.h.mu.Unlock()
+		return 0, ErrDropped
 	}
 	n := copy(p, r.h.b[r.off:])
 	r.off += n
+	r.h.mu.Unlock()
 	return n, nil
 }
 
