@@ -154,27 +154,28 @@ const failureWindow = 10 * time.Second
 //     (cache poisoning by denial of service), unless it is a server error
 //     the stored answer stands in for anyway (standIn).
 //
-// In the last two cases a refresh of the stored answer, which carries
-// nothing of one client's, asks again (Result.Confirm): if the answer is
+// In the last two cases (confirm) a refresh of the stored answer, which
+// carries nothing of one client's, asks again (Result.Confirm): if the answer is
 // everyone's, it replaces the stored one for everyone then. With nothing
 // good stored, an answer is the only one there is: stored, shared, or a
 // pass mark, as RFC 9111 says.
-func personal(in Flight, e *stored.Entry, standIn bool) bool {
+func personal(in Flight, e *stored.Entry, standIn bool) (personal, confirm bool) {
 	if in.Neutral || in.Credentialed {
-		return false
+		return false, false
 	}
 	stale := in.Stale
 	switch {
 	case httprule.AboutTheRequest(e.Status) && !e.Decision.Storable:
-		return true
+		return true, false
 	case stale == nil || stale.Kind != cache.Response || stale.Status < 200 || stale.Status >= 300:
 		// Nothing good stored: the answer is the only one there is, and
 		// stored, shared, or makes a pass mark as RFC 9111 says.
-		return false
+		return false, false
 	case Passes(e.Decision, stale):
-		return true
+		return true, true
 	}
-	return e.Status >= 300 && !(httprule.IsServerError(e.Status) && standIn)
+	p := e.Status >= 300 && !(httprule.IsServerError(e.Status) && standIn)
+	return p, p
 }
 
 // ErrPersonal ends an exchange whose answer may speak of its leader's
@@ -277,8 +278,9 @@ func (fc *Fetcher) fetchUpstream(ctx context.Context, in Flight, lease *fleet.Le
 	if errors.Is(err, body.ErrTooLarge) || errors.Is(err, body.ErrFull) {
 		fc.Count(resp.StatusCode, nil)
 		e, own := fc.Store.NewEntry(http.MethodGet, key, reqHeader, resp.StatusCode, resp.Header, nil, sent, respTime)
+		isPersonal, _ := personal(in, e, stale != nil && stale.Decision.UsableOnError(respTime))
 		switch {
-		case personal(in, e, stale != nil && stale.Decision.UsableOnError(respTime)):
+		case isPersonal:
 			return nil, ErrPersonal
 		case errors.Is(err, body.ErrFull) && stale != nil && stale.Decision.UsableDisconnected():
 			return nil, err // the stale response stands in
@@ -300,12 +302,12 @@ func (fc *Fetcher) fetchUpstream(ctx context.Context, in Flight, lease *fleet.Le
 	}
 	e, own := fc.Store.NewEntry(http.MethodGet, key, reqHeader, resp.StatusCode, resp.Header, bb.Trimmed(), sent, respTime)
 	standIn := stale != nil && stale.Decision.UsableOnError(respTime)
-	if personal(in, e, standIn) {
+	if isPersonal, confirm := personal(in, e, standIn); isPersonal {
 		// Perhaps one client's answer: never shared, stored, nor a pass
 		// mark. Unless it may only have been, a request with nothing of
 		// one client's asks again in the background, and what it gets is
 		// everyone's.
-		return &Result{Entry: e, Own: own, Status: resp.StatusCode, Personal: true, Confirm: !httprule.AboutTheRequest(resp.StatusCode) || e.Decision.Storable, Sent: reqHeader}, nil
+		return &Result{Entry: e, Own: own, Status: resp.StatusCode, Personal: true, Confirm: confirm, Sent: reqHeader}, nil
 	}
 	if httprule.IsServerError(resp.StatusCode) && standIn {
 		// The stored response stands in for the error (RFC 5861
