@@ -166,22 +166,7 @@ func TestAnErrorForEveryoneIsConfirmedAndStored(t *testing.T) {
 // stand in for an unreachable origin stands in for full caps at once.
 func TestFullCapsServeStaleAtOnce(t *testing.T) {
 	clk := newClock()
-	arrived, release := make(chan struct{}, 1), make(chan struct{})
-	defer close(release)
-	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/hog" {
-			arrived <- struct{}{}
-			<-release
-		}
-		w.Header().Set("Cache-Control", "max-age=1")
-		fmt.Fprint(w, "good")
-	})
-	p := newTestProxy(t, o, clk, Config{UpstreamMaxInflight: 1, UpstreamMaxQueue: 1000})
-	get(p, "/q")
-	clk.Advance(2 * time.Second)
-
-	go get(p, "/hog", "User-Agent", "abuser")
-	testwait.Receive(t, arrived, "the abuser's fetch to hold the one slot")
+	p := newHoggedProxy(t, clk, "max-age=1", 2*time.Second, Config{})
 	victim := make(chan response, 1)
 	go func() {
 		r, _ := get(p, "/q", "User-Agent", "victim")
@@ -341,22 +326,9 @@ func TestAnExpiredGoodAnswerStillKeepsOneClientsErrorOut(t *testing.T) {
 // a client's fetch is, and no client waits.
 func TestFullCapsHoldNoClientOnARefresh(t *testing.T) {
 	clk := newClock()
-	arrived, release := make(chan struct{}, 1), make(chan struct{})
-	defer close(release)
-	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/hog" {
-			arrived <- struct{}{}
-			<-release
-		}
-		w.Header().Set("Cache-Control", "max-age=1, stale-if-error=60")
-		fmt.Fprint(w, "good")
-	})
 	// No hedging: a client that joined a queued flight would wait for
 	// the queue, up to the upstream timeout.
-	p := newTestProxy(t, o, clk, Config{UpstreamMaxInflight: 1, UpstreamMaxQueue: 1000, HedgeAfter: -1})
-	get(p, "/q")
-	go get(p, "/hog", "User-Agent", "abuser")
-	testwait.Receive(t, arrived, "the abuser's fetch to hold the one slot")
+	p := newHoggedProxy(t, clk, "max-age=1, stale-if-error=60", 0, Config{HedgeAfter: -1})
 	for i := range 12 {
 		clk.Advance(300 * time.Millisecond)
 		victim := make(chan response, 1)
@@ -368,4 +340,29 @@ func TestFullCapsHoldNoClientOnARefresh(t *testing.T) {
 			t.Errorf("victim %d: %+v, want the stale copy", i, r)
 		}
 	}
+}
+
+// newHoggedProxy returns a proxy with cfg, one upstream slot and a queue,
+// in front of an origin that answers "good" with cacheControl, and holds
+// a request for /hog until the test ends. It stores /q, lets age pass,
+// and returns once an abuser's request for /hog holds the one slot.
+func newHoggedProxy(t *testing.T, clk *clock, cacheControl string, age time.Duration, cfg Config) *Proxy {
+	t.Helper()
+	arrived, release := make(chan struct{}, 1), make(chan struct{})
+	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/hog" {
+			arrived <- struct{}{}
+			<-release
+		}
+		w.Header().Set("Cache-Control", cacheControl)
+		fmt.Fprint(w, "good")
+	})
+	cfg.UpstreamMaxInflight, cfg.UpstreamMaxQueue = 1, 1000
+	p := newTestProxy(t, o, clk, cfg)
+	t.Cleanup(func() { close(release) }) // first: the proxy's cleanup waits for the fetch
+	get(p, "/q")
+	clk.Advance(age)
+	go get(p, "/hog", "User-Agent", "abuser")
+	testwait.Receive(t, arrived, "the abuser's fetch to hold the one slot")
+	return p
 }
