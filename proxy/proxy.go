@@ -91,9 +91,7 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request, start time.Time) 
 		if release == nil {
 			return o // refused, and answered
 		}
-		defer release()
-		// Or as soon as the origin's answer begins (pass).
-		r = r.WithContext(body.WithRelease(r.Context(), release))
+		defer release() // or once the body has gone upstream whole
 	}
 	if fwd, d := httprule.Bypass(r); fwd != "" {
 		return p.passThrough(w, r, key, fwd, d)

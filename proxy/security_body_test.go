@@ -792,67 +792,52 @@ func testStalledUploads(t *testing.T, trickle bool, minRate int64, burst, drips 
 	}
 }
 
-// Issue 23, third attack on uploads (up-held-origin, up-slowread): a body
-// that had arrived kept its room in the budget until its answer was
-// written, so uploads whose answers one client read slowly, or that a
-// slow origin held, from several addresses, kept every large upload out.
-// Once the origin's answer has begun, the body sent is no one's to hold.
-func TestAnsweredUploadsGiveTheirRoomBack(t *testing.T) {
-	clk := newClock()
-	release, held := make(chan struct{}), make(chan struct{}, 8)
-	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
-		if r.URL.Path == "/held" {
+// Issue 23, third and fourth attacks on uploads (up-held-origin,
+// up-slowread): a body that had arrived kept its room in the budget until
+// its answer was written, so uploads that a slow origin held, or whose
+// answers one client read slowly, from several addresses, kept every
+// large upload out. A body gives its room back once it has gone upstream
+// whole.
+func TestUploadsGiveTheirRoomBackOnceSent(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		answer func(w http.ResponseWriter) // then held
+	}{
+		{"the origin holds its answer", func(w http.ResponseWriter) {}},
+		{"the origin holds its answer's body", func(w http.ResponseWriter) {
 			w.WriteHeader(200)
-			w.(http.Flusher).Flush() // the answer has begun, and stops
-			held <- struct{}{}
-			<-release
-		}
-	})
-	defer close(release)
-	p := newTestProxy(t, o, clk, Config{BufferBytes: 64 << 10, MaxRequestBodyBytes: 2 << 10})
-	for i := range 8 {
-		req := httptest.NewRequest(http.MethodPost, "/held", strings.NewReader(strings.Repeat("a", 2<<10)))
-		req.RemoteAddr = fmt.Sprintf("203.0.113.%d:1234", 1+i/2)
-		serveAsync(p, req)
+			w.(http.Flusher).Flush()
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			clk := newClock()
+			release, held := make(chan struct{}), make(chan struct{}, 8)
+			o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
+				io.Copy(io.Discard, r.Body)
+				if r.URL.Path == "/held" {
+					tt.answer(w)
+					held <- struct{}{}
+					<-release
+				}
+			})
+			defer close(release)
+			p := newTestProxy(t, o, clk, Config{BufferBytes: 64 << 10, MaxRequestBodyBytes: 2 << 10})
+			for i := range 8 {
+				req := httptest.NewRequest(http.MethodPost, "/held", strings.NewReader(strings.Repeat("a", 2<<10)))
+				req.RemoteAddr = fmt.Sprintf("203.0.113.%d:1234", 1+i/2)
+				serveAsync(p, req)
+			}
+			for range 8 {
+				testwait.Receive(t, held, "the origin to hold eight uploads")
+			}
+			testwait.Until(t, "the held uploads to give their room back", func() bool {
+				return p.requests.shares.Parent().InUse() == 0
+			})
+			req := httptest.NewRequest(http.MethodPost, "/upload", strings.NewReader(strings.Repeat("v", 2<<10)))
+			req.RemoteAddr = "198.51.100.10:1234"
+			if res := testwait.Receive(t, serveAsync(p, req), "a victim's upload"); res.StatusCode != 200 {
+				t.Errorf("a victim's upload while eight are held: %d %q, want 200", res.StatusCode, res.Header.Get("Cache-Status"))
+			}
+		})
 	}
-	for range 8 {
-		testwait.Receive(t, held, "the answers to begin and be held")
-	}
-	testwait.Until(t, "the held answers' uploads to give their room back", func() bool {
-		return p.requests.shares.Parent().InUse() == 0
-	})
-	req := httptest.NewRequest(http.MethodPost, "/upload", strings.NewReader(strings.Repeat("v", 2<<10)))
-	req.RemoteAddr = "198.51.100.10:1234"
-	if res := testwait.Receive(t, serveAsync(p, req), "a victim's upload"); res.StatusCode != 200 {
-		t.Errorf("a victim's upload while eight answers are held: %d %q, want 200", res.StatusCode, res.Header.Get("Cache-Status"))
-	}
-}
-
-// The fourth attack on uploads (up-held-origin): an origin that holds its
-// answer kept every body it had received in the budget until it
-// answered. A body that went upstream whole gives its room back then.
-func TestSentUploadsGiveTheirRoomBack(t *testing.T) {
-	clk := newClock()
-	release, held := make(chan struct{}), make(chan struct{}, 8)
-	o := newOrigin(t, clk, func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
-		if r.URL.Path == "/held" {
-			held <- struct{}{}
-			<-release // no answer yet
-		}
-	})
-	defer close(release)
-	p := newTestProxy(t, o, clk, Config{BufferBytes: 64 << 10, MaxRequestBodyBytes: 2 << 10})
-	for i := range 8 {
-		req := httptest.NewRequest(http.MethodPost, "/held", strings.NewReader(strings.Repeat("a", 2<<10)))
-		req.RemoteAddr = fmt.Sprintf("203.0.113.%d:1234", 1+i/2)
-		serveAsync(p, req)
-	}
-	for range 8 {
-		testwait.Receive(t, held, "the bodies to reach the origin, which holds its answers")
-	}
-	testwait.Until(t, "the sent uploads to give their room back", func() bool {
-		return p.requests.shares.Parent().InUse() == 0
-	})
 }

@@ -1,7 +1,6 @@
 package body
 
 import (
-	"context"
 	"errors"
 	"io"
 	"net/http"
@@ -72,27 +71,6 @@ func readRequest(r *http.Request, bb *Buffer, onConn bool, timeout time.Duration
 		return ErrTimeout
 	}
 	return err
-}
-
-// releaseKey marks, in a request's context, what gives its body's room in
-// the budget back (WithRelease).
-type releaseKey struct{}
-
-// WithRelease returns ctx carrying release, which gives a request body's
-// room in the budget back once its upstream leg no longer needs it
-// (Released).
-func WithRelease(ctx context.Context, release func()) context.Context {
-	return context.WithValue(ctx, releaseKey{}, release)
-}
-
-// Released calls the release that ctx carries, if any: the origin's
-// answer to the request has begun, and its body, sent, need not be held
-// while the answer is written, which a client reading slowly, or an
-// origin holding its answer, can make last long.
-func Released(ctx context.Context) {
-	if release, ok := ctx.Value(releaseKey{}).(func()); ok {
-		release()
-	}
 }
 
 // Held is a request body read into memory, which Drop lets go of.

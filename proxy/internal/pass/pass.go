@@ -112,9 +112,6 @@ func (ps *Passer) Pass(w http.ResponseWriter, r *http.Request, target string, st
 }
 
 func (ps *Passer) modifyPassed(resp *http.Response) error {
-	// The answer has begun: the request's body, sent, gives its room in
-	// the budget back, however long the answer takes to be written.
-	body.Released(resp.Request.Context())
 	info, _ := resp.Request.Context().Value(passKey{}).(passed)
 	ps.count(resp.StatusCode, nil)
 	if !httprule.SafeMethod(resp.Request.Method) && resp.StatusCode >= 200 && resp.StatusCode < 400 {
